@@ -1,0 +1,580 @@
+//! The version set of one address (SPEC §3): a grow-only set of versions and tombstones,
+//! ordered by (`created_at`, `id`) and merged by union, so replicas converge and no
+//! version written anywhere is silently dropped.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use crate::address::Temporal;
+use crate::envelope::{
+    ContentHash, EnvelopeId, Version, VersionSummary, content_digest, normalise_time, rfc3339,
+};
+
+/// A delete: versions before it are no longer visible; a later put starts a new history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// The delete's id (its `Idempotency-Key` or a UUIDv7), so replays are no-ops.
+    pub id: EnvelopeId,
+    /// When the delete was accepted.
+    #[serde(with = "rfc3339")]
+    pub created_at: DateTime<Utc>,
+}
+
+/// One member of a version set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Entry {
+    /// A stored version.
+    Version(Arc<Version>),
+    /// A delete.
+    Tombstone(Tombstone),
+}
+
+impl Entry {
+    /// The entry's id.
+    #[must_use]
+    pub fn id(&self) -> &EnvelopeId {
+        match self {
+            Self::Version(v) => &v.id,
+            Self::Tombstone(t) => &t.id,
+        }
+    }
+
+    /// When the entry was written.
+    #[must_use]
+    pub fn created_at(&self) -> DateTime<Utc> {
+        match self {
+            Self::Version(v) => v.created_at,
+            Self::Tombstone(t) => t.created_at,
+        }
+    }
+
+    fn key(&self) -> (DateTime<Utc>, &str) {
+        (self.created_at(), self.id().as_str())
+    }
+}
+
+/// A write request for one new version, as a client or the gateway sends it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewVersion {
+    /// The id to store it under (an existing id makes the write a no-op).
+    pub id: EnvelopeId,
+    /// The content.
+    pub content: Arc<Value>,
+    /// Its media type.
+    pub content_type: String,
+    /// Free-form metadata.
+    pub metadata: Map<String, Value>,
+    /// Set by a writer that already fixed the time (journal replay); else the store's clock.
+    pub created_at: Option<DateTime<Utc>>,
+    /// When given, checked against the content.
+    pub hash: Option<ContentHash>,
+    /// When given, checked against the content.
+    pub size: Option<u64>,
+}
+
+/// Why a write was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// The given hash is not the content's.
+    #[error("hash {provided} does not match the content's JCS hash {computed}")]
+    HashMismatch {
+        /// What the writer sent.
+        provided: ContentHash,
+        /// What the content hashes to.
+        computed: ContentHash,
+    },
+    /// The given size is not the content's.
+    #[error("size {provided} does not match the content's JCS size {computed}")]
+    SizeMismatch {
+        /// What the writer sent.
+        provided: u64,
+        /// The content's size.
+        computed: u64,
+    },
+    /// A put reused the id of a delete.
+    #[error("id {0} already names a delete of this address")]
+    IdIsTombstone(EnvelopeId),
+    /// A delete reused the id of a version.
+    #[error("id {0} already names a version of this address")]
+    IdIsVersion(EnvelopeId),
+    /// A delete of an address that has no live version.
+    #[error("the address has no version to delete")]
+    NotFound,
+}
+
+/// What a put did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PutOutcome {
+    /// A new version was stored.
+    Created {
+        /// Its version number.
+        version: u32,
+        /// The stored version.
+        stored: Arc<Version>,
+    },
+    /// The id existed: nothing changed.
+    Existing {
+        /// Its version number within its history.
+        version: u32,
+        /// The stored version.
+        stored: Arc<Version>,
+    },
+}
+
+impl PutOutcome {
+    /// The version number and stored version, whichever the outcome.
+    #[must_use]
+    pub fn parts(&self) -> (u32, &Arc<Version>) {
+        match self {
+            Self::Created { version, stored } | Self::Existing { version, stored } => {
+                (*version, stored)
+            }
+        }
+    }
+}
+
+/// What a delete did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// A tombstone was written.
+    Deleted(Tombstone),
+    /// A tombstone with this id existed: nothing changed.
+    AlreadyDeleted(Tombstone),
+}
+
+impl DeleteOutcome {
+    /// The tombstone, whichever the outcome.
+    #[must_use]
+    pub fn tombstone(&self) -> &Tombstone {
+        match self {
+            Self::Deleted(t) | Self::AlreadyDeleted(t) => t,
+        }
+    }
+}
+
+/// All versions and tombstones of one address, sorted by (`created_at`, `id`), ids unique.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct VersionSet {
+    entries: Vec<Entry>,
+}
+
+impl<'de> Deserialize<'de> for VersionSet {
+    /// Sorts and deduplicates whatever a replica sent, so the invariants hold.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            entries: Vec<Entry>,
+        }
+        let raw = Raw::deserialize(deserializer)?;
+        let mut set = Self::default();
+        for entry in raw.entries {
+            set.insert(entry);
+        }
+        Ok(set)
+    }
+}
+
+/// Saturating conversion for version numbers (a history longer than `u32::MAX` is not
+/// reachable, but the conversion must not panic).
+fn number(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl VersionSet {
+    /// All entries, oldest first.
+    #[must_use]
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Number of entries, tombstones included.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when the set holds nothing at all.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Index of the first entry of the current history (after the last tombstone).
+    fn generation_start(&self) -> usize {
+        self.entries
+            .iter()
+            .rposition(|e| matches!(e, Entry::Tombstone(_)))
+            .map_or(0, |t| t + 1)
+    }
+
+    /// The versions visible to reads, oldest first (empty after a delete).
+    pub fn current(&self) -> impl Iterator<Item = &Arc<Version>> {
+        self.entries[self.generation_start()..]
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Version(v) => Some(v),
+                Entry::Tombstone(_) => None,
+            })
+    }
+
+    /// True when reads find a version.
+    #[must_use]
+    pub fn is_live(&self) -> bool {
+        self.generation_start() < self.entries.len()
+    }
+
+    /// The version a temporal selector picks, with its number.
+    #[must_use]
+    pub fn resolve(&self, temporal: Temporal) -> Option<(u32, &Arc<Version>)> {
+        let current = &self.entries[self.generation_start()..];
+        let n = temporal.select(current.len())?;
+        match &current[n - 1] {
+            Entry::Version(v) => Some((number(n), v)),
+            Entry::Tombstone(_) => None,
+        }
+    }
+
+    /// The latest visible version, with its number.
+    #[must_use]
+    pub fn latest(&self) -> Option<(u32, &Arc<Version>)> {
+        self.resolve(Temporal::Latest)
+    }
+
+    /// The current history, oldest first.
+    #[must_use]
+    pub fn history(&self) -> Vec<VersionSummary> {
+        self.current()
+            .enumerate()
+            .map(|(i, v)| VersionSummary::new(number(i + 1), v))
+            .collect()
+    }
+
+    fn position(&self, id: &EnvelopeId) -> Option<usize> {
+        self.entries.iter().position(|e| e.id() == id)
+    }
+
+    /// Version number of the version at `index`, counted within its own history.
+    fn number_at(&self, index: usize) -> u32 {
+        let start = self.entries[..index]
+            .iter()
+            .rposition(|e| matches!(e, Entry::Tombstone(_)))
+            .map_or(0, |t| t + 1);
+        number(index - start + 1)
+    }
+
+    /// A write time after every entry's, so a writer's own writes keep their order even
+    /// when its clock stands still or steps back.
+    #[must_use]
+    pub fn next_time(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let now = normalise_time(now);
+        match self.entries.last() {
+            Some(last) if last.created_at() >= now => {
+                last.created_at() + TimeDelta::microseconds(1)
+            }
+            _ => now,
+        }
+    }
+
+    /// Inserts an entry in order; false when its id was already there.
+    pub fn insert(&mut self, entry: Entry) -> bool {
+        if self.position(entry.id()).is_some() {
+            return false;
+        }
+        let at = self.entries.partition_point(|e| e.key() < entry.key());
+        self.entries.insert(at, entry);
+        true
+    }
+
+    /// Set union with another replica's set; true when anything was added.
+    pub fn merge(&mut self, other: &Self) -> bool {
+        let mut changed = false;
+        for entry in &other.entries {
+            changed |= self.insert(entry.clone());
+        }
+        changed
+    }
+
+    /// Stores a new version unless its id exists (then a no-op returning that version).
+    ///
+    /// # Errors
+    /// Hash or size mismatch, or an id that names a delete.
+    pub fn put(&mut self, new: NewVersion, now: DateTime<Utc>) -> Result<PutOutcome, WriteError> {
+        if let Some(i) = self.position(&new.id) {
+            return match &self.entries[i] {
+                Entry::Version(v) => Ok(PutOutcome::Existing {
+                    version: self.number_at(i),
+                    stored: Arc::clone(v),
+                }),
+                Entry::Tombstone(t) => Err(WriteError::IdIsTombstone(t.id.clone())),
+            };
+        }
+        let (computed, size) = content_digest(&new.content);
+        if let Some(provided) = new.hash
+            && provided != computed
+        {
+            return Err(WriteError::HashMismatch { provided, computed });
+        }
+        if let Some(provided) = new.size
+            && provided != size
+        {
+            return Err(WriteError::SizeMismatch {
+                provided,
+                computed: size,
+            });
+        }
+        let created_at = new
+            .created_at
+            .map_or_else(|| self.next_time(now), normalise_time);
+        let stored = Arc::new(Version {
+            id: new.id,
+            content: new.content,
+            content_type: new.content_type,
+            metadata: new.metadata,
+            created_at,
+            hash: computed,
+            size,
+        });
+        self.insert(Entry::Version(Arc::clone(&stored)));
+        let index = self.position(&stored.id).unwrap_or(0);
+        Ok(PutOutcome::Created {
+            version: self.number_at(index),
+            stored,
+        })
+    }
+
+    /// Writes a tombstone unless its id exists (then a no-op).
+    ///
+    /// # Errors
+    /// Nothing to delete, or an id that names a version.
+    pub fn delete(
+        &mut self,
+        id: EnvelopeId,
+        created_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<DeleteOutcome, WriteError> {
+        if let Some(i) = self.position(&id) {
+            return match &self.entries[i] {
+                Entry::Tombstone(t) => Ok(DeleteOutcome::AlreadyDeleted(t.clone())),
+                Entry::Version(v) => Err(WriteError::IdIsVersion(v.id.clone())),
+            };
+        }
+        if !self.is_live() {
+            return Err(WriteError::NotFound);
+        }
+        let created_at = created_at.map_or_else(|| self.next_time(now), normalise_time);
+        let tombstone = Tombstone { id, created_at };
+        self.insert(Entry::Tombstone(tombstone.clone()));
+        Ok(DeleteOutcome::Deleted(tombstone))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + secs, 0)
+            .single()
+            .expect("valid time")
+    }
+
+    fn new(id: &str, content: Value) -> NewVersion {
+        NewVersion {
+            id: EnvelopeId::parse(id).expect("valid id"),
+            content: Arc::new(content),
+            content_type: "application/json".into(),
+            metadata: Map::new(),
+            created_at: None,
+            hash: None,
+            size: None,
+        }
+    }
+
+    fn id(s: &str) -> EnvelopeId {
+        EnvelopeId::parse(s).expect("valid id")
+    }
+
+    fn put(set: &mut VersionSet, id: &str, at: i64) -> PutOutcome {
+        set.put(new(id, json!(id)), t(at)).expect("put succeeds")
+    }
+
+    #[test]
+    fn versions_are_numbered_by_time() {
+        let mut set = VersionSet::default();
+        assert!(matches!(
+            put(&mut set, "a", 1),
+            PutOutcome::Created { version: 1, .. }
+        ));
+        assert!(matches!(
+            put(&mut set, "b", 2),
+            PutOutcome::Created { version: 2, .. }
+        ));
+        assert!(matches!(
+            put(&mut set, "c", 3),
+            PutOutcome::Created { version: 3, .. }
+        ));
+        let ids = |tmp| set.resolve(tmp).map(|(n, v)| (n, v.id.as_str().to_owned()));
+        assert_eq!(ids(Temporal::Latest), Some((3, "c".into())));
+        assert_eq!(ids(Temporal::First), Some((1, "a".into())));
+        assert_eq!(ids(Temporal::Version(2)), Some((2, "b".into())));
+        assert_eq!(ids(Temporal::Back(1)), Some((2, "b".into())));
+        assert_eq!(ids(Temporal::Forward(2)), Some((3, "c".into())));
+        assert_eq!(ids(Temporal::Version(4)), None);
+        assert_eq!(set.history().len(), 3);
+    }
+
+    #[test]
+    fn same_id_is_a_no_op_returning_the_existing_version() {
+        let mut set = VersionSet::default();
+        put(&mut set, "a", 1);
+        put(&mut set, "b", 2);
+        let again = set.put(new("a", json!("different")), t(9)).expect("no-op");
+        match again {
+            PutOutcome::Existing { version, stored } => {
+                assert_eq!(version, 1);
+                assert_eq!(*stored.content, json!("a"));
+            }
+            other => panic!("expected Existing, got {other:?}"),
+        }
+        assert_eq!(set.len(), 2);
+    }
+
+    #[test]
+    fn clock_going_backwards_keeps_write_order() {
+        let mut set = VersionSet::default();
+        put(&mut set, "z", 10);
+        put(&mut set, "a", 5); // clock stepped back: still after "z"
+        assert_eq!(
+            set.latest().map(|(n, v)| (n, v.id.as_str())),
+            Some((2, "a"))
+        );
+    }
+
+    #[test]
+    fn equal_times_order_by_id() {
+        let mut set = VersionSet::default();
+        let mut b = new("b", json!(1));
+        b.created_at = Some(t(1));
+        let mut a = new("a", json!(2));
+        a.created_at = Some(t(1));
+        set.put(b, t(0)).expect("put");
+        set.put(a, t(0)).expect("put");
+        assert_eq!(set.latest().map(|(_, v)| v.id.as_str()), Some("b"));
+    }
+
+    #[test]
+    fn tombstones_hide_history_and_a_later_put_starts_anew() {
+        let mut set = VersionSet::default();
+        put(&mut set, "a", 1);
+        put(&mut set, "b", 2);
+        let deleted = set.delete(id("d1"), None, t(3)).expect("delete");
+        assert!(matches!(deleted, DeleteOutcome::Deleted(_)));
+        assert!(!set.is_live());
+        assert!(set.latest().is_none());
+        assert!(set.history().is_empty());
+        // replaying the same delete is a no-op; a new delete finds nothing
+        assert!(matches!(
+            set.delete(id("d1"), None, t(4)),
+            Ok(DeleteOutcome::AlreadyDeleted(_))
+        ));
+        assert_eq!(set.delete(id("d2"), None, t(4)), Err(WriteError::NotFound));
+        assert!(matches!(
+            put(&mut set, "c", 5),
+            PutOutcome::Created { version: 1, .. }
+        ));
+        assert_eq!(set.history().len(), 1);
+        // a retry of a put from before the delete still answers with its old number
+        assert!(matches!(
+            set.put(new("b", json!("b")), t(6)),
+            Ok(PutOutcome::Existing { version: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn id_reuse_across_kinds_is_refused() {
+        let mut set = VersionSet::default();
+        put(&mut set, "a", 1);
+        assert_eq!(
+            set.delete(id("a"), None, t(2)),
+            Err(WriteError::IdIsVersion(id("a")))
+        );
+        set.delete(id("d"), None, t(2)).expect("delete");
+        assert_eq!(
+            set.put(new("d", json!(1)), t(3)).err(),
+            Some(WriteError::IdIsTombstone(id("d")))
+        );
+    }
+
+    #[test]
+    fn delete_of_nothing_is_not_found() {
+        let mut set = VersionSet::default();
+        assert_eq!(set.delete(id("d"), None, t(1)), Err(WriteError::NotFound));
+    }
+
+    #[test]
+    fn hash_and_size_are_verified() {
+        let mut set = VersionSet::default();
+        let (hash, size) = content_digest(&json!({"k": 1}));
+        let mut good = new("a", json!({"k": 1}));
+        good.hash = Some(hash.clone());
+        good.size = Some(size);
+        set.put(good, t(1)).expect("matching hash accepted");
+        let mut bad = new("b", json!({"k": 2}));
+        bad.hash = Some(hash);
+        assert!(matches!(
+            set.put(bad, t(2)),
+            Err(WriteError::HashMismatch { .. })
+        ));
+        let mut bad_size = new("c", json!({"k": 1}));
+        bad_size.size = Some(size + 1);
+        assert!(matches!(
+            set.put(bad_size, t(2)),
+            Err(WriteError::SizeMismatch { .. })
+        ));
+        assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn merge_is_union_commutative_and_idempotent() {
+        let mut left = VersionSet::default();
+        let mut right = VersionSet::default();
+        put(&mut left, "a", 1);
+        put(&mut right, "b", 2);
+        put(&mut left, "c", 3);
+        right.delete(id("d"), None, t(4)).expect("delete");
+        put(&mut right, "e", 5);
+        let mut lr = left.clone();
+        assert!(lr.merge(&right));
+        let mut rl = right.clone();
+        assert!(rl.merge(&left));
+        assert_eq!(lr, rl);
+        assert!(!lr.merge(&right), "merging again changes nothing");
+        assert_eq!(lr.len(), 5);
+        assert_eq!(lr.latest().map(|(n, v)| (n, v.id.as_str())), Some((1, "e")));
+    }
+
+    #[test]
+    fn serde_round_trip_normalises_order() {
+        let mut set = VersionSet::default();
+        put(&mut set, "a", 1);
+        set.delete(id("d"), None, t(2)).expect("delete");
+        put(&mut set, "b", 3);
+        let text = serde_json::to_string(&set).expect("serialises");
+        let back: VersionSet = serde_json::from_str(&text).expect("deserialises");
+        assert_eq!(back, set);
+        // entries out of order or duplicated are normalised
+        let mut raw: Value = serde_json::from_str(&text).expect("json");
+        let entries = raw["entries"].as_array_mut().expect("array");
+        entries.reverse();
+        let dup = entries[0].clone();
+        entries.push(dup);
+        let back: VersionSet = serde_json::from_value(raw).expect("deserialises");
+        assert_eq!(back, set);
+    }
+}
