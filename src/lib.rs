@@ -1,1 +1,19 @@
+//! RUSTLE Gateway: one reliable, observable REST service for storing, fetching and
+//! searching versioned UCXL envelopes, in front of a cluster of BZZZ nodes.
+//!
+//! `main.rs` only parses the command line; everything else lives here so that tests can
+//! build the whole application on port 0 ([`startup::Application`]) or call the router in
+//! memory ([`startup::router`]).
 
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod middleware;
+pub mod openapi;
+pub mod reply;
+pub mod routes;
+pub mod startup;
+pub mod state;
+pub mod telemetry;

@@ -1,1 +1,158 @@
-fn main() {}
+//! The `rustle-gateway` binary: parse the command line, load configuration (exit 64 on
+//! any problem, before binding), install logging, serve until SIGTERM/SIGINT.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use rustle_gateway::config::{Cli, Command, EXIT_CONFIG, SETTINGS, Sources};
+use rustle_gateway::startup::{Application, Options, StartupError};
+use rustle_gateway::{openapi, telemetry};
+use tokio_util::sync::CancellationToken;
+
+/// `EX_UNAVAILABLE`: the listener could not bind.
+const EXIT_UNAVAILABLE: u8 = 69;
+
+fn environment() -> HashMap<String, String> {
+    std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn config_error(problems: &[String]) -> ExitCode {
+    for p in problems {
+        eprintln!("configuration error: {p}");
+    }
+    ExitCode::from(EXIT_CONFIG as u8)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Openapi) => {
+            return match openapi::document_json() {
+                Ok(json) => {
+                    print!("{json}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cannot render the OpenAPI document: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Settings) => {
+            println!(
+                "{:<30} {:<38} {:<16} meaning",
+                "key", "environment", "default"
+            );
+            for s in SETTINGS {
+                println!(
+                    "{:<30} {:<38} {:<16} {}",
+                    s.key,
+                    s.env,
+                    s.default.unwrap_or("-"),
+                    s.help
+                );
+            }
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let sources = match Sources::load(cli.clone(), environment()) {
+        Ok(s) => s,
+        Err(p) => return config_error(&p.0),
+    };
+    let config = match sources.resolve() {
+        Ok(c) => c,
+        Err(p) => return config_error(&p.0),
+    };
+    if let Some(Command::CheckConfig) = cli.command {
+        return match serde_json::to_string_pretty(&config) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cannot print the configuration: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let log_reload = telemetry::init(config.log_format, &config.log_filter);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(cli, config, log_reload))
+}
+
+async fn serve(
+    cli: Cli,
+    config: rustle_gateway::config::Config,
+    log_reload: Option<rustle_gateway::state::LogReload>,
+) -> ExitCode {
+    let options = Options {
+        cli,
+        env: Arc::new(environment),
+        log_reload,
+    };
+    let app = match Application::build(config, options).await {
+        Ok(app) => app,
+        Err(e @ StartupError::Mode(_)) => return config_error(&[e.to_string()]),
+        Err(e @ StartupError::Bind { .. }) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    match app.run_until_stopped(shutdown).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!(signal = "SIGINT", "stopping"),
+        () = term => tracing::info!(signal = "SIGTERM", "stopping"),
+    }
+    shutdown.cancel();
+}

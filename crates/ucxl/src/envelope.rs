@@ -272,8 +272,8 @@ pub struct Envelope {
     pub address: Address,
     /// 1-based position in the address's current history.
     pub version: u32,
-    /// The stored JSON value.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    /// The stored JSON value (any JSON).
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub content: Arc<Value>,
     /// Media type of `content`.
     pub content_type: String,

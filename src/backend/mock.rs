@@ -1,0 +1,132 @@
+//! The mock backend: the local store as the one and only copy, with the semantics of a
+//! BZZZ node (temporal navigation, tombstones, idempotent ids, pattern search). It is the
+//! embedded default, for offline development and tests.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use ucxl::{Address, Envelope, EnvelopeId, History, NewVersion, PutOutcome};
+
+use super::local::{LocalStore, Retention};
+use super::{
+    Backend, BackendError, BackendKind, BackendStatus, Call, Deleted, FallbackStatus,
+    JournalStatus, SearchPage, SearchQuery, Served, Via, Written, encode_cursor,
+};
+
+/// The local store, serving as the backend.
+#[derive(Debug, Clone)]
+pub struct MockBackend {
+    store: Arc<LocalStore>,
+}
+
+impl MockBackend {
+    /// A mock backend over `store`.
+    #[must_use]
+    pub fn new(store: Arc<LocalStore>) -> Self {
+        Self { store }
+    }
+
+    fn served<T>(value: T) -> Served<T> {
+        Served {
+            value,
+            via: Via::local(BackendKind::Mock),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for MockBackend {
+    async fn put(
+        &self,
+        _call: &Call,
+        address: &Address,
+        new: NewVersion,
+    ) -> Result<Served<Written>, BackendError> {
+        let outcome = self.store.put(address, new, Retention::Owned, Utc::now())?;
+        let created = matches!(outcome, PutOutcome::Created { .. });
+        let (version, stored) = outcome.parts();
+        Ok(Self::served(Written {
+            envelope: Envelope::new(address, version, stored),
+            created,
+        }))
+    }
+
+    async fn get(&self, _call: &Call, address: &Address) -> Result<Served<Envelope>, BackendError> {
+        let (version, stored) = self
+            .store
+            .get(address)
+            .ok_or_else(|| BackendError::NotFound {
+                address: address.to_string(),
+            })?;
+        Ok(Self::served(Envelope::new(address, version, &stored)))
+    }
+
+    async fn delete(
+        &self,
+        _call: &Call,
+        address: &Address,
+        id: EnvelopeId,
+    ) -> Result<Served<Deleted>, BackendError> {
+        let outcome = self
+            .store
+            .delete(address, id, Retention::Owned, Utc::now())?;
+        let tombstone = outcome.tombstone();
+        Ok(Self::served(Deleted {
+            address: address.clone().with_temporal(ucxl::Temporal::Latest),
+            id: tombstone.id.clone(),
+            deleted_at: tombstone.created_at,
+        }))
+    }
+
+    async fn history(
+        &self,
+        _call: &Call,
+        address: &Address,
+    ) -> Result<Served<History>, BackendError> {
+        let versions = self.store.history(address);
+        if versions.is_empty() {
+            return Err(BackendError::NotFound {
+                address: address.to_string(),
+            });
+        }
+        Ok(Self::served(History {
+            address: address.clone().with_temporal(ucxl::Temporal::Latest),
+            versions,
+        }))
+    }
+
+    async fn search(
+        &self,
+        _call: &Call,
+        query: &SearchQuery,
+    ) -> Result<Served<SearchPage>, BackendError> {
+        let (items, more) = self.store.search(query);
+        let next_cursor = more
+            .then(|| items.last().map(|i| encode_cursor(i.address.canonical())))
+            .flatten();
+        Ok(Self::served(SearchPage {
+            items,
+            next_cursor,
+            partial: false,
+            failed_endpoints: Vec::new(),
+        }))
+    }
+
+    fn ready(&self) -> bool {
+        true
+    }
+
+    fn status(&self) -> BackendStatus {
+        BackendStatus {
+            active_backend: BackendKind::Mock,
+            fallback: FallbackStatus {
+                active: false,
+                since: None,
+            },
+            journal: JournalStatus { pending: 0 },
+            endpoints: Vec::new(),
+            local_store: self.store.status(),
+        }
+    }
+}

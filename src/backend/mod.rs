@@ -1,0 +1,318 @@
+//! The `Backend` seam: what the routes call to store, fetch and search envelopes, whatever
+//! serves them (the local store, the BZZZ cluster, or the cluster with fallback).
+
+pub mod local;
+pub mod mock;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::time::Instant;
+use ucxl::{Address, Envelope, EnvelopeId, History, NewVersion, Pattern, SearchItem};
+
+/// Which kind of backend answered a request (the `X-Rustle-Backend` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// The in-process local backend, as the configured mode.
+    Mock,
+    /// A BZZZ node.
+    Real,
+    /// The local backend, standing in for an unreachable cluster.
+    Fallback,
+}
+
+impl BackendKind {
+    /// The header value.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mock => "mock",
+            Self::Real => "real",
+            Self::Fallback => "fallback",
+        }
+    }
+}
+
+/// The request context every backend call gets.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The request id, forwarded to nodes.
+    pub request_id: String,
+    /// When the request must be answered by.
+    pub deadline: Instant,
+}
+
+impl Call {
+    /// Time left before the deadline.
+    #[must_use]
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+/// How a request was served (the `X-Rustle-*` headers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via {
+    /// Which backend answered.
+    pub backend: BackendKind,
+    /// The node that answered, for real answers.
+    pub endpoint: Option<String>,
+    /// Attempts made (1 without retries).
+    pub attempts: u32,
+    /// True when a fallback read may be out of date.
+    pub stale: bool,
+}
+
+impl Via {
+    /// A first-attempt answer from a local backend.
+    #[must_use]
+    pub fn local(backend: BackendKind) -> Self {
+        Self {
+            backend,
+            endpoint: None,
+            attempts: 1,
+            stale: false,
+        }
+    }
+}
+
+/// A backend's answer with how it was served.
+#[derive(Debug, Clone)]
+pub struct Served<T> {
+    /// The answer.
+    pub value: T,
+    /// How it was served.
+    pub via: Via,
+}
+
+/// The result of a put.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// The stored (or already existing) envelope.
+    pub envelope: Envelope,
+    /// False when the id existed and nothing changed.
+    pub created: bool,
+}
+
+/// The result of a delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Deleted {
+    /// The canonical address.
+    pub address: Address,
+    /// The delete's id (Idempotency-Key or UUIDv7).
+    #[schema(value_type = String)]
+    pub id: EnvelopeId,
+    /// When the delete was accepted.
+    #[serde(with = "ucxl::envelope::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub deleted_at: DateTime<Utc>,
+}
+
+/// A validated search request.
+#[derive(Debug, Clone)]
+pub struct SearchQuery {
+    /// Which addresses.
+    pub pattern: Pattern,
+    /// Page size (1..=1000).
+    pub limit: usize,
+    /// Continue after this canonical address (decoded cursor).
+    pub after: Option<String>,
+    /// Only envelopes of this content type.
+    pub content_type: Option<String>,
+}
+
+/// One page of search results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct SearchPage {
+    /// Latest version of each matching address, sorted by address.
+    pub items: Vec<SearchItem>,
+    /// The cursor of the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+    /// True when some endpoint could not be searched.
+    pub partial: bool,
+    /// The endpoints that could not be searched.
+    pub failed_endpoints: Vec<String>,
+}
+
+/// Why a backend could not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// No live version at the address (or none that the temporal segment selects).
+    #[error("nothing stored at {address}")]
+    NotFound {
+        /// The address as requested.
+        address: String,
+    },
+    /// The write was refused (hash mismatch, id reuse, nothing to delete).
+    #[error(transparent)]
+    Write(#[from] ucxl::WriteError),
+    /// The local store is full of versions it must not evict.
+    #[error("the local store is full ({limit} versions)")]
+    StoreFull {
+        /// The configured limit.
+        limit: usize,
+    },
+}
+
+/// What `/v1/status` shows of the local store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct LocalStoreStatus {
+    /// Addresses held.
+    pub addresses: usize,
+    /// Versions and tombstones held.
+    pub entries: usize,
+    /// Of those, entries held as the only copy (never evicted).
+    pub owned_entries: usize,
+    /// The configured bound (`RUSTLE_CACHE_MAX_ENTRIES`).
+    pub max_entries: usize,
+    /// Addresses evicted since start.
+    pub evictions: u64,
+}
+
+/// Encodes the canonical address a page ended at as an opaque cursor.
+#[must_use]
+pub fn encode_cursor(last: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("v1:{last}"))
+}
+
+/// Decodes a cursor made by [`encode_cursor`].
+#[must_use]
+pub fn decode_cursor(cursor: &str) -> Option<String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let last = text.strip_prefix("v1:")?;
+    Address::parse(last).ok().map(|a| a.canonical().to_owned())
+}
+
+/// Stores, fetches and searches envelopes. Implemented by the local (mock) backend now and
+/// by the real and hybrid backends; the conformance suite holds every one to the same
+/// semantics.
+#[async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Stores a new version at `address`, or returns the existing one with the same id.
+    async fn put(
+        &self,
+        call: &Call,
+        address: &Address,
+        new: NewVersion,
+    ) -> Result<Served<Written>, BackendError>;
+    /// Fetches the version `address`'s temporal segment selects.
+    async fn get(&self, call: &Call, address: &Address) -> Result<Served<Envelope>, BackendError>;
+    /// Writes a tombstone at `address` (a no-op when a delete with this id exists).
+    async fn delete(
+        &self,
+        call: &Call,
+        address: &Address,
+        id: EnvelopeId,
+    ) -> Result<Served<Deleted>, BackendError>;
+    /// Lists the current versions of `address`.
+    async fn history(
+        &self,
+        call: &Call,
+        address: &Address,
+    ) -> Result<Served<History>, BackendError>;
+    /// One page of the latest version of each matching address.
+    async fn search(
+        &self,
+        call: &Call,
+        query: &SearchQuery,
+    ) -> Result<Served<SearchPage>, BackendError>;
+    /// Whether the backend can serve requests now (`/ready`).
+    fn ready(&self) -> bool;
+    /// What `/v1/status` shows of this backend.
+    fn status(&self) -> BackendStatus;
+}
+
+/// Whether the gateway is serving from the local store in place of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FallbackStatus {
+    /// True while requests are served locally.
+    pub active: bool,
+    /// Since when (RFC 3339), while active.
+    #[serde(with = "ucxl::envelope::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// The durable write journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct JournalStatus {
+    /// Writes accepted in fallback and not yet replayed to the cluster.
+    pub pending: u64,
+}
+
+/// A breaker's state and why it is in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct BreakerStatus {
+    /// `closed`, `open` or `half_open`.
+    pub state: String,
+    /// The rule and numbers that set the state.
+    pub reason: String,
+}
+
+/// One BZZZ endpoint as the gateway sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct EndpointStatus {
+    /// The endpoint URL.
+    pub url: String,
+    /// Whether health checks pass.
+    pub up: bool,
+    /// Its circuit breaker.
+    pub breaker: BreakerStatus,
+}
+
+/// What a backend reports for `/v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct BackendStatus {
+    /// Which backend answers requests now.
+    pub active_backend: BackendKind,
+    /// Fallback state.
+    pub fallback: FallbackStatus,
+    /// Journal depth.
+    pub journal: JournalStatus,
+    /// The BZZZ endpoints (empty in mock mode).
+    pub endpoints: Vec<EndpointStatus>,
+    /// The local store.
+    pub local_store: LocalStoreStatus,
+}
+
+/// A mode this gateway cannot serve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("backend mode {0} is not available in this release of the gateway: only mock is")]
+pub struct ModeUnavailable(pub crate::config::BackendMode);
+
+/// The backend that implements `mode`.
+///
+/// # Errors
+/// [`ModeUnavailable`] for modes this release does not implement.
+pub fn for_mode(
+    mode: crate::config::BackendMode,
+    store: &std::sync::Arc<local::LocalStore>,
+) -> Result<std::sync::Arc<dyn Backend>, ModeUnavailable> {
+    match mode {
+        crate::config::BackendMode::Mock => Ok(std::sync::Arc::new(mock::MockBackend::new(
+            std::sync::Arc::clone(store),
+        ))),
+        other => Err(ModeUnavailable(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trip_and_garbage() {
+        let c = encode_cursor("ucxl://a:b@c:d/x");
+        assert_eq!(decode_cursor(&c).as_deref(), Some("ucxl://a:b@c:d/x"));
+        assert_eq!(decode_cursor("!!!"), None);
+        assert_eq!(decode_cursor(&encode_cursor("not an address")), None);
+    }
+}

@@ -1,0 +1,303 @@
+//! The API error type: one enum, one code per variant, one place that turns it into a
+//! UCXL error answer. 5xx answers are opaque; their causes go to the log.
+//!
+//! Handlers and extractors return [`ApiError`]; its `IntoResponse` only records the error
+//! in the response's extensions. The [`crate::middleware::ucxl_errors`] layer, which knows
+//! the request id and path, writes the body, so every error of every route (unknown route,
+//! wrong method, rejected extractor, panic) has the same shape.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use ucxl::{AddressError, Code};
+
+use crate::backend::BackendError;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// An address, pattern or temporal segment that failed validation.
+    #[error("{0}")]
+    Address(#[from] AddressError),
+    /// A write or delete whose address selects a past version.
+    #[error(
+        "writes and deletes address the latest version: drop the temporal segment {provided:?}"
+    )]
+    WriteTemporal {
+        /// The temporal segment sent.
+        provided: String,
+    },
+    /// A missing or malformed query parameter or header.
+    #[error("{message}")]
+    BadRequest {
+        /// What is wrong.
+        message: String,
+        /// Structured details.
+        details: Value,
+    },
+    /// A body that is not the JSON the route takes.
+    #[error("{message}")]
+    InvalidPayload {
+        /// What is wrong.
+        message: String,
+        /// Structured details (parse position, field path).
+        details: Value,
+    },
+    /// A body larger than the limit.
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A body that is not JSON.
+    #[error("expected Content-Type application/json")]
+    UnsupportedMediaType {
+        /// The content type sent, if any.
+        provided: Option<String>,
+    },
+    /// The admin API is disabled.
+    #[error("the admin API is disabled: set RUSTLE_ADMIN_TOKEN to enable it")]
+    AdminDisabled,
+    /// Missing or wrong bearer token.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// Nothing at this address (or route).
+    #[error("{message}")]
+    NotFound {
+        /// What was not found.
+        message: String,
+        /// Structured details.
+        details: Value,
+    },
+    /// A request that conflicts with the current state.
+    #[error("{message}")]
+    Conflict {
+        /// What conflicts.
+        message: String,
+        /// Structured details.
+        details: Value,
+    },
+    /// The local store is full of data it must not evict.
+    #[error("the local store is full ({limit} versions); raise RUSTLE_CACHE_MAX_ENTRIES")]
+    InsufficientStorage {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// No backend can serve the request.
+    #[error("{message}")]
+    Unavailable {
+        /// What is unavailable.
+        message: String,
+        /// Per-endpoint details.
+        details: Value,
+        /// Seconds the client should wait, sent as `Retry-After`.
+        retry_after: Option<u32>,
+    },
+    /// The request deadline passed.
+    #[error("{message}")]
+    Timeout {
+        /// What timed out.
+        message: String,
+        /// Per-endpoint details.
+        details: Value,
+    },
+    /// A node answered with something unusable.
+    #[error("{message}")]
+    BadGateway {
+        /// What was wrong with the answer.
+        message: String,
+        /// Which endpoint.
+        details: Value,
+    },
+    /// A bug or an environment failure: logged in full, answered opaquely.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// What the error layer needs to write an error body; stored in response extensions.
+#[derive(Debug, Clone)]
+pub struct ErrorReport {
+    /// The UCXL code.
+    pub code: Code,
+    /// Human message.
+    pub message: String,
+    /// Structured details (an object).
+    pub details: Value,
+}
+
+impl ApiError {
+    /// A 400 for a query parameter or header.
+    pub fn bad_request(message: impl Into<String>, details: Value) -> Self {
+        Self::BadRequest {
+            message: message.into(),
+            details,
+        }
+    }
+
+    /// A 404 with details.
+    pub fn not_found(message: impl Into<String>, details: Value) -> Self {
+        Self::NotFound {
+            message: message.into(),
+            details,
+        }
+    }
+
+    /// A 500 for any error value.
+    pub fn internal(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Internal(Box::new(error))
+    }
+
+    /// The UCXL code (and so the HTTP status).
+    #[must_use]
+    pub fn code(&self) -> Code {
+        match self {
+            Self::Address(e) => e.code(),
+            Self::WriteTemporal { .. } => Code::TemporalInvalid,
+            Self::BadRequest { .. } => Code::BadRequest,
+            Self::InvalidPayload { .. } => Code::InvalidPayload,
+            Self::PayloadTooLarge { .. } => Code::PayloadTooLarge,
+            Self::UnsupportedMediaType { .. } => Code::UnsupportedMediaType,
+            Self::AdminDisabled => Code::Forbidden,
+            Self::Unauthorized => Code::Unauthorized,
+            Self::NotFound { .. } => Code::NotFound,
+            Self::Conflict { .. } => Code::Conflict,
+            Self::InsufficientStorage { .. } => Code::InsufficientStorage,
+            Self::Unavailable { .. } => Code::ServiceUnavailable,
+            Self::Timeout { .. } => Code::GatewayTimeout,
+            Self::BadGateway { .. } => Code::BadGateway,
+            Self::Internal(_) => Code::InternalError,
+        }
+    }
+
+    /// The details object sent to the client.
+    fn details(&self) -> Value {
+        match self {
+            Self::Address(e) => e.details(),
+            Self::BadRequest { details, .. }
+            | Self::InvalidPayload { details, .. }
+            | Self::NotFound { details, .. }
+            | Self::Conflict { details, .. }
+            | Self::Unavailable { details, .. }
+            | Self::Timeout { details, .. }
+            | Self::BadGateway { details, .. } => details.clone(),
+            Self::WriteTemporal { provided } => json!({
+                "field": "temporal",
+                "provided": provided,
+                "expected": "no temporal segment (or *^)",
+            }),
+            Self::PayloadTooLarge { limit } => json!({"limit_bytes": limit}),
+            Self::UnsupportedMediaType { provided } => {
+                json!({"provided": provided, "expected": "application/json"})
+            }
+            Self::InsufficientStorage { limit } => json!({"max_entries": limit}),
+            Self::AdminDisabled | Self::Unauthorized | Self::Internal(_) => json!({}),
+        }
+    }
+}
+
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::NotFound { address } => Self::not_found(
+                format!("nothing stored at {address}"),
+                json!({"address": address}),
+            ),
+            BackendError::Write(err) => match err {
+                ucxl::WriteError::HashMismatch { .. } | ucxl::WriteError::SizeMismatch { .. } => {
+                    Self::InvalidPayload {
+                        message: err.to_string(),
+                        details: json!({}),
+                    }
+                }
+                ucxl::WriteError::IdIsTombstone(_) | ucxl::WriteError::IdIsVersion(_) => {
+                    Self::Conflict {
+                        message: err.to_string(),
+                        details: json!({"header": "Idempotency-Key"}),
+                    }
+                }
+                ucxl::WriteError::NotFound => {
+                    Self::not_found("nothing to delete at this address", json!({}))
+                }
+            },
+            BackendError::StoreFull { limit } => Self::InsufficientStorage { limit },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = self.code();
+        let status =
+            StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let message = match &self {
+            // Never leak a dependency's error text; the log has it.
+            Self::Internal(source) => {
+                tracing::error!(error = %source, cause = ?source, "internal error");
+                "internal error; the gateway log has the cause under this request id".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut response = status.into_response();
+        match &self {
+            Self::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::Unavailable {
+                retry_after: Some(secs),
+                ..
+            } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            _ => {}
+        }
+        response.extensions_mut().insert(ErrorReport {
+            code,
+            message,
+            details: self.details(),
+        });
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_are_opaque() {
+        let e = ApiError::internal(std::io::Error::other("disk on fire at /secret/path"));
+        let response = e.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let report = response.extensions().get::<ErrorReport>().expect("report");
+        assert!(!report.message.contains("secret"));
+        assert_eq!(report.details, json!({}));
+    }
+
+    #[test]
+    fn status_matches_code() {
+        let errors = [
+            ApiError::bad_request("x", json!({})),
+            ApiError::PayloadTooLarge { limit: 1 },
+            ApiError::UnsupportedMediaType { provided: None },
+            ApiError::AdminDisabled,
+            ApiError::Unauthorized,
+            ApiError::not_found("x", json!({})),
+            ApiError::InsufficientStorage { limit: 1 },
+        ];
+        for e in errors {
+            let code = e.code();
+            let response = e.into_response();
+            assert_eq!(response.status().as_u16(), code.status());
+        }
+    }
+
+    #[test]
+    fn unauthorized_asks_for_a_bearer_token() {
+        let response = ApiError::Unauthorized.into_response();
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+    }
+}

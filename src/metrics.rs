@@ -1,0 +1,57 @@
+//! Prometheus metrics (SPEC §11): the process-wide recorder and the names we emit.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Request latency buckets, seconds: from loopback-fast to the default 5 s deadline.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process-wide Prometheus recorder, installed on first use.
+///
+/// The `metrics` facade has one global recorder per process; every application built in
+/// the process (tests build many) shares it.
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_duration_seconds".into()),
+                    LATENCY_BUCKETS,
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    describe_counter!(
+        "rustle_requests_total",
+        "HTTP requests answered, by route template, method and status"
+    );
+    describe_histogram!(
+        "rustle_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency by route template"
+    );
+    describe_counter!(
+        "rustle_local_store_evictions_total",
+        "Cached addresses evicted from the local store to respect RUSTLE_CACHE_MAX_ENTRIES"
+    );
+}
+
+/// How often histogram buckets are folded (the exporter needs periodic upkeep).
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);

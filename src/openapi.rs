@@ -1,0 +1,163 @@
+//! The OpenAPI 3.1 document, collected from the handlers' annotations (utoipa-axum), so it
+//! cannot drift from the router. `rustle-gateway openapi` prints it; the committed copy in
+//! `openapi/openapi.json` is checked by a test.
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{HeaderBuilder, ObjectBuilder, OpenApi as Document, RefOr, Response, Type};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes;
+
+/// The document's fixed parts; paths come from the routers.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "RUSTLE Gateway",
+        description = "One reliable, observable REST service for storing, fetching and searching versioned UCXL envelopes, in front of a cluster of BZZZ nodes.\n\nAddresses travel in the query string, URL-encoded: `ucxl://AGENT:ROLE@PROJECT:TASK[/TEMPORAL][/PATH]`. Every answer uses the UCXL format: `{\"response\": {code, message, data, request_id, timestamp}}` or `{\"error\": {code, message, details, source, path, request_id, timestamp}}`, and the HTTP status equals the code's middle number. Swagger UI is served at `/docs`.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    tags(
+        (name = "envelopes", description = "Store, fetch and delete versioned envelopes by UCXL address"),
+        (name = "search", description = "Find the latest envelope of every address matching a pattern"),
+        (name = "operations", description = "Liveness, readiness, status and metrics"),
+        (name = "admin", description = "Run-time control; needs the admin bearer token"),
+    ),
+    modifiers(&AdminToken),
+)]
+struct ApiDoc;
+
+struct AdminToken;
+
+impl Modify for AdminToken {
+    fn modify(&self, openapi: &mut Document) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+fn string_header(description: &str) -> RefOr<utoipa::openapi::Header> {
+    RefOr::T(
+        HeaderBuilder::new()
+            .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+            .description(Some(description))
+            .build(),
+    )
+}
+
+/// Adds what every operation shares: the `X-Request-Id` header on every answer, the
+/// `X-Rustle-*` headers on envelope and search successes, the error answers any route can
+/// give (400 for a bad `X-Request-Timeout-Ms`, 405, 500, 503 when shedding load).
+fn finish(mut doc: Document) -> Document {
+    let failure = || -> RefOr<Response> {
+        let mut response = Response::new("UCXL error");
+        let schema = RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Failure"));
+        response.content.insert(
+            "application/json".into(),
+            RefOr::T(
+                utoipa::openapi::content::ContentBuilder::new()
+                    .schema(Some(schema))
+                    .build(),
+            ),
+        );
+        RefOr::T(response)
+    };
+    let shared_errors = [
+        ("400", "Bad request: a malformed header or query parameter"),
+        (
+            "405",
+            "Method not allowed on this path (`Allow` lists the methods)",
+        ),
+        (
+            "500",
+            "Internal error (opaque; the log has the cause under the request id)",
+        ),
+        (
+            "503",
+            "Overloaded or no backend can serve (`Retry-After` says when to retry)",
+        ),
+    ];
+    for (path, item) in &mut doc.paths.paths {
+        let served = path.starts_with("/v1/envelopes") || path.starts_with("/v1/search");
+        for operation in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for (status, description) in shared_errors {
+                operation
+                    .responses
+                    .responses
+                    .entry(status.into())
+                    .or_insert_with(|| {
+                        let mut r = failure();
+                        if let RefOr::T(r) = &mut r {
+                            r.description = description.into();
+                        }
+                        r
+                    });
+            }
+            for (status, response) in &mut operation.responses.responses {
+                let RefOr::T(response) = response else {
+                    continue;
+                };
+                response.headers.insert(
+                    "X-Request-Id".into(),
+                    string_header(
+                        "The request id: the client's when it sent a valid one, else a UUIDv7",
+                    ),
+                );
+                if served && status.starts_with('2') {
+                    response.headers.insert(
+                        "X-Rustle-Backend".into(),
+                        string_header("Which backend answered: real, fallback or mock"),
+                    );
+                    response.headers.insert(
+                        "X-Rustle-Attempts".into(),
+                        string_header("Attempts made (1 without retries)"),
+                    );
+                    response.headers.insert(
+                        "X-Rustle-Endpoint".into(),
+                        string_header("The BZZZ node that answered (real answers only)"),
+                    );
+                    response.headers.insert(
+                        "X-Rustle-Stale".into(),
+                        string_header("`true` when a fallback read may be out of date"),
+                    );
+                }
+            }
+        }
+    }
+    doc
+}
+
+/// The routes with their collected document.
+pub fn parts() -> (axum::Router<crate::state::AppState>, Document) {
+    let (router, doc) = utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(routes::api())
+        .split_for_parts();
+    (router, finish(doc))
+}
+
+/// The OpenAPI document as served at `/openapi.json`.
+#[must_use]
+pub fn document() -> Document {
+    parts().1
+}
+
+/// The document as committed in `openapi/openapi.json` (pretty JSON, trailing newline).
+///
+/// # Errors
+/// Only if serialisation fails, which a valid document never does.
+pub fn document_json() -> Result<String, serde_json::Error> {
+    serde_json::to_string_pretty(&document()).map(|mut s| {
+        s.push('\n');
+        s
+    })
+}

@@ -1,0 +1,209 @@
+//! `/v1/admin`: switch the backend mode and reload configuration at run time. Both need
+//! `Authorization: Bearer <RUSTLE_ADMIN_TOKEN>`; with no token configured they answer 403.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use ucxl::Code;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::backend;
+use crate::config::{BackendMode, Config, Sources};
+use crate::error::ApiError;
+use crate::extract::{Admin, ApiJson, Ctx};
+use crate::reply::Reply;
+use crate::state::{Active, AppState};
+
+/// Settings that only take effect at start.
+const RESTART_REQUIRED: &[&str] = &["listen_addr", "log_format", "journal_dir"];
+
+/// The routes of this module.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(set_mode))
+        .routes(routes!(reload))
+}
+
+/// The body of `PUT /v1/admin/mode`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModeRequest {
+    /// The mode to switch to.
+    pub mode: BackendMode,
+}
+
+/// The answer of a mode change.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModeChange {
+    /// The mode now in force.
+    pub mode: BackendMode,
+    /// The mode before.
+    pub previous: BackendMode,
+}
+
+/// A setting a reload could not apply, and why.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotApplied {
+    /// The setting.
+    pub key: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a reload did.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct ReloadReport {
+    /// Settings that changed and are in force now.
+    pub applied: Vec<String>,
+    /// Settings that changed but take effect only after a restart.
+    pub restart_required: Vec<String>,
+    /// Settings that changed but could not be applied.
+    pub not_applied: Vec<NotApplied>,
+}
+
+/// Switches the active backend; the caller holds the admin lock.
+fn switch_mode(state: &AppState, mode: BackendMode) -> Result<BackendMode, ApiError> {
+    let previous = state.active.load().mode;
+    if previous == mode {
+        return Ok(previous);
+    }
+    let backend = backend::for_mode(mode, &state.store).map_err(|e| ApiError::Conflict {
+        message: e.to_string(),
+        details: json!({"mode": mode, "available": [BackendMode::Mock]}),
+    })?;
+    state.active.store(Arc::new(Active { mode, backend }));
+    tracing::info!(%previous, %mode, "backend mode switched");
+    Ok(previous)
+}
+
+/// Switch the backend mode (mock, real or hybrid) at run time.
+#[utoipa::path(
+    put,
+    path = "/v1/admin/mode",
+    tag = "admin",
+    security(("admin_token" = [])),
+    request_body(content = ModeRequest, content_type = "application/json", example = json!({"mode": "mock"})),
+    responses(
+        (status = 200, description = "The mode in force", body = inline(ucxl::Success<ModeChange>)),
+        (status = 400, description = "Not a mode", body = ucxl::Failure),
+        (status = 401, description = "Missing or wrong bearer token", body = ucxl::Failure),
+        (status = 403, description = "Admin API disabled (no RUSTLE_ADMIN_TOKEN)", body = ucxl::Failure),
+        (status = 409, description = "That mode is not available", body = ucxl::Failure),
+        (status = 413, description = "Body too large", body = ucxl::Failure),
+        (status = 415, description = "Content-Type is not application/json", body = ucxl::Failure),
+    )
+)]
+async fn set_mode(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ctx: Ctx,
+    ApiJson(body): ApiJson<ModeRequest>,
+) -> Result<Reply<ModeChange>, ApiError> {
+    let _guard = state.admin_lock.lock().await;
+    let previous = switch_mode(&state, body.mode)?;
+    let change = ModeChange {
+        mode: body.mode,
+        previous,
+    };
+    Ok(Reply::new(
+        Code::Ok,
+        format!("backend mode is {}", body.mode),
+        change,
+        ctx.request_id(),
+    ))
+}
+
+/// The top-level settings whose values differ between two configurations.
+fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
+    let (Ok(Value::Object(a)), Ok(Value::Object(b))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return Vec::new();
+    };
+    let mut keys: Vec<String> = b
+        .iter()
+        .filter(|(k, v)| a.get(*k) != Some(v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    // The token serialises masked, so compare it directly.
+    if old.admin_token != new.admin_token {
+        keys.push("admin_token".into());
+    }
+    keys
+}
+
+/// Re-read the config file and environment; apply what can change live.
+///
+/// Command-line flags keep their precedence. An invalid configuration changes nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/reload",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "What changed", body = inline(ucxl::Success<ReloadReport>)),
+        (status = 400, description = "The new configuration is invalid: nothing was applied", body = ucxl::Failure),
+        (status = 401, description = "Missing or wrong bearer token", body = ucxl::Failure),
+        (status = 403, description = "Admin API disabled (no RUSTLE_ADMIN_TOKEN)", body = ucxl::Failure),
+    )
+)]
+async fn reload(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ctx: Ctx,
+) -> Result<Reply<ReloadReport>, ApiError> {
+    let _guard = state.admin_lock.lock().await;
+    let invalid = |problems: Vec<String>| {
+        ApiError::bad_request(
+            "the configuration is invalid; nothing was applied",
+            json!({"problems": problems}),
+        )
+    };
+    let sources = Sources::load(state.cli.clone(), (state.env)()).map_err(|p| invalid(p.0))?;
+    let mut new = sources.resolve().map_err(|p| invalid(p.0))?;
+    let old = state.config.load_full();
+    let mut report = ReloadReport::default();
+    if new.log_filter != old.log_filter {
+        let outcome = state
+            .log_reload
+            .as_ref()
+            .ok_or_else(|| "this process did not install the log subscriber".to_owned())
+            .and_then(|reload| reload(&new.log_filter));
+        if let Err(reason) = outcome {
+            new.log_filter.clone_from(&old.log_filter);
+            report.not_applied.push(NotApplied {
+                key: "log_filter".into(),
+                reason,
+            });
+        }
+    }
+    if new.backend_mode != old.backend_mode
+        && let Err(e) = switch_mode(&state, new.backend_mode)
+    {
+        report.not_applied.push(NotApplied {
+            key: "backend_mode".into(),
+            reason: e.to_string(),
+        });
+        new.backend_mode = old.backend_mode;
+    }
+    for key in changed_keys(&old, &new) {
+        if RESTART_REQUIRED.contains(&key.as_str()) {
+            report.restart_required.push(key);
+        } else {
+            report.applied.push(key);
+        }
+    }
+    // What needs a restart keeps its running value, so the config reflects what is in force.
+    new.listen_addr = old.listen_addr;
+    new.log_format = old.log_format;
+    new.journal_dir.clone_from(&old.journal_dir);
+    state.store.set_max_entries(new.cache_max_entries);
+    state.config.store(Arc::new(new));
+    tracing::info!(applied = ?report.applied, restart_required = ?report.restart_required, "configuration reloaded");
+    let message = format!("{} settings applied", report.applied.len());
+    Ok(Reply::new(Code::Ok, message, report, ctx.request_id()))
+}

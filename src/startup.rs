@@ -1,0 +1,212 @@
+//! Building and running the application: state, router and layers, listener, shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::middleware::from_fn;
+use chrono::Utc;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::backend::local::LocalStore;
+use crate::backend::{self, ModeUnavailable};
+use crate::config::{Cli, Config};
+use crate::middleware;
+use crate::openapi;
+use crate::state::{Active, AppState, EnvSource, LogReload, Shared};
+
+/// What the application needs besides its configuration.
+#[derive(Clone)]
+pub struct Options {
+    /// The command line (reloads keep flag precedence).
+    pub cli: Cli,
+    /// Reads the environment (reloads re-read it).
+    pub env: EnvSource,
+    /// Changes the log filter, when this process installed the subscriber.
+    pub log_reload: Option<LogReload>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("cli", &self.cli)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Options {
+    /// No flags, an empty environment, no log reload: what tests use.
+    fn default() -> Self {
+        Self {
+            cli: Cli::default(),
+            env: Arc::new(Default::default),
+            log_reload: None,
+        }
+    }
+}
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The configured mode is not available.
+    #[error(transparent)]
+    Mode(#[from] ModeUnavailable),
+    /// The listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// The shared state for `config`.
+///
+/// # Errors
+/// [`ModeUnavailable`] when the configured mode is not implemented.
+pub fn build_state(config: Config, options: Options) -> Result<AppState, ModeUnavailable> {
+    let store = Arc::new(LocalStore::new(config.cache_max_entries));
+    let backend = backend::for_mode(config.backend_mode, &store)?;
+    Ok(AppState::new(Shared {
+        active: ArcSwap::from_pointee(Active {
+            mode: config.backend_mode,
+            backend,
+        }),
+        config: ArcSwap::from_pointee(config),
+        store,
+        metrics: crate::metrics::handle(),
+        cli: options.cli,
+        env: options.env,
+        log_reload: options.log_reload,
+        admin_lock: tokio::sync::Mutex::new(()),
+        started_at: Utc::now(),
+        started: Instant::now(),
+    }))
+}
+
+/// The whole HTTP application: API routes, Swagger UI, fallbacks and layers.
+pub fn router(state: AppState) -> Router {
+    let (api, doc) = openapi::parts();
+    api.merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+        .fallback(middleware::not_found)
+        .method_not_allowed_fallback(middleware::method_not_allowed)
+        // Outermost first: the request id exists before anything logs; spans and metrics
+        // see the final status; error bodies are written for every error below, panics
+        // included.
+        .layer(
+            ServiceBuilder::new()
+                .layer(from_fn(middleware::request_id))
+                .layer(from_fn(middleware::observe))
+                .layer(from_fn(middleware::ucxl_errors))
+                .layer(CatchPanicLayer::custom(middleware::panic_response)),
+        )
+        .with_state(state)
+}
+
+/// A bound, ready-to-run gateway.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: AppState,
+}
+
+impl Application {
+    /// Builds the state and binds the listener (port 0 picks a free port).
+    ///
+    /// # Errors
+    /// An unavailable mode or a failed bind.
+    pub async fn build(config: Config, options: Options) -> Result<Self, StartupError> {
+        let listen = config.listen_addr;
+        let state = build_state(config, options)?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartupError::Bind {
+            addr: listen,
+            source,
+        })?;
+        Ok(Self {
+            listener,
+            addr,
+            state,
+        })
+    }
+
+    /// The bound address.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The bound port.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The application state.
+    #[must_use]
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains open requests for at most the
+    /// configured grace period.
+    ///
+    /// # Errors
+    /// When the server fails.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> io::Result<()> {
+        let grace = self.state.config.load().shutdown_grace;
+        let upkeep = tokio::spawn(metrics_upkeep(self.state.clone(), shutdown.clone()));
+        tracing::info!(addr = %self.addr, mode = %self.state.active.load().mode, "listening");
+        let app = router(self.state);
+        let serve = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future();
+        tokio::pin!(serve);
+        let result = tokio::select! {
+            result = &mut serve => result,
+            () = shutdown.cancelled() => drain(serve, grace).await,
+        };
+        upkeep.abort();
+        result
+    }
+}
+
+/// Waits for in-flight requests to finish, at most `grace`.
+async fn drain(serve: impl Future<Output = io::Result<()>>, grace: Duration) -> io::Result<()> {
+    tracing::info!(
+        grace_ms = grace.as_millis(),
+        "shutting down: draining open requests"
+    );
+    if let Ok(result) = tokio::time::timeout(grace, serve).await {
+        tracing::info!("drained");
+        result
+    } else {
+        tracing::warn!("drain time over: closing the remaining connections");
+        Ok(())
+    }
+}
+
+async fn metrics_upkeep(state: AppState, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::metrics::UPKEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => state.metrics.run_upkeep(),
+            () = shutdown.cancelled() => return,
+        }
+    }
+}

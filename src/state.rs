@@ -1,0 +1,81 @@
+//! The application state: built once in `startup`, cloned cheaply into every handler.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::time::Instant;
+
+use crate::backend::Backend;
+use crate::backend::local::LocalStore;
+use crate::config::{BackendMode, Cli, Config};
+
+/// Reads the environment as it is now (`POST /v1/admin/reload` re-reads it).
+pub type EnvSource = Arc<dyn Fn() -> HashMap<String, String> + Send + Sync>;
+
+/// Changes the log filter of the running process.
+pub type LogReload = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// The backend serving requests now, and the mode it implements.
+#[derive(Debug, Clone)]
+pub struct Active {
+    /// The configured mode.
+    pub mode: BackendMode,
+    /// The backend that implements it.
+    pub backend: Arc<dyn Backend>,
+}
+
+/// Shared state of one application.
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Shared>);
+
+/// What [`AppState`] holds.
+pub struct Shared {
+    /// The configuration in force (swapped by reload).
+    pub config: ArcSwap<Config>,
+    /// The active backend (swapped by mode changes).
+    pub active: ArcSwap<Active>,
+    /// The local store (mock data, fallback data and cache).
+    pub store: Arc<LocalStore>,
+    /// The Prometheus handle `/metrics` renders.
+    pub metrics: PrometheusHandle,
+    /// The command line, for reloads (flags keep their precedence).
+    pub cli: Cli,
+    /// The environment, for reloads.
+    pub env: EnvSource,
+    /// Log filter reload, when this process owns the subscriber.
+    pub log_reload: Option<LogReload>,
+    /// Serialises mode changes and reloads.
+    pub admin_lock: tokio::sync::Mutex<()>,
+    /// Wall-clock start time.
+    pub started_at: DateTime<Utc>,
+    /// Monotonic start time.
+    pub started: Instant,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("mode", &self.active.load().mode)
+            .field("config", &self.config.load())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Wraps the shared state.
+    #[must_use]
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
