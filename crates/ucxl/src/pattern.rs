@@ -316,6 +316,14 @@ mod tests {
     }
 
     #[test]
+    fn display_is_never_longer_than_the_input() {
+        let long = format!("ucxl://any:any@any:any/{}", "x".repeat(1000));
+        let p = pattern(&long);
+        assert!(p.to_string().len() <= long.len());
+        assert_eq!(pattern(&p.to_string()), p);
+    }
+
+    #[test]
     fn exactness() {
         assert!(pattern("ucxl://a:b@c:d/x").is_exact());
         assert!(!pattern("ucxl://a:b@c:any/x").is_exact());
