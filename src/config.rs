@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 /// Exit code for invalid configuration (`EX_USAGE`).
-pub const EXIT_CONFIG: i32 = 64;
+pub const EXIT_CONFIG: u8 = 64;
 
 /// Command-line interface. Every setting can also be given with `--set key=value`.
 #[derive(Debug, Clone, Default, Parser)]
@@ -25,19 +25,19 @@ pub const EXIT_CONFIG: i32 = 64;
     about = "RUSTLE Gateway: one reliable REST service in front of a BZZZ cluster"
 )]
 pub struct Cli {
-    /// TOML config file (keys as listed by `rustle-gateway settings`) [env: RUSTLE_CONFIG]
+    /// TOML config file (keys as listed by `rustle-gateway settings`) [env: `RUSTLE_CONFIG`]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address to listen on [env: RUSTLE_LISTEN_ADDR] [default: 0.0.0.0:8080]
+    /// Address to listen on [env: `RUSTLE_LISTEN_ADDR`] [default: 0.0.0.0:8080]
     #[arg(long, value_name = "HOST:PORT")]
     pub listen_addr: Option<String>,
-    /// mock, real or hybrid [env: RUSTLE_BACKEND_MODE]
+    /// mock, real or hybrid [env: `RUSTLE_BACKEND_MODE`]
     #[arg(long, value_name = "MODE")]
     pub backend_mode: Option<String>,
-    /// Comma-separated BZZZ node URLs [env: RUSTLE_BZZZ_ENDPOINTS]
+    /// Comma-separated BZZZ node URLs [env: `RUSTLE_BZZZ_ENDPOINTS`]
     #[arg(long, value_name = "URLS")]
     pub bzzz_endpoints: Option<String>,
-    /// json or pretty [env: RUSTLE_LOG_FORMAT] [default: json]
+    /// json or pretty [env: `RUSTLE_LOG_FORMAT`] [default: json]
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
     /// Any other setting, as KEY=VALUE (repeatable); see `rustle-gateway settings`
@@ -53,7 +53,7 @@ pub struct Cli {
 pub enum Command {
     /// Serve the API (the default).
     Serve,
-    /// Print the OpenAPI document and exit.
+    /// Print the `OpenAPI` document and exit.
     Openapi,
     /// Validate the configuration, print the effective values and exit.
     CheckConfig,
@@ -770,6 +770,7 @@ mod tests {
             .expect("valid flags")
     }
 
+    #[allow(clippy::unnecessary_wraps)] // `Sources::file` is optional
     fn file(text: &str) -> Option<(PathBuf, String)> {
         Some((PathBuf::from("rustle.toml"), text.to_owned()))
     }

@@ -181,8 +181,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             .await
             .map_err(|e| {
                 let too_large =
-                    std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
-                        .any(|e| e.is::<http_body_util::LengthLimitError>());
+                    std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source()).any(
+                        <dyn std::error::Error + 'static>::is::<http_body_util::LengthLimitError>,
+                    );
                 if too_large {
                     ApiError::PayloadTooLarge { limit }
                 } else {

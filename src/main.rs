@@ -29,7 +29,7 @@ fn config_error(problems: &[String]) -> ExitCode {
     for p in problems {
         eprintln!("configuration error: {p}");
     }
-    ExitCode::from(EXIT_CONFIG as u8)
+    ExitCode::from(EXIT_CONFIG)
 }
 
 fn main() -> ExitCode {

@@ -30,7 +30,7 @@ pub struct RequestId(pub Arc<str>);
 pub const SOURCE: &str = "rustle-gateway";
 
 /// Takes the client's `X-Request-Id` when it is 1..=128 visible ASCII characters, else
-/// generates a UUIDv7; stores it for handlers and echoes it on the response.
+/// generates a `UUIDv7`; stores it for handlers and echoes it on the response.
 pub async fn request_id(mut req: Request, next: Next) -> Response {
     let id: Arc<str> = req
         .headers()
@@ -59,8 +59,7 @@ pub async fn observe(req: Request, next: Next) -> Response {
     let request_id = req
         .extensions()
         .get::<RequestId>()
-        .map(|r| Arc::clone(&r.0))
-        .unwrap_or_else(|| Arc::from("-"));
+        .map_or_else(|| Arc::from("-"), |r| Arc::clone(&r.0));
     let span =
         tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
     let started = Instant::now();
@@ -133,6 +132,7 @@ pub async fn ucxl_errors(req: Request, next: Next) -> Response {
 }
 
 /// Turns a panic into an opaque 500 and logs what panicked.
+#[allow(clippy::needless_pass_by_value)] // the signature `CatchPanicLayer::custom` takes
 pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
     let what = panic
         .downcast_ref::<String>()

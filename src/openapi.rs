@@ -1,4 +1,4 @@
-//! The OpenAPI 3.1 document, collected from the handlers' annotations (utoipa-axum), so it
+//! The `OpenAPI` 3.1 document, collected from the handlers' annotations (utoipa-axum), so it
 //! cannot drift from the router. `rustle-gateway openapi` prints it; the committed copy in
 //! `openapi/openapi.json` is checked by a test.
 
@@ -145,7 +145,7 @@ pub fn parts() -> (axum::Router<crate::state::AppState>, Document) {
     (router, finish(doc))
 }
 
-/// The OpenAPI document as served at `/openapi.json`.
+/// The `OpenAPI` document as served at `/openapi.json`.
 #[must_use]
 pub fn document() -> Document {
     parts().1

@@ -96,7 +96,12 @@ pub fn build_state(config: Config, options: Options) -> Result<AppState, ModeUna
 /// The whole HTTP application: API routes, Swagger UI, fallbacks and layers.
 pub fn router(state: AppState) -> Router {
     let (api, doc) = openapi::parts();
-    api.merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+    with_layers(api.merge(SwaggerUi::new("/docs").url("/openapi.json", doc))).with_state(state)
+}
+
+/// Adds the fallbacks and the layer stack every route gets.
+pub fn with_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
+    routes
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
         // Outermost first: the request id exists before anything logs; spans and metrics
@@ -109,7 +114,6 @@ pub fn router(state: AppState) -> Router {
                 .layer(from_fn(middleware::ucxl_errors))
                 .layer(CatchPanicLayer::custom(middleware::panic_response)),
         )
-        .with_state(state)
 }
 
 /// A bound, ready-to-run gateway.

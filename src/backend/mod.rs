@@ -102,7 +102,7 @@ pub struct Written {
 pub struct Deleted {
     /// The canonical address.
     pub address: Address,
-    /// The delete's id (Idempotency-Key or UUIDv7).
+    /// The delete's id (Idempotency-Key or `UUIDv7`).
     #[schema(value_type = String)]
     pub id: EnvelopeId,
     /// When the delete was accepted.

@@ -52,7 +52,7 @@ pub struct PutEnvelope {
 #[allow(dead_code)] // documentation only: `Ctx` reads these headers
 pub struct WriteHeaders {
     /// The envelope id: retries with the same key are no-ops that return the first result
-    /// (1..=128 printable ASCII characters). A UUIDv7 is chosen when absent.
+    /// (1..=128 printable ASCII characters). A `UUIDv7` is chosen when absent.
     #[param(rename = "Idempotency-Key", example = "7f1c2a52-client-retry-key")]
     idempotency_key: Option<String>,
     /// Lowers the request deadline (milliseconds).

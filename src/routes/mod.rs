@@ -10,6 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::state::AppState;
 
 /// Every documented route.
+#[must_use]
 pub fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(envelopes::router())

@@ -18,7 +18,7 @@ pub const MAX_ID_BYTES: usize = 128;
 pub const DEFAULT_CONTENT_TYPE: &str = "application/json";
 
 /// An envelope id: a client's `Idempotency-Key` (1..=128 printable ASCII, no leading or
-/// trailing space) or a UUIDv7.
+/// trailing space) or a `UUIDv7`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EnvelopeId(String);
 
@@ -42,7 +42,7 @@ impl EnvelopeId {
         Ok(Self(id.to_owned()))
     }
 
-    /// A fresh UUIDv7 (time-ordered) id.
+    /// A fresh `UUIDv7` (time-ordered) id.
     #[must_use]
     pub fn generate() -> Self {
         Self(uuid::Uuid::now_v7().to_string())
@@ -265,7 +265,7 @@ pub struct Version {
     "size": 25
 })))]
 pub struct Envelope {
-    /// The envelope id (Idempotency-Key or UUIDv7).
+    /// The envelope id (Idempotency-Key or `UUIDv7`).
     #[cfg_attr(feature = "openapi", schema(value_type = String, min_length = 1, max_length = 128))]
     pub id: EnvelopeId,
     /// The canonical address (no temporal segment).

@@ -16,7 +16,7 @@ use crate::envelope::{
 /// A delete: versions before it are no longer visible; a later put starts a new history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tombstone {
-    /// The delete's id (its `Idempotency-Key` or a UUIDv7), so replays are no-ops.
+    /// The delete's id (its `Idempotency-Key` or a `UUIDv7`), so replays are no-ops.
     pub id: EnvelopeId,
     /// When the delete was accepted.
     #[serde(with = "rfc3339")]
@@ -440,7 +440,7 @@ mod tests {
                 assert_eq!(version, 1);
                 assert_eq!(*stored.content, json!("a"));
             }
-            other => panic!("expected Existing, got {other:?}"),
+            other @ PutOutcome::Created { .. } => panic!("expected Existing, got {other:?}"),
         }
         assert_eq!(set.len(), 2);
     }

@@ -1,0 +1,449 @@
+//! The backend conformance suite: the semantics every `Backend` must have (SPEC §3, §6),
+//! written against the trait so mock, real and hybrid backends run the same checks.
+//!
+//! Each check takes a fresh backend and works in its own project, so the suite also runs
+//! against a shared cluster.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustle_gateway::backend::{Backend, BackendError, Call, SearchQuery};
+use serde_json::{Map, Value, json};
+use tokio::time::Instant;
+use ucxl::{Address, EnvelopeId, NewVersion, Pattern, WriteError, content_digest};
+
+use super::helpers::project;
+
+pub fn call() -> Call {
+    Call {
+        request_id: "conformance".into(),
+        deadline: Instant::now() + Duration::from_secs(5),
+    }
+}
+
+pub fn addr(s: &str) -> Address {
+    Address::parse(s).expect("valid address")
+}
+
+pub fn new(id: Option<&str>, content: Value) -> NewVersion {
+    NewVersion {
+        id: id.map_or_else(EnvelopeId::generate, |i| {
+            EnvelopeId::parse(i).expect("valid id")
+        }),
+        content: Arc::new(content),
+        content_type: "application/json".into(),
+        metadata: Map::new(),
+        created_at: None,
+        hash: None,
+        size: None,
+    }
+}
+
+fn id(s: &str) -> EnvelopeId {
+    EnvelopeId::parse(s).expect("valid id")
+}
+
+async fn put(b: &dyn Backend, address: &str, content: Value) -> ucxl::Envelope {
+    b.put(&call(), &addr(address), new(None, content))
+        .await
+        .expect("put succeeds")
+        .value
+        .envelope
+}
+
+pub async fn put_then_get_returns_the_envelope(b: Arc<dyn Backend>) {
+    let a = format!(
+        "ucxl://claude:architect@{}:t/decisions/protocol.json",
+        project()
+    );
+    let content = json!({"decision": "libp2p", "n": [1, 2.5, "x"]});
+    let mut n = new(Some("first-key"), content.clone());
+    n.metadata.insert("author".into(), json!("claude"));
+    let written = b.put(&call(), &addr(&a), n).await.expect("put").value;
+    assert!(written.created);
+    let e = written.envelope;
+    assert_eq!(e.version, 1);
+    assert_eq!(e.id.as_str(), "first-key");
+    assert_eq!(e.address.to_string(), a);
+    assert_eq!(*e.content, content);
+    assert_eq!(e.metadata["author"], "claude");
+    let (hash, size) = content_digest(&content);
+    assert_eq!((e.hash.clone(), e.size), (hash, size));
+    let got = b.get(&call(), &addr(&a)).await.expect("get").value;
+    assert_eq!(got, e);
+}
+
+pub async fn versions_are_numbered_and_temporal_segments_navigate(b: Arc<dyn Backend>) {
+    let p = project();
+    let base = format!("ucxl://a:r@{p}:t");
+    for i in 1..=3 {
+        assert_eq!(put(&*b, &format!("{base}/doc"), json!(i)).await.version, i);
+    }
+    let pick = |t: &str| {
+        let b = Arc::clone(&b);
+        let a = format!("{base}/{t}/doc");
+        async move {
+            b.get(&call(), &addr(&a))
+                .await
+                .map(|s| (s.value.version, (*s.value.content).clone()))
+        }
+    };
+    assert_eq!(pick("*^").await, Ok((3, json!(3))));
+    assert_eq!(pick("*~").await, Ok((1, json!(1))));
+    assert_eq!(pick("*~2").await, Ok((2, json!(2))));
+    assert_eq!(pick("~~1").await, Ok((2, json!(2))));
+    assert_eq!(pick("~~0").await, Ok((3, json!(3))));
+    assert_eq!(pick("^^2").await, Ok((3, json!(3))));
+    assert!(matches!(
+        pick("*~4").await,
+        Err(BackendError::NotFound { .. })
+    ));
+    assert!(matches!(
+        pick("~~3").await,
+        Err(BackendError::NotFound { .. })
+    ));
+    assert!(matches!(
+        pick("^^3").await,
+        Err(BackendError::NotFound { .. })
+    ));
+}
+
+pub async fn same_id_is_a_no_op(b: Arc<dyn Backend>) {
+    let a = format!("ucxl://a:r@{}:t/x", project());
+    let first = b
+        .put(&call(), &addr(&a), new(Some("k1"), json!("one")))
+        .await
+        .expect("put")
+        .value;
+    assert!(first.created);
+    put(&*b, &a, json!("two")).await;
+    let again = b
+        .put(&call(), &addr(&a), new(Some("k1"), json!("changed")))
+        .await
+        .expect("put")
+        .value;
+    assert!(!again.created);
+    assert_eq!(
+        again.envelope, first.envelope,
+        "the existing version comes back unchanged"
+    );
+    let history = b.history(&call(), &addr(&a)).await.expect("history").value;
+    assert_eq!(history.versions.len(), 2);
+}
+
+pub async fn missing_addresses_are_not_found(b: Arc<dyn Backend>) {
+    let a = addr(&format!("ucxl://a:r@{}:t/nothing", project()));
+    assert!(matches!(
+        b.get(&call(), &a).await,
+        Err(BackendError::NotFound { .. })
+    ));
+    assert!(matches!(
+        b.history(&call(), &a).await,
+        Err(BackendError::NotFound { .. })
+    ));
+    assert!(matches!(
+        b.delete(&call(), &a, EnvelopeId::generate()).await,
+        Err(BackendError::Write(WriteError::NotFound) | BackendError::NotFound { .. })
+    ));
+}
+
+pub async fn delete_hides_and_a_later_put_starts_a_new_history(b: Arc<dyn Backend>) {
+    let a = format!("ucxl://a:r@{}:t/x", project());
+    put(&*b, &a, json!(1)).await;
+    put(&*b, &a, json!(2)).await;
+    let deleted = b
+        .delete(&call(), &addr(&a), id("del-1"))
+        .await
+        .expect("delete")
+        .value;
+    assert_eq!(deleted.id.as_str(), "del-1");
+    assert_eq!(deleted.address.to_string(), a);
+    assert!(matches!(
+        b.get(&call(), &addr(&a)).await,
+        Err(BackendError::NotFound { .. })
+    ));
+    assert!(matches!(
+        b.history(&call(), &addr(&a)).await,
+        Err(BackendError::NotFound { .. })
+    ));
+    // replaying the delete is a no-op that answers the same
+    let again = b
+        .delete(&call(), &addr(&a), id("del-1"))
+        .await
+        .expect("replay")
+        .value;
+    assert_eq!(again, deleted);
+    // another delete finds nothing
+    assert!(b.delete(&call(), &addr(&a), id("del-2")).await.is_err());
+    let fresh = put(&*b, &a, json!(3)).await;
+    assert_eq!(
+        fresh.version, 1,
+        "a put after a delete starts a new history"
+    );
+    assert_eq!(
+        b.history(&call(), &addr(&a))
+            .await
+            .expect("history")
+            .value
+            .versions
+            .len(),
+        1
+    );
+}
+
+pub async fn ids_cannot_change_kind(b: Arc<dyn Backend>) {
+    let a = format!("ucxl://a:r@{}:t/x", project());
+    b.put(&call(), &addr(&a), new(Some("v1"), json!(1)))
+        .await
+        .expect("put");
+    assert_eq!(
+        b.delete(&call(), &addr(&a), id("v1")).await.err(),
+        Some(BackendError::Write(WriteError::IdIsVersion(id("v1"))))
+    );
+    b.delete(&call(), &addr(&a), id("d1"))
+        .await
+        .expect("delete");
+    assert_eq!(
+        b.put(&call(), &addr(&a), new(Some("d1"), json!(2)))
+            .await
+            .err(),
+        Some(BackendError::Write(WriteError::IdIsTombstone(id("d1"))))
+    );
+}
+
+pub async fn hash_mismatch_is_refused(b: Arc<dyn Backend>) {
+    let a = format!("ucxl://a:r@{}:t/x", project());
+    let mut n = new(None, json!({"k": 1}));
+    n.hash = Some(content_digest(&json!({"k": 2})).0);
+    assert!(matches!(
+        b.put(&call(), &addr(&a), n).await,
+        Err(BackendError::Write(WriteError::HashMismatch { .. }))
+    ));
+    assert!(
+        b.get(&call(), &addr(&a)).await.is_err(),
+        "nothing was stored"
+    );
+}
+
+pub async fn history_lists_versions_oldest_first(b: Arc<dyn Backend>) {
+    let a = format!("ucxl://a:r@{}:t/x", project());
+    let e1 = put(&*b, &a, json!("a")).await;
+    let e2 = put(&*b, &a, json!("bb")).await;
+    let h = b
+        .history(&call(), &addr(&a).with_temporal(ucxl::Temporal::First))
+        .await
+        .expect("history")
+        .value;
+    assert_eq!(h.address.to_string(), a);
+    let got: Vec<_> = h
+        .versions
+        .iter()
+        .map(|v| (v.version, v.id.clone(), v.size))
+        .collect();
+    assert_eq!(got, [(1, e1.id, e1.size), (2, e2.id, e2.size)]);
+    assert!(h.versions[0].created_at < h.versions[1].created_at);
+}
+
+#[allow(clippy::too_many_lines)]
+pub async fn search_matches_sorts_pages_and_filters(b: Arc<dyn Backend>) {
+    let p = project();
+    for path in ["d/b.json", "d/a.json", "d/sub/c.json", "other/x.json"] {
+        put(&*b, &format!("ucxl://agent:role@{p}:t/{path}"), json!(path)).await;
+    }
+    put(
+        &*b,
+        &format!("ucxl://agent:role@{p}:t/d/a.json"),
+        json!("newer"),
+    )
+    .await;
+    let mut text = new(None, json!("plain"));
+    text.content_type = "text/plain".into();
+    b.put(
+        &call(),
+        &addr(&format!("ucxl://agent:role@{p}:t/d/t.txt")),
+        text,
+    )
+    .await
+    .expect("put");
+    put(
+        &*b,
+        &format!("ucxl://agent:role@{p}:t/d/gone.json"),
+        json!(0),
+    )
+    .await;
+    b.delete(
+        &call(),
+        &addr(&format!("ucxl://agent:role@{p}:t/d/gone.json")),
+        EnvelopeId::generate(),
+    )
+    .await
+    .expect("delete");
+
+    let query =
+        |pattern: &str, limit: usize, after: Option<String>, ct: Option<&str>| SearchQuery {
+            pattern: Pattern::parse(pattern).expect("valid pattern"),
+            limit,
+            after,
+            content_type: ct.map(str::to_owned),
+        };
+    let paths = |items: &[ucxl::SearchItem]| {
+        items
+            .iter()
+            .map(|i| i.address.segments().join("/"))
+            .collect::<Vec<_>>()
+    };
+
+    let all = b
+        .search(
+            &call(),
+            &query(&format!("ucxl://any:any@{p}:any/**"), 100, None, None),
+        )
+        .await
+        .expect("search")
+        .value;
+    assert_eq!(
+        paths(&all.items),
+        [
+            "d/a.json",
+            "d/b.json",
+            "d/sub/c.json",
+            "d/t.txt",
+            "other/x.json"
+        ]
+    );
+    assert!(!all.partial);
+    assert!(all.next_cursor.is_none());
+    let a = all
+        .items
+        .iter()
+        .find(|i| i.address.segments().join("/") == "d/a.json")
+        .expect("a.json");
+    assert_eq!(a.version, 2, "search returns the latest version");
+
+    let globbed = b
+        .search(
+            &call(),
+            &query(&format!("ucxl://*:role@{p}:*/d/*.json"), 100, None, None),
+        )
+        .await
+        .expect("search")
+        .value;
+    assert_eq!(paths(&globbed.items), ["d/a.json", "d/b.json"]);
+
+    let typed = b
+        .search(
+            &call(),
+            &query(
+                &format!("ucxl://any:any@{p}:any/**"),
+                100,
+                None,
+                Some("text/plain"),
+            ),
+        )
+        .await
+        .expect("search")
+        .value;
+    assert_eq!(paths(&typed.items), ["d/t.txt"]);
+
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = b
+            .search(
+                &call(),
+                &query(
+                    &format!("ucxl://any:any@{p}:any/**"),
+                    2,
+                    after.clone(),
+                    None,
+                ),
+            )
+            .await
+            .expect("search")
+            .value;
+        assert!(page.items.len() <= 2);
+        seen.extend(paths(&page.items));
+        match page.next_cursor {
+            Some(c) => {
+                after = Some(rustle_gateway::backend::decode_cursor(&c).expect("valid cursor"));
+            }
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        paths(&all.items),
+        "pages cover everything once, in order"
+    );
+
+    let none = b
+        .search(
+            &call(),
+            &query(&format!("ucxl://nobody:any@{p}:any/**"), 10, None, None),
+        )
+        .await
+        .expect("search")
+        .value;
+    assert!(none.items.is_empty());
+}
+
+pub async fn concurrent_writes_all_land_with_distinct_versions(b: Arc<dyn Backend>) {
+    let a = format!("ucxl://a:r@{}:t/hot", project());
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let b = Arc::clone(&b);
+            let a = a.clone();
+            tokio::spawn(async move { b.put(&call(), &addr(&a), new(None, json!(i))).await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.expect("task").expect("put").value.envelope.id);
+    }
+    let history = b.history(&call(), &addr(&a)).await.expect("history").value;
+    let numbers: Vec<u32> = history.versions.iter().map(|v| v.version).collect();
+    assert_eq!(numbers, (1..=32).collect::<Vec<_>>());
+    let mut stored: Vec<_> = history.versions.into_iter().map(|v| v.id).collect();
+    stored.sort();
+    ids.sort();
+    assert_eq!(stored, ids, "every acknowledged write is in the history");
+}
+
+/// Declares one `#[tokio::test]` per conformance check for a backend constructor.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($module:ident, $make:expr) => {
+        mod $module {
+            use super::*;
+            $crate::conformance_suite!(@tests $make;
+                put_then_get_returns_the_envelope,
+                versions_are_numbered_and_temporal_segments_navigate,
+                same_id_is_a_no_op,
+                missing_addresses_are_not_found,
+                delete_hides_and_a_later_put_starts_a_new_history,
+                ids_cannot_change_kind,
+                hash_mismatch_is_refused,
+                history_lists_versions_oldest_first,
+                search_matches_sorts_pages_and_filters,
+                concurrent_writes_all_land_with_distinct_versions,
+            );
+        }
+    };
+    (@tests $make:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $check() {
+                let backend: std::sync::Arc<dyn rustle_gateway::backend::Backend> = $make().await;
+                $crate::conformance::$check(backend).await;
+            }
+        )*
+    };
+}
+
+#[allow(clippy::unused_async)] // the suite awaits constructors: real backends start nodes
+async fn mock_backend() -> Arc<dyn Backend> {
+    let store = Arc::new(rustle_gateway::backend::local::LocalStore::new(10_000));
+    Arc::new(rustle_gateway::backend::mock::MockBackend::new(store))
+}
+
+conformance_suite!(mock, mock_backend);
