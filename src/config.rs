@@ -947,7 +947,10 @@ mod tests {
             ..Sources::default()
         });
         assert_eq!(p.len(), 2, "{p:?}");
-        assert!(p.iter().any(|m| m.contains("unknown key \"nope\"")), "{p:?}");
+        assert!(
+            p.iter().any(|m| m.contains("unknown key \"nope\"")),
+            "{p:?}"
+        );
         let p = problems(&Sources {
             file: file("this is not toml"),
             ..Sources::default()
@@ -1021,6 +1024,23 @@ mod tests {
         )
         .expect_err("missing file");
         assert!(e.0[0].contains("cannot read config file"), "{e}");
+    }
+
+    #[test]
+    fn readme_documents_every_setting() {
+        let readme = include_str!("../README.md");
+        for s in SETTINGS {
+            assert!(
+                readme.contains(&format!("`{}`", s.env)),
+                "README lacks {}",
+                s.env
+            );
+            assert!(
+                readme.contains(&format!("`{}`", s.key)),
+                "README lacks {}",
+                s.key
+            );
+        }
     }
 
     #[test]

@@ -214,3 +214,36 @@ async fn metrics_upkeep(state: AppState, shutdown: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_waits_for_open_requests_up_to_the_grace_period() {
+        let started = Instant::now();
+        let result = drain(
+            std::future::pending::<io::Result<()>>(),
+            Duration::from_secs(3),
+        )
+        .await;
+        assert!(result.is_ok());
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(3),
+            "gives up exactly at the grace period"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_returns_as_soon_as_the_server_finishes() {
+        let started = Instant::now();
+        let server = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Err(io::Error::other("listener failed"))
+        };
+        let result = drain(server, Duration::from_secs(3)).await;
+        assert!(result.is_err(), "the server's own result is passed on");
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+    }
+}
