@@ -96,7 +96,12 @@ pub fn build_state(config: Config, options: Options) -> Result<AppState, ModeUna
 /// The whole HTTP application: API routes, Swagger UI, fallbacks and layers.
 pub fn router(state: AppState) -> Router {
     let (api, doc) = openapi::parts();
-    with_layers(api.merge(SwaggerUi::new("/docs").url("/openapi.json", doc))).with_state(state)
+    // No validator: Swagger UI would otherwise send the spec's URL to validator.swagger.io
+    // from every deployment not on localhost (and show a broken badge offline).
+    let docs = SwaggerUi::new("/docs")
+        .url("/openapi.json", doc)
+        .config(utoipa_swagger_ui::Config::from("/openapi.json").validator_url("none"));
+    with_layers(api.merge(docs)).with_state(state)
 }
 
 /// Adds the fallbacks and the layer stack every route gets.

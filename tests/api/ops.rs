@@ -117,6 +117,10 @@ async fn swagger_ui_is_served_from_the_binary() {
         .await
         .expect("js");
     assert!(init.contains("/openapi.json"), "{init}");
+    assert!(
+        init.contains(r#""validatorUrl": "none""#) || init.contains(r#""validatorUrl":"none""#),
+        "no call to validator.swagger.io: {init}"
+    );
     // /docs redirects to /docs/
     let no_redirect = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
