@@ -43,6 +43,12 @@ pub enum ApiError {
         /// Structured details (parse position, field path).
         details: Value,
     },
+    /// The request body did not arrive in time.
+    #[error("the request body did not arrive within {timeout_ms} ms")]
+    BodyTimeout {
+        /// The time allowed.
+        timeout_ms: u128,
+    },
     /// A body larger than the limit.
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge {
@@ -156,6 +162,7 @@ impl ApiError {
             Self::BadRequest { .. } => Code::BadRequest,
             Self::InvalidPayload { .. } => Code::InvalidPayload,
             Self::PayloadTooLarge { .. } => Code::PayloadTooLarge,
+            Self::BodyTimeout { .. } => Code::RequestTimeout,
             Self::UnsupportedMediaType { .. } => Code::UnsupportedMediaType,
             Self::AdminDisabled => Code::Forbidden,
             Self::Unauthorized => Code::Unauthorized,
@@ -186,6 +193,7 @@ impl ApiError {
                 "expected": "no temporal segment (or *^)",
             }),
             Self::PayloadTooLarge { limit } => json!({"limit_bytes": limit}),
+            Self::BodyTimeout { timeout_ms } => json!({"timeout_ms": timeout_ms}),
             Self::UnsupportedMediaType { provided } => {
                 json!({"provided": provided, "expected": "application/json"})
             }
@@ -203,12 +211,12 @@ impl From<BackendError> for ApiError {
                 json!({"address": address}),
             ),
             BackendError::Write(err) => match err {
-                ucxl::WriteError::HashMismatch { .. } | ucxl::WriteError::SizeMismatch { .. } => {
-                    Self::InvalidPayload {
-                        message: err.to_string(),
-                        details: json!({}),
-                    }
-                }
+                ucxl::WriteError::HashMismatch { .. }
+                | ucxl::WriteError::SizeMismatch { .. }
+                | ucxl::WriteError::Digest(_) => Self::InvalidPayload {
+                    message: err.to_string(),
+                    details: json!({}),
+                },
                 ucxl::WriteError::IdIsTombstone(_) | ucxl::WriteError::IdIsVersion(_) => {
                     Self::Conflict {
                         message: err.to_string(),
@@ -220,6 +228,11 @@ impl From<BackendError> for ApiError {
                 }
             },
             BackendError::StoreFull { limit } => Self::InsufficientStorage { limit },
+            BackendError::Timeout => Self::Timeout {
+                message: "the request deadline passed".into(),
+                details: json!({}),
+            },
+            BackendError::Internal(cause) => Self::internal(std::io::Error::other(cause)),
         }
     }
 }

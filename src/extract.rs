@@ -94,6 +94,22 @@ impl FromRequestParts<AppState> for Ctx {
     }
 }
 
+/// Just the request id, for routes that read no other header (probes must not fail on a
+/// malformed header they do not use).
+#[derive(Debug, Clone)]
+pub struct Rid(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Rid {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<RequestId>().map_or_else(
+            || uuid::Uuid::now_v7().to_string(),
+            |r| r.0.to_string(),
+        )))
+    }
+}
+
 /// A query string deserialised into `T`; unknown, missing or malformed parameters are 400.
 #[derive(Debug, Clone)]
 pub struct ApiQuery<T>(pub T);
@@ -138,7 +154,9 @@ impl<S: Send + Sync> FromRequestParts<S> for AddressParam {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let ApiQuery(query) = ApiQuery::<AddressQuery>::from_request_parts(parts, state).await?;
-        Ok(Self(Address::parse(&query.address)?))
+        let address = Address::parse(&query.address)?;
+        address.require_concrete()?;
+        Ok(Self(address))
     }
 }
 
@@ -169,7 +187,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
                 provided: content_type,
             });
         }
-        let limit = state.config.load().max_body_bytes;
+        let (limit, timeout) = {
+            let config = state.config.load();
+            (config.max_body_bytes, config.request_timeout)
+        };
         let declared = headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -177,22 +198,27 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
         if declared.is_some_and(|len| len > limit as u64) {
             return Err(ApiError::PayloadTooLarge { limit });
         }
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|e| {
-                let too_large =
-                    std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source()).any(
-                        <dyn std::error::Error + 'static>::is::<http_body_util::LengthLimitError>,
-                    );
-                if too_large {
-                    ApiError::PayloadTooLarge { limit }
-                } else {
-                    ApiError::InvalidPayload {
-                        message: "the request body could not be read".into(),
-                        details: json!({}),
-                    }
+        let read = axum::body::to_bytes(req.into_body(), limit);
+        // A client that stops sending mid-body must not hold the handler forever.
+        let read =
+            tokio::time::timeout(timeout, read)
+                .await
+                .map_err(|_| ApiError::BodyTimeout {
+                    timeout_ms: timeout.as_millis(),
+                })?;
+        let bytes = read.map_err(|e| {
+            let too_large =
+                std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                    .any(<dyn std::error::Error + 'static>::is::<http_body_util::LengthLimitError>);
+            if too_large {
+                ApiError::PayloadTooLarge { limit }
+            } else {
+                ApiError::InvalidPayload {
+                    message: "the request body could not be read".into(),
+                    details: json!({}),
                 }
-            })?;
+            }
+        })?;
         parse_json(&bytes).map(Self)
     }
 }

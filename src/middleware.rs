@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -48,6 +48,28 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
     response
 }
 
+/// The method as a label value: standard methods by name, anything else `other`.
+fn method_label(method: &Method) -> &'static str {
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::PUT,
+        Method::POST,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::TRACE,
+        Method::CONNECT,
+    ];
+    const NAMES: [&str; 9] = [
+        "GET", "PUT", "POST", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE", "CONNECT",
+    ];
+    STANDARD
+        .iter()
+        .position(|m| m == method)
+        .map_or("other", |i| NAMES[i])
+}
+
 /// One tracing span per request, the request counter and the latency histogram, labelled
 /// by the matched route template (never the raw URI, whose cardinality is unbounded).
 pub async fn observe(req: Request, next: Next) -> Response {
@@ -55,13 +77,14 @@ pub async fn observe(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().clone();
+    // Clients may send any method token: only standard ones become label values, so the
+    // number of time series stays bounded.
+    let method = method_label(req.method());
     let request_id = req
         .extensions()
         .get::<RequestId>()
         .map_or_else(|| Arc::from("-"), |r| Arc::clone(&r.0));
-    let span =
-        tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
+    let span = tracing::info_span!("request", request_id = %request_id, method, route = %route);
     let started = Instant::now();
     let response = next.run(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
@@ -76,7 +99,7 @@ pub async fn observe(req: Request, next: Next) -> Response {
     metrics::counter!(
         "rustle_requests_total",
         "route" => route.clone(),
-        "method" => method.to_string(),
+        "method" => method,
         "status" => status.to_string()
     )
     .increment(1);
@@ -160,4 +183,17 @@ pub async fn method_not_allowed(req: Request) -> Response {
         details: serde_json::json!({"method": req.method().as_str()}),
     });
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_standard_methods_become_labels() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::DELETE), "DELETE");
+        let custom = Method::from_bytes(b"RANDOM42").expect("a valid token");
+        assert_eq!(method_label(&custom), "other");
+    }
 }

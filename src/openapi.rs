@@ -76,7 +76,7 @@ fn finish(mut doc: Document) -> Document {
         ),
         (
             "503",
-            "Overloaded or no backend can serve (`Retry-After` says when to retry)",
+            "No backend can serve the request (`Retry-After` says when to retry)",
         ),
     ];
     for (path, item) in &mut doc.paths.paths {

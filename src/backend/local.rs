@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use ucxl::{
@@ -93,44 +94,58 @@ impl Inner {
 
     /// Applies `change` to the record at `address` (created empty if absent), keeping the
     /// counters, ownership and LRU index right.
+    ///
+    /// `growth` entries must fit first (evicting cached records); `None` skips the check,
+    /// for changes that may not be refused for space (deletes). A change that adds nothing
+    /// needs no room and changes no ownership. Returns the change's result and how many
+    /// records were evicted.
     fn update<T>(
         &mut self,
         address: &Address,
         retention: Retention,
-        growth: usize,
+        growth: Option<usize>,
         change: impl FnOnce(&mut VersionSet) -> T,
     ) -> Result<(T, u64), BackendError> {
         let key = address.canonical();
-        let evicted = self.make_room(growth, key).ok_or(BackendError::StoreFull {
-            limit: self.max_entries,
-        })?;
+        let mut evicted = 0;
+        if let Some(growth) = growth.filter(|g| *g > 0) {
+            evicted = self.make_room(growth, key).ok_or(BackendError::StoreFull {
+                limit: self.max_entries,
+            })?;
+        }
         let record = self
             .records
             .entry(key.to_owned())
             .or_insert_with(|| Record {
-                address: address.clone().with_temporal(ucxl::Temporal::Latest),
+                address: address.without_temporal(),
                 set: VersionSet::default(),
                 owned: false,
                 touched: 0,
             });
         let before = record.set.len();
         let out = change(&mut record.set);
+        if retention == Retention::Owned {
+            // The only copy: what reads cannot see any more is dropped, not kept.
+            record.set.compact();
+        }
         let after = record.set.len();
-        let was_owned = record.owned;
-        if retention == Retention::Owned && !was_owned {
+        if retention == Retention::Owned && after != before && !record.owned {
             record.owned = true;
             self.lru.remove(&record.touched);
             self.owned_entries += before;
         }
         if record.owned {
-            self.owned_entries += after - before;
+            self.owned_entries = self.owned_entries + after - before;
         }
-        self.entries += after - before;
+        self.entries = self.entries + after - before;
         if after == 0 {
             self.records.remove(key);
         } else {
             self.touch(key);
         }
+        // Shrinking changes (compaction) or skipped checks may leave the store over its
+        // bound: evict cached records to get back under it where possible.
+        evicted += self.make_room(0, key).unwrap_or(0);
         Ok((out, evicted))
     }
 }
@@ -177,14 +192,13 @@ impl LocalStore {
         now: DateTime<Utc>,
     ) -> Result<PutOutcome, BackendError> {
         let mut inner = self.write();
-        let growth = usize::from(
-            !inner
-                .records
-                .get(address.canonical())
-                .is_some_and(|r| r.set.entries().iter().any(|e| e.id() == &new.id)),
-        );
+        let exists = inner
+            .records
+            .get(address.canonical())
+            .is_some_and(|r| r.set.contains(&new.id));
+        let growth = usize::from(!exists);
         let (outcome, evicted) =
-            inner.update(address, retention, growth, |set| set.put(new, now))?;
+            inner.update(address, retention, Some(growth), |set| set.put(new, now))?;
         drop(inner);
         self.count_evictions(evicted);
         Ok(outcome?)
@@ -202,12 +216,12 @@ impl LocalStore {
         now: DateTime<Utc>,
     ) -> Result<DeleteOutcome, BackendError> {
         let mut inner = self.write();
-        let Some(record) = inner.records.get(address.canonical()) else {
+        if !inner.records.contains_key(address.canonical()) {
             return Err(ucxl::WriteError::NotFound.into());
-        };
-        let growth = usize::from(!record.set.entries().iter().any(|e| e.id() == &id));
+        }
+        // A delete is never refused for space: it makes a record smaller or keeps it.
         let (outcome, evicted) =
-            inner.update(address, retention, growth, |set| set.delete(id, None, now))?;
+            inner.update(address, retention, None, |set| set.delete(id, None, now))?;
         drop(inner);
         self.count_evictions(evicted);
         Ok(outcome?)
@@ -225,15 +239,11 @@ impl LocalStore {
     ) -> Result<bool, BackendError> {
         let mut inner = self.write();
         let growth = match inner.records.get(address.canonical()) {
-            Some(r) => other
-                .entries()
-                .iter()
-                .filter(|e| !r.set.entries().iter().any(|mine| mine.id() == e.id()))
-                .count(),
+            Some(r) => r.set.missing_from(other).count(),
             None => other.len(),
         };
         let (changed, evicted) =
-            inner.update(address, retention, growth, |set| set.merge(other))?;
+            inner.update(address, retention, Some(growth), |set| set.merge(other))?;
         drop(inner);
         self.count_evictions(evicted);
         Ok(changed)
@@ -278,20 +288,35 @@ impl LocalStore {
     }
 
     /// One page of matches, sorted by canonical address, plus whether more follow.
-    #[must_use]
-    pub fn search(&self, query: &SearchQuery) -> (Vec<SearchItem>, bool) {
+    ///
+    /// Scans only the address range the pattern's literal prefix allows, and gives up with
+    /// [`BackendError::Timeout`] once `deadline` has passed.
+    ///
+    /// # Errors
+    /// [`BackendError::Timeout`].
+    pub fn search(
+        &self,
+        query: &SearchQuery,
+        deadline: Instant,
+    ) -> Result<(Vec<SearchItem>, bool), BackendError> {
+        /// Records scanned between deadline checks.
+        const CHECK_EVERY: usize = 256;
         let inner = self.read();
-        let start = query
-            .after
-            .as_deref()
-            .map_or(Bound::Unbounded, Bound::Excluded);
+        let prefix = query.pattern.literal_prefix();
+        let start = match query.after.as_deref() {
+            Some(after) if after >= prefix.as_str() => Bound::Excluded(after),
+            _ => Bound::Included(prefix.as_str()),
+        };
         let mut items = Vec::new();
         let mut more = false;
-        for record in inner
-            .records
-            .range::<str, _>((start, Bound::Unbounded))
-            .map(|(_, r)| r)
-        {
+        let range = inner.records.range::<str, _>((start, Bound::Unbounded));
+        for (scanned, (key, record)) in range.enumerate() {
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            if scanned % CHECK_EVERY == CHECK_EVERY - 1 && Instant::now() >= deadline {
+                return Err(BackendError::Timeout);
+            }
             if !query.pattern.matches(&record.address) {
                 continue;
             }
@@ -309,7 +334,7 @@ impl LocalStore {
             }
             items.push(SearchItem::new(&record.address, version, latest));
         }
-        (items, more)
+        Ok((items, more))
     }
 
     /// Changes the bound; lowering it evicts cached records at once.
@@ -352,6 +377,7 @@ pub fn same_media_type(a: &str, b: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::{Map, json};
+    use std::time::Duration;
     use ucxl::Pattern;
 
     fn addr(s: &str) -> Address {
@@ -368,6 +394,10 @@ mod tests {
             hash: None,
             size: None,
         }
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(60)
     }
 
     fn everything(limit: usize) -> SearchQuery {
@@ -485,15 +515,121 @@ mod tests {
             let a = addr(&format!("ucxl://a:b@c:d/{p}"));
             store.put(&a, new(p), Retention::Owned, now).expect("fits");
         }
-        let (page, more) = store.search(&everything(2));
+        let (page, more) = store.search(&everything(2), far()).expect("in time");
         let names: Vec<_> = page.iter().map(|i| i.address.to_string()).collect();
         assert_eq!(names, ["ucxl://a:b@c:d/a", "ucxl://a:b@c:d/b"]);
         assert!(more);
         let mut q = everything(2);
         q.after = Some("ucxl://a:b@c:d/b".into());
-        let (page, more) = store.search(&q);
+        let (page, more) = store.search(&q, far()).expect("in time");
         assert_eq!(page.len(), 2);
         assert!(!more);
+    }
+
+    #[test]
+    fn a_full_store_still_takes_retries_and_deletes() {
+        let store = LocalStore::new(2);
+        let now = Utc::now();
+        let a = addr("ucxl://a:b@c:d/x");
+        store
+            .put(&a, new("1"), Retention::Owned, now)
+            .expect("fits");
+        store
+            .put(&a, new("2"), Retention::Owned, now)
+            .expect("fits");
+        store.set_max_entries(1);
+        // a retry adds nothing, so it needs no room even over the bound
+        assert!(store.put(&a, new("2"), Retention::Owned, now).is_ok());
+        // a delete is never refused; it compacts the record to its tombstone
+        store
+            .delete(
+                &a,
+                EnvelopeId::parse("d").expect("id"),
+                Retention::Owned,
+                now,
+            )
+            .expect("delete");
+        assert_eq!(store.status().entries, 1);
+        assert!(store.get(&a).is_none());
+        // and the freed room takes a new version
+        store
+            .put(&addr("ucxl://a:b@c:d/y"), new("3"), Retention::Owned, now)
+            .expect_err("one slot, held by the tombstone");
+        store.set_max_entries(2);
+        store
+            .put(&addr("ucxl://a:b@c:d/y"), new("3"), Retention::Owned, now)
+            .expect("fits");
+    }
+
+    #[test]
+    fn the_record_being_written_is_never_the_one_evicted() {
+        let store = LocalStore::new(2);
+        let now = Utc::now();
+        let a = addr("ucxl://a:b@c:d/a");
+        store
+            .put(&a, new("1"), Retention::Cached, now)
+            .expect("fits");
+        store
+            .put(&addr("ucxl://a:b@c:d/b"), new("2"), Retention::Cached, now)
+            .expect("fits");
+        // a is the least recently used, but it is the record being written
+        assert!(store.get(&addr("ucxl://a:b@c:d/b")).is_some());
+        store
+            .put(&a, new("3"), Retention::Cached, now)
+            .expect("evicts b");
+        assert_eq!(store.history(&a).len(), 2);
+        assert!(store.get(&addr("ucxl://a:b@c:d/b")).is_none());
+    }
+
+    #[test]
+    fn failed_or_no_op_writes_change_no_ownership() {
+        let store = LocalStore::new(10);
+        let now = Utc::now();
+        let a = addr("ucxl://a:b@c:d/x");
+        store
+            .put(&a, new("1"), Retention::Cached, now)
+            .expect("fits");
+        store
+            .put(&a, new("1"), Retention::Owned, now)
+            .expect("no-op");
+        let mut bad = new("2");
+        bad.hash = Some(ucxl::content_digest(&json!("other")).expect("hash").0);
+        assert!(store.put(&a, bad, Retention::Owned, now).is_err());
+        assert_eq!(store.status().owned_entries, 0, "still a cached record");
+    }
+
+    #[test]
+    fn search_scans_only_the_literal_prefix_and_honours_the_deadline() {
+        let store = LocalStore::new(1000);
+        let now = Utc::now();
+        for p in ["p1", "p2"] {
+            for i in 0..300 {
+                store
+                    .put(
+                        &addr(&format!("ucxl://a:b@{p}:t/{i}")),
+                        new(&i.to_string()),
+                        Retention::Owned,
+                        now,
+                    )
+                    .expect("fits");
+            }
+        }
+        let q = SearchQuery {
+            pattern: Pattern::parse("ucxl://a:b@p2:any/**").expect("pattern"),
+            limit: 1000,
+            after: None,
+            content_type: None,
+        };
+        let (items, more) = store.search(&q, far()).expect("in time");
+        assert_eq!((items.len(), more), (300, false));
+        assert!(items.iter().all(|i| i.address.project() == "p2"));
+        let past = Instant::now()
+            .checked_sub(Duration::from_millis(1))
+            .unwrap_or_else(Instant::now);
+        assert_eq!(
+            store.search(&everything(1000), past).err(),
+            Some(BackendError::Timeout)
+        );
     }
 
     #[test]

@@ -73,7 +73,7 @@ impl Backend for MockBackend {
             .delete(address, id, Retention::Owned, Utc::now())?;
         let tombstone = outcome.tombstone();
         Ok(Self::served(Deleted {
-            address: address.clone().with_temporal(ucxl::Temporal::Latest),
+            address: address.without_temporal(),
             id: tombstone.id.clone(),
             deleted_at: tombstone.created_at,
         }))
@@ -91,17 +91,23 @@ impl Backend for MockBackend {
             });
         }
         Ok(Self::served(History {
-            address: address.clone().with_temporal(ucxl::Temporal::Latest),
+            address: address.without_temporal(),
             versions,
         }))
     }
 
     async fn search(
         &self,
-        _call: &Call,
+        call: &Call,
         query: &SearchQuery,
     ) -> Result<Served<SearchPage>, BackendError> {
-        let (items, more) = self.store.search(query);
+        // The scan is CPU-bound: keep it off the async workers.
+        let store = Arc::clone(&self.store);
+        let owned = query.clone();
+        let deadline = call.deadline.into_std();
+        let (items, more) = tokio::task::spawn_blocking(move || store.search(&owned, deadline))
+            .await
+            .map_err(|e| BackendError::Internal(e.to_string()))??;
         let next_cursor = more
             .then(|| items.last().map(|i| encode_cursor(i.address.canonical())))
             .flatten();

@@ -149,6 +149,12 @@ pub enum BackendError {
     /// The write was refused (hash mismatch, id reuse, nothing to delete).
     #[error(transparent)]
     Write(#[from] ucxl::WriteError),
+    /// The request deadline passed.
+    #[error("the request deadline passed")]
+    Timeout,
+    /// A bug (a panicked task): logged, answered opaquely.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The local store is full of versions it must not evict.
     #[error("the local store is full ({limit} versions)")]
     StoreFull {

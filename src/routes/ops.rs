@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 use crate::backend::BackendStatus;
 use crate::config::BackendMode;
 use crate::error::ApiError;
-use crate::extract::Ctx;
+use crate::extract::Rid;
 use crate::reply::Reply;
 use crate::state::AppState;
 
@@ -60,14 +60,9 @@ pub struct Status {
     tag = "operations",
     responses((status = 200, description = "Alive", body = inline(ucxl::Success<Probe>)))
 )]
-async fn health(State(state): State<AppState>, ctx: Ctx) -> Reply<Probe> {
+async fn health(State(state): State<AppState>, Rid(rid): Rid) -> Reply<Probe> {
     let mode = state.active.load().mode;
-    Reply::new(
-        Code::Ok,
-        "alive",
-        Probe { status: "ok", mode },
-        ctx.request_id(),
-    )
+    Reply::new(Code::Ok, "alive", Probe { status: "ok", mode }, &rid)
 }
 
 /// Readiness: some backend can serve requests now.
@@ -80,7 +75,7 @@ async fn health(State(state): State<AppState>, ctx: Ctx) -> Reply<Probe> {
         (status = 503, description = "No backend can serve", body = ucxl::Failure),
     )
 )]
-async fn ready(State(state): State<AppState>, ctx: Ctx) -> Result<Reply<Probe>, ApiError> {
+async fn ready(State(state): State<AppState>, Rid(rid): Rid) -> Result<Reply<Probe>, ApiError> {
     let active = state.active.load();
     if active.backend.ready() {
         Ok(Reply::new(
@@ -90,7 +85,7 @@ async fn ready(State(state): State<AppState>, ctx: Ctx) -> Result<Reply<Probe>, 
                 status: "ready",
                 mode: active.mode,
             },
-            ctx.request_id(),
+            &rid,
         ))
     } else {
         Err(ApiError::Unavailable {
@@ -108,7 +103,7 @@ async fn ready(State(state): State<AppState>, ctx: Ctx) -> Result<Reply<Probe>, 
     tag = "operations",
     responses((status = 200, description = "The gateway's state", body = inline(ucxl::Success<Status>)))
 )]
-async fn status(State(state): State<AppState>, ctx: Ctx) -> Reply<Status> {
+async fn status(State(state): State<AppState>, Rid(rid): Rid) -> Reply<Status> {
     let active = state.active.load();
     let status = Status {
         mode: active.mode,
@@ -117,7 +112,7 @@ async fn status(State(state): State<AppState>, ctx: Ctx) -> Reply<Status> {
         uptime_seconds: state.started.elapsed().as_secs(),
         backend: active.backend.status(),
     };
-    Reply::new(Code::Ok, "status", status, ctx.request_id())
+    Reply::new(Code::Ok, "status", status, &rid)
 }
 
 /// Prometheus metrics in the text exposition format.

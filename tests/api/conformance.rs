@@ -67,7 +67,7 @@ pub async fn put_then_get_returns_the_envelope(b: Arc<dyn Backend>) {
     assert_eq!(e.address.to_string(), a);
     assert_eq!(*e.content, content);
     assert_eq!(e.metadata["author"], "claude");
-    let (hash, size) = content_digest(&content);
+    let (hash, size) = content_digest(&content).expect("canonical");
     assert_eq!((e.hash.clone(), e.size), (hash, size));
     let got = b.get(&call(), &addr(&a)).await.expect("get").value;
     assert_eq!(got, e);
@@ -129,6 +129,33 @@ pub async fn same_id_is_a_no_op(b: Arc<dyn Backend>) {
     );
     let history = b.history(&call(), &addr(&a)).await.expect("history").value;
     assert_eq!(history.versions.len(), 2);
+}
+
+pub async fn ids_are_scoped_to_their_address(b: Arc<dyn Backend>) {
+    let p = project();
+    let one = b
+        .put(
+            &call(),
+            &addr(&format!("ucxl://a:r@{p}:t/one")),
+            new(Some("shared"), json!(1)),
+        )
+        .await
+        .expect("put")
+        .value;
+    let two = b
+        .put(
+            &call(),
+            &addr(&format!("ucxl://a:r@{p}:t/two")),
+            new(Some("shared"), json!(2)),
+        )
+        .await
+        .expect("put")
+        .value;
+    assert!(
+        one.created && two.created,
+        "the same id at another address is another envelope"
+    );
+    assert_eq!(*two.envelope.content, json!(2));
 }
 
 pub async fn missing_addresses_are_not_found(b: Arc<dyn Backend>) {
@@ -214,7 +241,7 @@ pub async fn ids_cannot_change_kind(b: Arc<dyn Backend>) {
 pub async fn hash_mismatch_is_refused(b: Arc<dyn Backend>) {
     let a = format!("ucxl://a:r@{}:t/x", project());
     let mut n = new(None, json!({"k": 1}));
-    n.hash = Some(content_digest(&json!({"k": 2})).0);
+    n.hash = Some(content_digest(&json!({"k": 2})).expect("canonical").0);
     assert!(matches!(
         b.put(&call(), &addr(&a), n).await,
         Err(BackendError::Write(WriteError::HashMismatch { .. }))
@@ -389,7 +416,7 @@ pub async fn search_matches_sorts_pages_and_filters(b: Arc<dyn Backend>) {
 
 pub async fn concurrent_writes_all_land_with_distinct_versions(b: Arc<dyn Backend>) {
     let a = format!("ucxl://a:r@{}:t/hot", project());
-    let tasks: Vec<_> = (0..32)
+    let tasks: Vec<_> = (0..64)
         .map(|i| {
             let b = Arc::clone(&b);
             let a = a.clone();
@@ -402,7 +429,7 @@ pub async fn concurrent_writes_all_land_with_distinct_versions(b: Arc<dyn Backen
     }
     let history = b.history(&call(), &addr(&a)).await.expect("history").value;
     let numbers: Vec<u32> = history.versions.iter().map(|v| v.version).collect();
-    assert_eq!(numbers, (1..=32).collect::<Vec<_>>());
+    assert_eq!(numbers, (1..=64).collect::<Vec<_>>());
     let mut stored: Vec<_> = history.versions.into_iter().map(|v| v.id).collect();
     stored.sort();
     ids.sort();
@@ -419,6 +446,7 @@ macro_rules! conformance_suite {
                 put_then_get_returns_the_envelope,
                 versions_are_numbered_and_temporal_segments_navigate,
                 same_id_is_a_no_op,
+                ids_are_scoped_to_their_address,
                 missing_addresses_are_not_found,
                 delete_hides_and_a_later_put_starts_a_new_history,
                 ids_cannot_change_kind,
@@ -431,7 +459,8 @@ macro_rules! conformance_suite {
     };
     (@tests $make:expr; $($check:ident),* $(,)?) => {
         $(
-            #[tokio::test]
+            // Several workers, so concurrent checks really run in parallel.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $check() {
                 let backend: std::sync::Arc<dyn rustle_gateway::backend::Backend> = $make().await;
                 $crate::conformance::$check(backend).await;

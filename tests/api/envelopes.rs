@@ -255,6 +255,33 @@ async fn request_id_is_echoed_or_generated() {
 }
 
 #[tokio::test]
+async fn version_zero_does_not_exist() {
+    let app = spawn_app().await;
+    let p = project();
+    app.put(&format!("ucxl://a:r@{p}:t/x"), json!({"content": 1}))
+        .await;
+    let (status, body) = json(app.get(&format!("ucxl://a:r@{p}:t/*~0/x")).await).await;
+    assert_error(status, &body, "UCXL-404-NOT_FOUND");
+}
+
+#[tokio::test]
+async fn every_served_answer_says_how_it_was_served() {
+    let app = spawn_app().await;
+    let a = format!("ucxl://a:r@{}:t/x", project());
+    app.put(&a, json!({"content": 1})).await;
+    let history = app
+        .get_path(&format!(
+            "/v1/envelopes/history?address={}",
+            super::helpers::enc(&a)
+        ))
+        .await;
+    assert_eq!(history.headers()["x-rustle-backend"], "mock");
+    assert_eq!(history.headers()["x-rustle-attempts"], "1");
+    let deleted = app.delete(&a).await;
+    assert_eq!(deleted.headers()["x-rustle-backend"], "mock");
+}
+
+#[tokio::test]
 async fn history_lists_versions_without_content() {
     let app = spawn_app().await;
     let a = format!("ucxl://a:r@{}:t/x", project());

@@ -181,6 +181,53 @@ async fn invalid_addresses_name_the_component() {
 }
 
 #[tokio::test]
+async fn wildcard_components_are_refused_on_envelope_routes() {
+    let app = spawn_app().await;
+    let (status, body) = json(app.put("ucxl://any:r@p:t/x", json!({"content": 1})).await).await;
+    let e = assert_error(status, &body, "UCXL-400-INVALID_ADDRESS");
+    assert_eq!(e["details"]["field"], "agent");
+    let (status, body) = json(app.get("ucxl://a:r@p:any/x").await).await;
+    let e = assert_error(status, &body, "UCXL-400-INVALID_ADDRESS");
+    assert_eq!(e["details"]["field"], "task");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("/v1/search")),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_body_times_out_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = test_config();
+    config.request_timeout = std::time::Duration::from_millis(200);
+    let app = spawn_app_with(config, rustle_gateway::startup::Options::default()).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connects");
+    // Content-Length promises 100 bytes; 10 arrive, then nothing.
+    let head = format!(
+        "PUT /v1/envelopes?address={} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"content\"",
+        enc("ucxl://a:r@p:t/x")
+    );
+    stream.write_all(head.as_bytes()).await.expect("writes");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The server answers and closes or keeps the connection; read until the body is in.
+    while !String::from_utf8_lossy(&answer).contains("}}") {
+        let n = stream.read(&mut buf).await.expect("reads");
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("UCXL-408-REQUEST_TIMEOUT"), "{text}");
+}
+
+#[tokio::test]
 async fn missing_duplicate_or_unknown_query_parameters_are_400() {
     let app = spawn_app().await;
     for path in [
@@ -250,7 +297,7 @@ async fn a_panicking_handler_answers_an_opaque_500() {
 }
 
 #[tokio::test]
-async fn percent_encoded_addresses_are_decoded_once() {
+async fn addresses_work_raw_or_url_encoded() {
     let app = spawn_app().await;
     let a = format!("ucxl://a:r@{}:t/x", project());
     // The query value is URL-encoded by the client; a raw, unencoded address also works

@@ -16,6 +16,32 @@ async fn health_and_ready() {
 }
 
 #[tokio::test]
+async fn probes_ignore_headers_they_do_not_use() {
+    let app = spawn_app().await;
+    for path in ["/health", "/ready", "/v1/status"] {
+        let response = app
+            .request(reqwest::Method::GET, path)
+            .header("X-Request-Timeout-Ms", "garbage")
+            .header("Idempotency-Key", "x".repeat(300))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 200, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn custom_methods_do_not_create_metric_series() {
+    let app = spawn_app().await;
+    let method = reqwest::Method::from_bytes(b"BREW4711").expect("token");
+    let response = app.request(method, "/health").send().await.expect("sent");
+    assert_eq!(response.status(), 405);
+    let text = app.get_path("/metrics").await.text().await.expect("text");
+    assert!(!text.contains("BREW4711"), "{text}");
+    assert!(text.contains(r#"method="other""#), "{text}");
+}
+
+#[tokio::test]
 async fn status_reports_mode_backend_and_local_store() {
     let app = spawn_app().await;
     app.put(

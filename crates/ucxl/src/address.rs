@@ -20,7 +20,7 @@ pub const ANY: &str = "any";
 pub(crate) const EXPECT_COMPONENT: &str = "[A-Za-z0-9_-]{1,64} or any";
 pub(crate) const EXPECT_SEGMENT: &str = "/-separated segments of [A-Za-z0-9_.-], not . or ..";
 pub(crate) const EXPECT_TEMPORAL: &str =
-    "*^, *~, *~N, ~~N or ^^N with N a decimal integer 0..=4294967295 (*~N: N >= 1)";
+    "*^, *~, *~N, ~~N or ^^N with N a decimal integer 0..=4294967295";
 pub(crate) const EXPECT_ADDRESS: &str = "ucxl://AGENT:ROLE@PROJECT:TASK[/TEMPORAL][/PATH]";
 
 /// Which version of an address's history a read selects.
@@ -73,10 +73,8 @@ impl Temporal {
             "*~" => Ok(Self::First),
             _ => {
                 if let Some(n) = segment.strip_prefix("*~") {
-                    match number(n)? {
-                        0 => Err(invalid("versions are numbered from 1")),
-                        n => Ok(Self::Version(n)),
-                    }
+                    // `*~0` is well-formed; there is no version 0, so reads find nothing.
+                    number(n).map(Self::Version)
                 } else if let Some(n) = segment.strip_prefix("~~") {
                     number(n).map(Self::Back)
                 } else if let Some(n) = segment.strip_prefix("^^") {
@@ -334,6 +332,36 @@ impl Address {
     pub fn canonical(&self) -> &str {
         &self.canonical
     }
+    /// The same address without a temporal selector (the canonical address).
+    #[must_use]
+    pub fn without_temporal(&self) -> Self {
+        self.clone().with_temporal(Temporal::Latest)
+    }
+
+    /// Refuses `any` in a component: it is the wildcard, so an address holding it names
+    /// no single record (use a search pattern instead).
+    ///
+    /// # Errors
+    /// `UCXL-400-INVALID_ADDRESS` naming the first wildcard component.
+    pub fn require_concrete(&self) -> Result<(), AddressError> {
+        let components = [
+            (Field::Agent, &self.agent),
+            (Field::Role, &self.role),
+            (Field::Project, &self.project),
+            (Field::Task, &self.task),
+        ];
+        match components.into_iter().find(|(_, v)| v.as_str() == ANY) {
+            None => Ok(()),
+            Some((field, value)) => Err(AddressError::new(
+                ErrorKind::Invalid,
+                field,
+                value,
+                "a concrete [A-Za-z0-9_-]{1,64} value",
+                "any is the wildcard: it matches many addresses, so use GET /v1/search with a pattern",
+            )),
+        }
+    }
+
     /// The same address with another temporal selector.
     #[must_use]
     pub fn with_temporal(mut self, temporal: Temporal) -> Self {
@@ -464,9 +492,21 @@ mod tests {
     }
 
     #[test]
-    fn any_is_a_valid_component() {
+    fn any_parses_but_is_not_concrete() {
         let a = parse("ucxl://any:any@any:any/x");
         assert_eq!(a.agent(), ANY);
+        assert_eq!(a.require_concrete().map_err(|e| e.field), Err(Field::Agent));
+        let b = parse("ucxl://claude:any@p:t/x");
+        assert_eq!(b.require_concrete().map_err(|e| e.field), Err(Field::Role));
+        assert!(
+            parse("ucxl://claude:anyone@p:t/x")
+                .require_concrete()
+                .is_ok()
+        );
+        assert!(
+            parse("ucxl://claude:ANY@p:t/x").require_concrete().is_ok(),
+            "case matters"
+        );
     }
 
     #[test]
@@ -557,6 +597,7 @@ mod tests {
         let t = |s: &str| parse(&format!("ucxl://a:b@c:d/{s}/p")).temporal();
         assert_eq!(t("*^"), Temporal::Latest);
         assert_eq!(t("*~"), Temporal::First);
+        assert_eq!(t("*~0"), Temporal::Version(0));
         assert_eq!(t("*~1"), Temporal::Version(1));
         assert_eq!(t("*~4294967295"), Temporal::Version(u32::MAX));
         assert_eq!(t("~~0"), Temporal::Back(0));
@@ -569,7 +610,6 @@ mod tests {
     fn temporal_errors() {
         for bad in [
             "*",
-            "*~0",
             "*~x",
             "*~-1",
             "*~+1",
@@ -605,6 +645,7 @@ mod tests {
         assert_eq!(Temporal::First.select(3), Some(1));
         assert_eq!(Temporal::Version(2).select(3), Some(2));
         assert_eq!(Temporal::Version(4).select(3), None);
+        assert_eq!(Temporal::Version(0).select(3), None);
         assert_eq!(Temporal::Back(0).select(3), Some(3));
         assert_eq!(Temporal::Back(2).select(3), Some(1));
         assert_eq!(Temporal::Back(3).select(3), None);

@@ -144,25 +144,25 @@ impl io::Write for HashingWriter {
     }
 }
 
+/// Content that has no JCS (RFC 8785) form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the content has no canonical JSON form: {0}")]
+pub struct DigestError(String);
+
 /// The JCS (RFC 8785) hash and byte length of `content`.
-#[must_use]
-pub fn content_digest(content: &Value) -> (ContentHash, u64) {
+///
+/// # Errors
+/// [`DigestError`] when the canonicaliser refuses the value (a `Value` parsed from JSON
+/// always has a canonical form; this keeps the function total).
+pub fn content_digest(content: &Value) -> Result<(ContentHash, u64), DigestError> {
     let mut writer = HashingWriter {
         hasher: Sha256::new(),
         size: 0,
     };
-    // A `Value` holds only finite numbers and string keys, so canonical serialisation
-    // into a writer that never fails cannot fail; the fallback keeps this total anyway.
-    if serde_json_canonicalizer::to_writer(content, &mut writer).is_err() {
-        writer = HashingWriter {
-            hasher: Sha256::new(),
-            size: 0,
-        };
-        let plain = content.to_string();
-        io::Write::write_all(&mut writer, plain.as_bytes()).ok();
-    }
+    serde_json_canonicalizer::to_writer(content, &mut writer)
+        .map_err(|e| DigestError(e.to_string()))?;
     let hash = format!("sha256:{}", hex::encode(writer.hasher.finalize()));
-    (ContentHash(hash), writer.size)
+    Ok((ContentHash(hash), writer.size))
 }
 
 /// Timestamps are kept to the microsecond, so that every replica orders versions alike
@@ -297,7 +297,7 @@ impl Envelope {
     pub fn new(address: &Address, version: u32, stored: &Version) -> Self {
         Self {
             id: stored.id.clone(),
-            address: address.clone().with_temporal(crate::Temporal::Latest),
+            address: address.without_temporal(),
             version,
             content: Arc::clone(&stored.content),
             content_type: stored.content_type.clone(),
@@ -382,7 +382,7 @@ impl SearchItem {
     #[must_use]
     pub fn new(address: &Address, version: u32, stored: &Version) -> Self {
         Self {
-            address: address.clone().with_temporal(crate::Temporal::Latest),
+            address: address.without_temporal(),
             version,
             id: stored.id.clone(),
             created_at: stored.created_at,
@@ -423,7 +423,7 @@ mod tests {
         // RFC 8785: keys sorted, no whitespace, numbers in ECMAScript form.
         let content = serde_json::json!({"b": [1.0, 2, "x"], "a": {"z": null, "y": true}});
         let canonical = r#"{"a":{"y":true,"z":null},"b":[1,2,"x"]}"#;
-        let (hash, size) = content_digest(&content);
+        let (hash, size) = content_digest(&content).expect("canonical");
         let expected = format!(
             "sha256:{}",
             hex::encode(Sha256::digest(canonical.as_bytes()))
@@ -432,12 +432,12 @@ mod tests {
         assert_eq!(size, canonical.len() as u64);
         // key order of the input does not matter
         let reordered = serde_json::json!({"a": {"y": true, "z": null}, "b": [1, 2, "x"]});
-        assert_eq!(content_digest(&reordered).0, hash);
+        assert_eq!(content_digest(&reordered).expect("canonical").0, hash);
     }
 
     #[test]
     fn hash_format_is_checked() {
-        let (hash, _) = content_digest(&serde_json::json!(1));
+        let (hash, _) = content_digest(&serde_json::json!(1)).expect("canonical");
         assert!(ContentHash::parse(hash.as_str()).is_ok());
         assert!(ContentHash::parse("sha256:abc").is_err());
         assert!(ContentHash::parse(&hash.as_str().to_uppercase()).is_err());

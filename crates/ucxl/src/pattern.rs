@@ -9,6 +9,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::address::{ANY, Address, Temporal, check_component, describe, split};
 use crate::error::{AddressError, ErrorKind, Field};
 
+/// Most path elements a pattern may have; bounds the cost of matching one address.
+pub const MAX_PATTERN_SEGMENTS: usize = 32;
+/// Most `**` elements a pattern may have.
+pub const MAX_ANY_SEGMENTS: usize = 8;
+
 const EXPECT_GLOB: &str = "/-separated segments of [A-Za-z0-9_.-] with * (any run within a segment), ? (one character) or ** (any number of whole segments)";
 
 /// One path element of a pattern.
@@ -111,9 +116,30 @@ impl Pattern {
                 segments.next();
             }
         }
-        let path = segments
-            .map(check_glob_segment)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut path: Vec<Glob> = Vec::new();
+        for segment in segments {
+            let glob = check_glob_segment(segment)?;
+            // `**/**` matches what `**` matches: keep one, so the limits count real work.
+            if glob == Glob::AnySegments && path.last() == Some(&Glob::AnySegments) {
+                continue;
+            }
+            path.push(glob);
+        }
+        let too_many = |reason: &str| {
+            AddressError::new(
+                ErrorKind::Invalid,
+                Field::Pattern,
+                input,
+                EXPECT_GLOB,
+                reason,
+            )
+        };
+        if path.len() > MAX_PATTERN_SEGMENTS {
+            return Err(too_many("more than 32 path segments"));
+        }
+        if path.iter().filter(|g| **g == Glob::AnySegments).count() > MAX_ANY_SEGMENTS {
+            return Err(too_many("more than 8 ** segments"));
+        }
         Ok(Self { components, path })
     }
 
@@ -166,6 +192,23 @@ impl Pattern {
             }
         }
         reach[segments.len()]
+    }
+
+    /// The longest prefix every matching canonical address starts with: the scheme and the
+    /// leading literal components. Stores sorted by address scan only that range.
+    #[must_use]
+    pub fn literal_prefix(&self) -> String {
+        let mut prefix = String::from("ucxl://");
+        for (component, separator) in self.components.iter().zip([':', '@', ':', '/']) {
+            let Some(value) = component else { break };
+            prefix.push_str(value);
+            if separator == '/' {
+                // After the task comes either the end or `/path`: no separator is certain.
+                break;
+            }
+            prefix.push(separator);
+        }
+        prefix
     }
 
     /// Whether the pattern names exactly one address (no wildcard anywhere).
@@ -321,6 +364,45 @@ mod tests {
         let p = pattern(&long);
         assert!(p.to_string().len() <= long.len());
         assert_eq!(pattern(&p.to_string()), p);
+    }
+
+    #[test]
+    fn size_limits_and_collapsed_double_stars() {
+        let collapsed = pattern("ucxl://a:b@c:d/**/**/**/x");
+        assert_eq!(collapsed.to_string(), "ucxl://a:b@c:d/**/x");
+        let many = format!("ucxl://a:b@c:d/{}", ["x"; 33].join("/"));
+        assert_eq!(
+            Pattern::parse(&many).expect_err("too long").field,
+            Field::Pattern
+        );
+        assert!(Pattern::parse(&format!("ucxl://a:b@c:d/{}", ["x"; 32].join("/"))).is_ok());
+        let stars = format!("ucxl://a:b@c:d/{}", ["**/x"; 9].join("/"));
+        assert_eq!(
+            Pattern::parse(&stars).expect_err("too many **").field,
+            Field::Pattern
+        );
+    }
+
+    #[test]
+    fn literal_prefixes() {
+        assert_eq!(
+            pattern("ucxl://a:b@c:d/x").literal_prefix(),
+            "ucxl://a:b@c:d"
+        );
+        assert_eq!(
+            pattern("ucxl://a:b@c:any/x").literal_prefix(),
+            "ucxl://a:b@c:"
+        );
+        assert_eq!(pattern("ucxl://a:any@c:d/x").literal_prefix(), "ucxl://a:");
+        assert_eq!(pattern("ucxl://any:b@c:d").literal_prefix(), "ucxl://");
+        let a = address("ucxl://a:b@c:d/x");
+        for p in [
+            "ucxl://a:b@c:d/x",
+            "ucxl://a:b@c:any/x",
+            "ucxl://a:any@c:d/x",
+        ] {
+            assert!(a.canonical().starts_with(&pattern(p).literal_prefix()));
+        }
     }
 
     #[test]

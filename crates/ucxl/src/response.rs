@@ -54,6 +54,7 @@ codes! {
     Forbidden = 403, "FORBIDDEN", "Forbidden";
     NotFound = 404, "NOT_FOUND", "Not found";
     MethodNotAllowed = 405, "METHOD_NOT_ALLOWED", "Method not allowed";
+    RequestTimeout = 408, "REQUEST_TIMEOUT", "Request timeout";
     Conflict = 409, "CONFLICT", "Conflict";
     PayloadTooLarge = 413, "PAYLOAD_TOO_LARGE", "Payload too large";
     UnsupportedMediaType = 415, "UNSUPPORTED_MEDIA_TYPE", "Unsupported media type";

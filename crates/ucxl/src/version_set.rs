@@ -104,6 +104,9 @@ pub enum WriteError {
     /// A delete of an address that has no live version.
     #[error("the address has no version to delete")]
     NotFound,
+    /// The content has no canonical JSON form.
+    #[error(transparent)]
+    Digest(#[from] crate::envelope::DigestError),
 }
 
 /// What a put did.
@@ -169,12 +172,11 @@ impl<'de> Deserialize<'de> for VersionSet {
         struct Raw {
             entries: Vec<Entry>,
         }
-        let raw = Raw::deserialize(deserializer)?;
-        let mut set = Self::default();
-        for entry in raw.entries {
-            set.insert(entry);
-        }
-        Ok(set)
+        let mut entries = Raw::deserialize(deserializer)?.entries;
+        entries.sort_by(|a, b| a.key().cmp(&b.key()));
+        let mut seen = std::collections::HashSet::with_capacity(entries.len());
+        entries.retain(|e| seen.insert(e.id().clone()));
+        Ok(Self { entries })
     }
 }
 
@@ -289,13 +291,39 @@ impl VersionSet {
         true
     }
 
-    /// Set union with another replica's set; true when anything was added.
+    /// The entries of `other` whose ids this set lacks.
+    pub fn missing_from<'a>(&self, other: &'a Self) -> impl Iterator<Item = &'a Entry> {
+        let mine: std::collections::HashSet<&EnvelopeId> =
+            self.entries.iter().map(Entry::id).collect();
+        other.entries.iter().filter(move |e| !mine.contains(e.id()))
+    }
+
+    /// True when an entry (version or tombstone) has this id.
+    #[must_use]
+    pub fn contains(&self, id: &EnvelopeId) -> bool {
+        self.position(id).is_some()
+    }
+
+    /// Set union with another replica's set (linear in both sizes); true when anything
+    /// was added.
     pub fn merge(&mut self, other: &Self) -> bool {
-        let mut changed = false;
-        for entry in &other.entries {
-            changed |= self.insert(entry.clone());
+        let missing: Vec<Entry> = self.missing_from(other).cloned().collect();
+        if missing.is_empty() {
+            return false;
         }
-        changed
+        self.entries.extend(missing);
+        self.entries.sort_by(|a, b| a.key().cmp(&b.key()));
+        true
+    }
+
+    /// Drops what reads can no longer see: versions and tombstones before the last
+    /// tombstone. Only for the sole copy of a record (replicas must keep the whole set to
+    /// merge by union). Returns how many entries were dropped.
+    pub fn compact(&mut self) -> usize {
+        let start = self.generation_start();
+        let drop = start.saturating_sub(1);
+        self.entries.drain(..drop);
+        drop
     }
 
     /// Stores a new version unless its id exists (then a no-op returning that version).
@@ -312,7 +340,7 @@ impl VersionSet {
                 Entry::Tombstone(t) => Err(WriteError::IdIsTombstone(t.id.clone())),
             };
         }
-        let (computed, size) = content_digest(&new.content);
+        let (computed, size) = content_digest(&new.content)?;
         if let Some(provided) = new.hash
             && provided != computed
         {
@@ -520,7 +548,7 @@ mod tests {
     #[test]
     fn hash_and_size_are_verified() {
         let mut set = VersionSet::default();
-        let (hash, size) = content_digest(&json!({"k": 1}));
+        let (hash, size) = content_digest(&json!({"k": 1})).expect("canonical");
         let mut good = new("a", json!({"k": 1}));
         good.hash = Some(hash.clone());
         good.size = Some(size);
@@ -557,6 +585,25 @@ mod tests {
         assert!(!lr.merge(&right), "merging again changes nothing");
         assert_eq!(lr.len(), 5);
         assert_eq!(lr.latest().map(|(n, v)| (n, v.id.as_str())), Some((1, "e")));
+    }
+
+    #[test]
+    fn compact_keeps_only_what_reads_see() {
+        let mut set = VersionSet::default();
+        put(&mut set, "a", 1);
+        put(&mut set, "b", 2);
+        set.delete(id("d1"), None, t(3)).expect("delete");
+        assert_eq!(set.compact(), 2);
+        assert_eq!(set.len(), 1, "the tombstone stays");
+        assert!(!set.is_live());
+        put(&mut set, "c", 4);
+        assert_eq!(set.compact(), 0);
+        assert_eq!(
+            set.latest().map(|(n, v)| (n, v.id.as_str())),
+            Some((1, "c"))
+        );
+        let mut fresh = VersionSet::default();
+        assert_eq!(fresh.compact(), 0);
     }
 
     #[test]
