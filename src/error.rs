@@ -6,10 +6,11 @@
 //! the request id and path, writes the body, so every error of every route (unknown route,
 //! wrong method, rejected extractor, panic) has the same shape.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use ucxl::{AddressError, Code};
+use ucxl_service::{BodyError, ErrorReport};
 
 use crate::backend::BackendError;
 
@@ -35,6 +36,9 @@ pub enum ApiError {
         /// Structured details.
         details: Value,
     },
+    /// A body that could not be read or parsed (wrong type, too large, too slow, bad JSON).
+    #[error(transparent)]
+    Body(#[from] BodyError),
     /// A body that is not the JSON the route takes.
     #[error("{message}")]
     InvalidPayload {
@@ -42,24 +46,6 @@ pub enum ApiError {
         message: String,
         /// Structured details (parse position, field path).
         details: Value,
-    },
-    /// The request body did not arrive in time.
-    #[error("the request body did not arrive within {timeout_ms} ms")]
-    BodyTimeout {
-        /// The time allowed.
-        timeout_ms: u128,
-    },
-    /// A body larger than the limit.
-    #[error("request body is larger than {limit} bytes")]
-    PayloadTooLarge {
-        /// The limit in bytes.
-        limit: usize,
-    },
-    /// A body that is not JSON.
-    #[error("expected Content-Type application/json")]
-    UnsupportedMediaType {
-        /// The content type sent, if any.
-        provided: Option<String>,
     },
     /// The admin API is disabled.
     #[error("the admin API is disabled: set RUSTLE_ADMIN_TOKEN to enable it")]
@@ -120,17 +106,6 @@ pub enum ApiError {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// What the error layer needs to write an error body; stored in response extensions.
-#[derive(Debug, Clone)]
-pub struct ErrorReport {
-    /// The UCXL code.
-    pub code: Code,
-    /// Human message.
-    pub message: String,
-    /// Structured details (an object).
-    pub details: Value,
-}
-
 impl ApiError {
     /// A 400 for a query parameter or header.
     pub fn bad_request(message: impl Into<String>, details: Value) -> Self {
@@ -161,9 +136,7 @@ impl ApiError {
             Self::WriteTemporal { .. } => Code::TemporalInvalid,
             Self::BadRequest { .. } => Code::BadRequest,
             Self::InvalidPayload { .. } => Code::InvalidPayload,
-            Self::PayloadTooLarge { .. } => Code::PayloadTooLarge,
-            Self::BodyTimeout { .. } => Code::RequestTimeout,
-            Self::UnsupportedMediaType { .. } => Code::UnsupportedMediaType,
+            Self::Body(e) => e.code(),
             Self::AdminDisabled => Code::Forbidden,
             Self::Unauthorized => Code::Unauthorized,
             Self::NotFound { .. } => Code::NotFound,
@@ -192,11 +165,7 @@ impl ApiError {
                 "provided": provided,
                 "expected": "no temporal segment (or *^)",
             }),
-            Self::PayloadTooLarge { limit } => json!({"limit_bytes": limit}),
-            Self::BodyTimeout { timeout_ms } => json!({"timeout_ms": timeout_ms}),
-            Self::UnsupportedMediaType { provided } => {
-                json!({"provided": provided, "expected": "application/json"})
-            }
+            Self::Body(e) => e.report().details,
             Self::InsufficientStorage { limit } => json!({"max_entries": limit}),
             Self::AdminDisabled | Self::Unauthorized | Self::Internal(_) => json!({}),
         }
@@ -239,18 +208,12 @@ impl From<BackendError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let code = self.code();
-        let status =
-            StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let message = match &self {
+        let report = match &self {
             // Never leak a dependency's error text; the log has it.
-            Self::Internal(source) => {
-                tracing::error!(error = %source, cause = ?source, "internal error");
-                "internal error; the gateway log has the cause under this request id".to_owned()
-            }
-            other => other.to_string(),
+            Self::Internal(source) => ErrorReport::internal(&format_args!("{source}: {source:?}")),
+            other => ErrorReport::new(other.code(), other.to_string(), other.details()),
         };
-        let mut response = status.into_response();
+        let mut response = report.into_response();
         match &self {
             Self::Unauthorized => {
                 response
@@ -267,11 +230,6 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        response.extensions_mut().insert(ErrorReport {
-            code,
-            message,
-            details: self.details(),
-        });
         response
     }
 }
@@ -284,7 +242,7 @@ mod tests {
     fn internal_errors_are_opaque() {
         let e = ApiError::internal(std::io::Error::other("disk on fire at /secret/path"));
         let response = e.into_response();
-        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.status(), 500);
         let report = response.extensions().get::<ErrorReport>().expect("report");
         assert!(!report.message.contains("secret"));
         assert_eq!(report.details, json!({}));
@@ -294,8 +252,8 @@ mod tests {
     fn status_matches_code() {
         let errors = [
             ApiError::bad_request("x", json!({})),
-            ApiError::PayloadTooLarge { limit: 1 },
-            ApiError::UnsupportedMediaType { provided: None },
+            ApiError::Body(BodyError::TooLarge { limit: 1 }),
+            ApiError::Body(BodyError::UnsupportedMediaType { provided: None }),
             ApiError::AdminDisabled,
             ApiError::Unauthorized,
             ApiError::not_found("x", json!({})),

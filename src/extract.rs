@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use axum::extract::{FromRequest, FromRequestParts, Query, Request};
-use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -15,8 +15,8 @@ use ucxl::{Address, EnvelopeId};
 
 use crate::backend::Call;
 use crate::error::ApiError;
-use crate::middleware::RequestId;
 use crate::state::AppState;
+use ucxl_service::RequestId;
 
 /// Header a client uses to lower the request deadline.
 pub const REQUEST_TIMEOUT_HEADER: &str = "x-request-timeout-ms";
@@ -94,22 +94,6 @@ impl FromRequestParts<AppState> for Ctx {
     }
 }
 
-/// Just the request id, for routes that read no other header (probes must not fail on a
-/// malformed header they do not use).
-#[derive(Debug, Clone)]
-pub struct Rid(pub String);
-
-impl<S: Send + Sync> FromRequestParts<S> for Rid {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(parts.extensions.get::<RequestId>().map_or_else(
-            || uuid::Uuid::now_v7().to_string(),
-            |r| r.0.to_string(),
-        )))
-    }
-}
-
 /// A query string deserialised into `T`; unknown, missing or malformed parameters are 400.
 #[derive(Debug, Clone)]
 pub struct ApiQuery<T>(pub T);
@@ -118,18 +102,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Query::<T>::try_from_uri(&parts.uri)
-            .map(|Query(v)| Self(v))
-            .map_err(|rejection| {
-                let text = rejection.body_text();
-                let reason = text
-                    .strip_prefix("Failed to deserialize query string: ")
-                    .unwrap_or(&text)
-                    .to_owned();
-                ApiError::bad_request(
-                    format!("invalid query string: {reason}"),
-                    json!({"query": reason}),
-                )
+        ucxl_service::query(&parts.uri)
+            .map(Self)
+            .map_err(|report| ApiError::BadRequest {
+                message: report.message,
+                details: report.details,
             })
     }
 }
@@ -167,107 +144,15 @@ impl<S: Send + Sync> FromRequestParts<S> for AddressParam {
 #[derive(Debug, Clone)]
 pub struct ApiJson<T>(pub T);
 
-fn is_json(content_type: &str) -> bool {
-    content_type.parse::<mime::Mime>().is_ok_and(|m| {
-        m.type_() == mime::APPLICATION
-            && (m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON))
-    })
-}
-
 impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let headers = req.headers();
-        let content_type = headers
-            .get(CONTENT_TYPE)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        if !content_type.as_deref().is_some_and(is_json) {
-            return Err(ApiError::UnsupportedMediaType {
-                provided: content_type,
-            });
-        }
         let (limit, timeout) = {
             let config = state.config.load();
             (config.max_body_bytes, config.request_timeout)
         };
-        let declared = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limit as u64) {
-            return Err(ApiError::PayloadTooLarge { limit });
-        }
-        let read = axum::body::to_bytes(req.into_body(), limit);
-        // A client that stops sending mid-body must not hold the handler forever.
-        let read =
-            tokio::time::timeout(timeout, read)
-                .await
-                .map_err(|_| ApiError::BodyTimeout {
-                    timeout_ms: timeout.as_millis(),
-                })?;
-        let bytes = read.map_err(|e| {
-            let too_large =
-                std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
-                    .any(<dyn std::error::Error + 'static>::is::<http_body_util::LengthLimitError>);
-            if too_large {
-                ApiError::PayloadTooLarge { limit }
-            } else {
-                ApiError::InvalidPayload {
-                    message: "the request body could not be read".into(),
-                    details: json!({}),
-                }
-            }
-        })?;
-        parse_json(&bytes).map(Self)
-    }
-}
-
-/// Parses JSON, reporting where it went wrong.
-///
-/// # Errors
-/// `INVALID_PAYLOAD` with `line`, `column`, `category` and, for mistyped data, `path`.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize::<_, T>(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        json_error(&e.into_inner(), &path)
-    })?;
-    de.end().map_err(|e| json_error(&e, "."))?;
-    Ok(value)
-}
-
-fn json_error(error: &serde_json::Error, path: &str) -> ApiError {
-    let category = match error.classify() {
-        serde_json::error::Category::Io => "io",
-        serde_json::error::Category::Syntax => "syntax",
-        serde_json::error::Category::Data => "data",
-        serde_json::error::Category::Eof => "eof",
-    };
-    // serde_json's message ends with " at line L column C"; details carry those.
-    let text = error.to_string();
-    let reason = text
-        .rsplit_once(" at line ")
-        .map_or(text.as_str(), |(r, _)| r)
-        .to_owned();
-    let message = if category == "data" && path != "." {
-        format!("invalid payload at {path}: {reason}")
-    } else {
-        format!(
-            "malformed JSON at line {}, column {}: {reason}",
-            error.line(),
-            error.column()
-        )
-    };
-    ApiError::InvalidPayload {
-        message,
-        details: json!({
-            "line": error.line(),
-            "column": error.column(),
-            "category": category,
-            "path": path,
-            "reason": reason,
-        }),
+        Ok(Self(ucxl_service::read_json(req, limit, timeout).await?))
     }
 }
 
@@ -313,46 +198,6 @@ impl FromRequestParts<AppState> for Admin {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_media_types() {
-        assert!(is_json("application/json"));
-        assert!(is_json("application/json; charset=utf-8"));
-        assert!(is_json("application/merge-patch+json"));
-        assert!(!is_json("text/plain"));
-        assert!(!is_json("application/x-www-form-urlencoded"));
-        assert!(!is_json("garbage"));
-    }
-
-    #[test]
-    fn json_errors_carry_position_and_path() {
-        #[derive(Debug, serde::Deserialize)]
-        #[allow(dead_code)]
-        struct Body {
-            content: serde_json::Value,
-            n: u32,
-        }
-        let e = parse_json::<Body>(b"{\n  \"content\": 1,\n  \"n\": }").expect_err("syntax");
-        let ApiError::InvalidPayload { details, message } = e else {
-            panic!("wrong variant")
-        };
-        assert_eq!(details["line"], 3);
-        assert_eq!(details["category"], "syntax");
-        assert!(message.contains("line 3"), "{message}");
-        let e = parse_json::<Body>(br#"{"content": 1, "n": "x"}"#).expect_err("data");
-        let ApiError::InvalidPayload { details, .. } = e else {
-            panic!("wrong variant")
-        };
-        assert_eq!(details["path"], "n");
-        assert_eq!(details["category"], "data");
-        let e = parse_json::<Body>(br#"{"content": 1, "n": 1} trailing"#).expect_err("trailing");
-        assert!(matches!(e, ApiError::InvalidPayload { .. }));
-        let e = parse_json::<Body>(b"").expect_err("empty");
-        let ApiError::InvalidPayload { details, .. } = e else {
-            panic!("wrong variant")
-        };
-        assert_eq!(details["category"], "eof");
-    }
 
     #[test]
     fn secrets_compare_exactly() {

@@ -10,7 +10,6 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod metrics;
-pub mod middleware;
 pub mod openapi;
 pub mod reply;
 pub mod routes;

@@ -7,19 +7,15 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use axum::middleware::from_fn;
 use chrono::Utc;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::backend::local::LocalStore;
 use crate::backend::{self, ModeUnavailable};
 use crate::config::{Cli, Config};
-use crate::middleware;
 use crate::openapi;
 use crate::state::{Active, AppState, EnvSource, LogReload, Shared};
 
@@ -104,21 +100,18 @@ pub fn router(state: AppState) -> Router {
     with_layers(api.merge(docs)).with_state(state)
 }
 
-/// Adds the fallbacks and the layer stack every route gets.
+/// The service name in error bodies.
+pub const SOURCE: ucxl_service::Source = ucxl_service::Source("rustle-gateway");
+
+/// The gateway's request metrics.
+pub const METRICS: ucxl_service::MetricNames = ucxl_service::MetricNames {
+    requests_total: "rustle_requests_total",
+    request_duration_seconds: "rustle_request_duration_seconds",
+};
+
+/// Adds the fallbacks and the layer stack every route gets (see `ucxl_service`).
 pub fn with_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
-    routes
-        .fallback(middleware::not_found)
-        .method_not_allowed_fallback(middleware::method_not_allowed)
-        // Outermost first: the request id exists before anything logs; spans and metrics
-        // see the final status; error bodies are written for every error below, panics
-        // included.
-        .layer(
-            ServiceBuilder::new()
-                .layer(from_fn(middleware::request_id))
-                .layer(from_fn(middleware::observe))
-                .layer(from_fn(middleware::ucxl_errors))
-                .layer(CatchPanicLayer::custom(middleware::panic_response)),
-        )
+    ucxl_service::with_layers(routes, SOURCE, METRICS)
 }
 
 /// A bound, ready-to-run gateway.

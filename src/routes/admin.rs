@@ -15,8 +15,8 @@ use crate::backend;
 use crate::config::{BackendMode, Config, Sources};
 use crate::error::ApiError;
 use crate::extract::{Admin, ApiJson, Ctx};
-use crate::reply::Reply;
 use crate::state::{Active, AppState};
+use ucxl_service::Reply;
 
 /// Settings that only take effect at start.
 const RESTART_REQUIRED: &[&str] = &["listen_addr", "log_format", "journal_dir"];

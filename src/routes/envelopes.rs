@@ -13,7 +13,9 @@ use utoipa_axum::routes;
 use crate::backend::{BackendKind, Deleted};
 use crate::error::ApiError;
 use crate::extract::{AddressParam, AddressQuery, ApiJson, Ctx};
-use crate::reply::Reply;
+use ucxl_service::Reply;
+
+use crate::reply::ServedBy;
 use crate::state::AppState;
 
 /// Longest accepted `content_type`.

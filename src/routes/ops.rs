@@ -13,9 +13,9 @@ use utoipa_axum::routes;
 use crate::backend::BackendStatus;
 use crate::config::BackendMode;
 use crate::error::ApiError;
-use crate::extract::Rid;
-use crate::reply::Reply;
 use crate::state::AppState;
+use ucxl_service::Reply;
+use ucxl_service::Rid;
 
 /// The routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {

@@ -13,7 +13,9 @@ use utoipa_axum::routes;
 use crate::backend::{SearchPage, SearchQuery, decode_cursor};
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, Ctx};
-use crate::reply::Reply;
+use ucxl_service::Reply;
+
+use crate::reply::ServedBy;
 use crate::routes::envelopes::ReadHeaders;
 use crate::state::AppState;
 

@@ -1,0 +1,137 @@
+//! UCXL error bodies for every error answer, whoever produced it.
+
+use std::any::Any;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde_json::{Value, json};
+use ucxl::{Code, Failure, FailureBody};
+
+use crate::request_id::RequestId;
+
+/// The service name written in error bodies' `source` (`rustle-gateway`, `bzzz-node`).
+#[derive(Debug, Clone, Copy)]
+pub struct Source(pub &'static str);
+
+/// An error to be answered: code, message and details. As a response it is a bare status
+/// carrying the report in its extensions; [`ucxl_errors`] writes the body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorReport {
+    /// The UCXL code (and so the HTTP status).
+    pub code: Code,
+    /// Human message.
+    pub message: String,
+    /// Structured details (an object).
+    pub details: Value,
+}
+
+impl ErrorReport {
+    /// A report with a code, message and details.
+    pub fn new(code: Code, message: impl Into<String>, details: Value) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details,
+        }
+    }
+
+    /// An opaque internal error; the cause goes to the log, never to the client.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(
+            Code::InternalError,
+            "internal error; the service log has the cause under this request id",
+            json!({}),
+        )
+    }
+
+    /// The HTTP status of the code.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl IntoResponse for ErrorReport {
+    fn into_response(self) -> Response {
+        let mut response = self.status().into_response();
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+/// Writes the UCXL error body of every error answer: those that carry an [`ErrorReport`]
+/// and any other 4xx/5xx that reached here without one (a framework's own answer, a
+/// panic's 500), so no error escapes in another shape.
+pub async fn ucxl_errors(State(source): State<Source>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map_or_else(String::new, |r| r.0.to_string());
+    let response = next.run(req).await;
+    let status = response.status();
+    let report = response.extensions().get::<ErrorReport>().cloned();
+    if report.is_none() && !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let report = report.unwrap_or_else(|| {
+        let code = Code::for_status(status.as_u16());
+        let message = status
+            .canonical_reason()
+            .map_or_else(|| code.default_message().to_owned(), str::to_owned);
+        ErrorReport::new(code, message, json!({}))
+    });
+    let body = Failure {
+        error: FailureBody {
+            code: report.code,
+            message: report.message,
+            details: report.details,
+            source: source.0.to_owned(),
+            path,
+            request_id,
+            timestamp: Utc::now(),
+        },
+    };
+    let (mut parts, _) = response.into_parts();
+    let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"error\":{}}".to_vec());
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+/// Turns a panic into an opaque 500 and logs what panicked.
+#[allow(clippy::needless_pass_by_value)] // the signature `CatchPanicLayer::custom` takes
+pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("non-string panic payload");
+    ErrorReport::internal(&format_args!("handler panicked: {what}")).into_response()
+}
+
+/// 404 for unknown routes.
+pub async fn not_found(req: Request) -> ErrorReport {
+    ErrorReport::new(
+        Code::NotFound,
+        format!("no route for {} {}", req.method(), req.uri().path()),
+        json!({"method": req.method().as_str(), "path": req.uri().path()}),
+    )
+}
+
+/// 405 for known routes with another method (axum keeps the `Allow` header).
+pub async fn method_not_allowed(req: Request) -> ErrorReport {
+    ErrorReport::new(
+        Code::MethodNotAllowed,
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+        json!({"method": req.method().as_str()}),
+    )
+}

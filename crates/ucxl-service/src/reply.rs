@@ -1,0 +1,59 @@
+//! Success answers in the UCXL format, with optional extra headers.
+
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use ucxl::{Code, Success};
+
+use crate::errors::ErrorReport;
+
+/// A success answer: `{"response": {code, message, data, request_id, timestamp}}`.
+#[derive(Debug)]
+pub struct Reply<T> {
+    code: Code,
+    message: String,
+    data: T,
+    request_id: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl<T> Reply<T> {
+    /// A success answer with `code`.
+    pub fn new(code: Code, message: impl Into<String>, data: T, request_id: &str) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            data,
+            request_id: request_id.to_owned(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Adds a response header.
+    #[must_use]
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+impl<T: Serialize> IntoResponse for Reply<T> {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::OK);
+        let body = Success::new(self.code, self.message, self.data, self.request_id);
+        let bytes = match serde_json::to_vec(&body) {
+            Ok(bytes) => bytes,
+            Err(e) => return ErrorReport::internal(&e).into_response(),
+        };
+        let mut response = (status, bytes).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        for (name, value) in self.headers {
+            headers.insert(name, value);
+        }
+        response
+    }
+}
