@@ -7,7 +7,6 @@
 //! silently dropping acknowledged data.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
@@ -299,42 +298,10 @@ impl LocalStore {
         query: &SearchQuery,
         deadline: Instant,
     ) -> Result<(Vec<SearchItem>, bool), BackendError> {
-        /// Records scanned between deadline checks.
-        const CHECK_EVERY: usize = 256;
         let inner = self.read();
-        let prefix = query.pattern.literal_prefix();
-        let start = match query.after.as_deref() {
-            Some(after) if after >= prefix.as_str() => Bound::Excluded(after),
-            _ => Bound::Included(prefix.as_str()),
-        };
-        let mut items = Vec::new();
-        let mut more = false;
-        let range = inner.records.range::<str, _>((start, Bound::Unbounded));
-        for (scanned, (key, record)) in range.enumerate() {
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            if scanned % CHECK_EVERY == CHECK_EVERY - 1 && Instant::now() >= deadline {
-                return Err(BackendError::Timeout);
-            }
-            if !query.pattern.matches(&record.address) {
-                continue;
-            }
-            let Some((version, latest)) = record.set.latest() else {
-                continue;
-            };
-            if let Some(wanted) = &query.content_type
-                && !same_media_type(wanted, &latest.content_type)
-            {
-                continue;
-            }
-            if items.len() == query.limit {
-                more = true;
-                break;
-            }
-            items.push(SearchItem::new(&record.address, version, latest));
-        }
-        Ok((items, more))
+        query
+            .scan(&inner.records, |r| (&r.address, &r.set), deadline)
+            .map_err(|_| BackendError::Timeout)
     }
 
     /// Changes the bound; lowering it evicts cached records at once.
@@ -358,19 +325,6 @@ impl LocalStore {
             evictions: self.evictions.load(Ordering::Relaxed),
         }
     }
-}
-
-/// Compares media types by essence (`type/subtype`), ignoring case and parameters.
-#[must_use]
-pub fn same_media_type(a: &str, b: &str) -> bool {
-    let essence = |s: &str| {
-        s.split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase()
-    };
-    essence(a) == essence(b)
 }
 
 #[cfg(test)]
@@ -630,14 +584,5 @@ mod tests {
             store.search(&everything(1000), past).err(),
             Some(BackendError::Timeout)
         );
-    }
-
-    #[test]
-    fn media_types_compare_by_essence() {
-        assert!(same_media_type(
-            "application/json",
-            "Application/JSON; charset=utf-8"
-        ));
-        assert!(!same_media_type("text/plain", "application/json"));
     }
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::time::Instant;
-use ucxl::{Address, Envelope, EnvelopeId, History, NewVersion, Pattern, SearchItem};
+use ucxl::{Address, Envelope, EnvelopeId, History, NewVersion, SearchItem};
 
 /// Which kind of backend answered a request (the `X-Rustle-Backend` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -111,18 +111,7 @@ pub struct Deleted {
     pub deleted_at: DateTime<Utc>,
 }
 
-/// A validated search request.
-#[derive(Debug, Clone)]
-pub struct SearchQuery {
-    /// Which addresses.
-    pub pattern: Pattern,
-    /// Page size (1..=1000).
-    pub limit: usize,
-    /// Continue after this canonical address (decoded cursor).
-    pub after: Option<String>,
-    /// Only envelopes of this content type.
-    pub content_type: Option<String>,
-}
+pub use ucxl::SearchQuery;
 
 /// One page of search results.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]

@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod error;
 pub mod pattern;
 pub mod response;
+pub mod search;
 pub mod version_set;
 
 pub use address::{Address, Temporal};
@@ -19,6 +20,7 @@ pub use envelope::{
 pub use error::{AddressError, ErrorKind, Field};
 pub use pattern::Pattern;
 pub use response::{Code, Failure, FailureBody, Success, SuccessBody};
+pub use search::{SearchQuery, SearchTimeout, same_media_type};
 pub use version_set::{
     DeleteOutcome, Entry, NewVersion, PutOutcome, Tombstone, VersionSet, WriteError,
 };
