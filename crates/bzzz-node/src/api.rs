@@ -1,0 +1,551 @@
+//! The UCXI HTTP API of a node (SPEC §9), in the UCXL response format.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, put};
+use chrono::{DateTime, Utc};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio::time::Instant;
+use ucxl::{
+    Address, AddressError, Code, ContentHash, Envelope, EnvelopeId, History, NewVersion, Pattern,
+    PutOutcome, SearchItem, SearchQuery, WriteError,
+};
+use ucxl_service::{BodyError, ErrorReport, Reply, Rid};
+
+use crate::p2p::{P2p, ReplicateError};
+use crate::store::{self, NodeStore, Record, StoreError};
+
+/// The service name in error bodies.
+pub const SOURCE: ucxl_service::Source = ucxl_service::Source("bzzz-node");
+/// The node's request metrics.
+pub const METRICS: ucxl_service::MetricNames = ucxl_service::MetricNames {
+    requests_total: "bzzz_requests_total",
+    request_duration_seconds: "bzzz_request_duration_seconds",
+};
+/// Largest discover page.
+const MAX_LIMIT: usize = 1000;
+
+/// What handlers share.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    /// The record store.
+    pub store: Arc<NodeStore>,
+    /// The network.
+    pub p2p: P2p,
+    /// Prometheus.
+    pub metrics: PrometheusHandle,
+    /// Name for status and logs.
+    pub node_name: String,
+    /// Replication factor.
+    pub replication_factor: usize,
+    /// Whether bootstrap peers were configured (then health needs a peer).
+    pub clustered: bool,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Deadline of one request.
+    pub request_timeout: Duration,
+}
+
+/// Everything a node request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// An invalid address or pattern.
+    #[error("{0}")]
+    Address(#[from] AddressError),
+    /// A refused body.
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    /// A malformed query or header.
+    #[error("{0}")]
+    Rejected(String, Value),
+    /// Nothing at the address.
+    #[error("nothing stored at {0}")]
+    NotFound(String),
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Stored here, but not on a majority.
+    #[error("stored on this node but not on a majority: {0}; retrying with the same id is safe")]
+    NotReplicated(ReplicateError),
+    /// The deadline passed.
+    #[error("the request deadline passed")]
+    Timeout,
+    /// A task failed.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl NodeError {
+    fn report(&self) -> ErrorReport {
+        let (code, details) = match self {
+            Self::Address(e) => (e.code(), e.details()),
+            Self::Body(e) => return e.report(),
+            Self::Rejected(_, details) => (Code::BadRequest, details.clone()),
+            Self::NotFound(address) => (Code::NotFound, json!({"address": address})),
+            Self::Store(StoreError::Write(e)) => match e {
+                WriteError::HashMismatch { .. }
+                | WriteError::SizeMismatch { .. }
+                | WriteError::Digest(_) => (Code::InvalidPayload, json!({})),
+                WriteError::IdIsTombstone(_) | WriteError::IdIsVersion(_) => {
+                    (Code::Conflict, json!({}))
+                }
+                WriteError::NotFound => (Code::NotFound, json!({})),
+            },
+            Self::Store(StoreError::TooLarge { limit }) => {
+                (Code::PayloadTooLarge, json!({"limit_bytes": limit}))
+            }
+            Self::Store(other) => return ErrorReport::internal(other),
+            Self::NotReplicated(e) => (
+                Code::ServiceUnavailable,
+                json!({"replication": e.to_string()}),
+            ),
+            Self::Timeout => (Code::GatewayTimeout, json!({})),
+            Self::Internal(cause) => return ErrorReport::internal(cause),
+        };
+        ErrorReport::new(code, self.to_string(), details)
+    }
+}
+
+impl IntoResponse for NodeError {
+    fn into_response(self) -> Response {
+        let retry = matches!(self, Self::NotReplicated(_));
+        let mut response = self.report().into_response();
+        if retry {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(1));
+        }
+        response
+    }
+}
+
+/// Request id and deadline (`X-Request-Timeout-Ms` may lower the configured one).
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// The request id.
+    pub request_id: String,
+    /// When the answer is due.
+    pub deadline: Instant,
+    /// The client's `Idempotency-Key`.
+    pub idempotency_key: Option<EnvelopeId>,
+}
+
+impl FromRequestParts<NodeState> for Ctx {
+    type Rejection = NodeError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &NodeState,
+    ) -> Result<Self, Self::Rejection> {
+        let Ok(Rid(request_id)) = Rid::from_request_parts(parts, state).await;
+        let mut budget = state.request_timeout;
+        if let Some(value) = parts.headers.get("x-request-timeout-ms") {
+            let ms = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|ms| *ms >= 1)
+                .ok_or_else(|| {
+                    NodeError::Rejected(
+                        "X-Request-Timeout-Ms must be a positive integer (milliseconds)".into(),
+                        json!({"header": "X-Request-Timeout-Ms"}),
+                    )
+                })?;
+            budget = budget.min(Duration::from_millis(ms));
+        }
+        let idempotency_key = match parts.headers.get("idempotency-key") {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|v| EnvelopeId::parse(v).ok())
+                    .ok_or_else(|| {
+                        NodeError::Rejected(
+                            "Idempotency-Key must be 1 to 128 printable ASCII characters".into(),
+                            json!({"header": "Idempotency-Key"}),
+                        )
+                    })?,
+            ),
+        };
+        tracing::debug!(request_id = %request_id, "request");
+        Ok(Self {
+            request_id,
+            deadline: Instant::now() + budget,
+            idempotency_key,
+        })
+    }
+}
+
+fn query<T: serde::de::DeserializeOwned>(parts: &Parts) -> Result<T, NodeError> {
+    ucxl_service::query(&parts.uri).map_err(|r| NodeError::Rejected(r.message, r.details))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddressQuery {
+    address: String,
+}
+
+/// The `?address=` parameter, validated.
+#[derive(Debug)]
+pub struct AddressParam(pub Address);
+
+impl<S: Send + Sync> FromRequestParts<S> for AddressParam {
+    type Rejection = NodeError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let q: AddressQuery = query(parts)?;
+        let address = Address::parse(&q.address)?;
+        address.require_concrete()?;
+        Ok(Self(address))
+    }
+}
+
+/// The body of `PUT /ucxi/v1/put`: an envelope of which only `content` is required.
+/// `address` and `version` (present when a fetched envelope is sent back) are ignored:
+/// the address is the query's and versions are computed on read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutBody {
+    content: Value,
+    id: Option<EnvelopeId>,
+    #[serde(default, with = "ucxl::envelope::rfc3339::option")]
+    created_at: Option<DateTime<Utc>>,
+    hash: Option<ContentHash>,
+    size: Option<u64>,
+    content_type: Option<String>,
+    metadata: Option<Map<String, Value>>,
+    #[serde(rename = "address")]
+    _address: Option<Value>,
+    #[serde(rename = "version")]
+    _version: Option<Value>,
+}
+
+/// A JSON body within the node's limit.
+#[derive(Debug)]
+pub struct Json<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> FromRequest<NodeState> for Json<T> {
+    type Rejection = NodeError;
+
+    async fn from_request(req: Request, state: &NodeState) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            ucxl_service::read_json(req, state.max_body_bytes, state.request_timeout).await?,
+        ))
+    }
+}
+
+/// The API router (without the shared layers).
+pub fn router(state: NodeState) -> Router {
+    let routes = Router::new()
+        .route("/ucxi/v1/get", get(get_envelope))
+        .route("/ucxi/v1/put", put(put_envelope))
+        .route("/ucxi/v1/delete", delete(delete_envelope))
+        .route("/ucxi/v1/history", get(history))
+        .route("/ucxi/v1/discover", get(discover))
+        .route("/health", get(health))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics_text));
+    ucxl_service::with_layers(routes, SOURCE, METRICS).with_state(state)
+}
+
+/// Runs blocking store work (disk commits) off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))
+}
+
+/// Replicates the record to a majority within the deadline.
+async fn replicate(state: &NodeState, ctx: &Ctx, record: &Record) -> Result<(), NodeError> {
+    if state.p2p.peers_needed() == 0 {
+        return Ok(());
+    }
+    let value = store::encode(record).map_err(|e| NodeError::Internal(e.to_string()))?;
+    let key = store::dht_key(&record.address);
+    match tokio::time::timeout_at(ctx.deadline, state.p2p.replicate(key, value)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(NodeError::NotReplicated(e)),
+        Err(_) => Err(NodeError::Timeout),
+    }
+}
+
+/// The record at `address`: the local copy, else a DHT lookup merged locally.
+async fn find(
+    state: &NodeState,
+    ctx: &Ctx,
+    address: &Address,
+) -> Result<Option<Arc<Record>>, NodeError> {
+    if let Some(record) = state.store.get(address) {
+        return Ok(Some(record));
+    }
+    let key = store::dht_key(address);
+    let Ok(found) = tokio::time::timeout_at(ctx.deadline, state.p2p.fetch(key)).await else {
+        return Err(NodeError::Timeout);
+    };
+    let Some(value) = found else {
+        return Ok(None);
+    };
+    let store = Arc::clone(&state.store);
+    blocking(move || store.merge_dht(&key, &value)).await??;
+    Ok(state.store.get(address))
+}
+
+async fn get_envelope(
+    State(state): State<NodeState>,
+    ctx: Ctx,
+    AddressParam(address): AddressParam,
+) -> Result<Reply<Envelope>, NodeError> {
+    let record = find(&state, &ctx, &address).await?;
+    let (version, stored) = record
+        .as_ref()
+        .and_then(|r| r.set.resolve(address.temporal()))
+        .ok_or_else(|| NodeError::NotFound(address.to_string()))?;
+    let envelope = Envelope::new(&address, version, stored);
+    Ok(Reply::new(Code::Ok, "found", envelope, &ctx.request_id))
+}
+
+async fn put_envelope(
+    State(state): State<NodeState>,
+    ctx: Ctx,
+    AddressParam(address): AddressParam,
+    Json(body): Json<PutBody>,
+) -> Result<Reply<Envelope>, NodeError> {
+    if address.temporal() != ucxl::Temporal::Latest {
+        return Err(NodeError::Rejected(
+            "writes address the latest version: drop the temporal segment".into(),
+            json!({"field": "temporal", "provided": address.temporal().to_string()}),
+        ));
+    }
+    let content_type = body
+        .content_type
+        .unwrap_or_else(|| ucxl::DEFAULT_CONTENT_TYPE.to_owned());
+    let new = NewVersion {
+        id: body
+            .id
+            .or_else(|| ctx.idempotency_key.clone())
+            .unwrap_or_else(EnvelopeId::generate),
+        content: Arc::new(body.content),
+        content_type,
+        metadata: body.metadata.unwrap_or_default(),
+        created_at: body.created_at,
+        hash: body.hash,
+        size: body.size,
+    };
+    let store = Arc::clone(&state.store);
+    let target = address.clone();
+    let (outcome, record) = blocking(move || store.put(&target, new, Utc::now())).await??;
+    // Replicate even when the id existed: a retry after a failed replication heals it.
+    replicate(&state, &ctx, &record).await?;
+    let created = matches!(outcome, PutOutcome::Created { .. });
+    let (version, stored) = outcome.parts();
+    let envelope = Envelope::new(&address, version, stored);
+    let (code, message) = if created {
+        (Code::Created, "stored a new version")
+    } else {
+        (
+            Code::Ok,
+            "an envelope with this id already exists; nothing changed",
+        )
+    };
+    Ok(Reply::new(code, message, envelope, &ctx.request_id))
+}
+
+/// What a delete answers.
+#[derive(Debug, Serialize)]
+struct Deleted {
+    address: Address,
+    id: EnvelopeId,
+    #[serde(with = "ucxl::envelope::rfc3339")]
+    deleted_at: DateTime<Utc>,
+}
+
+async fn delete_envelope(
+    State(state): State<NodeState>,
+    ctx: Ctx,
+    AddressParam(address): AddressParam,
+    parts: axum::http::HeaderMap,
+) -> Result<Reply<Deleted>, NodeError> {
+    // A journal replay keeps the time the delete was accepted.
+    let created_at = match parts.get("x-deleted-at") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc))
+                .ok_or_else(|| {
+                    NodeError::Rejected(
+                        "X-Deleted-At must be an RFC 3339 timestamp".into(),
+                        json!({"header": "X-Deleted-At"}),
+                    )
+                })?,
+        ),
+    };
+    let id = ctx
+        .idempotency_key
+        .clone()
+        .unwrap_or_else(EnvelopeId::generate);
+    if state.store.get(&address).is_none() {
+        // Maybe this node missed the record: look it up before refusing.
+        find(&state, &ctx, &address).await?;
+    }
+    let store = Arc::clone(&state.store);
+    let target = address.clone();
+    let (outcome, record) =
+        blocking(move || store.delete(&target, id, created_at, Utc::now())).await??;
+    replicate(&state, &ctx, &record).await?;
+    let tombstone = outcome.tombstone();
+    let deleted = Deleted {
+        address: address.without_temporal(),
+        id: tombstone.id.clone(),
+        deleted_at: tombstone.created_at,
+    };
+    Ok(Reply::new(Code::Ok, "deleted", deleted, &ctx.request_id))
+}
+
+async fn history(
+    State(state): State<NodeState>,
+    ctx: Ctx,
+    AddressParam(address): AddressParam,
+) -> Result<Reply<History>, NodeError> {
+    let record = find(&state, &ctx, &address).await?;
+    let versions = record.map(|r| r.set.history()).unwrap_or_default();
+    if versions.is_empty() {
+        return Err(NodeError::NotFound(address.to_string()));
+    }
+    let history = History {
+        address: address.without_temporal(),
+        versions,
+    };
+    Ok(Reply::new(Code::Ok, "history", history, &ctx.request_id))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiscoverQuery {
+    pattern: String,
+    limit: Option<usize>,
+    /// Continue after this canonical address.
+    after: Option<String>,
+    content_type: Option<String>,
+}
+
+/// One page of discover results.
+#[derive(Debug, Serialize)]
+struct Discovered {
+    items: Vec<SearchItem>,
+    /// Pass as `after` for the next page; `null` on the last page.
+    next_after: Option<String>,
+}
+
+async fn discover(
+    State(state): State<NodeState>,
+    ctx: Ctx,
+    parts: axum::http::Uri,
+) -> Result<Reply<Discovered>, NodeError> {
+    let q: DiscoverQuery =
+        ucxl_service::query(&parts).map_err(|r| NodeError::Rejected(r.message, r.details))?;
+    let limit = q.limit.unwrap_or(MAX_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(NodeError::Rejected(
+            "limit must be between 1 and 1000".into(),
+            json!({"field": "limit", "provided": limit}),
+        ));
+    }
+    let after = match q.after {
+        None => None,
+        Some(a) => Some(Address::parse(&a)?.canonical().to_owned()),
+    };
+    let query = SearchQuery {
+        pattern: Pattern::parse(&q.pattern)?,
+        limit,
+        after,
+        content_type: q.content_type,
+    };
+    let store = Arc::clone(&state.store);
+    let deadline = ctx.deadline.into_std();
+    let (items, more) = blocking(move || store.search(&query, deadline))
+        .await?
+        .map_err(|_| NodeError::Timeout)?;
+    let next_after = more
+        .then(|| items.last().map(|i| i.address.canonical().to_owned()))
+        .flatten();
+    let message = format!("{} matches", items.len());
+    Ok(Reply::new(
+        Code::Ok,
+        message,
+        Discovered { items, next_after },
+        &ctx.request_id,
+    ))
+}
+
+/// What `/health` and `/status` report.
+#[derive(Debug, Serialize)]
+struct NodeStatus {
+    node_name: String,
+    peer_id: String,
+    listen_addrs: Vec<String>,
+    peers: Vec<String>,
+    connected_peers: usize,
+    records: usize,
+    replication_factor: usize,
+    write_peers_needed: usize,
+}
+
+fn node_status(state: &NodeState) -> NodeStatus {
+    let view = state.p2p.view();
+    let peers: Vec<String> = view.connected().iter().map(ToString::to_string).collect();
+    NodeStatus {
+        node_name: state.node_name.clone(),
+        peer_id: view.peer_id.to_string(),
+        listen_addrs: view
+            .listen_addrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        connected_peers: peers.len(),
+        peers,
+        records: state.store.len(),
+        replication_factor: state.replication_factor,
+        write_peers_needed: state.p2p.peers_needed(),
+    }
+}
+
+/// 200 once serving and, in a cluster, connected to at least one peer; else 503.
+async fn health(State(state): State<NodeState>, Rid(rid): Rid) -> Response {
+    let status = node_status(&state);
+    if state.clustered && status.connected_peers == 0 {
+        let report = ErrorReport::new(
+            Code::ServiceUnavailable,
+            "not connected to any peer of the cluster yet",
+            json!({"peer_id": status.peer_id}),
+        );
+        return report.into_response();
+    }
+    Reply::new(Code::Ok, "healthy", status, &rid).into_response()
+}
+
+async fn status(State(state): State<NodeState>, Rid(rid): Rid) -> Reply<NodeStatus> {
+    Reply::new(Code::Ok, "status", node_status(&state), &rid)
+}
+
+async fn metrics_text(State(state): State<NodeState>) -> Response {
+    state.metrics.run_upkeep();
+    let mut response = (StatusCode::OK, state.metrics.render()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}

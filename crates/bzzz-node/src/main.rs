@@ -1,0 +1,101 @@
+//! The `bzzz-node` binary: configuration from the environment (exit 64 on any problem),
+//! JSON or pretty logs, serve until SIGTERM/SIGINT.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use bzzz_node::config::{EXIT_CONFIG, NodeConfig};
+use bzzz_node::node::Node;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let env: HashMap<String, String> = std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    if std::env::args()
+        .nth(1)
+        .is_some_and(|a| a == "--help" || a == "-h")
+    {
+        println!(
+            "bzzz-node: configured by BZZZ_HTTP_ADDR, BZZZ_P2P_ADDR, BZZZ_BOOTSTRAP_PEERS, BZZZ_DATA_DIR, BZZZ_REPLICATION_FACTOR, BZZZ_NODE_NAME, BZZZ_MAX_BODY_BYTES, BZZZ_MAX_RECORD_BYTES, BZZZ_REQUEST_TIMEOUT_MS, BZZZ_LOG_FORMAT, RUST_LOG (see the README)"
+        );
+        return ExitCode::SUCCESS;
+    }
+    let config = match NodeConfig::from_env(&env) {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("configuration error: {p}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let installed = if config.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .try_init()
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).try_init()
+    };
+    if let Err(e) = installed {
+        eprintln!("cannot install logging: {e}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let node = match Node::start(&config, shutdown.clone()).await {
+            Ok(node) => node,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::spawn(stop_on_signal(shutdown));
+        match node.run_until_stopped().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "server failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => tracing::info!(signal = "SIGINT", "stopping"),
+        () = term => tracing::info!(signal = "SIGTERM", "stopping"),
+    }
+    shutdown.cancel();
+}

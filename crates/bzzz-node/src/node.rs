@@ -1,0 +1,166 @@
+//! Starting and stopping a node: store, network, HTTP listener, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use libp2p::Multiaddr;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, NodeState};
+use crate::config::NodeConfig;
+use crate::p2p::{self, P2pError};
+use crate::store::{NodeStore, StoreError};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The record store failed to open.
+    #[error("cannot open the record store in {dir}: {source}")]
+    Store {
+        /// The data directory.
+        dir: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// The network failed to start.
+    #[error(transparent)]
+    P2p(#[from] P2pError),
+    /// The HTTP listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            metrics::describe_gauge!("bzzz_records", "addresses this node holds");
+            metrics::describe_gauge!("bzzz_peers", "connected peers");
+            metrics::describe_counter!(
+                "bzzz_replications_total",
+                "writes replicated to a majority, by outcome"
+            );
+            metrics::describe_counter!(
+                "bzzz_records_refused_total",
+                "records from peers refused (undecodable, wrong key, too large)"
+            );
+            metrics::describe_counter!(
+                "bzzz_requests_total",
+                "HTTP requests by route template, method and status"
+            );
+            handle
+        })
+        .clone()
+}
+
+/// A started node.
+#[derive(Debug)]
+pub struct Node {
+    listener: TcpListener,
+    http_addr: SocketAddr,
+    p2p_addr: Multiaddr,
+    state: NodeState,
+    network: tokio::task::JoinHandle<()>,
+    shutdown: CancellationToken,
+}
+
+impl Node {
+    /// Opens the store, starts the network and binds the HTTP listener.
+    ///
+    /// # Errors
+    /// [`StartError`].
+    pub async fn start(
+        config: &NodeConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StartError> {
+        let store =
+            NodeStore::open(&config.data_dir, config.max_record_bytes).map_err(|source| {
+                StartError::Store {
+                    dir: config.data_dir.display().to_string(),
+                    source,
+                }
+            })?;
+        let store = Arc::new(store);
+        metrics::gauge!("bzzz_records").set(store.len() as f64);
+        let (p2p, p2p_addr, network) =
+            p2p::start(config, Arc::clone(&store), shutdown.clone()).await?;
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| StartError::Http {
+                addr: config.http_addr,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| StartError::Http {
+            addr: config.http_addr,
+            source,
+        })?;
+        let state = NodeState {
+            store,
+            p2p,
+            metrics: metrics_handle(),
+            node_name: config.node_name.clone(),
+            replication_factor: config.replication_factor,
+            clustered: !config.bootstrap.is_empty(),
+            max_body_bytes: config.max_body_bytes,
+            request_timeout: config.request_timeout,
+        };
+        tracing::info!(
+            http = %http_addr,
+            p2p = %p2p_addr,
+            peer_id = %state.p2p.view().peer_id,
+            records = state.store.len(),
+            node = %config.node_name,
+            "ready"
+        );
+        Ok(Self {
+            listener,
+            http_addr,
+            p2p_addr,
+            state,
+            network,
+            shutdown,
+        })
+    }
+
+    /// The bound HTTP address.
+    #[must_use]
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The p2p address, with `/p2p/<id>`.
+    #[must_use]
+    pub fn p2p_addr(&self) -> &Multiaddr {
+        &self.p2p_addr
+    }
+
+    /// Serves until the shutdown token is cancelled, then stops the network. Records are
+    /// committed to disk as they are written, so nothing is pending at exit.
+    ///
+    /// # Errors
+    /// When the HTTP server fails.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let app = api::router(self.state);
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(self.shutdown.clone().cancelled_owned())
+            .await;
+        self.shutdown.cancel();
+        if let Err(e) = self.network.await {
+            tracing::error!(error = %e, "network task failed");
+        }
+        tracing::info!("stopped");
+        served
+    }
+}

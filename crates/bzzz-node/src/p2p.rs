@@ -1,0 +1,667 @@
+//! The libp2p side of a node: TCP + Noise + Yamux, Kademlia (server mode) over the node
+//! store, Identify and Ping; bootstrap dialling with backoff; replication of writes to a
+//! majority; catch-up of peers that (re)connect.
+//!
+//! The swarm runs in one task. HTTP handlers talk to it through [`P2p`], a cloneable
+//! handle that sends [`Command`]s and reads a shared [`PeerView`].
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use futures::StreamExt;
+use libp2p::kad::{
+    self, GetRecordOk, KBucketKey, PeerRecord, QueryId, QueryResult, Quorum, Record, RecordKey,
+};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{ConnectionId, DialError, NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, identify, identity, noise, ping, tcp, yamux,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::NodeConfig;
+use crate::dht::DhtStore;
+use crate::store::{DhtKey, NodeStore};
+
+/// The Kademlia protocol of BZZZ clusters.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/bzzz/kad/1.0.0");
+/// Catch-up pushes in flight at once.
+const CATCH_UP_IN_FLIGHT: usize = 32;
+/// Largest Kademlia message: a version set of `BZZZ_MAX_RECORD_BYTES` plus framing.
+const PACKET_SLACK: usize = 64 * 1024;
+
+/// The swarm's behaviours.
+#[derive(NetworkBehaviour)]
+#[allow(missing_debug_implementations)] // libp2p's behaviours do not all implement Debug
+pub struct Behaviour {
+    kad: kad::Behaviour<DhtStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+}
+
+/// What HTTP handlers ask of the swarm.
+#[derive(Debug)]
+pub enum Command {
+    /// Push a record to the closest connected peers; answer once `need` stored it.
+    Replicate {
+        /// DHT key.
+        key: DhtKey,
+        /// DHT value.
+        value: Vec<u8>,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<usize, ReplicateError>>,
+    },
+    /// Look a record up in the DHT.
+    Fetch {
+        /// DHT key.
+        key: DhtKey,
+        /// The first value found, if any.
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
+}
+
+/// Why a write did not reach a majority.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicateError {
+    /// Too few peers are connected.
+    #[error("{have} peers connected; a majority needs {need}")]
+    NotEnoughPeers {
+        /// Connected peers.
+        have: usize,
+        /// Peers needed besides this node.
+        need: usize,
+    },
+    /// Peers did not confirm in time or refused.
+    #[error("{acked} of the {need} peers a majority needs confirmed the write")]
+    QuorumFailed {
+        /// Peers that stored the record.
+        acked: usize,
+        /// Peers needed besides this node.
+        need: usize,
+    },
+    /// The network task has stopped.
+    #[error("the network task has stopped")]
+    Stopped,
+}
+
+/// What the HTTP side can see of the network.
+#[derive(Debug)]
+pub struct PeerView {
+    /// This node's peer id.
+    pub peer_id: PeerId,
+    connected: RwLock<BTreeSet<PeerId>>,
+    listen: RwLock<Vec<Multiaddr>>,
+    /// Set once any peer has connected: from then on, writes need a majority.
+    ever_connected: AtomicBool,
+}
+
+impl PeerView {
+    /// The connected peers.
+    #[must_use]
+    pub fn connected(&self) -> Vec<PeerId> {
+        self.connected
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// The p2p addresses this node listens on, with its `/p2p/<id>` suffix.
+    #[must_use]
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.listen
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// A handle on the swarm task.
+#[derive(Debug, Clone)]
+pub struct P2p {
+    commands: mpsc::Sender<Command>,
+    view: Arc<PeerView>,
+    /// Peers (besides this node) a write needs: majority of the replication factor − 1.
+    peers_needed: usize,
+    /// Whether this node was told to join a cluster.
+    clustered: bool,
+}
+
+impl P2p {
+    /// The shared network view.
+    #[must_use]
+    pub fn view(&self) -> &PeerView {
+        &self.view
+    }
+
+    /// Peers besides this node that must store a write: a majority of the replication
+    /// factor counts the local copy, so `rf / 2`; none for a standalone node (no bootstrap
+    /// peers and never joined by one).
+    #[must_use]
+    pub fn peers_needed(&self) -> usize {
+        if self.clustered || self.view.ever_connected.load(Ordering::Relaxed) {
+            self.peers_needed
+        } else {
+            0
+        }
+    }
+
+    /// Replicates a record to the peers a majority needs.
+    ///
+    /// # Errors
+    /// [`ReplicateError`] when the majority was not reached.
+    pub async fn replicate(&self, key: DhtKey, value: Vec<u8>) -> Result<usize, ReplicateError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Replicate { key, value, reply })
+            .await
+            .map_err(|_| ReplicateError::Stopped)?;
+        answer.await.map_err(|_| ReplicateError::Stopped)?
+    }
+
+    /// Looks a record up in the DHT.
+    pub async fn fetch(&self, key: DhtKey) -> Option<Vec<u8>> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Fetch { key, reply })
+            .await
+            .ok()?;
+        answer.await.ok().flatten()
+    }
+}
+
+/// Why the network could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum P2pError {
+    /// The node key could not be read or written.
+    #[error("node key {path}: {reason}")]
+    Key {
+        /// The key file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The transport or behaviour could not be built.
+    #[error("cannot build the swarm: {0}")]
+    Build(String),
+    /// The listen address could not be used.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Loads the node key from `dir/node.key`, creating it on first start, so the peer id
+/// survives restarts.
+///
+/// # Errors
+/// [`P2pError::Key`].
+pub fn load_or_create_key(dir: &Path) -> Result<identity::Keypair, P2pError> {
+    let path = dir.join("node.key");
+    let fail = |reason: String| P2pError::Key {
+        path: path.display().to_string(),
+        reason,
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            identity::Keypair::from_protobuf_encoding(&bytes).map_err(|e| fail(e.to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = identity::Keypair::generate_ed25519();
+            let bytes = key
+                .to_protobuf_encoding()
+                .map_err(|e| fail(e.to_string()))?;
+            std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+            let tmp = dir.join("node.key.tmp");
+            std::fs::write(&tmp, bytes).map_err(|e| fail(e.to_string()))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+            std::fs::rename(&tmp, &path).map_err(|e| fail(e.to_string()))?;
+            Ok(key)
+        }
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+/// A configured bootstrap address and how dialling it goes.
+#[derive(Debug)]
+struct Bootstrap {
+    addr: Multiaddr,
+    /// Learned through the first connection (or given as `/p2p/<id>`).
+    peer: Option<PeerId>,
+    /// The dial in progress.
+    pending: Option<ConnectionId>,
+    next_dial: Instant,
+    backoff: ExponentialBackoff,
+    /// The address turned out to be this node.
+    is_self: bool,
+}
+
+fn redial_backoff() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+impl Bootstrap {
+    fn new(addr: Multiaddr) -> Self {
+        let peer = addr.iter().find_map(|p| match p {
+            libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+            _ => None,
+        });
+        Self {
+            addr,
+            peer,
+            pending: None,
+            next_dial: Instant::now(),
+            backoff: redial_backoff(),
+            is_self: false,
+        }
+    }
+
+    fn schedule(&mut self) {
+        let wait = self.backoff.next().unwrap_or(Duration::from_secs(5));
+        self.next_dial = Instant::now() + wait;
+    }
+
+    fn reset(&mut self) {
+        self.backoff = redial_backoff();
+        self.next_dial = Instant::now();
+    }
+}
+
+/// The swarm task's state.
+struct Network {
+    swarm: Swarm<Behaviour>,
+    store: Arc<NodeStore>,
+    view: Arc<PeerView>,
+    bootstraps: Vec<Bootstrap>,
+    replication_factor: usize,
+    puts: HashMap<QueryId, (usize, oneshot::Sender<Result<usize, ReplicateError>>)>,
+    gets: HashMap<QueryId, oneshot::Sender<Option<Vec<u8>>>>,
+    catch_up: VecDeque<(PeerId, DhtKey)>,
+    catch_up_in_flight: HashSet<QueryId>,
+    first_listen: Option<oneshot::Sender<Multiaddr>>,
+}
+
+/// Builds the swarm, starts listening and spawns the network task.
+///
+/// Returns the handle, the address the node listens on (with `/p2p/<id>`), and the task.
+///
+/// # Errors
+/// [`P2pError`] when the key, transport or listener fails.
+pub async fn start(
+    config: &NodeConfig,
+    store: Arc<NodeStore>,
+    shutdown: CancellationToken,
+) -> Result<(P2p, Multiaddr, tokio::task::JoinHandle<()>), P2pError> {
+    let key = load_or_create_key(&config.data_dir)?;
+    let peer_id = key.public().to_peer_id();
+    let rf = NonZeroUsize::new(config.replication_factor).unwrap_or(NonZeroUsize::MIN);
+    let packet = config.max_record_bytes.saturating_add(PACKET_SLACK);
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| P2pError::Build(e.to_string()))?
+        .with_dns()
+        .map_err(|e| P2pError::Build(e.to_string()))?
+        .with_behaviour(|key| {
+            let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+            kad_config
+                .set_replication_factor(rf)
+                .set_record_ttl(None)
+                .set_publication_interval(None)
+                .set_provider_publication_interval(None)
+                .set_max_packet_size(packet)
+                .set_query_timeout(Duration::from_secs(10))
+                .set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+            let local = key.public().to_peer_id();
+            let mut kad = kad::Behaviour::with_config(
+                local,
+                DhtStore::new(local, Arc::clone(&store)),
+                kad_config,
+            );
+            kad.set_mode(Some(kad::Mode::Server));
+            Behaviour {
+                kad,
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/bzzz/1.0.0".into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::default(),
+            }
+        })
+        .map_err(|e| P2pError::Build(e.to_string()))?
+        // Cluster links stay open: they are the replication targets and the health signal.
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(365 * 24 * 3600)))
+        .build();
+    swarm
+        .listen_on(config.p2p_addr.clone())
+        .map_err(|e| P2pError::Listen {
+            addr: config.p2p_addr.clone(),
+            reason: e.to_string(),
+        })?;
+    let view = Arc::new(PeerView {
+        peer_id,
+        connected: RwLock::new(BTreeSet::new()),
+        listen: RwLock::new(Vec::new()),
+        ever_connected: AtomicBool::new(false),
+    });
+    let (commands, rx) = mpsc::channel(1024);
+    let (first_listen, listening) = oneshot::channel();
+    let network = Network {
+        swarm,
+        store,
+        view: Arc::clone(&view),
+        bootstraps: config
+            .bootstrap
+            .iter()
+            .cloned()
+            .map(Bootstrap::new)
+            .collect(),
+        replication_factor: config.replication_factor,
+        puts: HashMap::new(),
+        gets: HashMap::new(),
+        catch_up: VecDeque::new(),
+        catch_up_in_flight: HashSet::new(),
+        first_listen: Some(first_listen),
+    };
+    let task = tokio::spawn(network.run(rx, shutdown));
+    let addr = listening.await.map_err(|_| P2pError::Listen {
+        addr: config.p2p_addr.clone(),
+        reason: "the listener closed before it was ready".into(),
+    })?;
+    let handle = P2p {
+        commands,
+        view,
+        peers_needed: config.write_majority().saturating_sub(1),
+        clustered: !config.bootstrap.is_empty(),
+    };
+    Ok((handle, addr, task))
+}
+
+impl Network {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(command) = commands.recv() => self.command(command),
+                event = self.swarm.select_next_some() => self.event(event),
+                _ = tick.tick() => self.dial_bootstraps(),
+            }
+            self.pump_catch_up();
+        }
+        tracing::info!("network stopped");
+    }
+
+    fn kad(&mut self) -> &mut kad::Behaviour<DhtStore> {
+        &mut self.swarm.behaviour_mut().kad
+    }
+
+    /// The connected peers closest to `key`, at most `n`.
+    fn closest_connected(&self, key: &RecordKey, n: usize) -> Vec<PeerId> {
+        let target = KBucketKey::new(key.clone());
+        let mut peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        peers.sort_by_key(|p| KBucketKey::from(*p).distance(&target));
+        peers.truncate(n);
+        peers
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Replicate { key, value, reply } => {
+                let record_key = RecordKey::new(&key);
+                let targets =
+                    self.closest_connected(&record_key, self.replication_factor.saturating_sub(1));
+                let need =
+                    (self.replication_factor / 2).min(self.replication_factor.saturating_sub(1));
+                let Some(quorum) = NonZeroUsize::new(need) else {
+                    let _ = reply.send(Ok(0));
+                    return;
+                };
+                if targets.len() < need {
+                    let _ = reply.send(Err(ReplicateError::NotEnoughPeers {
+                        have: targets.len(),
+                        need,
+                    }));
+                    return;
+                }
+                let id = self.kad().put_record_to(
+                    Record::new(record_key, value),
+                    targets.into_iter(),
+                    Quorum::N(quorum),
+                );
+                self.puts.insert(id, (need, reply));
+            }
+            Command::Fetch { key, reply } => {
+                let id = self.kad().get_record(RecordKey::new(&key));
+                self.gets.insert(id, reply);
+            }
+        }
+    }
+
+    fn dial_bootstraps(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.bootstraps.len() {
+            let b = &self.bootstraps[i];
+            let connected = b.peer.is_some_and(|p| self.swarm.is_connected(&p));
+            if b.is_self || connected || b.pending.is_some() || b.next_dial > now {
+                continue;
+            }
+            let opts = DialOpts::unknown_peer_id().address(b.addr.clone()).build();
+            let id = opts.connection_id();
+            let addr = b.addr.clone();
+            match self.swarm.dial(opts) {
+                Ok(()) => self.bootstraps[i].pending = Some(id),
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "cannot dial bootstrap peer");
+                    self.bootstraps[i].schedule();
+                }
+            }
+        }
+    }
+
+    /// Pushes queued records to (re)connected peers, a bounded number at a time.
+    fn pump_catch_up(&mut self) {
+        while self.catch_up_in_flight.len() < CATCH_UP_IN_FLIGHT {
+            let Some((peer, key)) = self.catch_up.pop_front() else {
+                break;
+            };
+            if !self.swarm.is_connected(&peer) {
+                continue;
+            }
+            let Some(value) = self.store.dht_value(&key) else {
+                continue;
+            };
+            let record = Record::new(RecordKey::new(&key), value);
+            let id = self
+                .kad()
+                .put_record_to(record, std::iter::once(peer), Quorum::One);
+            self.catch_up_in_flight.insert(id);
+        }
+    }
+
+    fn set_connected(&self, peer: PeerId, connected: bool) {
+        let mut peers = self
+            .view
+            .connected
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if connected {
+            peers.insert(peer);
+        } else {
+            peers.remove(&peer);
+        }
+        metrics::gauge!("bzzz_peers").set(peers.len() as f64);
+    }
+
+    fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address.with_p2p(self.view.peer_id).unwrap_or_else(|a| a);
+                tracing::info!(address = %full, "p2p listening");
+                self.view
+                    .listen
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(full.clone());
+                if let Some(tx) = self.first_listen.take() {
+                    let _ = tx.send(full);
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if let Some(b) = self
+                    .bootstraps
+                    .iter_mut()
+                    .find(|b| b.pending == Some(connection_id))
+                {
+                    b.pending = None;
+                    b.peer = Some(peer_id);
+                    b.reset();
+                }
+                if endpoint.is_dialer() {
+                    let addr = endpoint.get_remote_address().clone();
+                    self.kad().add_address(&peer_id, addr);
+                }
+                if num_established.get() == 1 {
+                    tracing::info!(peer = %peer_id, "peer connected");
+                    self.set_connected(peer_id, true);
+                    self.view.ever_connected.store(true, Ordering::Relaxed);
+                    // Catch the peer up on everything this node holds: records written
+                    // while it was away reach it within seconds.
+                    let keys = self.store.dht_keys();
+                    self.catch_up.extend(keys.into_iter().map(|k| (peer_id, k)));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                if num_established == 0 {
+                    tracing::info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "peer disconnected");
+                    self.set_connected(peer_id, false);
+                    for b in self
+                        .bootstraps
+                        .iter_mut()
+                        .filter(|b| b.peer == Some(peer_id))
+                    {
+                        b.reset();
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                ..
+            } => {
+                if let Some(b) = self
+                    .bootstraps
+                    .iter_mut()
+                    .find(|b| b.pending == Some(connection_id))
+                {
+                    b.pending = None;
+                    if matches!(error, DialError::LocalPeerId { .. }) {
+                        tracing::info!(addr = %b.addr, "bootstrap address is this node; not dialling it again");
+                        b.is_self = true;
+                    } else {
+                        tracing::debug!(addr = %b.addr, error = %error, "bootstrap dial failed; retrying with backoff");
+                        b.schedule();
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs {
+                    self.kad().add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                step,
+                ..
+            })) => {
+                self.query_progressed(id, result, step.last);
+            }
+            _ => {}
+        }
+    }
+
+    fn query_progressed(&mut self, id: QueryId, result: QueryResult, last: bool) {
+        match result {
+            QueryResult::PutRecord(outcome) => {
+                if self.catch_up_in_flight.remove(&id) {
+                    if let Err(e) = outcome {
+                        tracing::debug!(error = %e, "catch-up push failed");
+                    }
+                    return;
+                }
+                if let Some((need, reply)) = self.puts.remove(&id) {
+                    let answer = match outcome {
+                        Ok(_) => Ok(need),
+                        Err(
+                            kad::PutRecordError::QuorumFailed { success, .. }
+                            | kad::PutRecordError::Timeout { success, .. },
+                        ) => Err(ReplicateError::QuorumFailed {
+                            acked: success.len(),
+                            need,
+                        }),
+                    };
+                    metrics::counter!("bzzz_replications_total", "outcome" => if answer.is_ok() { "ok" } else { "failed" })
+                        .increment(1);
+                    let _ = reply.send(answer);
+                }
+            }
+            QueryResult::GetRecord(outcome) => {
+                let found = match outcome {
+                    Ok(GetRecordOk::FoundRecord(PeerRecord { record, .. })) => Some(record.value),
+                    _ => None,
+                };
+                if found.is_some() || last {
+                    if let Some(reply) = self.gets.remove(&id) {
+                        let _ = reply.send(found);
+                    }
+                    if let Some(mut query) = self.kad().query_mut(&id) {
+                        query.finish();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
