@@ -363,7 +363,7 @@ async fn put_envelope(
 
 /// What a delete answers.
 #[derive(Debug, Serialize)]
-struct Deleted {
+struct DeleteAnswer {
     address: Address,
     id: EnvelopeId,
     #[serde(with = "ucxl::envelope::rfc3339")]
@@ -375,7 +375,7 @@ async fn delete_envelope(
     ctx: Ctx,
     AddressParam(address): AddressParam,
     parts: axum::http::HeaderMap,
-) -> Result<Reply<Deleted>, NodeError> {
+) -> Result<Reply<DeleteAnswer>, NodeError> {
     // A journal replay keeps the time the delete was accepted.
     let created_at = match parts.get("x-deleted-at") {
         None => None,
@@ -406,7 +406,7 @@ async fn delete_envelope(
         blocking(move || store.delete(&target, id, created_at, Utc::now())).await??;
     replicate(&state, &ctx, &record).await?;
     let tombstone = outcome.tombstone();
-    let deleted = Deleted {
+    let deleted = DeleteAnswer {
         address: address.without_temporal(),
         id: tombstone.id.clone(),
         deleted_at: tombstone.created_at,

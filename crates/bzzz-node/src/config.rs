@@ -145,19 +145,18 @@ impl Reader<'_> {
         if value.is_empty() {
             return default;
         }
-        match value
+        if let Some(n) = value
             .parse::<u64>()
             .ok()
             .filter(|n| (min..=max).contains(n))
             .and_then(|n| T::try_from(n).ok())
         {
-            Some(n) => n,
-            None => {
-                self.problems.push(format!(
-                    "{key}: {value:?} is not an integer in {min}..={max}"
-                ));
-                default
-            }
+            n
+        } else {
+            self.problems.push(format!(
+                "{key}: {value:?} is not an integer in {min}..={max}"
+            ));
+            default
         }
     }
 }

@@ -93,7 +93,7 @@ impl Node {
                 }
             })?;
         let store = Arc::new(store);
-        metrics::gauge!("bzzz_records").set(store.len() as f64);
+        metrics::gauge!("bzzz_records").set(u32::try_from(store.len()).unwrap_or(u32::MAX));
         let (p2p, p2p_addr, network) =
             p2p::start(config, Arc::clone(&store), shutdown.clone()).await?;
         let listener = TcpListener::bind(config.http_addr)

@@ -300,6 +300,8 @@ struct Network {
     catch_up: VecDeque<(PeerId, DhtKey)>,
     catch_up_in_flight: HashSet<QueryId>,
     first_listen: Option<oneshot::Sender<Multiaddr>>,
+    /// The Kademlia bootstrap query in progress.
+    bootstrapping: Option<QueryId>,
 }
 
 /// Builds the swarm, starts listening and spawns the network task.
@@ -387,6 +389,7 @@ pub async fn start(
         catch_up: VecDeque::new(),
         catch_up_in_flight: HashSet::new(),
         first_listen: Some(first_listen),
+        bootstrapping: None,
     };
     let task = tokio::spawn(network.run(rx, shutdown));
     let addr = listening.await.map_err(|_| P2pError::Listen {
@@ -516,7 +519,43 @@ impl Network {
         } else {
             peers.remove(&peer);
         }
-        metrics::gauge!("bzzz_peers").set(peers.len() as f64);
+        metrics::gauge!("bzzz_peers").set(u32::try_from(peers.len()).unwrap_or(u32::MAX));
+    }
+
+    fn connected(
+        &mut self,
+        peer_id: PeerId,
+        connection_id: ConnectionId,
+        endpoint: &libp2p::core::ConnectedPoint,
+        num_established: u32,
+    ) {
+        if let Some(b) = self
+            .bootstraps
+            .iter_mut()
+            .find(|b| b.pending == Some(connection_id))
+        {
+            b.pending = None;
+            b.peer = Some(peer_id);
+            b.reset();
+        }
+        if endpoint.is_dialer() {
+            let addr = endpoint.get_remote_address().clone();
+            self.kad().add_address(&peer_id, addr);
+        }
+        if num_established == 1 {
+            tracing::info!(peer = %peer_id, "peer connected");
+            self.set_connected(peer_id, true);
+            self.view.ever_connected.store(true, Ordering::Relaxed);
+            // Catch the peer up on everything this node holds: records written while it
+            // was away reach it within seconds.
+            let keys = self.store.dht_keys();
+            self.catch_up.extend(keys.into_iter().map(|k| (peer_id, k)));
+            // Look for the rest of the cluster through the newcomer, so small clusters
+            // become a full mesh: every peer is a replication target.
+            if self.bootstrapping.is_none() {
+                self.bootstrapping = self.kad().bootstrap().ok();
+            }
+        }
     }
 
     fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -539,46 +578,21 @@ impl Network {
                 endpoint,
                 num_established,
                 ..
-            } => {
-                if let Some(b) = self
-                    .bootstraps
-                    .iter_mut()
-                    .find(|b| b.pending == Some(connection_id))
-                {
-                    b.pending = None;
-                    b.peer = Some(peer_id);
-                    b.reset();
-                }
-                if endpoint.is_dialer() {
-                    let addr = endpoint.get_remote_address().clone();
-                    self.kad().add_address(&peer_id, addr);
-                }
-                if num_established.get() == 1 {
-                    tracing::info!(peer = %peer_id, "peer connected");
-                    self.set_connected(peer_id, true);
-                    self.view.ever_connected.store(true, Ordering::Relaxed);
-                    // Catch the peer up on everything this node holds: records written
-                    // while it was away reach it within seconds.
-                    let keys = self.store.dht_keys();
-                    self.catch_up.extend(keys.into_iter().map(|k| (peer_id, k)));
-                }
-            }
+            } => self.connected(peer_id, connection_id, &endpoint, num_established.get()),
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 cause,
                 ..
             } => {
-                if num_established == 0 {
-                    tracing::info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "peer disconnected");
-                    self.set_connected(peer_id, false);
-                    for b in self
-                        .bootstraps
-                        .iter_mut()
-                        .filter(|b| b.peer == Some(peer_id))
-                    {
-                        b.reset();
-                    }
+                tracing::info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "peer disconnected");
+                self.set_connected(peer_id, false);
+                for b in self
+                    .bootstraps
+                    .iter_mut()
+                    .filter(|b| b.peer == Some(peer_id))
+                {
+                    b.reset();
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -646,6 +660,9 @@ impl Network {
                         .increment(1);
                     let _ = reply.send(answer);
                 }
+            }
+            QueryResult::Bootstrap(_) if last && self.bootstrapping == Some(id) => {
+                self.bootstrapping = None;
             }
             QueryResult::GetRecord(outcome) => {
                 let found = match outcome {

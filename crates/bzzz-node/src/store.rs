@@ -250,7 +250,7 @@ impl NodeStore {
             .by_address
             .insert(canonical.to_owned(), Arc::clone(&record));
         drop(records);
-        metrics::gauge!("bzzz_records").set(self.len() as f64);
+        metrics::gauge!("bzzz_records").set(u32::try_from(self.len()).unwrap_or(u32::MAX));
         Ok((outcome, record))
     }
 

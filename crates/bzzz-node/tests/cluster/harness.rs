@@ -1,0 +1,340 @@
+//! Node processes for tests: each on free loopback ports, with its own data directory,
+//! killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bzzz-node");
+
+/// URL-encodes a query value.
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Status and JSON body of a response.
+pub async fn body(response: reqwest::Result<reqwest::Response>) -> (u16, Value) {
+    let response = response.expect("the node answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `check` every 50 ms until it holds or `within` has passed.
+pub async fn wait_until<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A running node process.
+pub struct NodeProc {
+    pub name: String,
+    pub http: String,
+    pub p2p: String,
+    pub peer_id: String,
+    dir: PathBuf,
+    bootstrap: Vec<String>,
+    extra: Vec<(String, String)>,
+    child: Option<Child>,
+    /// Owns the data directory of nodes started fresh.
+    tmp_dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl NodeProc {
+    /// Starts a node with a fresh data directory and free ports.
+    pub async fn start(
+        name: &str,
+        bootstrap: &[String],
+        ports: Option<(u16, u16)>,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let extra: Vec<(String, String)> = extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut node = Self::spawn(name, &dir, bootstrap, ports, &extra).await;
+        node.tmp_dir = Some(tmp);
+        node
+    }
+
+    async fn spawn(
+        name: &str,
+        dir: &Path,
+        bootstrap: &[String],
+        ports: Option<(u16, u16)>,
+        extra: &[(String, String)],
+    ) -> Self {
+        let (http_port, p2p_port) = ports.unwrap_or((0, 0));
+        let mut command = Command::new(BIN);
+        command
+            .env_clear()
+            .env("BZZZ_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env("BZZZ_P2P_ADDR", format!("/ip4/127.0.0.1/tcp/{p2p_port}"))
+            .env("BZZZ_BOOTSTRAP_PEERS", bootstrap.join(","))
+            .env("BZZZ_DATA_DIR", dir)
+            .env("BZZZ_NODE_NAME", name)
+            .env("BZZZ_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("the node starts");
+        let stdout = child.stdout.take().expect("stdout");
+        // The "ready" log line carries the bound addresses: that is the readiness signal.
+        // The reader keeps draining the pipe afterwards, so the node never blocks on it.
+        let (tx, rx) = mpsc::channel();
+        let tag = name.to_owned();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("BZZZ_TEST_LOGS").is_some() {
+                    eprintln!("[{tag}] {line}");
+                }
+                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if entry["fields"]["message"] == "ready"
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(entry["fields"].clone());
+                }
+            }
+        });
+        let ready = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+            .await
+            .expect("reader joins")
+            .unwrap_or_else(|_| panic!("node {name} did not become ready"));
+        let field = |k: &str| ready[k].as_str().unwrap_or_default().to_owned();
+        Self {
+            name: name.to_owned(),
+            http: field("http"),
+            p2p: field("p2p"),
+            peer_id: field("peer_id"),
+            dir: dir.to_path_buf(),
+            bootstrap: bootstrap.to_vec(),
+            extra: extra.to_vec(),
+            child: Some(child),
+            tmp_dir: None,
+        }
+    }
+
+    /// The ports this node bound.
+    fn ports(&self) -> (u16, u16) {
+        let http = self
+            .http
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let p2p = self
+            .p2p
+            .split('/')
+            .skip_while(|s| *s != "tcp")
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        (http, p2p)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, waiting for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        assert!(status.success(), "{} exited with {status}", self.name);
+                        break;
+                    }
+                    Ok(None) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        panic!("{} did not stop on SIGTERM", self.name);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the same node again: same data, ports and bootstrap list.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let tmp = self.tmp_dir.take();
+        let fresh = Self::spawn(
+            &self.name,
+            &self.dir,
+            &self.bootstrap,
+            Some(self.ports()),
+            &self.extra,
+        )
+        .await;
+        let old = std::mem::replace(self, fresh);
+        drop(old);
+        self.tmp_dir = tmp;
+    }
+
+    pub async fn put(
+        &self,
+        client: &reqwest::Client,
+        address: &str,
+        envelope: Value,
+    ) -> (u16, Value) {
+        body(
+            client
+                .put(self.url(&format!("/ucxi/v1/put?address={}", enc(address))))
+                .json(&envelope)
+                .send()
+                .await,
+        )
+        .await
+    }
+
+    pub async fn put_keyed(
+        &self,
+        client: &reqwest::Client,
+        address: &str,
+        key: &str,
+        envelope: Value,
+    ) -> (u16, Value) {
+        body(
+            client
+                .put(self.url(&format!("/ucxi/v1/put?address={}", enc(address))))
+                .header("Idempotency-Key", key)
+                .json(&envelope)
+                .send()
+                .await,
+        )
+        .await
+    }
+
+    pub async fn get(&self, client: &reqwest::Client, address: &str) -> (u16, Value) {
+        body(
+            client
+                .get(self.url(&format!("/ucxi/v1/get?address={}", enc(address))))
+                .send()
+                .await,
+        )
+        .await
+    }
+
+    pub async fn delete(&self, client: &reqwest::Client, address: &str) -> (u16, Value) {
+        body(
+            client
+                .delete(self.url(&format!("/ucxi/v1/delete?address={}", enc(address))))
+                .send()
+                .await,
+        )
+        .await
+    }
+
+    /// `data` of `/status`.
+    pub async fn status(&self, client: &reqwest::Client) -> Value {
+        body(client.get(self.url("/status")).send().await).await.1["response"]["data"].clone()
+    }
+}
+
+/// Several nodes bootstrapping to each other.
+pub struct Cluster {
+    pub nodes: Vec<NodeProc>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes: the first alone, each later one bootstrapping to all earlier ones;
+    /// returns once every node is connected to every other.
+    pub async fn start(n: usize) -> Self {
+        let mut nodes: Vec<NodeProc> = Vec::new();
+        for i in 0..n {
+            let bootstrap: Vec<String> = nodes.iter().map(|n| n.p2p.clone()).collect();
+            nodes.push(NodeProc::start(&format!("n{}", i + 1), &bootstrap, None, &[]).await);
+        }
+        let cluster = Self { nodes };
+        cluster.wait_for_mesh().await;
+        cluster
+    }
+
+    async fn wait_for_mesh(&self) {
+        let client = reqwest::Client::new();
+        let want = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .count()
+            .saturating_sub(1);
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let meshed = wait_until(Duration::from_secs(20), || async {
+                node.status(&client).await["connected_peers"].as_u64() == Some(want as u64)
+            })
+            .await;
+            assert!(
+                meshed,
+                "{} connected to {want} peers: {}",
+                node.name,
+                node.status(&client).await
+            );
+        }
+    }
+
+    /// Restarts node `i` and waits until the running nodes are a full mesh again.
+    pub async fn restart(&mut self, i: usize) {
+        // A restarted node bootstraps to every other configured node.
+        let others: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| n.p2p.clone())
+            .collect();
+        self.nodes[i].bootstrap = others;
+        self.nodes[i].restart().await;
+        self.wait_for_mesh().await;
+    }
+}
