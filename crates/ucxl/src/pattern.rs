@@ -222,12 +222,14 @@ impl Pattern {
     }
 }
 
+/// Wildcard components print as `*` (not `any`), so the text form is never longer than
+/// the input it was parsed from and always parses again within the length limit.
 impl fmt::Display for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let [agent, role, project, task] = self
             .components
             .each_ref()
-            .map(|c| c.as_deref().unwrap_or(ANY));
+            .map(|c| c.as_deref().unwrap_or("*"));
         write!(f, "ucxl://{agent}:{role}@{project}:{task}")?;
         for glob in &self.path {
             match glob {
@@ -350,12 +352,19 @@ mod tests {
     fn display_normalises_wildcards() {
         assert_eq!(
             pattern("UCXL://*:b@any:d/*~1//x/**/").to_string(),
-            "ucxl://any:b@any:d/x/**"
+            "ucxl://*:b@*:d/x/**"
         );
-        assert_eq!(
-            Pattern::everything().to_string(),
-            "ucxl://any:any@any:any/**"
-        );
+        assert_eq!(Pattern::everything().to_string(), "ucxl://*:*@*:*/**");
+    }
+
+    #[test]
+    fn display_of_star_wildcards_fits_the_limit() {
+        // Found by fuzzing: `*` printed as `any` grew past 1024 bytes.
+        let long = format!("ucxl://*:*@*:*/{}", "a".repeat(1002));
+        assert!(long.len() <= 1024);
+        let p = pattern(&long);
+        assert_eq!(p.to_string(), long);
+        assert_eq!(pattern(&p.to_string()), p);
     }
 
     #[test]
