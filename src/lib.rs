@@ -12,6 +12,7 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod reply;
+pub mod resilience;
 pub mod routes;
 pub mod startup;
 pub mod state;

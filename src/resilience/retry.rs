@@ -1,0 +1,187 @@
+//! What may be retried, how long to wait, and how many retries the gateway can afford
+//! (SPEC §7).
+//!
+//! - Backoff: exponential from `backoff_base` with factor 2, capped at `backoff_max`
+//!   (the schedule comes from `backon`), with *full* jitter: each wait is uniform in
+//!   `[0, step]`, which spreads retries of many clients best.
+//! - Budget: retries may add `budget_percent` % of the request rate plus
+//!   `budget_min_per_sec` per second, counted over a 10 s sliding window; past it, a
+//!   request fails over without retrying, so retries cannot multiply an overload.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::time::Instant;
+
+use crate::config::RetryConfig;
+
+/// The budget's window.
+pub const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+
+/// Scales a backoff step to the wait actually used: `[0, 1)` × step for full jitter.
+pub type JitterFn = fn() -> f64;
+
+/// Full jitter: uniform in `[0, 1)`.
+#[must_use]
+pub fn full_jitter() -> f64 {
+    fastrand::f64()
+}
+
+/// No jitter (tests): the whole step.
+#[must_use]
+pub fn no_jitter() -> f64 {
+    1.0
+}
+
+/// The waits before each retry of one request.
+#[derive(Debug)]
+pub struct Backoff {
+    steps: backon::ExponentialBackoff,
+    jitter: JitterFn,
+}
+
+impl Backoff {
+    /// The backoff of `config`, starting afresh.
+    #[must_use]
+    pub fn new(config: &RetryConfig, jitter: JitterFn) -> Self {
+        let steps = ExponentialBuilder::default()
+            .with_min_delay(config.backoff_base)
+            .with_max_delay(config.backoff_max)
+            .with_factor(2.0)
+            .without_max_times()
+            .build();
+        Self { steps, jitter }
+    }
+
+    /// The wait before the next retry.
+    pub fn next_wait(&mut self) -> Duration {
+        let step = self.steps.next().unwrap_or_default();
+        step.mul_f64((self.jitter)().clamp(0.0, 1.0))
+    }
+}
+
+/// Counts requests and retries per second over the budget window.
+#[derive(Debug)]
+pub struct RetryBudget {
+    percent: u32,
+    min_per_sec: u32,
+    /// (second index, requests, retries), oldest first.
+    buckets: VecDeque<(u64, u64, u64)>,
+    origin: Instant,
+}
+
+impl RetryBudget {
+    /// A budget with nothing spent.
+    #[must_use]
+    pub fn new(config: &RetryConfig, now: Instant) -> Self {
+        Self {
+            percent: config.budget_percent,
+            min_per_sec: config.budget_min_per_sec,
+            buckets: VecDeque::new(),
+            origin: now,
+        }
+    }
+
+    fn bucket(&mut self, now: Instant) -> &mut (u64, u64, u64) {
+        let second = now.saturating_duration_since(self.origin).as_secs();
+        let window = BUDGET_WINDOW.as_secs();
+        while self
+            .buckets
+            .front()
+            .is_some_and(|(s, _, _)| s + window <= second)
+        {
+            self.buckets.pop_front();
+        }
+        if self.buckets.back().is_none_or(|(s, _, _)| *s != second) {
+            self.buckets.push_back((second, 0, 0));
+        }
+        // Just pushed or already present.
+        let last = self.buckets.len() - 1;
+        &mut self.buckets[last]
+    }
+
+    /// Counts a request (first attempts earn retry budget).
+    pub fn record_request(&mut self, now: Instant) {
+        self.bucket(now).1 += 1;
+    }
+
+    /// Spends one retry if the budget allows; false when exhausted.
+    pub fn try_retry(&mut self, now: Instant) -> bool {
+        self.bucket(now);
+        let (requests, retries) = self
+            .buckets
+            .iter()
+            .fold((0u64, 0u64), |(q, r), (_, bq, br)| (q + bq, r + br));
+        let allowed = u64::from(self.min_per_sec) * BUDGET_WINDOW.as_secs()
+            + requests * u64::from(self.percent) / 100;
+        if retries < allowed {
+            self.bucket(now).2 += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> RetryConfig {
+        RetryConfig {
+            max_retries: 2,
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_secs(1),
+            budget_percent: 20,
+            budget_min_per_sec: 10,
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_base_up_to_the_cap() {
+        let mut b = Backoff::new(&config(), no_jitter);
+        let waits: Vec<u128> = (0..8).map(|_| b.next_wait().as_millis()).collect();
+        assert_eq!(waits, [25, 50, 100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn full_jitter_stays_within_the_step() {
+        for _ in 0..100 {
+            let mut b = Backoff::new(&config(), full_jitter);
+            for step in [25u64, 50, 100, 200, 400, 800, 1000, 1000] {
+                let w = b.next_wait();
+                assert!(w <= Duration::from_millis(step), "{w:?} > {step} ms");
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_allows_the_floor_plus_a_share_of_requests() {
+        let now = Instant::now();
+        let mut budget = RetryBudget::new(&config(), now);
+        // No traffic: the floor is 10/s over 10 s = 100 retries.
+        let granted = (0..150).filter(|_| budget.try_retry(now)).count();
+        assert_eq!(granted, 100);
+        // 1000 requests earn 20 % more.
+        for _ in 0..1000 {
+            budget.record_request(now);
+        }
+        let more = (0..500).filter(|_| budget.try_retry(now)).count();
+        assert_eq!(more, 200);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_refills_as_the_window_slides() {
+        let start = Instant::now();
+        let mut budget = RetryBudget::new(&config(), start);
+        assert_eq!((0..200).filter(|_| budget.try_retry(start)).count(), 100);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!budget.try_retry(Instant::now()), "still within the window");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(
+            budget.try_retry(Instant::now()),
+            "the old retries have left the window"
+        );
+    }
+}
