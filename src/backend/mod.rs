@@ -3,6 +3,7 @@
 
 pub mod local;
 pub mod mock;
+pub mod node_client;
 
 use std::time::Duration;
 

@@ -5,6 +5,7 @@ mod conformance;
 mod envelopes;
 mod errors;
 mod helpers;
+mod node_client;
 mod ops;
 mod process;
 mod search;

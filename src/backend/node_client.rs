@@ -1,0 +1,337 @@
+//! Speaking the UCXI API of one BZZZ node, one attempt at a time, and classifying the
+//! outcome (SPEC §7, §12): what a node answers is validated before it is believed.
+//! Garbage, oversized, mistyped or mislabelled answers are the endpoint's failure (502),
+//! never a panic; a node's 4xx is a definite answer passed on to the client.
+
+use std::time::Duration;
+
+use axum::http::HeaderValue;
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use ucxl::{Code, Failure, Success};
+
+use crate::config::EndpointUrl;
+
+/// Largest node answer read, in bytes (a version set is at most the node's record limit).
+pub const MAX_ANSWER_BYTES: usize = 32 << 20;
+/// Longest `Retry-After` honoured.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Why one attempt against one node failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttemptError {
+    /// No connection (refused, unreachable, reset before an answer).
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// No answer within the attempt timeout.
+    #[error("no answer within {0} ms")]
+    Timeout(u128),
+    /// The node answered 5xx or 429.
+    #[error("answered {status}{}", retry_after.map(|d| format!(" (retry after {} ms)", d.as_millis())).unwrap_or_default())]
+    Unavailable {
+        /// The HTTP status.
+        status: u16,
+        /// Its `Retry-After`, capped at [`MAX_RETRY_AFTER`].
+        retry_after: Option<Duration>,
+    },
+    /// The answer is not a valid UCXL answer of the expected shape.
+    #[error("invalid answer: {0}")]
+    BadAnswer(String),
+}
+
+impl AttemptError {
+    /// Whether another attempt (elsewhere) may succeed: connection errors, timeouts,
+    /// 502/503/504 and 429. Everything else would fail the same way again.
+    #[must_use]
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Connect(_) | Self::Timeout(_) => true,
+            Self::Unavailable { status, .. } => matches!(status, 429 | 502 | 503 | 504),
+            Self::BadAnswer(_) => false,
+        }
+    }
+}
+
+/// A node's definite refusal (4xx other than 429): passed on to the client as is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// The node's code.
+    pub code: Code,
+    /// The node's message.
+    pub message: String,
+    /// The node's details.
+    pub details: Value,
+}
+
+/// What one attempt produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer<T> {
+    /// 2xx with valid data.
+    Ok {
+        /// The success code (201 for created, 200 for an existing id).
+        code: Code,
+        /// The data.
+        data: T,
+    },
+    /// A 4xx refusal.
+    Refused(Refusal),
+}
+
+/// The HTTP client of all nodes: one connection pool, connect timeout, no redirects.
+#[derive(Debug, Clone)]
+pub struct NodeClient {
+    http: reqwest::Client,
+}
+
+/// The pieces of one attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptSpec<'a> {
+    /// The node.
+    pub endpoint: &'a EndpointUrl,
+    /// The request id, forwarded as `X-Request-Id`.
+    pub request_id: &'a str,
+    /// Time allowed for this attempt; also forwarded as `X-Request-Timeout-Ms`.
+    pub timeout: Duration,
+}
+
+impl NodeClient {
+    /// A client with `connect_timeout`.
+    ///
+    /// # Errors
+    /// When the TLS backend cannot be initialised.
+    pub fn new(connect_timeout: Duration) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Self { http })
+    }
+
+    /// Sends one request and validates the answer.
+    ///
+    /// # Errors
+    /// [`AttemptError`], classified.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        spec: AttemptSpec<'_>,
+        method: reqwest::Method,
+        path_and_query: &str,
+        headers: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer<T>, AttemptError> {
+        let url = format!("{}{path_and_query}", spec.endpoint.as_str());
+        let mut request = self
+            .http
+            .request(method, url)
+            .timeout(spec.timeout)
+            .header("x-request-id", spec.request_id)
+            .header(
+                "x-request-timeout-ms",
+                spec.timeout.as_millis().max(1).to_string(),
+            );
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        if let Some(body) = body {
+            request = request
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .body(body);
+        }
+        let timeout_ms = spec.timeout.as_millis();
+        let classify = |e: reqwest::Error| {
+            if e.is_timeout() {
+                AttemptError::Timeout(timeout_ms)
+            } else if e.is_connect() || e.is_request() {
+                AttemptError::Connect(short(&e))
+            } else {
+                AttemptError::BadAnswer(short(&e))
+            }
+        };
+        let mut response = request.send().await.map_err(classify)?;
+        let status = response.status();
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
+            return Err(AttemptError::Unavailable {
+                status: status.as_u16(),
+                retry_after,
+            });
+        }
+        let is_json = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(ucxl_service::is_json);
+        if !is_json {
+            return Err(AttemptError::BadAnswer(format!(
+                "{status} without a JSON body"
+            )));
+        }
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+        {
+            return Err(AttemptError::BadAnswer(
+                "answer larger than the limit".into(),
+            ));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(classify)? {
+            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(AttemptError::BadAnswer(
+                    "answer larger than the limit".into(),
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        decode(status.as_u16(), &bytes)
+    }
+}
+
+/// A dependency's error text, shortened, for logs and status (never for clients).
+fn short(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    ucxl::error::excerpt(&text)
+}
+
+/// Validates a 2xx/4xx answer body: the UCXL shape, a code whose status is the HTTP
+/// status, and data of the expected type.
+///
+/// # Errors
+/// [`AttemptError::BadAnswer`].
+pub fn decode<T: DeserializeOwned>(status: u16, bytes: &[u8]) -> Result<Answer<T>, AttemptError> {
+    let bad = |what: String| AttemptError::BadAnswer(ucxl::error::excerpt(&what));
+    if (200..300).contains(&status) {
+        let body: Success<T> =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("{status} answer: {e}")))?;
+        let code = body.response.code;
+        if code.status() != status || !code.is_success() {
+            return Err(bad(format!("{status} answer carries code {code}")));
+        }
+        return Ok(Answer::Ok {
+            code,
+            data: body.response.data,
+        });
+    }
+    if (400..500).contains(&status) {
+        let body: Failure =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("{status} answer: {e}")))?;
+        let error = body.error;
+        if error.code.status() != status {
+            return Err(bad(format!("{status} answer carries code {}", error.code)));
+        }
+        return Ok(Answer::Refused(Refusal {
+            code: error.code,
+            message: error.message,
+            details: error.details,
+        }));
+    }
+    Err(bad(format!("unexpected status {status}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Data {
+        n: u32,
+    }
+
+    fn success(code: &str, data: &Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({"response": {
+            "code": code, "message": "m", "data": data,
+            "request_id": "r", "timestamp": "2026-11-24T10:00:00Z"
+        }}))
+        .expect("json")
+    }
+
+    #[test]
+    fn valid_answers_decode() {
+        let ok =
+            decode::<Data>(201, &success("UCXL-201-CREATED", &json!({"n": 1}))).expect("valid");
+        assert_eq!(
+            ok,
+            Answer::Ok {
+                code: Code::Created,
+                data: Data { n: 1 }
+            }
+        );
+        // the seed system's success code is accepted
+        let seed =
+            decode::<Data>(200, &success("UCXL-200-SUCCESS", &json!({"n": 2}))).expect("valid");
+        assert!(matches!(seed, Answer::Ok { code: Code::Ok, .. }));
+        let refused = serde_json::to_vec(&json!({"error": {
+            "code": "UCXL-404-NOT_FOUND", "message": "nothing", "details": {"address": "x"},
+            "source": "bzzz-node", "path": "/p", "request_id": "r", "timestamp": "2026-11-24T10:00:00Z"
+        }}))
+        .expect("json");
+        let refused = decode::<Data>(404, &refused).expect("valid");
+        assert!(matches!(
+            refused,
+            Answer::Refused(Refusal {
+                code: Code::NotFound,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn garbage_mistyped_and_mislabelled_answers_are_bad() {
+        for (status, body) in [
+            (200, b"not json".to_vec()),
+            (200, b"{\"response\": ".to_vec()),
+            (200, success("UCXL-200-OK", &json!({"n": "one"}))),
+            (200, success("UCXL-201-CREATED", &json!({"n": 1}))),
+            (201, success("UCXL-404-NOT_FOUND", &json!({"n": 1}))),
+            (404, success("UCXL-200-OK", &json!({"n": 1}))),
+            (200, success("UCXL-299-WHAT", &json!({"n": 1}))),
+            (302, b"{}".to_vec()),
+        ] {
+            let e = decode::<Data>(status, &body).expect_err("bad");
+            assert!(matches!(e, AttemptError::BadAnswer(_)), "{status}: {e}");
+            assert!(!e.retryable());
+        }
+    }
+
+    #[test]
+    fn retry_classification() {
+        assert!(AttemptError::Connect("refused".into()).retryable());
+        assert!(AttemptError::Timeout(10).retryable());
+        for status in [429, 502, 503, 504] {
+            assert!(
+                AttemptError::Unavailable {
+                    status,
+                    retry_after: None
+                }
+                .retryable(),
+                "{status}"
+            );
+        }
+        for status in [500, 501, 505] {
+            assert!(
+                !AttemptError::Unavailable {
+                    status,
+                    retry_after: None
+                }
+                .retryable(),
+                "{status}"
+            );
+        }
+    }
+}
