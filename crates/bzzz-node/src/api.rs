@@ -293,11 +293,19 @@ async fn find(
     let Ok(found) = tokio::time::timeout_at(ctx.deadline, state.p2p.fetch(key)).await else {
         return Err(NodeError::Timeout);
     };
-    let Some(value) = found else {
+    if found.is_empty() {
         return Ok(None);
-    };
+    }
     let store = Arc::clone(&state.store);
-    blocking(move || store.merge_dht(&key, &value)).await??;
+    blocking(move || {
+        for value in found {
+            // A bad replica is skipped; the others still count.
+            if let Err(e) = store.merge_dht(&key, &value) {
+                tracing::warn!(error = %e, "ignored a replica found in the DHT");
+            }
+        }
+    })
+    .await?;
     Ok(state.store.get(address))
 }
 

@@ -32,8 +32,9 @@ use crate::store::{DhtKey, NodeStore};
 
 /// The Kademlia protocol of BZZZ clusters.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/bzzz/kad/1.0.0");
-/// Catch-up pushes in flight at once.
-const CATCH_UP_IN_FLIGHT: usize = 32;
+/// Catch-up pushes in flight at once (well under Kademlia's 32 streams per connection, so
+/// live writes are not queued behind a catch-up).
+const CATCH_UP_IN_FLIGHT: usize = 8;
 /// Largest Kademlia message: a version set of `BZZZ_MAX_RECORD_BYTES` plus framing.
 const PACKET_SLACK: usize = 64 * 1024;
 
@@ -62,8 +63,8 @@ pub enum Command {
     Fetch {
         /// DHT key.
         key: DhtKey,
-        /// The first value found, if any.
-        reply: oneshot::Sender<Option<Vec<u8>>>,
+        /// Every replica's value found (merged by the caller).
+        reply: oneshot::Sender<Vec<Vec<u8>>>,
     },
 }
 
@@ -167,14 +168,18 @@ impl P2p {
         answer.await.map_err(|_| ReplicateError::Stopped)?
     }
 
-    /// Looks a record up in the DHT.
-    pub async fn fetch(&self, key: DhtKey) -> Option<Vec<u8>> {
+    /// Looks a record up in the DHT: the values of the replicas found.
+    pub async fn fetch(&self, key: DhtKey) -> Vec<Vec<u8>> {
         let (reply, answer) = oneshot::channel();
-        self.commands
+        if self
+            .commands
             .send(Command::Fetch { key, reply })
             .await
-            .ok()?;
-        answer.await.ok().flatten()
+            .is_err()
+        {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
     }
 }
 
@@ -238,6 +243,15 @@ pub fn load_or_create_key(dir: &Path) -> Result<identity::Keypair, P2pError> {
     }
 }
 
+/// Whether a multiaddr is on a loopback interface.
+fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_loopback(),
+        libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
 /// A configured bootstrap address and how dialling it goes.
 #[derive(Debug)]
 struct Bootstrap {
@@ -288,6 +302,18 @@ impl Bootstrap {
     }
 }
 
+/// A DHT lookup: where the answer goes and the replicas found so far.
+type PendingFetch = (oneshot::Sender<Vec<Vec<u8>>>, Vec<Vec<u8>>);
+
+/// A write being replicated: answered once `need` peers stored it, or once every push
+/// has ended without that.
+struct PendingWrite {
+    need: usize,
+    acked: usize,
+    outstanding: usize,
+    reply: Option<oneshot::Sender<Result<usize, ReplicateError>>>,
+}
+
 /// The swarm task's state.
 struct Network {
     swarm: Swarm<Behaviour>,
@@ -295,8 +321,11 @@ struct Network {
     view: Arc<PeerView>,
     bootstraps: Vec<Bootstrap>,
     replication_factor: usize,
-    puts: HashMap<QueryId, (usize, oneshot::Sender<Result<usize, ReplicateError>>)>,
-    gets: HashMap<QueryId, oneshot::Sender<Option<Vec<u8>>>>,
+    /// One push per target peer: query → (write, peer, key).
+    puts: HashMap<QueryId, (u64, PeerId, DhtKey)>,
+    writes: HashMap<u64, PendingWrite>,
+    next_write: u64,
+    gets: HashMap<QueryId, PendingFetch>,
     catch_up: VecDeque<(PeerId, DhtKey)>,
     catch_up_in_flight: HashSet<QueryId>,
     first_listen: Option<oneshot::Sender<Multiaddr>>,
@@ -385,6 +414,8 @@ pub async fn start(
             .collect(),
         replication_factor: config.replication_factor,
         puts: HashMap::new(),
+        writes: HashMap::new(),
+        next_write: 0,
         gets: HashMap::new(),
         catch_up: VecDeque::new(),
         catch_up_in_flight: HashSet::new(),
@@ -392,10 +423,14 @@ pub async fn start(
         bootstrapping: None,
     };
     let task = tokio::spawn(network.run(rx, shutdown));
-    let addr = listening.await.map_err(|_| P2pError::Listen {
-        addr: config.p2p_addr.clone(),
-        reason: "the listener closed before it was ready".into(),
-    })?;
+    let addr = tokio::time::timeout(Duration::from_secs(10), listening)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| P2pError::Listen {
+            addr: config.p2p_addr.clone(),
+            reason: "no listen address within 10 s".into(),
+        })?;
     let handle = P2p {
         commands,
         view,
@@ -442,10 +477,10 @@ impl Network {
                     self.closest_connected(&record_key, self.replication_factor.saturating_sub(1));
                 let need =
                     (self.replication_factor / 2).min(self.replication_factor.saturating_sub(1));
-                let Some(quorum) = NonZeroUsize::new(need) else {
+                if need == 0 {
                     let _ = reply.send(Ok(0));
                     return;
-                };
+                }
                 if targets.len() < need {
                     let _ = reply.send(Err(ReplicateError::NotEnoughPeers {
                         have: targets.len(),
@@ -453,16 +488,32 @@ impl Network {
                     }));
                     return;
                 }
-                let id = self.kad().put_record_to(
-                    Record::new(record_key, value),
-                    targets.into_iter(),
-                    Quorum::N(quorum),
+                // One push per target, so every target's outcome is known: a target that
+                // misses the write gets it again through catch-up.
+                let write = self.next_write;
+                self.next_write += 1;
+                let record = Record::new(record_key, value);
+                for peer in &targets {
+                    let id = self.kad().put_record_to(
+                        record.clone(),
+                        std::iter::once(*peer),
+                        Quorum::One,
+                    );
+                    self.puts.insert(id, (write, *peer, key));
+                }
+                self.writes.insert(
+                    write,
+                    PendingWrite {
+                        need,
+                        acked: 0,
+                        outstanding: targets.len(),
+                        reply: Some(reply),
+                    },
                 );
-                self.puts.insert(id, (need, reply));
             }
             Command::Fetch { key, reply } => {
                 let id = self.kad().get_record(RecordKey::new(&key));
-                self.gets.insert(id, reply);
+                self.gets.insert(id, (reply, Vec::new()));
             }
         }
     }
@@ -522,6 +573,36 @@ impl Network {
         metrics::gauge!("bzzz_peers").set(u32::try_from(peers.len()).unwrap_or(u32::MAX));
     }
 
+    /// One push of a write ended.
+    fn push_ended(&mut self, write: u64, peer: PeerId, key: DhtKey, stored: bool) {
+        if !stored && !self.catch_up.contains(&(peer, key)) {
+            // The peer missed it: it gets the record again through catch-up.
+            self.catch_up.push_back((peer, key));
+        }
+        let Some(pending) = self.writes.get_mut(&write) else {
+            return;
+        };
+        pending.outstanding = pending.outstanding.saturating_sub(1);
+        if stored {
+            pending.acked += 1;
+        }
+        let (need, acked, outstanding) = (pending.need, pending.acked, pending.outstanding);
+        if acked >= need {
+            if let Some(reply) = pending.reply.take() {
+                metrics::counter!("bzzz_replications_total", "outcome" => "ok").increment(1);
+                let _ = reply.send(Ok(acked));
+            }
+        } else if outstanding == 0
+            && let Some(reply) = pending.reply.take()
+        {
+            metrics::counter!("bzzz_replications_total", "outcome" => "failed").increment(1);
+            let _ = reply.send(Err(ReplicateError::QuorumFailed { acked, need }));
+        }
+        if outstanding == 0 {
+            self.writes.remove(&write);
+        }
+    }
+
     fn connected(
         &mut self,
         peer_id: PeerId,
@@ -542,14 +623,16 @@ impl Network {
             let addr = endpoint.get_remote_address().clone();
             self.kad().add_address(&peer_id, addr);
         }
+        // Catch the peer up on everything this node holds: records written while it was
+        // away reach it within seconds. A new connection replaces what was queued for the
+        // peer, so a flapping peer does not pile up pushes.
+        self.catch_up.retain(|(p, _)| *p != peer_id);
+        let keys = self.store.dht_keys();
+        self.catch_up.extend(keys.into_iter().map(|k| (peer_id, k)));
         if num_established == 1 {
             tracing::info!(peer = %peer_id, "peer connected");
             self.set_connected(peer_id, true);
             self.view.ever_connected.store(true, Ordering::Relaxed);
-            // Catch the peer up on everything this node holds: records written while it
-            // was away reach it within seconds.
-            let keys = self.store.dht_keys();
-            self.catch_up.extend(keys.into_iter().map(|k| (peer_id, k)));
             // Look for the rest of the cluster through the newcomer, so small clusters
             // become a full mesh: every peer is a replication target.
             if self.bootstrapping.is_none() {
@@ -615,13 +698,28 @@ impl Network {
                     }
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(error),
+            })) => {
+                // A connection that stops answering pings is dead: close it, so the peer
+                // stops counting as connected and is caught up when it comes back.
+                tracing::info!(%peer, %error, "ping failed; closing the connection");
+                self.swarm.close_connection(connection);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
                 ..
             })) => {
+                // A peer's loopback address is this host's own unless the cluster runs on
+                // loopback, so loopback addresses count only when this node listens there.
+                let local_only = self.view.listen_addrs().iter().all(is_loopback);
                 for addr in info.listen_addrs {
-                    self.kad().add_address(&peer_id, addr);
+                    if local_only || !is_loopback(&addr) {
+                        self.kad().add_address(&peer_id, addr);
+                    }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
@@ -645,34 +743,27 @@ impl Network {
                     }
                     return;
                 }
-                if let Some((need, reply)) = self.puts.remove(&id) {
-                    let answer = match outcome {
-                        Ok(_) => Ok(need),
-                        Err(
-                            kad::PutRecordError::QuorumFailed { success, .. }
-                            | kad::PutRecordError::Timeout { success, .. },
-                        ) => Err(ReplicateError::QuorumFailed {
-                            acked: success.len(),
-                            need,
-                        }),
-                    };
-                    metrics::counter!("bzzz_replications_total", "outcome" => if answer.is_ok() { "ok" } else { "failed" })
-                        .increment(1);
-                    let _ = reply.send(answer);
+                if let Some((write, peer, key)) = self.puts.remove(&id) {
+                    self.push_ended(write, peer, key, outcome.is_ok());
                 }
             }
             QueryResult::Bootstrap(_) if last && self.bootstrapping == Some(id) => {
                 self.bootstrapping = None;
             }
             QueryResult::GetRecord(outcome) => {
-                let found = match outcome {
-                    Ok(GetRecordOk::FoundRecord(PeerRecord { record, .. })) => Some(record.value),
-                    _ => None,
+                let Some((_, found)) = self.gets.get_mut(&id) else {
+                    return;
                 };
-                if found.is_some() || last {
-                    if let Some(reply) = self.gets.remove(&id) {
-                        let _ = reply.send(found);
-                    }
+                if let Ok(GetRecordOk::FoundRecord(PeerRecord { record, .. })) = outcome {
+                    found.push(record.value);
+                }
+                // Every replica answered (or the query ended): the caller merges them all,
+                // not just the first, so a partial replica cannot hide versions.
+                let enough = found.len() >= self.replication_factor;
+                if (last || enough)
+                    && let Some((reply, found)) = self.gets.remove(&id)
+                {
+                    let _ = reply.send(found);
                     if let Some(mut query) = self.kad().query_mut(&id) {
                         query.finish();
                     }

@@ -133,10 +133,22 @@ impl NodeStore {
         let table = read.open_table(RECORDS)?;
         for row in table.iter()? {
             let (key, value) = row?;
-            let address =
-                Address::parse(key.value()).map_err(|e| StoreError::Undecodable(e.to_string()))?;
-            let set: VersionSet = serde_json::from_slice(value.value())
-                .map_err(|e| StoreError::Undecodable(e.to_string()))?;
+            // A row that does not decode (written by a later release, say) is reported and
+            // skipped: the node still serves everything else, and peers refill it.
+            let decoded = Address::parse(key.value())
+                .map_err(|e| e.to_string())
+                .and_then(|a| {
+                    serde_json::from_slice::<VersionSet>(value.value())
+                        .map(|s| (a, s))
+                        .map_err(|e| e.to_string())
+                });
+            let (address, set) = match decoded {
+                Ok(row) => row,
+                Err(e) => {
+                    tracing::error!(key = key.value(), error = %e, "skipped a stored record that does not decode");
+                    continue;
+                }
+            };
             records
                 .by_key
                 .insert(dht_key(&address), address.canonical().to_owned());
@@ -339,9 +351,13 @@ pub fn encode(record: &Record) -> Result<Vec<u8>, serde_json::Error> {
 pub fn decode(value: &[u8]) -> Result<DhtValue, StoreError> {
     let value: DhtValue =
         serde_json::from_slice(value).map_err(|e| StoreError::Undecodable(e.to_string()))?;
+    value
+        .address
+        .require_concrete()
+        .map_err(|e| StoreError::Undecodable(e.to_string()))?;
     if value.address.temporal() != ucxl::Temporal::Latest {
         return Err(StoreError::Undecodable(
-            "a record address has no temporal segment".into(),
+            "a record address must not have a temporal segment".into(),
         ));
     }
     Ok(value)

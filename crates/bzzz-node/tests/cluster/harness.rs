@@ -282,6 +282,11 @@ impl NodeProc {
     }
 }
 
+/// A p2p address without its `/p2p/<id>` suffix.
+pub fn bare(addr: &str) -> String {
+    addr.split("/p2p/").next().unwrap_or(addr).to_owned()
+}
+
 /// Several nodes bootstrapping to each other.
 pub struct Cluster {
     pub nodes: Vec<NodeProc>,
@@ -291,10 +296,17 @@ impl Cluster {
     /// Starts `n` nodes: the first alone, each later one bootstrapping to all earlier ones;
     /// returns once every node is connected to every other.
     pub async fn start(n: usize) -> Self {
+        Self::start_with(n, &[]).await
+    }
+
+    /// The same with extra environment for every node.
+    pub async fn start_with(n: usize, extra: &[(&str, &str)]) -> Self {
         let mut nodes: Vec<NodeProc> = Vec::new();
         for i in 0..n {
-            let bootstrap: Vec<String> = nodes.iter().map(|n| n.p2p.clone()).collect();
-            nodes.push(NodeProc::start(&format!("n{}", i + 1), &bootstrap, None, &[]).await);
+            // Bare addresses, as an operator writes them: the peer id comes from the
+            // connection (SPEC §9).
+            let bootstrap: Vec<String> = nodes.iter().map(|n| bare(&n.p2p)).collect();
+            nodes.push(NodeProc::start(&format!("n{}", i + 1), &bootstrap, None, extra).await);
         }
         let cluster = Self { nodes };
         cluster.wait_for_mesh().await;
@@ -325,15 +337,10 @@ impl Cluster {
 
     /// Restarts node `i` and waits until the running nodes are a full mesh again.
     pub async fn restart(&mut self, i: usize) {
-        // A restarted node bootstraps to every other configured node.
-        let others: Vec<String> = self
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, n)| n.p2p.clone())
-            .collect();
-        self.nodes[i].bootstrap = others;
+        // A restarted node bootstraps to every node, itself included, as a compose file
+        // that lists the whole cluster on every node does.
+        let everyone: Vec<String> = self.nodes.iter().map(|n| bare(&n.p2p)).collect();
+        self.nodes[i].bootstrap = everyone;
         self.nodes[i].restart().await;
         self.wait_for_mesh().await;
     }

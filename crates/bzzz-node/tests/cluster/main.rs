@@ -308,6 +308,45 @@ async fn a_clustered_node_is_unhealthy_until_it_reaches_a_peer() {
     assert_eq!(status, 503);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_without_a_copy_read_through_the_dht() {
+    // Four nodes, two copies of each record: every record is missing on two nodes, which
+    // must find it through a DHT lookup (and keep the copy they merged).
+    let cluster = Cluster::start_with(4, &[("BZZZ_REPLICATION_FACTOR", "2")]).await;
+    let client = reqwest::Client::new();
+    for i in 0..8 {
+        let (status, body) = cluster.nodes[0]
+            .put(
+                &client,
+                &address(&format!("sparse-{i}")),
+                json!({"content": i}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let mut held = 0;
+    for node in &cluster.nodes {
+        held += node.status(&client).await["records"].as_u64().unwrap_or(0);
+    }
+    assert!(
+        held < 32,
+        "some nodes lack some records before reading ({held} of 32 copies)"
+    );
+    for node in &cluster.nodes {
+        for i in 0..8 {
+            let (status, got) = node.get(&client, &address(&format!("sparse-{i}"))).await;
+            assert_eq!(status, 200, "{} reads sparse-{i}: {got}", node.name);
+            assert_eq!(got["response"]["data"]["content"], i);
+        }
+        assert_eq!(
+            node.status(&client).await["records"],
+            8,
+            "{} kept what it fetched",
+            node.name
+        );
+    }
+}
+
 #[test]
 fn invalid_configuration_exits_64() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_bzzz-node"))
