@@ -1,13 +1,10 @@
 //! Extractors whose rejections are [`ApiError`]s, so bad input gets the same UCXL error
 //! shape as everything else: request context, query strings, JSON bodies, admin auth.
 
-use std::time::Duration;
-
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::time::Instant;
@@ -17,11 +14,6 @@ use crate::backend::Call;
 use crate::error::ApiError;
 use crate::state::AppState;
 use ucxl_service::RequestId;
-
-/// Header a client uses to lower the request deadline.
-pub const REQUEST_TIMEOUT_HEADER: &str = "x-request-timeout-ms";
-/// Header that names the id of a write.
-pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
 /// The request context: id, deadline and idempotency key.
 #[derive(Debug, Clone)]
@@ -51,39 +43,17 @@ impl FromRequestParts<AppState> for Ctx {
             .extensions
             .get::<RequestId>()
             .map_or_else(|| uuid::Uuid::now_v7().to_string(), |r| r.0.to_string());
-        let mut budget = state.config.load().request_timeout;
-        if let Some(value) = parts.headers.get(REQUEST_TIMEOUT_HEADER) {
-            let ms = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .filter(|ms| *ms >= 1)
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "X-Request-Timeout-Ms must be a positive integer (milliseconds)",
-                        json!({"header": "X-Request-Timeout-Ms", "expected": "1..=request timeout in ms"}),
-                    )
-                })?;
-            budget = budget.min(Duration::from_millis(ms));
-        }
-        let idempotency_key = match parts.headers.get(IDEMPOTENCY_KEY_HEADER) {
-            None => None,
-            Some(value) => Some(
-                value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| EnvelopeId::parse(v).ok())
-                    .ok_or_else(|| {
-                        ApiError::bad_request(
-                            "Idempotency-Key must be 1 to 128 printable ASCII characters",
-                            json!({
-                                "header": "Idempotency-Key",
-                                "expected": "1..=128 printable ASCII characters, no leading or trailing space",
-                            }),
-                        )
-                    })?,
-            ),
+        let report = |r: ucxl_service::ErrorReport| ApiError::BadRequest {
+            message: r.message,
+            details: r.details,
         };
+        let budget = ucxl_service::headers::request_budget(
+            &parts.headers,
+            state.config.load().request_timeout,
+        )
+        .map_err(report)?;
+        let idempotency_key =
+            ucxl_service::headers::idempotency_key(&parts.headers).map_err(report)?;
         Ok(Self {
             call: Call {
                 request_id,

@@ -119,7 +119,7 @@ async fn serve(
         }
     };
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(ucxl_service::lifecycle::stop_on_signal(shutdown.clone()));
     match app.run_until_stopped(shutdown).await {
         Ok(()) => {
             tracing::info!("stopped");
@@ -130,29 +130,4 @@ async fn serve(
             ExitCode::FAILURE
         }
     }
-}
-
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!(signal = "SIGINT", "stopping"),
-        () = term => tracing::info!(signal = "SIGTERM", "stopping"),
-    }
-    shutdown.cancel();
 }

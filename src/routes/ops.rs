@@ -1,8 +1,7 @@
 //! Operations routes: liveness, readiness, status and Prometheus metrics.
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use ucxl::Code;
@@ -123,11 +122,5 @@ async fn status(State(state): State<AppState>, Rid(rid): Rid) -> Reply<Status> {
     responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"))
 )]
 async fn metrics(State(state): State<AppState>) -> Response {
-    state.metrics.run_upkeep();
-    let mut response = (StatusCode::OK, state.metrics.render()).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
+    ucxl_service::lifecycle::prometheus_text(&state.metrics)
 }

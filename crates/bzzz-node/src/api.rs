@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
 use chrono::{DateTime, Utc};
@@ -146,35 +146,11 @@ impl FromRequestParts<NodeState> for Ctx {
         state: &NodeState,
     ) -> Result<Self, Self::Rejection> {
         let Ok(Rid(request_id)) = Rid::from_request_parts(parts, state).await;
-        let mut budget = state.request_timeout;
-        if let Some(value) = parts.headers.get("x-request-timeout-ms") {
-            let ms = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .filter(|ms| *ms >= 1)
-                .ok_or_else(|| {
-                    NodeError::Rejected(
-                        "X-Request-Timeout-Ms must be a positive integer (milliseconds)".into(),
-                        json!({"header": "X-Request-Timeout-Ms"}),
-                    )
-                })?;
-            budget = budget.min(Duration::from_millis(ms));
-        }
-        let idempotency_key = match parts.headers.get("idempotency-key") {
-            None => None,
-            Some(v) => Some(
-                v.to_str()
-                    .ok()
-                    .and_then(|v| EnvelopeId::parse(v).ok())
-                    .ok_or_else(|| {
-                        NodeError::Rejected(
-                            "Idempotency-Key must be 1 to 128 printable ASCII characters".into(),
-                            json!({"header": "Idempotency-Key"}),
-                        )
-                    })?,
-            ),
-        };
+        let report = |r: ErrorReport| NodeError::Rejected(r.message, r.details);
+        let budget = ucxl_service::headers::request_budget(&parts.headers, state.request_timeout)
+            .map_err(report)?;
+        let idempotency_key =
+            ucxl_service::headers::idempotency_key(&parts.headers).map_err(report)?;
         tracing::debug!(request_id = %request_id, "request");
         Ok(Self {
             request_id,
@@ -549,11 +525,5 @@ async fn status(State(state): State<NodeState>, Rid(rid): Rid) -> Reply<NodeStat
 }
 
 async fn metrics_text(State(state): State<NodeState>) -> Response {
-    state.metrics.run_upkeep();
-    let mut response = (StatusCode::OK, state.metrics.render()).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
+    ucxl_service::lifecycle::prometheus_text(&state.metrics)
 }

@@ -68,7 +68,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tokio::spawn(stop_on_signal(shutdown));
+        tokio::spawn(ucxl_service::lifecycle::stop_on_signal(shutdown));
         match node.run_until_stopped().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -77,25 +77,4 @@ fn main() -> ExitCode {
             }
         }
     })
-}
-
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => tracing::info!(signal = "SIGINT", "stopping"),
-        () = term => tracing::info!(signal = "SIGTERM", "stopping"),
-    }
-    shutdown.cancel();
 }

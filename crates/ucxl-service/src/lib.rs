@@ -8,6 +8,8 @@
 
 pub mod body;
 pub mod errors;
+pub mod headers;
+pub mod lifecycle;
 pub mod observe;
 pub mod reply;
 pub mod request_id;

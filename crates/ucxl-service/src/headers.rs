@@ -1,0 +1,107 @@
+//! The request headers every UCXL service reads: `X-Request-Timeout-Ms` and
+//! `Idempotency-Key`.
+
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use serde_json::json;
+use ucxl::{Code, EnvelopeId};
+
+use crate::errors::ErrorReport;
+
+/// `X-Request-Timeout-Ms`: the client lowers the request deadline.
+pub const REQUEST_TIMEOUT: &str = "x-request-timeout-ms";
+/// `Idempotency-Key`: the id of a write.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The time a request may take: `default`, lowered by `X-Request-Timeout-Ms`.
+///
+/// # Errors
+/// 400 when the header is not a positive integer.
+pub fn request_budget(headers: &HeaderMap, default: Duration) -> Result<Duration, ErrorReport> {
+    let Some(value) = headers.get(REQUEST_TIMEOUT) else {
+        return Ok(default);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| *ms >= 1)
+        .map(|ms| default.min(Duration::from_millis(ms)))
+        .ok_or_else(|| {
+            ErrorReport::new(
+                Code::BadRequest,
+                "X-Request-Timeout-Ms must be a positive integer (milliseconds)",
+                json!({"header": "X-Request-Timeout-Ms", "expected": "a positive integer of milliseconds"}),
+            )
+        })
+}
+
+/// The client's `Idempotency-Key`, if any.
+///
+/// # Errors
+/// 400 when it is not 1..=128 printable ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<EnvelopeId>, ErrorReport> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| EnvelopeId::parse(v).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ErrorReport::new(
+                Code::BadRequest,
+                "Idempotency-Key must be 1 to 128 printable ASCII characters",
+                json!({
+                    "header": "Idempotency-Key",
+                    "expected": "1..=128 printable ASCII characters, no leading or trailing space",
+                }),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().expect("header value"));
+        }
+        h
+    }
+
+    #[test]
+    fn the_deadline_can_only_be_lowered() {
+        let d = Duration::from_secs(5);
+        assert_eq!(request_budget(&headers(&[]), d), Ok(d));
+        assert_eq!(
+            request_budget(&headers(&[(REQUEST_TIMEOUT, "250")]), d),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(
+            request_budget(&headers(&[(REQUEST_TIMEOUT, "60000")]), d),
+            Ok(d)
+        );
+        for bad in ["0", "-1", "soon", ""] {
+            assert!(
+                request_budget(&headers(&[(REQUEST_TIMEOUT, bad)]), d).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_are_validated() {
+        assert_eq!(idempotency_key(&headers(&[])), Ok(None));
+        assert_eq!(
+            idempotency_key(&headers(&[(IDEMPOTENCY_KEY, "k-1")]))
+                .map(|k| k.map(|k| k.as_str().to_owned())),
+            Ok(Some("k-1".to_owned()))
+        );
+        assert!(idempotency_key(&headers(&[(IDEMPOTENCY_KEY, &"x".repeat(129))])).is_err());
+    }
+}
