@@ -13,7 +13,7 @@ use ucxl::{Address, EnvelopeId};
 use crate::backend::Call;
 use crate::error::ApiError;
 use crate::state::AppState;
-use ucxl_service::RequestId;
+use ucxl_service::Rid;
 
 /// The request context: id, deadline and idempotency key.
 #[derive(Debug, Clone)]
@@ -39,10 +39,7 @@ impl FromRequestParts<AppState> for Ctx {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let request_id = parts
-            .extensions
-            .get::<RequestId>()
-            .map_or_else(|| uuid::Uuid::now_v7().to_string(), |r| r.0.to_string());
+        let Ok(Rid(request_id)) = Rid::from_request_parts(parts, state).await;
         let report = |r: ucxl_service::ErrorReport| ApiError::BadRequest {
             message: r.message,
             details: r.details,

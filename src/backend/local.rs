@@ -280,12 +280,6 @@ impl LocalStore {
             .unwrap_or_default()
     }
 
-    /// A copy of the record's version set, if any.
-    #[must_use]
-    pub fn version_set(&self, address: &Address) -> Option<VersionSet> {
-        self.with_record(address, |r| r.set.clone())
-    }
-
     /// One page of matches, sorted by canonical address, plus whether more follow.
     ///
     /// Scans only the address range the pattern's literal prefix allows, and gives up with

@@ -163,8 +163,12 @@ async fn reload(
             json!({"problems": problems}),
         )
     };
-    let sources = Sources::load(state.cli.clone(), (state.env)()).map_err(|p| invalid(p.0))?;
-    let mut new = sources.resolve().map_err(|p| invalid(p.0))?;
+    // Reading the config file is blocking I/O: keep it off the async workers.
+    let (cli, env) = (state.cli.clone(), state.env.clone());
+    let resolved = tokio::task::spawn_blocking(move || Sources::load(cli, env())?.resolve())
+        .await
+        .map_err(ApiError::internal)?;
+    let mut new = resolved.map_err(|p| invalid(p.0))?;
     let old = state.config.load_full();
     let mut report = ReloadReport::default();
     if new.log_filter != old.log_filter {

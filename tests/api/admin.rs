@@ -29,6 +29,38 @@ fn secret(s: &str) -> Secret {
         .expect("token set")
 }
 
+/// An app started with the admin token and `--config <dir>/rustle.toml` holding `text`
+/// (whose cache bound is `cache_max_entries`); its environment has the token too, so
+/// reloads keep it.
+async fn app_with_config_file(
+    text: &str,
+    cache_max_entries: usize,
+) -> (TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("rustle.toml");
+    std::fs::write(&file, text).expect("write config");
+    let cli = Cli {
+        config: Some(file),
+        ..Cli::default()
+    };
+    let mut config = test_config();
+    config.admin_token = Some(secret(TOKEN));
+    config.cache_max_entries = cache_max_entries;
+    let app = spawn_app_with(
+        config,
+        Options {
+            cli,
+            ..Options::default()
+        },
+    )
+    .await;
+    app.env
+        .lock()
+        .expect("env")
+        .insert("RUSTLE_ADMIN_TOKEN".into(), TOKEN.into());
+    (app, dir)
+}
+
 async fn set_mode(app: &TestApp, token: Option<&str>, mode: &str) -> (u16, serde_json::Value) {
     let mut request = app
         .request(Method::PUT, "/v1/admin/mode")
@@ -100,28 +132,8 @@ async fn mode_mock_is_accepted_and_unavailable_modes_are_409() {
 
 #[tokio::test]
 async fn reload_applies_file_and_env_changes_and_reports_the_rest() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (app, dir) = app_with_config_file("cache_max_entries = 100\n", 100).await;
     let file = dir.path().join("rustle.toml");
-    std::fs::write(&file, "cache_max_entries = 100\n").expect("write config");
-    let cli = Cli {
-        config: Some(file.clone()),
-        ..Cli::default()
-    };
-    let mut config = test_config();
-    config.admin_token = Some(secret(TOKEN));
-    config.cache_max_entries = 100;
-    let app = spawn_app_with(
-        config,
-        Options {
-            cli,
-            ..Options::default()
-        },
-    )
-    .await;
-    app.env
-        .lock()
-        .expect("env")
-        .insert("RUSTLE_ADMIN_TOKEN".into(), TOKEN.into());
 
     std::fs::write(
         &file,
@@ -191,28 +203,10 @@ async fn reload_applies_file_and_env_changes_and_reports_the_rest() {
 
 #[tokio::test]
 async fn invalid_reload_changes_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let before = test_config().cache_max_entries;
+    let (app, dir) = app_with_config_file("", before).await;
     let file = dir.path().join("rustle.toml");
-    std::fs::write(&file, "").expect("write config");
-    let cli = Cli {
-        config: Some(file.clone()),
-        ..Cli::default()
-    };
-    let mut config = test_config();
-    config.admin_token = Some(secret(TOKEN));
-    let before = config.cache_max_entries;
-    let app = spawn_app_with(
-        config,
-        Options {
-            cli,
-            ..Options::default()
-        },
-    )
-    .await;
-    app.env
-        .lock()
-        .expect("env")
-        .insert("RUSTLE_ADMIN_TOKEN".into(), TOKEN.into());
+
     std::fs::write(&file, "cache_max_entries = 0\nmax_retries = \"many\"\n").expect("write config");
     let (status, body) = json(
         app.request(Method::POST, "/v1/admin/reload")

@@ -93,6 +93,20 @@ fn address(i: usize) -> String {
     format!("ucxl%3A%2F%2Fbench%3Awriter%40bzzz%3Aload%2Fdoc-{i}")
 }
 
+/// Writes envelope `i` on the node at `http`; returns how long the acknowledged write took.
+async fn put(client: &reqwest::Client, http: &str, i: usize, body: &Value) -> Duration {
+    let started = Instant::now();
+    let r = client
+        .put(format!("http://{http}/ucxi/v1/put?address={}", address(i)))
+        .json(body)
+        .send()
+        .await
+        .expect("put answers");
+    assert_eq!(r.status(), 201);
+    r.bytes().await.expect("body");
+    started.elapsed()
+}
+
 #[tokio::main]
 async fn main() {
     let n: usize = std::env::args()
@@ -112,20 +126,7 @@ async fn main() {
 
     let mut puts = Vec::with_capacity(n);
     for i in 0..n {
-        let started = Instant::now();
-        let r = client
-            .put(format!(
-                "http://{}/ucxi/v1/put?address={}",
-                n1.http,
-                address(i)
-            ))
-            .json(&body)
-            .send()
-            .await
-            .expect("put answers");
-        assert_eq!(r.status(), 201);
-        r.bytes().await.expect("body");
-        puts.push(started.elapsed());
+        puts.push(put(&client, &n1.http, i, &body).await);
     }
     report("put (majority ack)", puts);
 
@@ -168,17 +169,7 @@ async fn main() {
     let _ = n3.task.await;
     let missed = n / 4;
     for i in n..n + missed {
-        let r = client
-            .put(format!(
-                "http://{}/ucxi/v1/put?address={}",
-                n1.http,
-                address(i)
-            ))
-            .json(&body)
-            .send()
-            .await
-            .expect("put answers");
-        assert_eq!(r.status(), 201);
+        put(&client, &n1.http, i, &body).await;
     }
     let restarted_at = Instant::now();
     let n3 = start(

@@ -358,10 +358,10 @@ async fn delete_envelope(
     State(state): State<NodeState>,
     ctx: Ctx,
     AddressParam(address): AddressParam,
-    parts: axum::http::HeaderMap,
+    headers: axum::http::HeaderMap,
 ) -> Result<Reply<DeleteAnswer>, NodeError> {
     // A journal replay keeps the time the delete was accepted.
-    let created_at = match parts.get("x-deleted-at") {
+    let created_at = match headers.get("x-deleted-at") {
         None => None,
         Some(v) => Some(
             v.to_str()
@@ -436,10 +436,10 @@ struct Discovered {
 async fn discover(
     State(state): State<NodeState>,
     ctx: Ctx,
-    parts: axum::http::Uri,
+    uri: axum::http::Uri,
 ) -> Result<Reply<Discovered>, NodeError> {
     let q: DiscoverQuery =
-        ucxl_service::query(&parts).map_err(|r| NodeError::Rejected(r.message, r.details))?;
+        ucxl_service::query(&uri).map_err(|r| NodeError::Rejected(r.message, r.details))?;
     let limit = q.limit.unwrap_or(MAX_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(NodeError::Rejected(

@@ -210,16 +210,6 @@ impl Pattern {
         }
         prefix
     }
-
-    /// Whether the pattern names exactly one address (no wildcard anywhere).
-    #[must_use]
-    pub fn is_exact(&self) -> bool {
-        self.components.iter().all(Option::is_some)
-            && self
-                .path
-                .iter()
-                .all(|g| matches!(g, Glob::Segment(s) if !s.contains(['*', '?'])))
-    }
 }
 
 /// Wildcard components print as `*` (not `any`), so the text form is never longer than
@@ -412,23 +402,5 @@ mod tests {
         ] {
             assert!(a.canonical().starts_with(&pattern(p).literal_prefix()));
         }
-    }
-
-    #[test]
-    fn exactness() {
-        assert!(pattern("ucxl://a:b@c:d/x").is_exact());
-        assert!(!pattern("ucxl://a:b@c:any/x").is_exact());
-        assert!(!pattern("ucxl://a:b@c:d/x?").is_exact());
-    }
-
-    #[test]
-    fn segment_glob_corner_cases() {
-        assert!(segment_matches(b"", b""));
-        assert!(segment_matches(b"*", b""));
-        assert!(segment_matches(b"**", b"abc"));
-        assert!(!segment_matches(b"?", b""));
-        assert!(segment_matches(b"a*b*c", b"aXbYbZc"));
-        assert!(!segment_matches(b"a*b*c", b"aXbYbZ"));
-        assert!(segment_matches(b"*a", b"aaaa"));
     }
 }
