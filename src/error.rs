@@ -13,6 +13,7 @@ use ucxl::{AddressError, Code};
 use ucxl_service::{BodyError, ErrorReport};
 
 use crate::backend::BackendError;
+use crate::backend::cluster::{ClusterFailure, FailureKind};
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +102,16 @@ pub enum ApiError {
         /// Which endpoint.
         details: Value,
     },
+    /// A node's definite answer (4xx), passed on with its code, message and details.
+    #[error("{message}")]
+    Node {
+        /// The node's code.
+        code: Code,
+        /// The node's message.
+        message: String,
+        /// The node's details.
+        details: Value,
+    },
     /// A bug or an environment failure: logged in full, answered opaquely.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -145,6 +156,7 @@ impl ApiError {
             Self::Unavailable { .. } => Code::ServiceUnavailable,
             Self::Timeout { .. } => Code::GatewayTimeout,
             Self::BadGateway { .. } => Code::BadGateway,
+            Self::Node { code, .. } => *code,
             Self::Internal(_) => Code::InternalError,
         }
     }
@@ -159,7 +171,8 @@ impl ApiError {
             | Self::Conflict { details, .. }
             | Self::Unavailable { details, .. }
             | Self::Timeout { details, .. }
-            | Self::BadGateway { details, .. } => details.clone(),
+            | Self::BadGateway { details, .. }
+            | Self::Node { details, .. } => details.clone(),
             Self::WriteTemporal { provided } => json!({
                 "field": "temporal",
                 "provided": provided,
@@ -168,6 +181,41 @@ impl ApiError {
             Self::Body(e) => e.report().details,
             Self::InsufficientStorage { limit } => json!({"max_entries": limit}),
             Self::AdminDisabled | Self::Unauthorized | Self::Internal(_) => json!({}),
+        }
+    }
+}
+
+impl ApiError {
+    /// The answer when the cluster could not serve: 504 when the deadline passed, 502 when
+    /// a node's answer was unusable, else 503; the details name every endpoint's error.
+    fn from_cluster(failure: &ClusterFailure) -> Self {
+        let details = failure.details();
+        match failure.kind {
+            FailureKind::Deadline => Self::Timeout {
+                message: format!(
+                    "the request deadline passed after {} attempts",
+                    failure.attempts
+                ),
+                details,
+            },
+            FailureKind::BadAnswer => Self::BadGateway {
+                message: "a BZZZ node answered with something that is not a valid UCXI answer"
+                    .into(),
+                details,
+            },
+            FailureKind::NoneAvailable => Self::Unavailable {
+                message: "no BZZZ endpoint is available".into(),
+                details,
+                retry_after: Some(1),
+            },
+            FailureKind::Exhausted => Self::Unavailable {
+                message: format!(
+                    "no BZZZ endpoint could serve the request ({} attempts)",
+                    failure.attempts
+                ),
+                details,
+                retry_after: Some(1),
+            },
         }
     }
 }
@@ -202,6 +250,32 @@ impl From<BackendError> for ApiError {
                 details: json!({}),
             },
             BackendError::Internal(cause) => Self::internal(std::io::Error::other(cause)),
+            BackendError::Refused(r) => Self::Node {
+                code: r.code,
+                message: r.message,
+                details: r.details,
+            },
+            BackendError::Cluster(failure) => Self::from_cluster(&failure),
+            BackendError::NotCached { address, cause } => Self::Unavailable {
+                message: format!(
+                    "the cluster cannot answer and the local cache does not hold {address}"
+                ),
+                details: json!({
+                    "address": address,
+                    "cluster": cause.as_ref().map(ClusterFailure::details),
+                }),
+                retry_after: Some(1),
+            },
+            BackendError::Journal(cause) => {
+                tracing::error!(error = %cause, "the journal refused a fallback write");
+                Self::Unavailable {
+                    message:
+                        "the cluster is unreachable and the durable journal cannot take the write"
+                            .into(),
+                    details: json!({}),
+                    retry_after: Some(1),
+                }
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod reply;
 pub mod resilience;
 pub mod routes;
+pub mod shed;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

@@ -112,7 +112,7 @@ async fn serve(
     let app = match Application::build(config, options).await {
         Ok(app) => app,
         Err(e @ StartupError::Mode(_)) => return config_error(&[e.to_string()]),
-        Err(e @ StartupError::Bind { .. }) => {
+        Err(e @ (StartupError::Bind { .. } | StartupError::Environment(_))) => {
             tracing::error!(error = %e, "cannot start");
             eprintln!("{e}");
             return ExitCode::from(EXIT_UNAVAILABLE);

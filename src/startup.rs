@@ -13,9 +13,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::backend::cluster::{Cluster, Jitters};
 use crate::backend::local::LocalStore;
 use crate::backend::{self, ModeUnavailable};
-use crate::config::{Cli, Config};
+use crate::config::{BackendMode, Cli, Config};
 use crate::openapi;
 use crate::state::{Active, AppState, EnvSource, LogReload, Shared};
 
@@ -55,6 +56,9 @@ pub enum StartupError {
     /// The configured mode is not available.
     #[error(transparent)]
     Mode(#[from] ModeUnavailable),
+    /// The journal or the HTTP client could not be set up.
+    #[error("{0}")]
+    Environment(String),
     /// The listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -65,20 +69,34 @@ pub enum StartupError {
     },
 }
 
-/// The shared state for `config`.
+/// The shared state for `config`. The journal is opened in hybrid mode, and in any mode
+/// when it exists and may hold writes to replay.
 ///
 /// # Errors
-/// [`ModeUnavailable`] when the configured mode is not implemented.
-pub fn build_state(config: Config, options: Options) -> Result<AppState, ModeUnavailable> {
+/// A mode that cannot be served, or a journal that cannot be opened.
+pub fn build_state(config: Config, options: Options) -> Result<AppState, StartupError> {
     let store = Arc::new(LocalStore::new(config.cache_max_entries));
-    let backend = backend::for_mode(config.backend_mode, &store)?;
-    Ok(AppState::new(Shared {
+    let cluster = Cluster::new(&config, Jitters::default())
+        .map_err(|e| StartupError::Environment(format!("cannot build the HTTP client: {e}")))?;
+    let journal_dir = config.journal_dir.clone();
+    let open_journal = config.backend_mode == BackendMode::Hybrid
+        || journal_dir
+            .join(crate::backend::journal::FILE_NAME)
+            .exists();
+    let mode = config.backend_mode;
+    // The backend is chosen once the journal is open: start with the mock.
+    let mock = Arc::new(crate::backend::mock::MockBackend::new(Arc::clone(&store)));
+    let state = AppState::new(Shared {
         active: ArcSwap::from_pointee(Active {
-            mode: config.backend_mode,
-            backend,
+            mode: BackendMode::Mock,
+            backend: mock,
         }),
         config: ArcSwap::from_pointee(config),
         store,
+        cluster: Arc::new(cluster),
+        recovery: std::sync::OnceLock::new(),
+        background: CancellationToken::new(),
+        in_flight: std::sync::atomic::AtomicUsize::new(0),
         metrics: crate::metrics::handle(),
         cli: options.cli,
         env: options.env,
@@ -86,7 +104,15 @@ pub fn build_state(config: Config, options: Options) -> Result<AppState, ModeUna
         admin_lock: tokio::sync::Mutex::new(()),
         started_at: Utc::now(),
         started: Instant::now(),
-    }))
+    });
+    if open_journal {
+        state
+            .open_journal(&journal_dir)
+            .map_err(StartupError::Environment)?;
+    }
+    let backend = backend::for_mode(mode, state.parts())?;
+    state.active.store(Arc::new(Active { mode, backend }));
+    Ok(state)
 }
 
 /// The whole HTTP application: API routes, Swagger UI, fallbacks and layers.
@@ -97,6 +123,10 @@ pub fn router(state: AppState) -> Router {
     let docs = SwaggerUi::new("/docs")
         .url("/openapi.json", doc)
         .config(utoipa_swagger_ui::Config::from("/openapi.json").validator_url("none"));
+    let api = api.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        crate::shed::shed_load,
+    ));
     with_layers(api.merge(docs)).with_state(state)
 }
 
@@ -173,6 +203,11 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> io::Result<()> {
         let grace = self.state.config.load().shutdown_grace;
         let upkeep = tokio::spawn(metrics_upkeep(self.state.clone(), shutdown.clone()));
+        let background = self.state.background.clone();
+        tokio::spawn(Arc::clone(&self.state.cluster).run_health_checks(background.clone()));
+        if let Some(recovery) = self.state.recovery.get() {
+            recovery.start(&background);
+        }
         tracing::info!(addr = %self.addr, mode = %self.state.active.load().mode, "listening");
         let app = router(self.state);
         let serve = axum::serve(self.listener, app)
@@ -184,6 +219,7 @@ impl Application {
             () = shutdown.cancelled() => drain(serve, grace).await,
         };
         upkeep.abort();
+        background.cancel();
         result
     }
 }

@@ -9,7 +9,14 @@ use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::time::Instant;
 
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicUsize;
+
+use tokio_util::sync::CancellationToken;
+
 use crate::backend::Backend;
+use crate::backend::cluster::Cluster;
+use crate::backend::hybrid::Recovery;
 use crate::backend::local::LocalStore;
 use crate::config::{BackendMode, Cli, Config};
 
@@ -40,6 +47,14 @@ pub struct Shared {
     pub active: ArcSwap<Active>,
     /// The local store (mock data, fallback data and cache).
     pub store: Arc<LocalStore>,
+    /// The BZZZ endpoints and their resilience state (kept across mode switches).
+    pub cluster: Arc<Cluster>,
+    /// The journal and fallback state, once the journal is open.
+    pub recovery: OnceLock<Arc<Recovery>>,
+    /// Cancelled when the application stops: background tasks end with it.
+    pub background: CancellationToken,
+    /// Requests in flight, bounded by `RUSTLE_MAX_IN_FLIGHT`.
+    pub in_flight: AtomicUsize,
     /// The Prometheus handle `/metrics` renders.
     pub metrics: PrometheusHandle,
     /// The command line, for reloads (flags keep their precedence).
@@ -70,6 +85,34 @@ impl AppState {
     #[must_use]
     pub fn new(shared: Shared) -> Self {
         Self(Arc::new(shared))
+    }
+
+    /// What backends are built from.
+    #[must_use]
+    pub fn parts(&self) -> crate::backend::Parts<'_> {
+        crate::backend::Parts {
+            store: &self.store,
+            cluster: &self.cluster,
+            recovery: self.recovery.get(),
+        }
+    }
+
+    /// Opens the journal in `dir` (once); [`Recovery::start`] starts its replayer.
+    ///
+    /// # Errors
+    /// When the journal cannot be opened.
+    pub fn open_journal(&self, dir: &std::path::Path) -> Result<Arc<Recovery>, String> {
+        if let Some(recovery) = self.recovery.get() {
+            return Ok(Arc::clone(recovery));
+        }
+        let journal = crate::backend::journal::Journal::open(dir).map_err(|e| e.to_string())?;
+        let recovery = Recovery::new(
+            journal,
+            Arc::clone(&self.store),
+            Arc::clone(&self.cluster),
+            self.config.load().request_timeout,
+        );
+        Ok(Arc::clone(self.recovery.get_or_init(|| recovery)))
     }
 }
 

@@ -35,6 +35,21 @@ struct Record {
     owned: bool,
     /// LRU tick of the last access (cached records only are in the LRU index).
     touched: u64,
+    /// Versions of the current history that precede the ones held (a cache may hold only
+    /// the newest part of a history the cluster knows in full); 0 once the record holds a
+    /// tombstone, since a delete starts a new history the store sees from its start.
+    offset: u32,
+}
+
+/// What the local store knows of the version an address selects.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// The version, with its number.
+    Found(u32, Arc<Version>),
+    /// No such version (nothing stored, deleted, or past the latest).
+    Missing,
+    /// The version precedes the part of the history this cache holds.
+    NotHeld,
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +71,12 @@ pub struct LocalStore {
 }
 
 impl Inner {
+    fn offset(&self, address: &Address) -> u32 {
+        self.records
+            .get(address.canonical())
+            .map_or(0, |r| r.offset)
+    }
+
     fn touch(&mut self, key: &str) {
         self.tick += 1;
         let tick = self.tick;
@@ -120,9 +141,18 @@ impl Inner {
                 set: VersionSet::default(),
                 owned: false,
                 touched: 0,
+                offset: 0,
             });
         let before = record.set.len();
         let out = change(&mut record.set);
+        if record
+            .set
+            .entries()
+            .iter()
+            .any(|e| matches!(e, ucxl::Entry::Tombstone(_)))
+        {
+            record.offset = 0;
+        }
         if retention == Retention::Owned {
             // The only copy: what reads cannot see any more is dropped, not kept.
             record.set.compact();
@@ -198,9 +228,19 @@ impl LocalStore {
         let growth = usize::from(!exists);
         let (outcome, evicted) =
             inner.update(address, retention, Some(growth), |set| set.put(new, now))?;
+        let offset = inner.offset(address);
         drop(inner);
         self.count_evictions(evicted);
-        Ok(outcome?)
+        Ok(match outcome? {
+            PutOutcome::Created { version, stored } => PutOutcome::Created {
+                version: version.saturating_add(offset),
+                stored,
+            },
+            PutOutcome::Existing { version, stored } => PutOutcome::Existing {
+                version: version.saturating_add(offset),
+                stored,
+            },
+        })
     }
 
     /// Writes a tombstone (or finds the existing one with the same id).
@@ -248,6 +288,115 @@ impl LocalStore {
         Ok(changed)
     }
 
+    /// Writes a tombstone whether or not the store holds a live version (a fallback delete
+    /// of an address only the cluster holds): the cluster decides on replay.
+    ///
+    /// # Errors
+    /// An id that names a version, or [`BackendError::StoreFull`].
+    pub fn delete_blind(
+        &self,
+        address: &Address,
+        id: EnvelopeId,
+        now: DateTime<Utc>,
+    ) -> Result<DeleteOutcome, BackendError> {
+        let live = self
+            .read()
+            .records
+            .get(address.canonical())
+            .is_some_and(|r| r.set.is_live() || r.set.contains(&id));
+        if live {
+            return self.delete(address, id, Retention::Owned, now);
+        }
+        let mut inner = self.write();
+        let tombstone = ucxl::Tombstone {
+            id,
+            created_at: ucxl::envelope::normalise_time(now),
+        };
+        let (_, evicted) = inner.update(address, Retention::Owned, Some(1), |set| {
+            set.insert(ucxl::Entry::Tombstone(tombstone.clone()))
+        })?;
+        drop(inner);
+        self.count_evictions(evicted);
+        Ok(DeleteOutcome::Deleted(tombstone))
+    }
+
+    /// Caches version `number` of `address` as the cluster answered it. The record keeps
+    /// a contiguous newest part of the history: a version that continues it is added, a
+    /// newer one that does not replaces it, an older one is ignored. Owned records (data
+    /// not yet replayed) are left alone. Returns false when the store had no room.
+    pub fn observe(&self, address: &Address, number: u32, version: &Arc<Version>) -> bool {
+        let mut inner = self.write();
+        let key = address.canonical();
+        let (replace, append) = match inner.records.get(key) {
+            None => (true, false),
+            Some(r) if r.owned || r.set.contains(&version.id) => (false, false),
+            Some(r) => {
+                let newest = r.set.entries().last().map(ucxl::Entry::created_at);
+                let newer = newest.is_none_or(|t| version.created_at > t);
+                let held = u32::try_from(r.set.current().count()).unwrap_or(u32::MAX);
+                let next = r.offset.saturating_add(held).saturating_add(1);
+                let contiguous = r.set.is_live() && number == next;
+                (newer && !contiguous, newer && contiguous)
+            }
+        };
+        if !replace && !append {
+            inner.touch(key);
+            return true;
+        }
+        if replace && let Some(old) = inner.records.remove(key) {
+            inner.entries -= old.set.len();
+            inner.lru.remove(&old.touched);
+        }
+        let entry = ucxl::Entry::Version(Arc::clone(version));
+        let Ok(((), evicted)) = inner.update(address, Retention::Cached, Some(1), |set| {
+            set.insert(entry);
+        }) else {
+            return false;
+        };
+        if replace && let Some(record) = inner.records.get_mut(key) {
+            record.offset = number.saturating_sub(1);
+        }
+        drop(inner);
+        self.count_evictions(evicted);
+        true
+    }
+
+    /// Caches a delete the cluster acknowledged: reads find nothing until a new put.
+    pub fn observe_delete(&self, address: &Address, tombstone: ucxl::Tombstone) {
+        let mut inner = self.write();
+        let key = address.canonical();
+        if inner.records.get(key).is_some_and(|r| r.owned) {
+            return;
+        }
+        if let Some(old) = inner.records.remove(key) {
+            inner.entries -= old.set.len();
+            inner.lru.remove(&old.touched);
+        }
+        if let Ok(((), evicted)) = inner.update(address, Retention::Cached, Some(1), |set| {
+            set.insert(ucxl::Entry::Tombstone(tombstone));
+        }) {
+            drop(inner);
+            self.count_evictions(evicted);
+        }
+    }
+
+    /// The record at `address` now has a copy on the cluster (its journal entries were
+    /// replayed): it becomes an evictable cache entry.
+    pub fn release(&self, address: &Address) {
+        let mut inner = self.write();
+        let key = address.canonical();
+        let Some(record) = inner.records.get_mut(key) else {
+            return;
+        };
+        if !record.owned {
+            return;
+        }
+        record.owned = false;
+        let n = record.set.len();
+        inner.owned_entries -= n;
+        inner.touch(key);
+    }
+
     /// Runs `read` on the record at `address`, if any (marking it recently used).
     fn with_record<T>(&self, address: &Address, read: impl FnOnce(&Record) -> T) -> Option<T> {
         let key = address.canonical();
@@ -265,12 +414,37 @@ impl LocalStore {
     /// The version the address's temporal segment selects.
     #[must_use]
     pub fn get(&self, address: &Address) -> Option<(u32, Arc<Version>)> {
+        match self.lookup(address) {
+            Lookup::Found(n, v) => Some((n, v)),
+            Lookup::Missing | Lookup::NotHeld => None,
+        }
+    }
+
+    /// The version the address's temporal segment selects, telling a version that does
+    /// not exist from one this cache does not hold.
+    #[must_use]
+    pub fn lookup(&self, address: &Address) -> Lookup {
         self.with_record(address, |r| {
-            r.set
-                .resolve(address.temporal())
-                .map(|(n, v)| (n, Arc::clone(v)))
+            let held: Vec<&Arc<Version>> = r.set.current().collect();
+            let total = usize::try_from(r.offset)
+                .unwrap_or(usize::MAX)
+                .saturating_add(held.len());
+            let Some(n) = address.temporal().select(total) else {
+                return Lookup::Missing;
+            };
+            let offset = usize::try_from(r.offset).unwrap_or(usize::MAX);
+            match n.checked_sub(offset + 1).and_then(|i| held.get(i)) {
+                Some(v) => Lookup::Found(u32::try_from(n).unwrap_or(u32::MAX), Arc::clone(v)),
+                None => Lookup::NotHeld,
+            }
         })
-        .flatten()
+        .unwrap_or(Lookup::NotHeld)
+    }
+
+    /// True when the store holds a record (data or a tombstone) for the address.
+    #[must_use]
+    pub fn holds(&self, address: &Address) -> bool {
+        self.read().records.contains_key(address.canonical())
     }
 
     /// The current history of the address (empty when deleted or absent).
@@ -278,6 +452,14 @@ impl LocalStore {
     pub fn history(&self, address: &Address) -> Vec<VersionSummary> {
         self.with_record(address, |r| r.set.history())
             .unwrap_or_default()
+    }
+
+    /// The current history when the store holds all of it; `None` when it holds only the
+    /// newest part, or nothing.
+    #[must_use]
+    pub fn full_history(&self, address: &Address) -> Option<Vec<VersionSummary>> {
+        self.with_record(address, |r| (r.offset == 0).then(|| r.set.history()))
+            .flatten()
     }
 
     /// One page of matches, sorted by canonical address, plus whether more follow.
@@ -293,9 +475,14 @@ impl LocalStore {
         deadline: Instant,
     ) -> Result<(Vec<SearchItem>, bool), BackendError> {
         let inner = self.read();
-        query
+        let (mut items, more) = query
             .scan(&inner.records, |r| (&r.address, &r.set), deadline)
-            .map_err(|_| BackendError::Timeout)
+            .map_err(|_| BackendError::Timeout)?;
+        for item in &mut items {
+            let offset = inner.offset(&item.address);
+            item.version = item.version.saturating_add(offset);
+        }
+        Ok((items, more))
     }
 
     /// Changes the bound; lowering it evicts cached records at once.

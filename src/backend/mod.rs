@@ -1,9 +1,13 @@
 //! The `Backend` seam: what the routes call to store, fetch and search envelopes, whatever
 //! serves them (the local store, the BZZZ cluster, or the cluster with fallback).
 
+pub mod cluster;
+pub mod hybrid;
+pub mod journal;
 pub mod local;
 pub mod mock;
 pub mod node_client;
+pub mod real;
 
 use std::time::Duration;
 
@@ -99,7 +103,7 @@ pub struct Written {
 }
 
 /// The result of a delete.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Deleted {
     /// The canonical address.
     pub address: Address,
@@ -128,7 +132,7 @@ pub struct SearchPage {
 }
 
 /// Why a backend could not do what was asked.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BackendError {
     /// No live version at the address (or none that the temporal segment selects).
     #[error("nothing stored at {address}")]
@@ -151,6 +155,24 @@ pub enum BackendError {
         /// The configured limit.
         limit: usize,
     },
+    /// A node refused the request (4xx): its answer is passed on as is.
+    #[error("a node refused: {0:?}")]
+    Refused(node_client::Refusal),
+    /// The cluster could not answer (no endpoint, attempts or deadline exhausted, bad
+    /// answers).
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterFailure),
+    /// In fallback, the local store does not hold what was asked.
+    #[error("the cluster is unreachable and the local cache does not hold {address}")]
+    NotCached {
+        /// The address as requested.
+        address: String,
+        /// Why the cluster could not answer.
+        cause: Option<cluster::ClusterFailure>,
+    },
+    /// The durable journal could not take a fallback write.
+    #[error("the journal cannot take the write: {0}")]
+    Journal(String),
 }
 
 /// What `/v1/status` shows of the local store.
@@ -251,21 +273,49 @@ pub struct BreakerStatus {
     pub state: String,
     /// The rule and numbers that set the state.
     pub reason: String,
+    /// Failed calls in a row.
+    pub consecutive_failures: u32,
+    /// When an open breaker admits its next probe (RFC 3339); `null` unless open.
+    #[serde(with = "ucxl::envelope::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub next_probe: Option<DateTime<Utc>>,
+    /// The open period the next opening will use, in milliseconds.
+    pub next_open_ms: u64,
 }
 
 /// One BZZZ endpoint as the gateway sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct EndpointStatus {
     /// The endpoint URL.
     pub url: String,
-    /// Whether health checks pass.
+    /// Whether health checks pass (2 in a row mark it up, 2 failures down).
     pub up: bool,
+    /// Whether it would take a request now (up, breaker admitting, no Retry-After).
+    pub available: bool,
     /// Its circuit breaker.
     pub breaker: BreakerStatus,
+    /// Peak-EWMA latency, in milliseconds.
+    pub ewma_latency_ms: f64,
+    /// Requests in flight to it.
+    pub in_flight: u32,
+    /// The last error seen (attempt or health check).
+    pub last_error: Option<String>,
+    /// When (RFC 3339).
+    #[serde(with = "ucxl::envelope::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// When its health was last checked (RFC 3339).
+    #[serde(with = "ucxl::envelope::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_health_check: Option<DateTime<Utc>>,
+    /// Skipped until then after a `Retry-After` (RFC 3339).
+    #[serde(with = "ucxl::envelope::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub skipped_until: Option<DateTime<Utc>>,
 }
 
 /// What a backend reports for `/v1/status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct BackendStatus {
     /// Which backend answers requests now.
     pub active_backend: BackendKind,
@@ -279,25 +329,57 @@ pub struct BackendStatus {
     pub local_store: LocalStoreStatus,
 }
 
-/// A mode this gateway cannot serve.
+/// A mode this gateway cannot serve now, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("backend mode {0} is not available in this release of the gateway: only mock is")]
-pub struct ModeUnavailable(pub crate::config::BackendMode);
+#[error("backend mode {mode} is not available: {reason}")]
+pub struct ModeUnavailable {
+    /// The mode asked for.
+    pub mode: crate::config::BackendMode,
+    /// Why it is not available.
+    pub reason: String,
+}
+
+/// What the backends of every mode are built from.
+#[derive(Debug, Clone, Copy)]
+pub struct Parts<'a> {
+    /// The local store.
+    pub store: &'a std::sync::Arc<local::LocalStore>,
+    /// The BZZZ endpoints.
+    pub cluster: &'a std::sync::Arc<cluster::Cluster>,
+    /// The journal and fallback state, when the journal is open.
+    pub recovery: Option<&'a std::sync::Arc<hybrid::Recovery>>,
+}
 
 /// The backend that implements `mode`.
 ///
 /// # Errors
-/// [`ModeUnavailable`] for modes this release does not implement.
+/// [`ModeUnavailable`] when real or hybrid mode has no endpoints, or hybrid mode no journal.
 pub fn for_mode(
     mode: crate::config::BackendMode,
-    store: &std::sync::Arc<local::LocalStore>,
+    parts: Parts<'_>,
 ) -> Result<std::sync::Arc<dyn Backend>, ModeUnavailable> {
-    match mode {
-        crate::config::BackendMode::Mock => Ok(std::sync::Arc::new(mock::MockBackend::new(
-            std::sync::Arc::clone(store),
-        ))),
-        other => Err(ModeUnavailable(other)),
+    use crate::config::BackendMode;
+    use std::sync::Arc;
+    let unavailable = |reason: &str| ModeUnavailable {
+        mode,
+        reason: reason.to_owned(),
+    };
+    if mode != BackendMode::Mock && parts.cluster.endpoints().is_empty() {
+        return Err(unavailable("RUSTLE_BZZZ_ENDPOINTS lists no endpoint"));
     }
+    Ok(match mode {
+        BackendMode::Mock => Arc::new(mock::MockBackend::new(Arc::clone(parts.store))),
+        BackendMode::Real => Arc::new(real::RealBackend::new(
+            Arc::clone(parts.cluster),
+            Arc::clone(parts.store),
+        )),
+        BackendMode::Hybrid => {
+            let recovery = parts
+                .recovery
+                .ok_or_else(|| unavailable("the journal is not open"))?;
+            Arc::new(hybrid::HybridBackend::new(Arc::clone(recovery)))
+        }
+    })
 }
 
 #[cfg(test)]

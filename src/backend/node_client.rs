@@ -42,6 +42,16 @@ pub enum AttemptError {
 }
 
 impl AttemptError {
+    /// A description without any dependency's error text, for client answers.
+    #[must_use]
+    pub fn public(&self) -> String {
+        match self {
+            Self::Connect(_) => "cannot connect".into(),
+            Self::BadAnswer(_) => "answered with an invalid UCXI answer".into(),
+            other => other.to_string(),
+        }
+    }
+
     /// Whether another attempt (elsewhere) may succeed: connection errors, timeouts,
     /// 502/503/504 and 429. Everything else would fail the same way again.
     #[must_use]
@@ -121,7 +131,7 @@ impl NodeClient {
         method: reqwest::Method,
         path_and_query: &str,
         headers: &[(&str, String)],
-        body: Option<Vec<u8>>,
+        body: Option<axum::body::Bytes>,
     ) -> Result<Answer<T>, AttemptError> {
         let url = format!("{}{path_and_query}", spec.endpoint.as_str());
         let mut request = self

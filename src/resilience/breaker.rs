@@ -295,6 +295,14 @@ impl Breaker {
         }
     }
 
+    /// Applies reloaded thresholds; the state and its history stay.
+    pub fn set_config(&mut self, config: BreakerConfig) {
+        self.next_open = self
+            .next_open
+            .clamp(config.open, config.open_max.max(config.open));
+        self.config = config;
+    }
+
     /// The open period the next opening will use (for status).
     #[must_use]
     pub fn next_open_period(&self) -> Duration {

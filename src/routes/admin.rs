@@ -71,10 +71,25 @@ fn switch_mode(state: &AppState, mode: BackendMode) -> Result<BackendMode, ApiEr
     if previous == mode {
         return Ok(previous);
     }
-    let backend = backend::for_mode(mode, &state.store).map_err(|e| ApiError::Conflict {
-        message: e.to_string(),
-        details: json!({"mode": mode, "available": [BackendMode::Mock]}),
-    })?;
+    let conflict = |message: String| ApiError::Conflict {
+        message,
+        details: json!({"mode": mode}),
+    };
+    if mode != BackendMode::Mock && state.cluster.endpoints().is_empty() {
+        return Err(conflict(format!(
+            "backend mode {mode} is not available: RUSTLE_BZZZ_ENDPOINTS lists no endpoint"
+        )));
+    }
+    if mode == BackendMode::Hybrid {
+        let dir = state.config.load().journal_dir.clone();
+        let recovery = state.open_journal(&dir).map_err(|e| {
+            conflict(format!(
+                "backend mode hybrid is not available: cannot open the journal: {e}"
+            ))
+        })?;
+        recovery.start(&state.background);
+    }
+    let backend = backend::for_mode(mode, state.parts()).map_err(|e| conflict(e.to_string()))?;
     state.active.store(Arc::new(Active { mode, backend }));
     tracing::info!(%previous, %mode, "backend mode switched");
     Ok(previous)
@@ -185,6 +200,18 @@ async fn reload(
             });
         }
     }
+    // Endpoints first, so a reload that adds endpoints and a mode needing them works.
+    if let Err(e) = state.cluster.reconfigure(&new) {
+        // Nothing of the cluster changed: keep the settings in force and say why.
+        for key in ["bzzz_endpoints", "connect_timeout"] {
+            report.not_applied.push(NotApplied {
+                key: key.into(),
+                reason: format!("cannot build the HTTP client: {e}"),
+            });
+        }
+        new.bzzz_endpoints.clone_from(&old.bzzz_endpoints);
+        new.connect_timeout = old.connect_timeout;
+    }
     if new.backend_mode != old.backend_mode
         && let Err(e) = switch_mode(&state, new.backend_mode)
     {
@@ -206,6 +233,9 @@ async fn reload(
     new.log_format = old.log_format;
     new.journal_dir.clone_from(&old.journal_dir);
     state.store.set_max_entries(new.cache_max_entries);
+    if let Some(recovery) = state.recovery.get() {
+        recovery.set_request_timeout(new.request_timeout);
+    }
     state.config.store(Arc::new(new));
     tracing::info!(applied = ?report.applied, restart_required = ?report.restart_required, "configuration reloaded");
     let message = format!("{} settings applied", report.applied.len());

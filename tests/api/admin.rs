@@ -227,7 +227,7 @@ async fn invalid_reload_changes_nothing() {
         status_body["response"]["data"]["local_store"]["max_entries"],
         before
     );
-    // a reload that asks for an unavailable mode applies the rest and says why not
+    // endpoints and a mode that needs them apply together, live
     std::fs::write(
         &file,
         "backend_mode = \"hybrid\"\nbzzz_endpoints = [\"http://127.0.0.1:9\"]\n",
@@ -243,7 +243,11 @@ async fn invalid_reload_changes_nothing() {
     .await;
     assert_eq!(status, 200, "{body}");
     let report = assert_success(&body, "UCXL-200-OK");
-    assert_eq!(report["not_applied"][0]["key"], "backend_mode", "{report}");
+    let applied = report["applied"].as_array().expect("applied");
+    assert!(applied.contains(&json!("backend_mode")), "{report}");
+    assert!(applied.contains(&json!("bzzz_endpoints")), "{report}");
     let (_, status_body) = json(app.get_path("/v1/status").await).await;
-    assert_eq!(status_body["response"]["data"]["mode"], "mock");
+    let data = &status_body["response"]["data"];
+    assert_eq!(data["mode"], "hybrid", "{data}");
+    assert_eq!(data["endpoints"][0]["url"], "http://127.0.0.1:9", "{data}");
 }

@@ -18,6 +18,8 @@ pub struct TestApp {
     pub env: Arc<Mutex<HashMap<String, String>>>,
     shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The journal directory of apps whose configuration did not name one.
+    _journal: Option<tempfile::TempDir>,
 }
 
 impl Drop for TestApp {
@@ -37,8 +39,22 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(test_config(), Options::default()).await
 }
 
-pub async fn spawn_app_with(config: Config, mut options: Options) -> TestApp {
-    let env = Arc::new(Mutex::new(HashMap::new()));
+pub async fn spawn_app_with(mut config: Config, mut options: Options) -> TestApp {
+    // Never the default directory: tests run in parallel, and each journal is one file.
+    let journal = (config.journal_dir == test_config_default_journal()).then(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        config.journal_dir = dir.path().to_path_buf();
+        dir
+    });
+    let mut initial = HashMap::new();
+    if let Some(dir) = &journal {
+        // Reloads re-read the environment: they must find the same directory.
+        initial.insert(
+            "RUSTLE_JOURNAL_DIR".to_owned(),
+            dir.path().display().to_string(),
+        );
+    }
+    let env = Arc::new(Mutex::new(initial));
     let reader = Arc::clone(&env);
     options.env = Arc::new(move || reader.lock().expect("env lock").clone());
     let app = Application::build(config, options)
@@ -53,7 +69,15 @@ pub async fn spawn_app_with(config: Config, mut options: Options) -> TestApp {
         env,
         shutdown,
         server: Some(server),
+        _journal: journal,
     }
+}
+
+fn test_config_default_journal() -> std::path::PathBuf {
+    Sources::default()
+        .resolve()
+        .expect("defaults are valid")
+        .journal_dir
 }
 
 /// URL-encodes a query value.

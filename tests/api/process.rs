@@ -34,15 +34,17 @@ fn invalid_configuration_exits_64_with_every_problem() {
 }
 
 #[test]
-fn unavailable_mode_exits_64_before_binding() {
+fn an_unusable_journal_stops_hybrid_mode_before_binding() {
     let output = gateway()
         .env("RUSTLE_USE_REAL_CONNECTOR", "true")
         .env("RUSTLE_BZZZ_ENDPOINTS", "http://127.0.0.1:9")
         .env("RUSTLE_LISTEN_ADDR", "127.0.0.1:0")
+        .env("RUSTLE_JOURNAL_DIR", "/dev/null/journal")
         .output()
         .expect("runs");
-    assert_eq!(output.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("hybrid"));
+    assert_eq!(output.status.code(), Some(69));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("journal /dev/null/journal"), "{stderr}");
 }
 
 #[test]

@@ -177,12 +177,18 @@ pub mod rfc3339 {
     use chrono::{DateTime, SecondsFormat, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// `2026-11-24T10:00:00.123456Z`.
+    #[must_use]
+    pub fn format(t: DateTime<Utc>) -> String {
+        t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    }
+
     /// Writes `2026-11-24T10:00:00.123456Z`.
     ///
     /// # Errors
     /// Only the serializer's own.
     pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true))
+        s.serialize_str(&format(*t))
     }
 
     /// Reads any RFC 3339 timestamp, converted to UTC and cut to microseconds.

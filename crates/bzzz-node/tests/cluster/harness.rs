@@ -9,7 +9,37 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bzzz-node");
+/// The node binary: cargo's path for this package's tests; for the other packages of the
+/// workspace (the gateway's tests include this file), the one next to the test binary in
+/// the same target directory, built first when missing.
+pub fn bin() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_bzzz-node") {
+        return PathBuf::from(path);
+    }
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("the test binary's path");
+            // target/<profile>/deps/<test> → target/<profile>/bzzz-node
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("the test binary is in target/<profile>/deps");
+            let bin = profile_dir.join(format!("bzzz-node{}", std::env::consts::EXE_SUFFIX));
+            if !bin.exists() {
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let mut build = Command::new(cargo);
+                build.args(["build", "-p", "bzzz-node", "--bin", "bzzz-node"]);
+                if profile_dir.file_name().is_some_and(|n| n == "release") {
+                    build.arg("--release");
+                }
+                let status = build.status().expect("cargo runs");
+                assert!(status.success(), "building bzzz-node failed");
+            }
+            bin
+        })
+        .clone()
+}
 
 /// URL-encodes a query value.
 pub fn enc(s: &str) -> String {
@@ -95,7 +125,7 @@ impl NodeProc {
         extra: &[(String, String)],
     ) -> Self {
         let (http_port, p2p_port) = ports.unwrap_or((0, 0));
-        let mut command = Command::new(BIN);
+        let mut command = Command::new(bin());
         command
             .env_clear()
             .env("BZZZ_HTTP_ADDR", format!("127.0.0.1:{http_port}"))

@@ -1,0 +1,807 @@
+//! The BZZZ endpoints as one resilient service (SPEC §7): every call to the cluster goes
+//! through [`Cluster::execute`] (one request, retried elsewhere) or
+//! [`Cluster::fan_out`] (one call per available endpoint), which apply the request
+//! deadline, the per-attempt timeout, retry classification, full-jitter backoff, the retry
+//! budget, `Retry-After`, the per-endpoint circuit breakers and P2C peak-EWMA balancing.
+//! A background task runs the active health checks. Handlers never see any of it.
+//!
+//! The cluster outlives mode switches and reloads: breaker, health and latency state stay
+//! with each endpoint URL, and a reload that keeps a URL keeps its state.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::body::Bytes;
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::node_client::{Answer, AttemptError, AttemptSpec, NodeClient};
+use super::{BreakerStatus, Call, EndpointStatus};
+use crate::config::{BreakerConfig, Config, EndpointUrl, RetryConfig};
+use crate::resilience::balance::{Load, p2c};
+use crate::resilience::breaker::{self, Breaker, Permit, State, Transition};
+use crate::resilience::retry::{self, Backoff, RetryBudget};
+
+/// Consecutive health results that flip an endpoint up or down (hysteresis).
+pub const HEALTH_THRESHOLD: u32 = 2;
+
+/// The resilience settings that a reload may change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Per-attempt timeout.
+    pub attempt_timeout: Duration,
+    /// Retries and budget.
+    pub retry: RetryConfig,
+    /// Breaker thresholds.
+    pub breaker: BreakerConfig,
+    /// Health check period.
+    pub health_interval: Duration,
+    /// Health check timeout.
+    pub health_timeout: Duration,
+}
+
+impl Policy {
+    /// The policy of `config`.
+    #[must_use]
+    pub fn of(config: &Config) -> Self {
+        Self {
+            attempt_timeout: config.attempt_timeout,
+            retry: config.retry.clone(),
+            breaker: config.breaker.clone(),
+            health_interval: config.health_interval,
+            health_timeout: config.health_timeout,
+        }
+    }
+}
+
+/// Randomness, injected so tests run without it.
+#[derive(Debug, Clone, Copy)]
+pub struct Jitters {
+    /// Breaker open periods.
+    pub breaker: breaker::Jitter,
+    /// Backoff waits.
+    pub backoff: retry::JitterFn,
+    /// P2C picks: a random index below `n`.
+    pub pick: fn(usize) -> usize,
+}
+
+impl Default for Jitters {
+    fn default() -> Self {
+        Self {
+            breaker: breaker::default_jitter,
+            backoff: retry::full_jitter,
+            pick: fastrand::usize_below,
+        }
+    }
+}
+
+mod fastrand {
+    /// A random index below `n` (`n > 0`).
+    pub fn usize_below(n: usize) -> usize {
+        ::fastrand::usize(..n.max(1))
+    }
+}
+
+#[derive(Debug)]
+struct EndpointState {
+    breaker: Breaker,
+    load: Load,
+    up: bool,
+    passes: u32,
+    failures: u32,
+    skip_until: Option<Instant>,
+    last_error: Option<String>,
+    /// The same, without dependency error text (for client answers).
+    last_public: Option<String>,
+    last_error_at: Option<DateTime<Utc>>,
+    last_health: Option<DateTime<Utc>>,
+}
+
+/// One BZZZ node and what the gateway knows of it.
+#[derive(Debug)]
+pub struct Endpoint {
+    url: EndpointUrl,
+    state: Mutex<EndpointState>,
+}
+
+impl Endpoint {
+    fn new(url: EndpointUrl, policy: &Policy, jitter: breaker::Jitter) -> Self {
+        let endpoint = Self {
+            url,
+            state: Mutex::new(EndpointState {
+                breaker: Breaker::new(policy.breaker.clone(), jitter),
+                load: Load::new(Instant::now()),
+                up: true,
+                passes: 0,
+                failures: 0,
+                skip_until: None,
+                last_error: None,
+                last_public: None,
+                last_error_at: None,
+                last_health: None,
+            }),
+        };
+        endpoint.publish(&endpoint.lock());
+        endpoint
+    }
+
+    /// Its URL.
+    #[must_use]
+    pub fn url(&self) -> &str {
+        self.url.as_str()
+    }
+
+    // State changes are single assignments under the lock, so a poisoned lock still holds
+    // consistent state.
+    fn lock(&self) -> MutexGuard<'_, EndpointState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn available(state: &EndpointState, now: Instant) -> bool {
+        state.up && state.skip_until.is_none_or(|t| now >= t) && state.breaker.available(now)
+    }
+
+    /// The gauges of this endpoint.
+    fn publish(&self, state: &EndpointState) {
+        let url = self.url().to_owned();
+        metrics::gauge!("rustle_circuit_state", "endpoint" => url.clone())
+            .set(f64::from(state.breaker.state().gauge()));
+        metrics::gauge!("rustle_endpoint_up", "endpoint" => url.clone()).set(if state.up {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!("rustle_endpoint_latency_ewma_seconds", "endpoint" => url)
+            .set(state.load.ewma().as_secs_f64());
+    }
+
+    fn transitioned(&self, transition: Option<Transition>) {
+        let Some(t) = transition else { return };
+        tracing::warn!(
+            endpoint = self.url(),
+            from = t.from.as_str(),
+            to = t.to.as_str(),
+            reason = %t.reason,
+            "circuit breaker changed state"
+        );
+        metrics::counter!(
+            "rustle_circuit_transitions_total",
+            "endpoint" => self.url().to_owned(),
+            "from" => t.from.as_str(),
+            "to" => t.to.as_str()
+        )
+        .increment(1);
+    }
+
+    /// What `/v1/status` shows.
+    fn status(&self, now: Instant) -> EndpointStatus {
+        let s = self.lock();
+        let wall = |at: Instant| {
+            let ahead = at.saturating_duration_since(now);
+            Utc::now() + chrono::Duration::from_std(ahead).unwrap_or_default()
+        };
+        EndpointStatus {
+            url: self.url().to_owned(),
+            up: s.up,
+            available: Self::available(&s, now),
+            breaker: BreakerStatus {
+                state: s.breaker.state().as_str().to_owned(),
+                reason: s.breaker.reason().to_owned(),
+                consecutive_failures: s.breaker.consecutive_failures(),
+                next_probe: s.breaker.next_probe().map(wall),
+                next_open_ms: u64::try_from(s.breaker.next_open_period().as_millis())
+                    .unwrap_or(u64::MAX),
+            },
+            ewma_latency_ms: s.load.ewma().as_secs_f64() * 1e3,
+            in_flight: s.load.in_flight(),
+            last_error: s.last_error.clone(),
+            last_error_at: s.last_error_at,
+            last_health_check: s.last_health,
+            skipped_until: s.skip_until.filter(|t| *t > now).map(wall),
+        }
+    }
+}
+
+/// One request to a node, as sent (the body is shared between attempts).
+#[derive(Debug, Clone)]
+pub struct NodeRequest {
+    /// The method.
+    pub method: reqwest::Method,
+    /// Path and query, e.g. `/ucxi/v1/get?address=...`.
+    pub path: String,
+    /// Extra headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// The JSON body.
+    pub body: Option<Bytes>,
+}
+
+/// A node's answer and how it was obtained.
+#[derive(Debug)]
+pub struct Executed<T> {
+    /// The answer (data or a definite refusal).
+    pub answer: Answer<T>,
+    /// The endpoint that answered.
+    pub endpoint: String,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// Why the cluster could not answer a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureKind {
+    /// No endpoint was available: nothing was tried.
+    NoneAvailable,
+    /// Every attempt allowed failed (retries or budget exhausted).
+    Exhausted,
+    /// The request deadline passed.
+    Deadline,
+    /// A node answered with something unusable (not retried).
+    BadAnswer,
+}
+
+/// The cluster's failure to answer, with each endpoint's last error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind:?} after {attempts} attempts")]
+pub struct ClusterFailure {
+    /// What went wrong.
+    pub kind: FailureKind,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Per endpoint: the error of this request's attempt, else the last error known.
+    pub endpoints: Vec<(String, String)>,
+}
+
+impl ClusterFailure {
+    /// The `details` of the client's error answer: each endpoint and its error.
+    #[must_use]
+    pub fn details(&self) -> Value {
+        json!({
+            "attempts": self.attempts,
+            "endpoints": self.endpoints.iter().map(|(url, error)| json!({"url": url, "error": error})).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The label of `rustle_fallback_events_total`.
+    #[must_use]
+    pub fn reason(&self) -> &'static str {
+        match self.kind {
+            FailureKind::NoneAvailable => "no_endpoint_available",
+            FailureKind::Exhausted => "attempts_exhausted",
+            FailureKind::Deadline => "deadline",
+            FailureKind::BadAnswer => "bad_answer",
+        }
+    }
+}
+
+fn outcome_label(e: &AttemptError) -> &'static str {
+    match e {
+        AttemptError::Connect(_) => "connect_error",
+        AttemptError::Timeout(_) => "timeout",
+        AttemptError::Unavailable { status: 429, .. } => "too_many_requests",
+        AttemptError::Unavailable { .. } => "unavailable",
+        AttemptError::BadAnswer(_) => "bad_answer",
+    }
+}
+
+/// The BZZZ endpoints with their resilience state.
+#[derive(Debug)]
+pub struct Cluster {
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    client: ArcSwap<NodeClient>,
+    policy: ArcSwap<Policy>,
+    budget: Mutex<RetryBudget>,
+    jitters: Jitters,
+    /// Woken when an endpoint comes up or a breaker closes (the journal replayer waits).
+    recovered: Notify,
+    /// Woken when endpoints or the health interval change.
+    reconfigured: Notify,
+}
+
+impl Cluster {
+    /// The cluster of `config`'s endpoints.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn new(config: &Config, jitters: Jitters) -> Result<Self, reqwest::Error> {
+        let policy = Policy::of(config);
+        let endpoints = config
+            .bzzz_endpoints
+            .iter()
+            .map(|u| Arc::new(Endpoint::new(u.clone(), &policy, jitters.breaker)))
+            .collect();
+        Ok(Self {
+            endpoints: ArcSwap::from_pointee(endpoints),
+            client: ArcSwap::from_pointee(NodeClient::new(config.connect_timeout)?),
+            budget: Mutex::new(RetryBudget::new(&policy.retry, Instant::now())),
+            policy: ArcSwap::from_pointee(policy),
+            jitters,
+            recovered: Notify::new(),
+            reconfigured: Notify::new(),
+        })
+    }
+
+    /// Applies a reloaded configuration: endpoints (keeping the state of URLs that stay),
+    /// the resilience policy and the connect timeout.
+    ///
+    /// # Errors
+    /// When a new HTTP client cannot be built (nothing is changed then).
+    pub fn reconfigure(&self, config: &Config) -> Result<(), reqwest::Error> {
+        let policy = Policy::of(config);
+        let client = NodeClient::new(config.connect_timeout)?;
+        let old = self.endpoints.load_full();
+        let endpoints: Vec<Arc<Endpoint>> = config
+            .bzzz_endpoints
+            .iter()
+            .map(|u| {
+                old.iter().find(|e| e.url == *u).map_or_else(
+                    || Arc::new(Endpoint::new(u.clone(), &policy, self.jitters.breaker)),
+                    Arc::clone,
+                )
+            })
+            .collect();
+        for endpoint in &endpoints {
+            endpoint.lock().breaker.set_config(policy.breaker.clone());
+        }
+        for gone in old
+            .iter()
+            .filter(|e| !endpoints.iter().any(|n| n.url == e.url))
+        {
+            let url = gone.url().to_owned();
+            for name in [
+                "rustle_circuit_state",
+                "rustle_endpoint_up",
+                "rustle_endpoint_latency_ewma_seconds",
+            ] {
+                metrics::gauge!(name, "endpoint" => url.clone()).set(f64::NAN);
+            }
+        }
+        self.endpoints.store(Arc::new(endpoints));
+        self.client.store(Arc::new(client));
+        self.policy.store(Arc::new(policy));
+        self.reconfigured.notify_waiters();
+        Ok(())
+    }
+
+    /// The endpoints.
+    #[must_use]
+    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.endpoints.load_full()
+    }
+
+    /// True when some endpoint would take a request now.
+    #[must_use]
+    pub fn any_available(&self) -> bool {
+        let now = Instant::now();
+        self.endpoints
+            .load()
+            .iter()
+            .any(|e| Endpoint::available(&e.lock(), now))
+    }
+
+    /// Per-endpoint status.
+    #[must_use]
+    pub fn status(&self) -> Vec<EndpointStatus> {
+        let now = Instant::now();
+        self.endpoints
+            .load()
+            .iter()
+            .map(|e| e.status(now))
+            .collect()
+    }
+
+    /// Waits until an endpoint comes up or a breaker closes, or `timeout` passes.
+    pub async fn wait_for_recovery(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.recovered.notified()).await;
+    }
+
+    /// Chooses an available endpoint (not in `tried` when another is available) and
+    /// admits a call on it.
+    fn choose(&self, tried: &[String], now: Instant) -> Option<(Arc<Endpoint>, Permit)> {
+        let endpoints = self.endpoints.load_full();
+        let fresh = |i: &usize| !tried.iter().any(|t| t == endpoints[*i].url());
+        let mut candidates: Vec<usize> = (0..endpoints.len())
+            .filter(|i| Endpoint::available(&endpoints[*i].lock(), now))
+            .collect();
+        if candidates.iter().any(fresh) {
+            candidates.retain(fresh);
+        }
+        while !candidates.is_empty() {
+            let loads: Vec<Load> = endpoints.iter().map(|e| e.lock().load.clone()).collect();
+            let pick = self.jitters.pick;
+            let chosen = p2c(&candidates, &loads, &mut |n| pick(n))?;
+            let endpoint = &endpoints[chosen];
+            let mut state = endpoint.lock();
+            let (permit, transition) = state.breaker.acquire(now);
+            endpoint.publish(&state);
+            drop(state);
+            endpoint.transitioned(transition);
+            if let Some(permit) = permit {
+                return Some((Arc::clone(endpoint), permit));
+            }
+            // Another request took the last probe: choose again without it.
+            candidates.retain(|i| *i != chosen);
+        }
+        None
+    }
+
+    /// Records an attempt's outcome on its endpoint.
+    fn record(
+        &self,
+        endpoint: &Endpoint,
+        permit: Permit,
+        outcome: Result<(), &AttemptError>,
+        rtt: Duration,
+    ) {
+        let now = Instant::now();
+        let label = outcome.err().map_or("ok", outcome_label);
+        metrics::counter!(
+            "rustle_backend_attempts_total",
+            "endpoint" => endpoint.url().to_owned(),
+            "outcome" => label
+        )
+        .increment(1);
+        let mut state = endpoint.lock();
+        state.load.finish(rtt, now);
+        let before = state.breaker.state();
+        let transition = state.breaker.record(permit, outcome.is_err(), now);
+        if let Err(e) = outcome {
+            state.last_error = Some(e.to_string());
+            state.last_public = Some(e.public());
+            state.last_error_at = Some(Utc::now());
+            if let AttemptError::Unavailable {
+                retry_after: Some(wait),
+                ..
+            } = e
+            {
+                state.skip_until = Some(now + *wait);
+            }
+        }
+        let closed = before != State::Closed && state.breaker.state() == State::Closed;
+        endpoint.publish(&state);
+        drop(state);
+        endpoint.transitioned(transition);
+        if closed {
+            self.recovered.notify_waiters();
+        }
+    }
+
+    /// Each endpoint's last known error (for answers when nothing was tried).
+    fn known_errors(&self, now: Instant) -> Vec<(String, String)> {
+        self.endpoints
+            .load()
+            .iter()
+            .map(|e| {
+                let s = e.lock();
+                let why = if !s.up {
+                    "down (health checks failing)".to_owned()
+                } else if s.skip_until.is_some_and(|t| t > now) {
+                    "skipped (Retry-After)".to_owned()
+                } else if !s.breaker.available(now) {
+                    format!(
+                        "circuit {}: {}",
+                        s.breaker.state().as_str(),
+                        s.breaker.reason()
+                    )
+                } else {
+                    "available".to_owned()
+                };
+                let last = s
+                    .last_public
+                    .as_ref()
+                    .map_or_else(String::new, |l| format!("; last error: {l}"));
+                (e.url().to_owned(), format!("{why}{last}"))
+            })
+            .collect()
+    }
+
+    /// The failure of a request: its own attempts' errors first, then what is known of
+    /// the endpoints it did not try.
+    fn failure(
+        &self,
+        kind: FailureKind,
+        attempts: u32,
+        mut errors: Vec<(String, String)>,
+    ) -> ClusterFailure {
+        for (url, why) in self.known_errors(Instant::now()) {
+            if !errors.iter().any(|(u, _)| *u == url) {
+                errors.push((url, why));
+            }
+        }
+        ClusterFailure {
+            kind,
+            attempts,
+            endpoints: errors,
+        }
+    }
+
+    /// One attempt on `endpoint` (admitted by `permit`), recorded on it.
+    async fn attempt<T: DeserializeOwned>(
+        &self,
+        endpoint: &Endpoint,
+        permit: Permit,
+        call: &Call,
+        request: &NodeRequest,
+        timeout: Duration,
+    ) -> Result<Answer<T>, AttemptError> {
+        endpoint.lock().load.start();
+        let started = Instant::now();
+        let client = self.client.load_full();
+        let result = client
+            .call::<T>(
+                AttemptSpec {
+                    endpoint: &endpoint.url,
+                    request_id: &call.request_id,
+                    timeout,
+                },
+                request.method.clone(),
+                &request.path,
+                &request.headers,
+                request.body.clone(),
+            )
+            .await;
+        self.record(
+            endpoint,
+            permit,
+            result.as_ref().map(|_| ()),
+            started.elapsed(),
+        );
+        result
+    }
+
+    /// Sends `request` to one endpoint after another until one answers definitely, within
+    /// the deadline, the retry limit and the retry budget.
+    ///
+    /// # Errors
+    /// [`ClusterFailure`] when no endpoint answered definitely.
+    pub async fn execute<T: DeserializeOwned>(
+        &self,
+        call: &Call,
+        request: &NodeRequest,
+    ) -> Result<Executed<T>, ClusterFailure> {
+        let policy = self.policy.load_full();
+        self.lock_budget().record_request(Instant::now());
+        let mut backoff = Backoff::new(&policy.retry, self.jitters.backoff);
+        let mut tried: Vec<String> = Vec::new();
+        let mut errors: Vec<(String, String)> = Vec::new();
+        let mut attempts = 0u32;
+        loop {
+            let remaining = call.remaining();
+            if remaining.is_zero() {
+                return Err(self.failure(FailureKind::Deadline, attempts, errors));
+            }
+            let Some((endpoint, permit)) = self.choose(&tried, Instant::now()) else {
+                let kind = if attempts == 0 {
+                    FailureKind::NoneAvailable
+                } else {
+                    FailureKind::Exhausted
+                };
+                return Err(self.failure(kind, attempts, errors));
+            };
+            attempts += 1;
+            tried.push(endpoint.url().to_owned());
+            let timeout = policy.attempt_timeout.min(remaining);
+            let span =
+                tracing::debug_span!("attempt", endpoint = endpoint.url(), attempt = attempts);
+            let result = tracing::Instrument::instrument(
+                self.attempt::<T>(&endpoint, permit, call, request, timeout),
+                span,
+            )
+            .await;
+            let e = match result {
+                Ok(answer) => {
+                    return Ok(Executed {
+                        answer,
+                        endpoint: endpoint.url().to_owned(),
+                        attempts,
+                    });
+                }
+                Err(e) => e,
+            };
+            tracing::debug!(endpoint = endpoint.url(), attempt = attempts, error = %e, "attempt failed");
+            errors.push((endpoint.url().to_owned(), e.public()));
+            let now = Instant::now();
+            if let Err(kind) = self.may_retry(&e, endpoint.url(), attempts, &policy, call, now) {
+                return Err(self.failure(kind, attempts, errors));
+            }
+            metrics::counter!(
+                "rustle_retries_total",
+                "endpoint" => endpoint.url().to_owned(),
+                "reason" => outcome_label(&e)
+            )
+            .increment(1);
+            // After a Retry-After the retry goes elsewhere at once; otherwise back off.
+            let retry_after = matches!(
+                e,
+                AttemptError::Unavailable {
+                    retry_after: Some(_),
+                    ..
+                }
+            );
+            let wait = if retry_after {
+                Duration::ZERO
+            } else {
+                backoff.next_wait()
+            };
+            if now + wait >= call.deadline {
+                tokio::time::sleep_until(call.deadline).await;
+                return Err(self.failure(FailureKind::Deadline, attempts, errors));
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Sends `request` once to every available endpoint in parallel, each inside the
+    /// deadline; returns each endpoint's result, and the endpoints not asked (unavailable).
+    pub async fn fan_out<T: DeserializeOwned + Send + 'static>(
+        &self,
+        call: &Call,
+        request: &NodeRequest,
+    ) -> FanOut<T> {
+        let policy = self.policy.load_full();
+        let now = Instant::now();
+        let endpoints = self.endpoints.load_full();
+        let mut skipped = Vec::new();
+        let mut admitted = Vec::new();
+        for (index, endpoint) in endpoints.iter().enumerate() {
+            let mut state = endpoint.lock();
+            if !Endpoint::available(&state, now) {
+                skipped.push(endpoint.url().to_owned());
+                continue;
+            }
+            let (permit, transition) = state.breaker.acquire(now);
+            endpoint.publish(&state);
+            drop(state);
+            endpoint.transitioned(transition);
+            match permit {
+                Some(p) => admitted.push((index, p)),
+                None => skipped.push(endpoint.url().to_owned()),
+            }
+        }
+        let timeout = policy.attempt_timeout.min(call.remaining());
+        let branches = admitted.into_iter().map(|(index, permit)| {
+            let endpoint = Arc::clone(&endpoints[index]);
+            async move {
+                let result = self
+                    .attempt::<T>(&endpoint, permit, call, request, timeout)
+                    .await;
+                (endpoint.url().to_owned(), result)
+            }
+        });
+        let results = futures_util::future::join_all(branches).await;
+        FanOut { results, skipped }
+    }
+
+    /// Whether a failed attempt may be retried: retryable, inside the deadline, the retry
+    /// limit and the budget.
+    fn may_retry(
+        &self,
+        e: &AttemptError,
+        url: &str,
+        attempts: u32,
+        policy: &Policy,
+        call: &Call,
+        now: Instant,
+    ) -> Result<(), FailureKind> {
+        if !e.retryable() {
+            return Err(FailureKind::BadAnswer);
+        }
+        if call.deadline <= now {
+            return Err(FailureKind::Deadline);
+        }
+        if attempts > policy.retry.max_retries {
+            return Err(FailureKind::Exhausted);
+        }
+        if !self.lock_budget().try_retry(now) {
+            metrics::counter!("rustle_retry_budget_exhausted_total").increment(1);
+            tracing::warn!(endpoint = url, "retry budget exhausted: not retrying");
+            return Err(FailureKind::Exhausted);
+        }
+        Ok(())
+    }
+
+    fn lock_budget(&self) -> MutexGuard<'_, RetryBudget> {
+        self.budget.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs the active health checks until `stop` is cancelled: every endpoint's
+    /// `/health` each interval, all in parallel.
+    pub async fn run_health_checks(self: Arc<Self>, stop: CancellationToken) {
+        let this: &Self = &self;
+        loop {
+            let policy = self.policy.load_full();
+            let endpoints = self.endpoints.load_full();
+            let client = self.client.load_full();
+            let checks = endpoints.iter().map(|e| {
+                let client = Arc::clone(&client);
+                let timeout = policy.health_timeout;
+                async move {
+                    let spec = AttemptSpec {
+                        endpoint: &e.url,
+                        request_id: "health-check",
+                        timeout,
+                    };
+                    let result = client
+                        .call::<Value>(spec, reqwest::Method::GET, "/health", &[], None)
+                        .await;
+                    let passed = matches!(result, Ok(Answer::Ok { .. }));
+                    let error = match result {
+                        Ok(Answer::Ok { .. }) => None,
+                        Ok(Answer::Refused(r)) => {
+                            let text = format!("health check answered {}", r.code);
+                            Some((text.clone(), text))
+                        }
+                        Err(e) => Some((
+                            format!("health check: {e}"),
+                            format!("health check: {}", e.public()),
+                        )),
+                    };
+                    this.health_result(e, passed, error);
+                }
+            });
+            futures_util::future::join_all(checks).await;
+            tokio::select! {
+                () = tokio::time::sleep(policy.health_interval) => {}
+                () = self.reconfigured.notified() => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    fn health_result(&self, endpoint: &Endpoint, passed: bool, error: Option<(String, String)>) {
+        let mut state = endpoint.lock();
+        state.last_health = Some(Utc::now());
+        let mut came_up = false;
+        let mut transition = None;
+        if passed {
+            state.passes = state.passes.saturating_add(1);
+            state.failures = 0;
+            transition = state.breaker.health_passed();
+            if !state.up && state.passes >= HEALTH_THRESHOLD {
+                state.up = true;
+                came_up = true;
+            }
+        } else {
+            state.failures = state.failures.saturating_add(1);
+            state.passes = 0;
+            if let Some((error, public)) = error {
+                state.last_error = Some(error);
+                state.last_public = Some(public);
+                state.last_error_at = Some(Utc::now());
+            }
+            if state.up && state.failures >= HEALTH_THRESHOLD {
+                state.up = false;
+                tracing::warn!(
+                    endpoint = endpoint.url(),
+                    failures = state.failures,
+                    "endpoint down: health checks failing"
+                );
+            }
+        }
+        endpoint.publish(&state);
+        drop(state);
+        endpoint.transitioned(transition);
+        if came_up {
+            tracing::info!(
+                endpoint = endpoint.url(),
+                "endpoint up: health checks passing"
+            );
+        }
+        if came_up || passed {
+            self.recovered.notify_waiters();
+        }
+    }
+}
+
+/// What a fan-out produced.
+#[derive(Debug)]
+pub struct FanOut<T> {
+    /// Per endpoint asked: its URL and result.
+    pub results: Vec<(String, Result<Answer<T>, AttemptError>)>,
+    /// Endpoints not asked (down, open breaker, Retry-After).
+    pub skipped: Vec<String>,
+}

@@ -1,0 +1,567 @@
+//! Hybrid mode (SPEC §6): the cluster first; when it cannot serve, the local backend.
+//!
+//! - Writes the cluster cannot take go to the durable [`Journal`] (committed before the
+//!   202) and to the local store. While the journal holds writes, new writes join it, so the
+//!   cluster receives every address's writes in the order they were accepted.
+//! - Reads of addresses with journaled writes, and reads the cluster cannot serve, come from
+//!   the local store (also a cache of every real read and write) with `X-Rustle-Stale`.
+//! - Search during fallback runs locally and is `partial`.
+//! - [`Recovery::run`] replays the journal in order as soon as an endpoint is available,
+//!   then leaves fallback.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use ucxl::{Address, Envelope, EnvelopeId, History, NewVersion, PutOutcome};
+
+use super::cluster::{Cluster, ClusterFailure};
+use super::journal::{Entry, Journal, Op};
+use super::local::{LocalStore, Lookup, Retention};
+use super::real::RealBackend;
+use super::{
+    Backend, BackendError, BackendKind, BackendStatus, Call, Deleted, FallbackStatus,
+    JournalStatus, SearchPage, SearchQuery, Served, Via, Written, encode_cursor,
+};
+
+/// Entries replayed per read of the journal.
+const REPLAY_BATCH: usize = 64;
+/// How often the replayer looks again when nothing woke it.
+const REPLAY_TICK: Duration = Duration::from_millis(250);
+
+/// The fallback state and the journal, shared by every hybrid backend and the replayer.
+#[derive(Debug)]
+pub struct Recovery {
+    journal: Arc<Journal>,
+    store: Arc<LocalStore>,
+    real: RealBackend,
+    since: Mutex<Option<DateTime<Utc>>>,
+    request_timeout: Mutex<Duration>,
+    started: std::sync::atomic::AtomicBool,
+}
+
+impl Recovery {
+    /// Recovery over `journal`, replaying to `cluster`.
+    #[must_use]
+    pub fn new(
+        journal: Arc<Journal>,
+        store: Arc<LocalStore>,
+        cluster: Arc<Cluster>,
+        request_timeout: Duration,
+    ) -> Arc<Self> {
+        let real = RealBackend::new(cluster, Arc::clone(&store));
+        metrics::gauge!("rustle_fallback_active").set(0.0);
+        Arc::new(Self {
+            journal,
+            store,
+            real,
+            since: Mutex::new(None),
+            request_timeout: Mutex::new(request_timeout),
+            started: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Starts the replayer (once) on the current runtime, until `stop` is cancelled.
+    pub fn start(self: &Arc<Self>, stop: &CancellationToken) {
+        if !self.started.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            tokio::spawn(Arc::clone(self).run(stop.clone()));
+        }
+    }
+
+    /// The journal.
+    #[must_use]
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    /// Applies a reloaded request timeout (used for replay calls).
+    pub fn set_request_timeout(&self, timeout: Duration) {
+        *self
+            .request_timeout
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = timeout;
+    }
+
+    fn since(&self) -> Option<DateTime<Utc>> {
+        *self.since.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// True while requests are served locally.
+    #[must_use]
+    pub fn active(&self) -> bool {
+        self.since().is_some()
+    }
+
+    fn enter(&self, reason: &'static str) {
+        metrics::counter!("rustle_fallback_events_total", "reason" => reason).increment(1);
+        let mut since = self.since.lock().unwrap_or_else(PoisonError::into_inner);
+        if since.is_none() {
+            *since = Some(Utc::now());
+            metrics::gauge!("rustle_fallback_active").set(1.0);
+            tracing::warn!(
+                reason,
+                "fallback: serving from the local store and the journal"
+            );
+        }
+    }
+
+    fn leave(&self) {
+        let mut since = self.since.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = since.take() {
+            metrics::gauge!("rustle_fallback_active").set(0.0);
+            let seconds = (Utc::now() - at).to_std().unwrap_or_default().as_secs_f64();
+            tracing::info!(
+                fallback_seconds = seconds,
+                replayed = self.journal.replayed(),
+                "recovered: journal replayed, serving from the cluster"
+            );
+        }
+    }
+
+    /// Replays the journal whenever it holds writes and an endpoint is available, and
+    /// leaves fallback once it is empty; until `stop` is cancelled.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let cluster = Arc::clone(self.real.cluster());
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            let available = cluster.any_available();
+            if self.journal.pending() == 0 {
+                if available {
+                    self.leave();
+                }
+                tokio::select! {
+                    () = self.journal.appended() => {}
+                    () = cluster.wait_for_recovery(REPLAY_TICK) => {}
+                    () = stop.cancelled() => return,
+                }
+                continue;
+            }
+            if !available {
+                tokio::select! {
+                    () = cluster.wait_for_recovery(REPLAY_TICK) => {}
+                    () = stop.cancelled() => return,
+                }
+                continue;
+            }
+            if !self.replay_batch().await {
+                // The cluster failed mid-replay: wait for it rather than spin.
+                tokio::select! {
+                    () = cluster.wait_for_recovery(REPLAY_TICK) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+
+    /// Replays the oldest entries in order; false when the cluster failed.
+    async fn replay_batch(&self) -> bool {
+        let batch = match self.journal.oldest(REPLAY_BATCH) {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the journal");
+                return false;
+            }
+        };
+        for (seq, entry) in batch {
+            let Some(entry) = entry else {
+                tracing::error!(seq, "dropped a journal entry that cannot be decoded");
+                self.forget(seq, None).await;
+                continue;
+            };
+            let timeout = *self
+                .request_timeout
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let call = Call {
+                request_id: entry.request_id.clone(),
+                deadline: Instant::now() + timeout,
+            };
+            let result = match &entry.op {
+                Op::Put { version } => {
+                    let new = NewVersion {
+                        id: version.id.clone(),
+                        content: Arc::clone(&version.content),
+                        content_type: version.content_type.clone(),
+                        metadata: version.metadata.clone(),
+                        created_at: Some(version.created_at),
+                        hash: Some(version.hash.clone()),
+                        size: Some(version.size),
+                    };
+                    self.real
+                        .send_put(&call, &entry.address, &new)
+                        .await
+                        .map(|_| ())
+                }
+                Op::Delete { id, deleted_at } => self
+                    .real
+                    .send_delete(&call, &entry.address, id, Some(*deleted_at))
+                    .await
+                    .map(|_| ()),
+            };
+            match result {
+                Ok(()) => {}
+                Err(BackendError::Refused(refusal)) => {
+                    // A definite answer: replaying again would get the same one (a delete
+                    // of something the cluster never had, an id the cluster holds for
+                    // another kind of write).
+                    tracing::warn!(
+                        seq,
+                        request_id = %entry.request_id,
+                        address = %entry.address,
+                        code = %refusal.code,
+                        message = %refusal.message,
+                        "the cluster refused a journaled write; dropped from the journal"
+                    );
+                }
+                Err(e) => {
+                    tracing::info!(seq, error = %e, "replay paused: the cluster failed");
+                    return false;
+                }
+            }
+            self.forget(seq, Some(&entry.address)).await;
+        }
+        true
+    }
+
+    async fn forget(&self, seq: u64, address: Option<&Address>) {
+        match self.journal.remove(seq).await {
+            Ok(true) => {
+                if let Some(address) = address {
+                    self.store.release(address);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(seq, error = %e, "cannot remove a replayed journal entry"),
+        }
+    }
+}
+
+/// The cluster with the local backend as fallback.
+#[derive(Debug, Clone)]
+pub struct HybridBackend {
+    recovery: Arc<Recovery>,
+}
+
+fn fallback_via(attempts: u32, stale: bool) -> Via {
+    Via {
+        backend: BackendKind::Fallback,
+        endpoint: None,
+        attempts,
+        stale,
+    }
+}
+
+/// Why the real path was not taken or failed: `None` means a definite answer to pass on.
+enum Route<T> {
+    Served(Served<T>),
+    Fallback {
+        reason: &'static str,
+        cause: Option<ClusterFailure>,
+    },
+}
+
+fn route<T>(result: Result<Served<T>, BackendError>) -> Result<Route<T>, BackendError> {
+    match result {
+        Ok(served) => Ok(Route::Served(served)),
+        Err(BackendError::Cluster(failure)) => Ok(Route::Fallback {
+            reason: failure.reason(),
+            cause: Some(failure),
+        }),
+        Err(other) => Err(other),
+    }
+}
+
+impl HybridBackend {
+    /// A hybrid backend over `recovery`.
+    #[must_use]
+    pub fn new(recovery: Arc<Recovery>) -> Self {
+        Self { recovery }
+    }
+
+    fn store(&self) -> &LocalStore {
+        &self.recovery.store
+    }
+
+    fn attempts(cause: Option<&ClusterFailure>) -> u32 {
+        cause.map_or(0, |c| c.attempts)
+    }
+
+    async fn journal(&self, call: &Call, address: &Address, op: Op) -> Result<(), BackendError> {
+        let entry = Entry {
+            address: address.without_temporal(),
+            op,
+            request_id: call.request_id.clone(),
+        };
+        self.recovery
+            .journal
+            .append(&entry)
+            .await
+            .map(|_| ())
+            .map_err(|e| BackendError::Journal(e.to_string()))
+    }
+
+    async fn local_put(
+        &self,
+        call: &Call,
+        address: &Address,
+        new: NewVersion,
+        reason: &'static str,
+        cause: Option<&ClusterFailure>,
+    ) -> Result<Served<Written>, BackendError> {
+        let outcome = self
+            .store()
+            .put(address, new, Retention::Owned, Utc::now())?;
+        let created = matches!(outcome, PutOutcome::Created { .. });
+        let (number, stored) = outcome.parts();
+        if created {
+            let op = Op::Put {
+                version: (**stored).clone(),
+            };
+            self.journal(call, address, op).await?;
+            self.recovery.enter(reason);
+        }
+        Ok(Served {
+            value: Written {
+                envelope: Envelope::new(address, number, stored),
+                created,
+            },
+            via: fallback_via(Self::attempts(cause), false),
+        })
+    }
+
+    async fn local_delete(
+        &self,
+        call: &Call,
+        address: &Address,
+        id: EnvelopeId,
+        reason: &'static str,
+        cause: Option<&ClusterFailure>,
+    ) -> Result<Served<Deleted>, BackendError> {
+        let outcome = self.store().delete_blind(address, id, Utc::now())?;
+        let tombstone = outcome.tombstone().clone();
+        if matches!(outcome, ucxl::DeleteOutcome::Deleted(_)) {
+            let op = Op::Delete {
+                id: tombstone.id.clone(),
+                deleted_at: tombstone.created_at,
+            };
+            self.journal(call, address, op).await?;
+            self.recovery.enter(reason);
+        }
+        Ok(Served {
+            value: Deleted {
+                address: address.without_temporal(),
+                id: tombstone.id,
+                deleted_at: tombstone.created_at,
+            },
+            via: fallback_via(Self::attempts(cause), false),
+        })
+    }
+
+    fn local_get(
+        &self,
+        address: &Address,
+        reason: &'static str,
+        cause: Option<ClusterFailure>,
+    ) -> Result<Served<Envelope>, BackendError> {
+        let attempts = Self::attempts(cause.as_ref());
+        match self.store().lookup(address) {
+            Lookup::Found(n, v) => {
+                self.recovery.enter(reason);
+                Ok(Served {
+                    value: Envelope::new(address, n, &v),
+                    via: fallback_via(attempts, true),
+                })
+            }
+            Lookup::Missing => Err(BackendError::NotFound {
+                address: address.to_string(),
+            }),
+            Lookup::NotHeld => Err(BackendError::NotCached {
+                address: address.to_string(),
+                cause,
+            }),
+        }
+    }
+
+    fn local_history(
+        &self,
+        address: &Address,
+        reason: &'static str,
+        cause: Option<ClusterFailure>,
+    ) -> Result<Served<History>, BackendError> {
+        let attempts = Self::attempts(cause.as_ref());
+        match self.store().full_history(address) {
+            Some(versions) if versions.is_empty() => Err(BackendError::NotFound {
+                address: address.to_string(),
+            }),
+            Some(versions) => {
+                self.recovery.enter(reason);
+                Ok(Served {
+                    value: History {
+                        address: address.without_temporal(),
+                        versions,
+                    },
+                    via: fallback_via(attempts, true),
+                })
+            }
+            None => Err(BackendError::NotCached {
+                address: address.to_string(),
+                cause,
+            }),
+        }
+    }
+
+    async fn local_search(
+        &self,
+        call: &Call,
+        query: &SearchQuery,
+        reason: &'static str,
+        attempts: u32,
+    ) -> Result<Served<SearchPage>, BackendError> {
+        self.recovery.enter(reason);
+        let store = Arc::clone(&self.recovery.store);
+        let owned = query.clone();
+        let deadline = call.deadline.into_std();
+        let (items, more) = tokio::task::spawn_blocking(move || store.search(&owned, deadline))
+            .await
+            .map_err(|e| BackendError::Internal(e.to_string()))??;
+        let next_cursor = more
+            .then(|| items.last().map(|i| encode_cursor(i.address.canonical())))
+            .flatten();
+        metrics::counter!("rustle_search_partial_total").increment(1);
+        let failed_endpoints = self
+            .recovery
+            .real
+            .cluster()
+            .endpoints()
+            .iter()
+            .map(|e| e.url().to_owned())
+            .collect();
+        Ok(Served {
+            value: SearchPage {
+                items,
+                next_cursor,
+                partial: true,
+                failed_endpoints,
+            },
+            via: fallback_via(attempts, true),
+        })
+    }
+
+    /// True when writes must join the journal to keep their order.
+    fn journal_first(&self) -> bool {
+        self.recovery.journal.pending() > 0
+    }
+}
+
+#[async_trait]
+impl Backend for HybridBackend {
+    async fn put(
+        &self,
+        call: &Call,
+        address: &Address,
+        new: NewVersion,
+    ) -> Result<Served<Written>, BackendError> {
+        if self.journal_first() {
+            return self
+                .local_put(call, address, new, "journal_pending", None)
+                .await;
+        }
+        match route(self.recovery.real.put(call, address, new.clone()).await)? {
+            Route::Served(served) => Ok(served),
+            Route::Fallback { reason, cause } => {
+                self.local_put(call, address, new, reason, cause.as_ref())
+                    .await
+            }
+        }
+    }
+
+    async fn get(&self, call: &Call, address: &Address) -> Result<Served<Envelope>, BackendError> {
+        if self.recovery.journal.pending_for(address) {
+            return self.local_get(address, "journal_pending", None);
+        }
+        match route(self.recovery.real.get(call, address).await)? {
+            Route::Served(served) => Ok(served),
+            Route::Fallback { reason, cause } => self.local_get(address, reason, cause),
+        }
+    }
+
+    async fn delete(
+        &self,
+        call: &Call,
+        address: &Address,
+        id: EnvelopeId,
+    ) -> Result<Served<Deleted>, BackendError> {
+        if self.journal_first() {
+            return self
+                .local_delete(call, address, id, "journal_pending", None)
+                .await;
+        }
+        match route(self.recovery.real.delete(call, address, id.clone()).await)? {
+            Route::Served(served) => Ok(served),
+            Route::Fallback { reason, cause } => {
+                self.local_delete(call, address, id, reason, cause.as_ref())
+                    .await
+            }
+        }
+    }
+
+    async fn history(
+        &self,
+        call: &Call,
+        address: &Address,
+    ) -> Result<Served<History>, BackendError> {
+        if self.recovery.journal.pending_for(address) {
+            return self.local_history(address, "journal_pending", None);
+        }
+        match route(self.recovery.real.history(call, address).await)? {
+            Route::Served(served) => Ok(served),
+            Route::Fallback { reason, cause } => self.local_history(address, reason, cause),
+        }
+    }
+
+    async fn search(
+        &self,
+        call: &Call,
+        query: &SearchQuery,
+    ) -> Result<Served<SearchPage>, BackendError> {
+        if self.recovery.active() || self.journal_first() {
+            return self.local_search(call, query, "fallback_active", 0).await;
+        }
+        match route(self.recovery.real.search(call, query).await)? {
+            Route::Served(served) => Ok(served),
+            Route::Fallback { reason, cause } => {
+                self.local_search(call, query, reason, Self::attempts(cause.as_ref()))
+                    .await
+            }
+        }
+    }
+
+    fn ready(&self) -> bool {
+        true
+    }
+
+    fn status(&self) -> BackendStatus {
+        let since = self.recovery.since();
+        BackendStatus {
+            active_backend: if since.is_some() {
+                BackendKind::Fallback
+            } else {
+                BackendKind::Real
+            },
+            fallback: FallbackStatus {
+                active: since.is_some(),
+                since,
+            },
+            journal: JournalStatus {
+                pending: self.recovery.journal.pending(),
+            },
+            endpoints: self.recovery.real.cluster().status(),
+            local_store: self.store().status(),
+        }
+    }
+}

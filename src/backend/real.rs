@@ -1,0 +1,475 @@
+//! The real backend: the BZZZ cluster through [`Cluster`], speaking the UCXI API of SPEC §9.
+//! A node's definite answers (data, or a 4xx refusal) are passed on; when the cluster cannot
+//! answer, the failure names every endpoint's error (503, or 504 on the deadline).
+//!
+//! Every envelope read or written fills the local store as a cache, so a later fallback
+//! read (hybrid mode) can answer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::body::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use ucxl::{Address, Envelope, EnvelopeId, History, NewVersion, SearchItem, Version};
+
+use super::cluster::{Cluster, ClusterFailure, Executed, FailureKind, NodeRequest};
+use super::local::LocalStore;
+use super::node_client::Answer;
+use super::{
+    Backend, BackendError, BackendKind, BackendStatus, Call, Deleted, FallbackStatus,
+    JournalStatus, SearchPage, SearchQuery, Served, Via, Written, encode_cursor,
+};
+
+/// `?name=value` with the value percent-encoded.
+fn query_pair(name: &str, value: &str) -> String {
+    let encoded: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+    format!("{name}={encoded}")
+}
+
+fn address_path(route: &str, address: &Address) -> String {
+    format!(
+        "/ucxi/v1/{route}?{}",
+        query_pair("address", &address.to_string())
+    )
+}
+
+/// The stored version an envelope shows.
+#[must_use]
+pub fn version_of(envelope: &Envelope) -> Version {
+    Version {
+        id: envelope.id.clone(),
+        content: Arc::clone(&envelope.content),
+        content_type: envelope.content_type.clone(),
+        metadata: envelope.metadata.clone(),
+        created_at: envelope.created_at,
+        hash: envelope.hash.clone(),
+        size: envelope.size,
+    }
+}
+
+/// The body of a node put: the whole version when replaying (so the node keeps its id,
+/// time and hash), else what the client sent plus the id.
+#[must_use]
+pub fn put_body(new: &NewVersion) -> Bytes {
+    let mut body = json!({
+        "id": new.id,
+        "content": new.content,
+        "content_type": new.content_type,
+        "metadata": new.metadata,
+    });
+    if let Some(at) = new.created_at {
+        body["created_at"] = json!(ucxl::envelope::rfc3339::format(at));
+    }
+    if let Some(hash) = &new.hash {
+        body["hash"] = json!(hash);
+    }
+    if let Some(size) = new.size {
+        body["size"] = json!(size);
+    }
+    Bytes::from(body.to_string())
+}
+
+/// A node's discover page.
+#[derive(Debug, Deserialize)]
+struct Discovered {
+    items: Vec<SearchItem>,
+    next_after: Option<String>,
+}
+
+/// The BZZZ cluster as a backend.
+#[derive(Debug, Clone)]
+pub struct RealBackend {
+    cluster: Arc<Cluster>,
+    cache: Arc<LocalStore>,
+}
+
+fn via(executed_endpoint: String, attempts: u32) -> Via {
+    Via {
+        backend: BackendKind::Real,
+        endpoint: Some(executed_endpoint),
+        attempts,
+        stale: false,
+    }
+}
+
+/// The data of a definite answer, or the node's refusal as the error.
+fn data<T>(executed: Executed<T>) -> Result<(T, Via, ucxl::Code), BackendError> {
+    match executed.answer {
+        Answer::Ok { code, data } => Ok((data, via(executed.endpoint, executed.attempts), code)),
+        Answer::Refused(refusal) => Err(BackendError::Refused(refusal)),
+    }
+}
+
+impl RealBackend {
+    /// The cluster as a backend; envelopes seen fill `cache` (evictable entries of the
+    /// local store), so a switch to hybrid mode finds it warm.
+    #[must_use]
+    pub fn new(cluster: Arc<Cluster>, cache: Arc<LocalStore>) -> Self {
+        Self { cluster, cache }
+    }
+
+    /// The cluster.
+    #[must_use]
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    fn remember(&self, envelope: &Envelope) {
+        self.cache.observe(
+            &envelope.address,
+            envelope.version,
+            &Arc::new(version_of(envelope)),
+        );
+    }
+
+    /// Sends a put of `new` (also used by the journal replay).
+    ///
+    /// # Errors
+    /// The node's refusal or the cluster's failure.
+    pub async fn send_put(
+        &self,
+        call: &Call,
+        address: &Address,
+        new: &NewVersion,
+    ) -> Result<Served<Written>, BackendError> {
+        let request = NodeRequest {
+            method: reqwest::Method::PUT,
+            path: address_path("put", address),
+            headers: Vec::new(),
+            body: Some(put_body(new)),
+        };
+        let executed = self.cluster.execute::<Envelope>(call, &request).await?;
+        let (envelope, via, code) = data(executed)?;
+        self.remember(&envelope);
+        Ok(Served {
+            value: Written {
+                envelope,
+                created: code == ucxl::Code::Created,
+            },
+            via,
+        })
+    }
+
+    /// Sends a delete (also used by the journal replay, with the original time).
+    ///
+    /// # Errors
+    /// The node's refusal or the cluster's failure.
+    pub async fn send_delete(
+        &self,
+        call: &Call,
+        address: &Address,
+        id: &EnvelopeId,
+        deleted_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Served<Deleted>, BackendError> {
+        let mut headers = vec![("idempotency-key", id.as_str().to_owned())];
+        if let Some(at) = deleted_at {
+            headers.push(("x-deleted-at", ucxl::envelope::rfc3339::format(at)));
+        }
+        let request = NodeRequest {
+            method: reqwest::Method::DELETE,
+            path: address_path("delete", address),
+            headers,
+            body: None,
+        };
+        let executed = self.cluster.execute::<Deleted>(call, &request).await?;
+        let (deleted, via, _) = data(executed)?;
+        self.cache.observe_delete(
+            address,
+            ucxl::Tombstone {
+                id: deleted.id.clone(),
+                created_at: deleted.deleted_at,
+            },
+        );
+        Ok(Served {
+            value: deleted,
+            via,
+        })
+    }
+}
+
+/// Merges discover pages: per address the newest version, sorted by address, cut where
+/// every node's answer is complete, then to `limit`.
+fn merge_pages(pages: Vec<Discovered>, limit: usize) -> (Vec<SearchItem>, bool) {
+    let mut merged: BTreeMap<String, SearchItem> = BTreeMap::new();
+    // A node that has more stopped at its last address: beyond the smallest such address
+    // another node's items may be missing, so the page ends there.
+    let mut cut: Option<String> = None;
+    for page in pages {
+        if page.next_after.is_some()
+            && let Some(last) = page.items.last()
+        {
+            let last = last.address.canonical().to_owned();
+            if cut.as_ref().is_none_or(|c| last < *c) {
+                cut = Some(last);
+            }
+        }
+        for item in page.items {
+            let key = item.address.canonical().to_owned();
+            match merged.get(&key) {
+                Some(held)
+                    if (held.created_at, held.version) >= (item.created_at, item.version) => {}
+                _ => {
+                    merged.insert(key, item);
+                }
+            }
+        }
+    }
+    let mut items: Vec<SearchItem> = merged
+        .into_iter()
+        .filter(|(k, _)| cut.as_ref().is_none_or(|c| k <= c))
+        .map(|(_, v)| v)
+        .collect();
+    let more = cut.is_some() || items.len() > limit;
+    items.truncate(limit);
+    (items, more)
+}
+
+#[async_trait]
+impl Backend for RealBackend {
+    async fn put(
+        &self,
+        call: &Call,
+        address: &Address,
+        new: NewVersion,
+    ) -> Result<Served<Written>, BackendError> {
+        self.send_put(call, address, &new).await
+    }
+
+    async fn get(&self, call: &Call, address: &Address) -> Result<Served<Envelope>, BackendError> {
+        let request = NodeRequest {
+            method: reqwest::Method::GET,
+            path: address_path("get", address),
+            headers: Vec::new(),
+            body: None,
+        };
+        let executed = self.cluster.execute::<Envelope>(call, &request).await?;
+        let (envelope, via, _) = data(executed)?;
+        self.remember(&envelope);
+        Ok(Served {
+            value: envelope,
+            via,
+        })
+    }
+
+    async fn delete(
+        &self,
+        call: &Call,
+        address: &Address,
+        id: EnvelopeId,
+    ) -> Result<Served<Deleted>, BackendError> {
+        self.send_delete(call, address, &id, None).await
+    }
+
+    async fn history(
+        &self,
+        call: &Call,
+        address: &Address,
+    ) -> Result<Served<History>, BackendError> {
+        let request = NodeRequest {
+            method: reqwest::Method::GET,
+            path: address_path("history", address),
+            headers: Vec::new(),
+            body: None,
+        };
+        let executed = self.cluster.execute::<History>(call, &request).await?;
+        let (history, via, _) = data(executed)?;
+        Ok(Served {
+            value: history,
+            via,
+        })
+    }
+
+    async fn search(
+        &self,
+        call: &Call,
+        query: &SearchQuery,
+    ) -> Result<Served<SearchPage>, BackendError> {
+        let mut path = format!(
+            "/ucxi/v1/discover?{}&limit={}",
+            query_pair("pattern", &query.pattern.to_string()),
+            query.limit
+        );
+        if let Some(after) = &query.after {
+            path.push('&');
+            path.push_str(&query_pair("after", after));
+        }
+        if let Some(content_type) = &query.content_type {
+            path.push('&');
+            path.push_str(&query_pair("content_type", content_type));
+        }
+        let request = NodeRequest {
+            method: reqwest::Method::GET,
+            path,
+            headers: Vec::new(),
+            body: None,
+        };
+        let fan = self.cluster.fan_out::<Discovered>(call, &request).await;
+        let asked = u32::try_from(fan.results.len()).unwrap_or(u32::MAX);
+        let mut failed = fan.skipped;
+        let mut pages = Vec::new();
+        let mut errors = Vec::new();
+        let mut refusal = None;
+        for (url, result) in fan.results {
+            match result {
+                Ok(Answer::Ok { data, .. }) => pages.push(data),
+                Ok(Answer::Refused(r)) => {
+                    errors.push((url.clone(), format!("refused: {}", r.code)));
+                    refusal.get_or_insert(r);
+                    failed.push(url);
+                }
+                Err(e) => {
+                    errors.push((url.clone(), e.public()));
+                    failed.push(url);
+                }
+            }
+        }
+        if pages.is_empty() {
+            // A refusal (a query the nodes reject) is the client's error, not an outage.
+            if let Some(r) = refusal {
+                return Err(BackendError::Refused(r));
+            }
+            for url in &failed {
+                if !errors.iter().any(|(u, _)| u == url) {
+                    errors.push((url.clone(), "not available".into()));
+                }
+            }
+            let kind = if call.remaining().is_zero() {
+                FailureKind::Deadline
+            } else if asked == 0 {
+                FailureKind::NoneAvailable
+            } else {
+                FailureKind::Exhausted
+            };
+            return Err(BackendError::Cluster(ClusterFailure {
+                kind,
+                attempts: asked,
+                endpoints: errors,
+            }));
+        }
+        let (items, more) = merge_pages(pages, query.limit);
+        let next_cursor = more
+            .then(|| items.last().map(|i| encode_cursor(i.address.canonical())))
+            .flatten();
+        let partial = !failed.is_empty();
+        if partial {
+            metrics::counter!("rustle_search_partial_total").increment(1);
+        }
+        failed.sort();
+        Ok(Served {
+            value: SearchPage {
+                items,
+                next_cursor,
+                partial,
+                failed_endpoints: failed,
+            },
+            via: Via {
+                backend: BackendKind::Real,
+                endpoint: None,
+                attempts: asked,
+                stale: false,
+            },
+        })
+    }
+
+    fn ready(&self) -> bool {
+        self.cluster.any_available()
+    }
+
+    fn status(&self) -> BackendStatus {
+        BackendStatus {
+            active_backend: BackendKind::Real,
+            fallback: FallbackStatus {
+                active: false,
+                since: None,
+            },
+            journal: JournalStatus { pending: 0 },
+            endpoints: self.cluster.status(),
+            local_store: self.cache.status(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn item(address: &str, version: u32, secs: i64) -> SearchItem {
+        let t = chrono::Utc
+            .timestamp_opt(1_800_000_000 + secs, 0)
+            .single()
+            .expect("time");
+        serde_json::from_value(json!({
+            "address": address, "version": version, "id": format!("id-{version}-{secs}"),
+            "created_at": ucxl::envelope::rfc3339::format(t),
+            "content_type": "application/json", "size": 1
+        }))
+        .expect("item")
+    }
+
+    #[test]
+    fn merge_keeps_the_newest_version_sorted_by_address() {
+        let a = Discovered {
+            items: vec![
+                item("ucxl://a:b@c:d/1", 1, 0),
+                item("ucxl://a:b@c:d/2", 2, 5),
+            ],
+            next_after: None,
+        };
+        let b = Discovered {
+            items: vec![
+                item("ucxl://a:b@c:d/2", 3, 9),
+                item("ucxl://a:b@c:d/0", 1, 0),
+            ],
+            next_after: None,
+        };
+        let (items, more) = merge_pages(vec![a, b], 10);
+        let seen: Vec<(String, u32)> = items
+            .iter()
+            .map(|i| (i.address.canonical().to_owned(), i.version))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("ucxl://a:b@c:d/0".to_owned(), 1),
+                ("ucxl://a:b@c:d/1".to_owned(), 1),
+                ("ucxl://a:b@c:d/2".to_owned(), 3)
+            ]
+        );
+        assert!(!more);
+    }
+
+    #[test]
+    fn merge_cuts_where_a_node_with_more_stopped() {
+        // node a has more after /2; node b's /3 may be preceded by a's unseen items
+        let a = Discovered {
+            items: vec![
+                item("ucxl://a:b@c:d/1", 1, 0),
+                item("ucxl://a:b@c:d/2", 1, 0),
+            ],
+            next_after: Some("ucxl://a:b@c:d/2".into()),
+        };
+        let b = Discovered {
+            items: vec![item("ucxl://a:b@c:d/3", 1, 0)],
+            next_after: None,
+        };
+        let (items, more) = merge_pages(vec![a, b], 2);
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[1].address.canonical(), "ucxl://a:b@c:d/2");
+        assert!(more, "the next page starts after /2 and finds /3");
+        // without more on any node, a merged page longer than the limit still says more
+        let c = Discovered {
+            items: vec![item("ucxl://a:b@c:d/1", 1, 0)],
+            next_after: None,
+        };
+        let d = Discovered {
+            items: vec![item("ucxl://a:b@c:d/2", 1, 0)],
+            next_after: None,
+        };
+        let (items, more) = merge_pages(vec![c, d], 1);
+        assert_eq!(items.len(), 1);
+        assert!(more);
+    }
+}
