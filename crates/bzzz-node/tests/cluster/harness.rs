@@ -13,10 +13,10 @@ use serde_json::Value;
 /// workspace (the gateway's tests include this file), the one next to the test binary in
 /// the same target directory, built first when missing.
 pub fn bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     if let Some(path) = option_env!("CARGO_BIN_EXE_bzzz-node") {
         return PathBuf::from(path);
     }
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
             let exe = std::env::current_exe().expect("the test binary's path");
