@@ -445,8 +445,15 @@ impl Cluster {
             "outcome" => label
         )
         .increment(1);
+        // A failure counts as an answer as slow as the attempt timeout: a node that fails
+        // fast must not look like the fastest one to the balancer.
+        let sample = if outcome.is_err() {
+            rtt.max(self.policy.load().attempt_timeout)
+        } else {
+            rtt
+        };
         let mut state = endpoint.lock();
-        state.load.finish(rtt, now);
+        state.load.finish(sample, now);
         let before = state.breaker.state();
         let transition = state.breaker.record(permit, outcome.is_err(), now);
         if let Err(e) = outcome {
@@ -505,8 +512,16 @@ impl Cluster {
         &self,
         kind: FailureKind,
         attempts: u32,
-        mut errors: Vec<(String, String)>,
+        attempted: Vec<(String, String)>,
     ) -> ClusterFailure {
+        // One line per endpoint: its latest error in this request.
+        let mut errors: Vec<(String, String)> = Vec::new();
+        for (url, why) in attempted {
+            match errors.iter_mut().find(|(u, _)| *u == url) {
+                Some(line) => line.1 = why,
+                None => errors.push((url, why)),
+            }
+        }
         for (url, why) in self.known_errors(Instant::now()) {
             if !errors.iter().any(|(u, _)| *u == url) {
                 errors.push((url, why));

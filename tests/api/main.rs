@@ -4,8 +4,13 @@ mod admin;
 mod conformance;
 mod envelopes;
 mod errors;
+mod faults;
 mod helpers;
 mod node_client;
+#[path = "../../crates/bzzz-node/tests/cluster/harness.rs"]
+#[allow(dead_code)] // the node tests use the rest
+mod nodes;
 mod ops;
 mod process;
+mod resilience;
 mod search;

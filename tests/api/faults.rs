@@ -1,0 +1,172 @@
+//! A BZZZ endpoint that misbehaves on purpose: in front of a real node it forwards
+//! (`Healthy`), or it answers 503 (with or without `Retry-After`), garbage, a 404 refusal,
+//! hangs, or closes connections. The mode can change while a test runs, and every request
+//! is counted (API calls and health checks apart).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// Forward to the node behind.
+    Healthy = 0,
+    /// 503 without `Retry-After`.
+    Unavailable = 1,
+    /// 503 with `Retry-After: 5`.
+    RetryAfter = 2,
+    /// 200 with a body that is not JSON.
+    Garbage = 3,
+    /// A valid UCXL 404 refusal.
+    NotFound = 4,
+    /// Never answers.
+    Hang = 5,
+}
+
+impl Mode {
+    fn from_u8(n: u8) -> Self {
+        match n {
+            1 => Self::Unavailable,
+            2 => Self::RetryAfter,
+            3 => Self::Garbage,
+            4 => Self::NotFound,
+            5 => Self::Hang,
+            _ => Self::Healthy,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    mode: AtomicU8,
+    api_hits: AtomicUsize,
+    health_hits: AtomicUsize,
+    target: Option<String>,
+    client: reqwest::Client,
+}
+
+/// A running fault endpoint.
+#[derive(Debug, Clone)]
+pub struct FaultNode {
+    pub url: String,
+    inner: Arc<Inner>,
+}
+
+impl FaultNode {
+    /// A fault endpoint in `mode`, forwarding to `target` (a node's base URL) when healthy.
+    pub async fn start(mode: Mode, target: Option<String>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let inner = Arc::new(Inner {
+            mode: AtomicU8::new(mode as u8),
+            api_hits: AtomicUsize::new(0),
+            health_hits: AtomicUsize::new(0),
+            target,
+            client: reqwest::Client::new(),
+        });
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&inner));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { url, inner }
+    }
+
+    pub fn set(&self, mode: Mode) {
+        self.inner.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    /// Requests other than `/health`.
+    pub fn api_hits(&self) -> usize {
+        self.inner.api_hits.load(Ordering::SeqCst)
+    }
+}
+
+/// The URL of a port nothing listens on (connections are refused).
+pub async fn refused_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    drop(listener);
+    url
+}
+
+async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {
+    let health = request.uri().path() == "/health";
+    if health {
+        inner.health_hits.fetch_add(1, Ordering::SeqCst);
+    } else {
+        inner.api_hits.fetch_add(1, Ordering::SeqCst);
+    }
+    match Mode::from_u8(inner.mode.load(Ordering::SeqCst)) {
+        Mode::Healthy => forward(&inner, request).await,
+        Mode::Unavailable => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        Mode::RetryAfter => (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "5")]).into_response(),
+        Mode::Garbage => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            "<<<garbage>>>",
+        )
+            .into_response(),
+        Mode::NotFound => (
+            StatusCode::NOT_FOUND,
+            [("content-type", "application/json")],
+            r#"{"error":{"code":"UCXL-404-NOT_FOUND","message":"the node has nothing here","details":{"node":"fault"},"source":"bzzz-node","path":"/","request_id":"r","timestamp":"2026-11-24T10:00:00Z"}}"#,
+        )
+            .into_response(),
+        Mode::Hang => std::future::pending().await,
+    }
+}
+
+async fn forward(inner: &Inner, request: Request) -> Response {
+    let Some(target) = &inner.target else {
+        return (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            r#"{"response":{"code":"UCXL-200-OK","message":"ok","data":{},"request_id":"r","timestamp":"2026-11-24T10:00:00Z"}}"#,
+        )
+            .into_response();
+    };
+    let (parts, body) = request.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let mut headers = HeaderMap::new();
+    for (name, value) in &parts.headers {
+        if name != "host" {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+    let sent = inner
+        .client
+        .request(parts.method, format!("{target}{path}"))
+        .headers(headers)
+        .body(bytes)
+        .send()
+        .await;
+    let Ok(answer) = sent else {
+        return StatusCode::BAD_GATEWAY.into_response();
+    };
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let body = answer.bytes().await.unwrap_or_default();
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    for (name, value) in &headers {
+        if name != "transfer-encoding" && name != "content-length" {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    response
+}

@@ -1,0 +1,380 @@
+//! The resilience rules over real HTTP (SPEC §6, §7, §8): a gateway in front of real
+//! `bzzz-node` processes and of endpoints that misbehave on purpose.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use rustle_gateway::config::{BackendMode, Config};
+use rustle_gateway::startup::Options;
+use serde_json::{Value, json};
+
+use super::faults::{FaultNode, Mode, refused_url};
+use super::helpers::{TestApp, assert_error, json, spawn_app_with, test_config};
+use super::nodes::{Cluster, NodeProc, wait_until};
+
+/// A gateway in `mode` over `endpoints`: no backoff waits, health checks every 50 ms.
+pub fn cluster_config(endpoints: &[String], mode: BackendMode) -> Config {
+    let mut config = test_config();
+    config.backend_mode = mode;
+    config.bzzz_endpoints = endpoints
+        .iter()
+        .map(|u| u.parse().expect("endpoint URL"))
+        .collect();
+    config.health_interval = Duration::from_millis(50);
+    config.retry.backoff_base = Duration::ZERO;
+    config.retry.backoff_max = Duration::ZERO;
+    config
+}
+
+async fn gateway(config: Config) -> TestApp {
+    spawn_app_with(config, Options::default()).await
+}
+
+async fn gateway_status(app: &TestApp) -> Value {
+    json(app.get_path("/v1/status").await).await.1["response"]["data"].clone()
+}
+
+fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn endpoint<'a>(status: &'a Value, url: &str) -> &'a Value {
+    status["endpoints"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["url"] == url))
+        .unwrap_or(&Value::Null)
+}
+
+const A: &str = "ucxl://agent:tester@bzzz:resilience/notes/a";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_goes_to_another_endpoint_and_no_client_sees_the_failure() {
+    let node = NodeProc::start("solo", &[], None, &[]).await;
+    let good = FaultNode::start(Mode::Healthy, Some(node.url(""))).await;
+    let bad = FaultNode::start(Mode::Unavailable, None).await;
+    let mut config = cluster_config(&[bad.url.clone(), good.url.clone()], BackendMode::Real);
+    config.health_interval = Duration::from_secs(3600);
+    let app = gateway(config).await;
+    let mut retried = 0;
+    for i in 0..10 {
+        let response = app.put(&format!("{A}{i}"), json!({"content": i})).await;
+        assert_eq!(response.status(), 201);
+        assert_eq!(header(&response, "x-rustle-backend"), "real");
+        assert_eq!(header(&response, "x-rustle-endpoint"), good.url);
+        if header(&response, "x-rustle-attempts") == "2" {
+            retried += 1;
+        }
+    }
+    // P2C picks the failing endpoint at least once (both start equal); each time the
+    // request was retried on the other one, and a failure makes the endpoint look slow.
+    assert!(bad.api_hits() >= 1);
+    assert_eq!(
+        retried,
+        bad.api_hits(),
+        "every failed attempt was retried elsewhere"
+    );
+    let s = gateway_status(&app).await;
+    assert_eq!(endpoint(&s, &bad.url)["last_error"], "answered 503");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refusal_is_passed_on_and_never_retried() {
+    let refusing = FaultNode::start(Mode::NotFound, None).await;
+    let app = gateway(cluster_config(&[refusing.url.clone()], BackendMode::Real)).await;
+    let (status, body) = json(app.get(A).await).await;
+    let e = assert_error(status, &body, "UCXL-404-NOT_FOUND");
+    assert_eq!(e["message"], "the node has nothing here");
+    assert_eq!(e["details"], json!({"node": "fault"}));
+    assert_eq!(refusing.api_hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_answer_is_502_and_counts_against_the_endpoint() {
+    let garbage = FaultNode::start(Mode::Garbage, None).await;
+    let app = gateway(cluster_config(&[garbage.url.clone()], BackendMode::Real)).await;
+    let (status, body) = json(app.get(A).await).await;
+    let e = assert_error(status, &body, "UCXL-502-BAD_GATEWAY");
+    assert!(
+        !e.to_string().contains("expected value"),
+        "no dependency error text reaches the client: {e}"
+    );
+    assert_eq!(garbage.api_hits(), 1, "a bad answer is not retried");
+    let s = status_of(&app, &garbage.url).await;
+    assert_eq!(s["breaker"]["consecutive_failures"], 1);
+    assert!(
+        s["last_error"]
+            .as_str()
+            .is_some_and(|t| t.contains("invalid answer")),
+        "{s}"
+    );
+}
+
+async fn status_of(app: &TestApp, url: &str) -> Value {
+    endpoint(&gateway_status(app).await, url).clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_caps_retries() {
+    let a = FaultNode::start(Mode::Unavailable, None).await;
+    let b = FaultNode::start(Mode::Unavailable, None).await;
+    let mut config = cluster_config(&[a.url.clone(), b.url.clone()], BackendMode::Real);
+    // No share of requests, a floor of 1 retry/s: 10 retries in the 10 s window.
+    config.retry.budget_percent = 0;
+    config.retry.budget_min_per_sec = 1;
+    config.breaker.consecutive_failures = 1000;
+    config.breaker.min_calls = 10_000;
+    config.breaker.window = 10_000;
+    config.health_interval = Duration::from_secs(3600);
+    let app = gateway(config).await;
+    for _ in 0..20 {
+        let (status, body) = json(app.get(A).await).await;
+        let e = assert_error(status, &body, "UCXL-503-SERVICE_UNAVAILABLE");
+        assert_eq!(e["details"]["endpoints"].as_array().map(Vec::len), Some(2));
+    }
+    assert_eq!(
+        a.api_hits() + b.api_hits(),
+        20 + 10,
+        "20 first attempts and the 10 retries the budget allows"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_skips_the_endpoint_and_the_retry_goes_elsewhere_at_once() {
+    let node = NodeProc::start("solo", &[], None, &[]).await;
+    let good = FaultNode::start(Mode::Healthy, Some(node.url(""))).await;
+    let busy = FaultNode::start(Mode::RetryAfter, None).await;
+    let mut config = cluster_config(&[busy.url.clone(), good.url.clone()], BackendMode::Real);
+    config.health_interval = Duration::from_secs(3600);
+    let app = gateway(config).await;
+    for i in 0..10 {
+        let response = app.put(&format!("{A}{i}"), json!({"content": i})).await;
+        assert_eq!(response.status(), 201);
+    }
+    assert_eq!(busy.api_hits(), 1, "skipped for 5 s after its Retry-After");
+    let s = status_of(&app, &busy.url).await;
+    assert!(s["skipped_until"].is_string(), "{s}");
+    assert_eq!(s["available"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_covers_every_attempt_and_ends_in_504() {
+    let hanging = FaultNode::start(Mode::Hang, None).await;
+    let app = gateway(cluster_config(&[hanging.url.clone()], BackendMode::Real)).await;
+    let response = app
+        .request(
+            Method::GET,
+            &format!("/v1/envelopes?address={}", super::helpers::enc(A)),
+        )
+        .header("x-request-timeout-ms", "300")
+        .send()
+        .await
+        .expect("answered");
+    let (status, body) = json(response).await;
+    let e = assert_error(status, &body, "UCXL-504-GATEWAY_TIMEOUT");
+    assert_eq!(e["details"]["endpoints"][0]["url"], hanging.url);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_opens_probes_after_a_health_pass_and_closes() {
+    let node = NodeProc::start("solo", &[], None, &[]).await;
+    let flaky = FaultNode::start(Mode::Unavailable, Some(node.url(""))).await;
+    let mut config = cluster_config(&[flaky.url.clone()], BackendMode::Real);
+    config.retry.max_retries = 0;
+    let app = gateway(config).await;
+    for _ in 0..5 {
+        let (status, _) = json(app.get(A).await).await;
+        assert_eq!(status, 503);
+    }
+    let s = status_of(&app, &flaky.url).await;
+    assert_eq!(s["breaker"]["state"], "open", "{s}");
+    assert!(
+        s["breaker"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("5 consecutive failures")),
+        "{s}"
+    );
+    assert!(s["breaker"]["next_probe"].is_string(), "{s}");
+    // Open: refused at once, the endpoint is not called.
+    let (status, body) = json(app.get(A).await).await;
+    let e = assert_error(status, &body, "UCXL-503-SERVICE_UNAVAILABLE");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no BZZZ endpoint is available")),
+        "{e}"
+    );
+    assert_eq!(flaky.api_hits(), 5);
+    // The node recovers: health checks pass, the breaker turns half-open and probes.
+    flaky.set(Mode::Healthy);
+    let probing = wait_until(Duration::from_secs(10), || async {
+        let s = status_of(&app, &flaky.url).await;
+        s["up"] == true && s["breaker"]["state"] == "half_open"
+    })
+    .await;
+    assert!(probing, "{}", status_of(&app, &flaky.url).await);
+    for i in 0..3 {
+        let response = app.put(&format!("{A}{i}"), json!({"content": i})).await;
+        assert_eq!(response.status(), 201);
+    }
+    let s = status_of(&app, &flaky.url).await;
+    assert_eq!(s["breaker"]["state"], "closed", "{s}");
+    assert_eq!(s["breaker"]["reason"], "3 probes succeeded");
+    let metrics = app.get_path("/metrics").await.text().await.expect("text");
+    let gauge = format!("rustle_circuit_state{{endpoint=\"{}\"}} 0", flaky.url);
+    assert!(metrics.contains(&gauge), "the closed state is emitted too");
+    assert!(metrics.contains(&format!(
+        "rustle_circuit_transitions_total{{endpoint=\"{}\",from=\"closed\",to=\"open\"}} 1",
+        flaky.url
+    )));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_fans_out_and_reports_failed_endpoints() {
+    let node = NodeProc::start("solo", &[], None, &[]).await;
+    let good = FaultNode::start(Mode::Healthy, Some(node.url(""))).await;
+    let bad = FaultNode::start(Mode::Healthy, Some(node.url(""))).await;
+    let mut config = cluster_config(&[good.url.clone(), bad.url.clone()], BackendMode::Real);
+    config.health_interval = Duration::from_secs(3600);
+    let app = gateway(config).await;
+    for i in 0..3 {
+        let response = app.put(&format!("{A}{i}"), json!({"content": i})).await;
+        assert_eq!(response.status(), 201);
+    }
+    // One endpoint turns bad: the other's answer still comes back, marked partial.
+    bad.set(Mode::Garbage);
+    let pattern = super::helpers::enc("ucxl://any:any@bzzz:resilience/**");
+    let (status, body) = json(
+        app.get_path(&format!("/v1/search?pattern={pattern}&limit=2"))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let page = &body["response"]["data"];
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(2), "{page}");
+    assert_eq!(page["partial"], true);
+    assert_eq!(page["failed_endpoints"], json!([bad.url]));
+    let cursor = page["next_cursor"].as_str().expect("more").to_owned();
+    let (_, body) = json(
+        app.get_path(&format!(
+            "/v1/search?pattern={pattern}&limit=2&cursor={cursor}"
+        ))
+        .await,
+    )
+    .await;
+    let page = &body["response"]["data"];
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
+    assert_eq!(page["next_cursor"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_endpoint_down_hybrid_falls_back_and_real_answers_503() {
+    let down = refused_url().await;
+    let real = gateway(cluster_config(
+        std::slice::from_ref(&down),
+        BackendMode::Real,
+    ))
+    .await;
+    let (status, body) = json(real.put(A, json!({"content": 1})).await).await;
+    let e = assert_error(status, &body, "UCXL-503-SERVICE_UNAVAILABLE");
+    assert_eq!(e["details"]["endpoints"][0]["error"], "cannot connect");
+
+    let hybrid = gateway(cluster_config(&[down], BackendMode::Hybrid)).await;
+    let response = hybrid.put(A, json!({"content": 1})).await;
+    assert_eq!(response.status(), 202);
+    assert_eq!(header(&response, "x-rustle-backend"), "fallback");
+    let (_, body) = json(response).await;
+    assert_eq!(body["response"]["code"], "UCXL-202-ACCEPTED");
+    let response = hybrid.get(A).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-rustle-stale"), "true");
+    assert_eq!(header(&response, "x-rustle-backend"), "fallback");
+    let (status, body) = json(hybrid.delete(A).await).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, _) = json(hybrid.get(A).await).await;
+    assert_eq!(status, 404);
+    let pattern = super::helpers::enc("ucxl://any:any@bzzz:resilience/**");
+    let (_, body) = json(
+        hybrid
+            .get_path(&format!("/v1/search?pattern={pattern}"))
+            .await,
+    )
+    .await;
+    assert_eq!(body["response"]["data"]["partial"], true);
+    let s = gateway_status(&hybrid).await;
+    assert_eq!(s["active_backend"], "fallback");
+    assert_eq!(s["fallback"]["active"], true);
+    assert!(s["fallback"]["since"].is_string());
+    assert_eq!(s["journal"]["pending"], 2);
+    // An address the cache never saw cannot be answered honestly: 503, not 404.
+    let (status, body) = json(hybrid.get(&format!("{A}-unknown")).await).await;
+    assert_error(status, &body, "UCXL-503-SERVICE_UNAVAILABLE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_recovery_the_journal_is_replayed_to_the_cluster_in_order() {
+    let mut cluster = Cluster::start(3).await;
+    let proxies = [
+        FaultNode::start(Mode::Unavailable, Some(cluster.nodes[0].url(""))).await,
+        FaultNode::start(Mode::Unavailable, Some(cluster.nodes[1].url(""))).await,
+    ];
+    let urls: Vec<String> = proxies.iter().map(|p| p.url.clone()).collect();
+    let app = gateway(cluster_config(&urls, BackendMode::Hybrid)).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (status, body) = json(app.put(A, json!({"content": {"n": i}})).await).await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["response"]["data"]["id"].clone());
+    }
+    let (status, _) = json(app.put(&format!("{A}-gone"), json!({"content": 0})).await).await;
+    assert_eq!(status, 202);
+    let (status, _) = json(app.delete(&format!("{A}-gone")).await).await;
+    assert_eq!(status, 202);
+    assert_eq!(status_json(&app).await["journal"]["pending"], 7);
+    for p in &proxies {
+        p.set(Mode::Healthy);
+    }
+    let replayed = wait_until(Duration::from_secs(10), || async {
+        let s = status_json(&app).await;
+        s["journal"]["pending"] == 0 && s["fallback"]["active"] == false
+    })
+    .await;
+    assert!(replayed, "{}", status_json(&app).await);
+    // Every acknowledged write is on the cluster, in order, with its id, read from a node
+    // the gateway never talked to.
+    let client = reqwest::Client::new();
+    let (status, body) = cluster.nodes[2].get(&client, &format!("{A}")).await;
+    assert_eq!(status, 200, "{body}");
+    let history = super::nodes::body(
+        client
+            .get(cluster.nodes[2].url(&format!(
+                "/ucxi/v1/history?address={}",
+                super::helpers::enc(A)
+            )))
+            .send()
+            .await,
+    )
+    .await
+    .1;
+    let listed: Vec<Value> = history["response"]["data"]["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| v["id"].clone())
+        .collect();
+    assert_eq!(listed, ids);
+    let (status, _) = cluster.nodes[2].get(&client, &format!("{A}-gone")).await;
+    assert_eq!(status, 404, "the journaled delete reached the cluster");
+    // Real traffic again.
+    let response = app.get(A).await;
+    assert_eq!(header(&response, "x-rustle-backend"), "real");
+    cluster.nodes[0].kill();
+}
+
+async fn status_json(app: &TestApp) -> Value {
+    gateway_status(app).await
+}
