@@ -85,7 +85,11 @@ async fn a_retry_goes_to_another_endpoint_and_no_client_sees_the_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_refusal_is_passed_on_and_never_retried() {
     let refusing = FaultNode::start(Mode::NotFound, None).await;
-    let app = gateway(cluster_config(&[refusing.url.clone()], BackendMode::Real)).await;
+    let app = gateway(cluster_config(
+        std::slice::from_ref(&refusing.url),
+        BackendMode::Real,
+    ))
+    .await;
     let (status, body) = json(app.get(A).await).await;
     let e = assert_error(status, &body, "UCXL-404-NOT_FOUND");
     assert_eq!(e["message"], "the node has nothing here");
@@ -96,7 +100,11 @@ async fn a_node_refusal_is_passed_on_and_never_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbage_answer_is_502_and_counts_against_the_endpoint() {
     let garbage = FaultNode::start(Mode::Garbage, None).await;
-    let app = gateway(cluster_config(&[garbage.url.clone()], BackendMode::Real)).await;
+    let app = gateway(cluster_config(
+        std::slice::from_ref(&garbage.url),
+        BackendMode::Real,
+    ))
+    .await;
     let (status, body) = json(app.get(A).await).await;
     let e = assert_error(status, &body, "UCXL-502-BAD_GATEWAY");
     assert!(
@@ -164,7 +172,11 @@ async fn retry_after_skips_the_endpoint_and_the_retry_goes_elsewhere_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_covers_every_attempt_and_ends_in_504() {
     let hanging = FaultNode::start(Mode::Hang, None).await;
-    let app = gateway(cluster_config(&[hanging.url.clone()], BackendMode::Real)).await;
+    let app = gateway(cluster_config(
+        std::slice::from_ref(&hanging.url),
+        BackendMode::Real,
+    ))
+    .await;
     let response = app
         .request(
             Method::GET,
@@ -183,7 +195,7 @@ async fn the_deadline_covers_every_attempt_and_ends_in_504() {
 async fn a_breaker_opens_probes_after_a_health_pass_and_closes() {
     let node = NodeProc::start("solo", &[], None, &[]).await;
     let flaky = FaultNode::start(Mode::Unavailable, Some(node.url(""))).await;
-    let mut config = cluster_config(&[flaky.url.clone()], BackendMode::Real);
+    let mut config = cluster_config(std::slice::from_ref(&flaky.url), BackendMode::Real);
     config.retry.max_retries = 0;
     let app = gateway(config).await;
     for _ in 0..5 {
