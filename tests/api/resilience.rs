@@ -359,7 +359,7 @@ async fn after_recovery_the_journal_is_replayed_to_the_cluster_in_order() {
     // Every acknowledged write is on the cluster, in order, with its id, read from a node
     // the gateway never talked to.
     let client = reqwest::Client::new();
-    let (status, body) = cluster.nodes[2].get(&client, &format!("{A}")).await;
+    let (status, body) = cluster.nodes[2].get(&client, A).await;
     assert_eq!(status, 200, "{body}");
     let history = super::nodes::body(
         client
