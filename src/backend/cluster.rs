@@ -218,6 +218,9 @@ pub struct NodeRequest {
     pub headers: Vec<(&'static str, String)>,
     /// The JSON body.
     pub body: Option<Bytes>,
+    /// The endpoint to try first when it is available (the one that took the address's
+    /// last write, so a client reads its own writes even before every replica has them).
+    pub prefer: Option<String>,
 }
 
 /// A node's answer and how it was obtained.
@@ -401,7 +404,12 @@ impl Cluster {
 
     /// Chooses an available endpoint (not in `tried` when another is available) and
     /// admits a call on it.
-    fn choose(&self, tried: &[String], now: Instant) -> Option<(Arc<Endpoint>, Permit)> {
+    fn choose(
+        &self,
+        tried: &[String],
+        prefer: Option<&str>,
+        now: Instant,
+    ) -> Option<(Arc<Endpoint>, Permit)> {
         let endpoints = self.endpoints.load_full();
         let fresh = |i: &usize| !tried.iter().any(|t| t == endpoints[*i].url());
         let mut candidates: Vec<usize> = (0..endpoints.len())
@@ -409,6 +417,23 @@ impl Cluster {
             .collect();
         if candidates.iter().any(fresh) {
             candidates.retain(fresh);
+        }
+        if let Some(i) = prefer.and_then(|p| {
+            candidates
+                .iter()
+                .copied()
+                .find(|i| endpoints[*i].url() == p)
+        }) {
+            let endpoint = &endpoints[i];
+            let mut state = endpoint.lock();
+            let (permit, transition) = state.breaker.acquire(now);
+            endpoint.publish(&state);
+            drop(state);
+            endpoint.transitioned(transition);
+            if let Some(permit) = permit {
+                return Some((Arc::clone(endpoint), permit));
+            }
+            candidates.retain(|c| *c != i);
         }
         while !candidates.is_empty() {
             let loads: Vec<Load> = endpoints.iter().map(|e| e.lock().load.clone()).collect();
@@ -589,7 +614,9 @@ impl Cluster {
             if remaining.is_zero() {
                 return Err(self.failure(FailureKind::Deadline, attempts, errors));
             }
-            let Some((endpoint, permit)) = self.choose(&tried, Instant::now()) else {
+            let Some((endpoint, permit)) =
+                self.choose(&tried, request.prefer.as_deref(), Instant::now())
+            else {
                 let kind = if attempts == 0 {
                     FailureKind::NoneAvailable
                 } else {

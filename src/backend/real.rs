@@ -5,8 +5,8 @@
 //! Every envelope read or written fills the local store as a cache, so a later fallback
 //! read (hybrid mode) can answer.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use axum::body::Bytes;
@@ -83,7 +83,12 @@ struct Discovered {
 pub struct RealBackend {
     cluster: Arc<Cluster>,
     cache: Arc<LocalStore>,
+    /// Canonical address → the endpoint that took its last write.
+    affinity: Arc<Mutex<HashMap<String, String>>>,
 }
+
+/// Addresses whose last writer is remembered; past this the memory starts afresh.
+const AFFINITY_MAX: usize = 65_536;
 
 fn via(executed_endpoint: String, attempts: u32) -> Via {
     Via {
@@ -107,7 +112,32 @@ impl RealBackend {
     /// local store), so a switch to hybrid mode finds it warm.
     #[must_use]
     pub fn new(cluster: Arc<Cluster>, cache: Arc<LocalStore>) -> Self {
-        Self { cluster, cache }
+        Self {
+            cluster,
+            cache,
+            affinity: Arc::default(),
+        }
+    }
+
+    fn affinity(&self, address: &Address) -> Option<String> {
+        self.affinity
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(address.canonical())
+            .cloned()
+    }
+
+    /// Remembers which endpoint took a write: later reads of the address go there first,
+    /// so a client reads its own write even before the other replicas have it.
+    fn wrote(&self, address: &Address, via: &Via) {
+        let Some(endpoint) = &via.endpoint else {
+            return;
+        };
+        let mut map = self.affinity.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= AFFINITY_MAX && !map.contains_key(address.canonical()) {
+            map.clear();
+        }
+        map.insert(address.canonical().to_owned(), endpoint.clone());
     }
 
     /// The cluster.
@@ -139,10 +169,12 @@ impl RealBackend {
             path: address_path("put", address),
             headers: Vec::new(),
             body: Some(put_body(new)),
+            prefer: self.affinity(address),
         };
         let executed = self.cluster.execute::<Envelope>(call, &request).await?;
         let (envelope, via, code) = data(executed)?;
         self.remember(&envelope);
+        self.wrote(address, &via);
         Ok(Served {
             value: Written {
                 envelope,
@@ -172,9 +204,11 @@ impl RealBackend {
             path: address_path("delete", address),
             headers,
             body: None,
+            prefer: self.affinity(address),
         };
         let executed = self.cluster.execute::<Deleted>(call, &request).await?;
         let (deleted, via, _) = data(executed)?;
+        self.wrote(address, &via);
         self.cache.observe_delete(
             address,
             ucxl::Tombstone {
@@ -243,6 +277,7 @@ impl Backend for RealBackend {
             path: address_path("get", address),
             headers: Vec::new(),
             body: None,
+            prefer: self.affinity(address),
         };
         let executed = self.cluster.execute::<Envelope>(call, &request).await?;
         let (envelope, via, _) = data(executed)?;
@@ -272,6 +307,7 @@ impl Backend for RealBackend {
             path: address_path("history", address),
             headers: Vec::new(),
             body: None,
+            prefer: self.affinity(address),
         };
         let executed = self.cluster.execute::<History>(call, &request).await?;
         let (history, via, _) = data(executed)?;
@@ -304,6 +340,7 @@ impl Backend for RealBackend {
             path,
             headers: Vec::new(),
             body: None,
+            prefer: None,
         };
         let fan = self.cluster.fan_out::<Discovered>(call, &request).await;
         let asked = u32::try_from(fan.results.len()).unwrap_or(u32::MAX);

@@ -312,7 +312,14 @@ struct PendingWrite {
     acked: usize,
     outstanding: usize,
     reply: Option<oneshot::Sender<Result<usize, ReplicateError>>>,
+    /// When a majority had acknowledged while other pushes were still out.
+    quorum_at: Option<Instant>,
 }
+
+/// How long a write with a majority waits for its remaining replicas before it is
+/// acknowledged anyway (those get it through catch-up). Waiting for every reachable replica
+/// first means a read at any healthy node sees an acknowledged write.
+const REMAINING_REPLICAS_GRACE: Duration = Duration::from_millis(100);
 
 /// The swarm task's state.
 struct Network {
@@ -449,7 +456,10 @@ impl Network {
                 () = shutdown.cancelled() => break,
                 Some(command) = commands.recv() => self.command(command),
                 event = self.swarm.select_next_some() => self.event(event),
-                _ = tick.tick() => self.dial_bootstraps(),
+                _ = tick.tick() => {
+                    self.dial_bootstraps();
+                    self.acknowledge_slow_writes();
+                }
             }
             self.pump_catch_up();
         }
@@ -508,6 +518,7 @@ impl Network {
                         acked: 0,
                         outstanding: targets.len(),
                         reply: Some(reply),
+                        quorum_at: None,
                     },
                 );
             }
@@ -573,6 +584,21 @@ impl Network {
         metrics::gauge!("bzzz_peers").set(u32::try_from(peers.len()).unwrap_or(u32::MAX));
     }
 
+    /// Acknowledges writes that have a majority and waited long enough for the rest.
+    fn acknowledge_slow_writes(&mut self) {
+        let now = Instant::now();
+        for pending in self.writes.values_mut() {
+            if pending
+                .quorum_at
+                .is_some_and(|at| now.duration_since(at) >= REMAINING_REPLICAS_GRACE)
+                && let Some(reply) = pending.reply.take()
+            {
+                metrics::counter!("bzzz_replications_total", "outcome" => "ok").increment(1);
+                let _ = reply.send(Ok(pending.acked));
+            }
+        }
+    }
+
     /// One push of a write ended.
     fn push_ended(&mut self, write: u64, peer: PeerId, key: DhtKey, stored: bool) {
         if !stored && !self.catch_up.contains(&(peer, key)) {
@@ -587,7 +613,9 @@ impl Network {
             pending.acked += 1;
         }
         let (need, acked, outstanding) = (pending.need, pending.acked, pending.outstanding);
-        if acked >= need {
+        if acked >= need && outstanding > 0 {
+            pending.quorum_at.get_or_insert_with(Instant::now);
+        } else if acked >= need {
             if let Some(reply) = pending.reply.take() {
                 metrics::counter!("bzzz_replications_total", "outcome" => "ok").increment(1);
                 let _ = reply.send(Ok(acked));
