@@ -61,28 +61,46 @@ fn openapi_subcommand_prints_the_committed_document() {
     );
 }
 
-#[test]
-fn serves_then_stops_on_sigterm() {
-    let mut child = gateway()
+/// Starts the gateway with `env` on a free port; returns it and its address once it logs
+/// "listening" (the readiness signal). Its output keeps being drained.
+fn spawn_listening(env: &[(&str, &str)]) -> (std::process::Child, String) {
+    let mut command = gateway();
+    command
         .env("RUSTLE_LISTEN_ADDR", "127.0.0.1:0")
         .env("RUSTLE_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
-        .spawn()
-        .expect("spawns");
-    let stdout = child.stdout.take().expect("stdout");
-    // The "listening" log line carries the bound address: that is the readiness signal.
-    let mut addr = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("a log line");
-        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if entry["fields"]["message"] == "listening" {
-            addr = entry["fields"]["addr"].as_str().map(str::to_owned);
-            break;
-        }
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        command.env(k, v);
     }
-    let addr = addr.expect("the gateway logs its address");
+    let mut child = command.spawn().expect("spawns");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if entry["fields"]["message"] == "listening"
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(entry["fields"]["addr"].as_str().map(str::to_owned));
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .ok()
+        .flatten()
+        .expect("the gateway logs its address");
+    (child, addr)
+}
+
+#[test]
+fn serves_then_stops_on_sigterm() {
+    let (mut child, addr) = spawn_listening(&[]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -112,4 +130,80 @@ fn serves_then_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(exit.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_survives_sigkill_and_reaches_the_cluster_after_restart() {
+    use super::faults::refused_url;
+    use super::helpers::enc;
+    use super::nodes::{NodeProc, body, wait_until};
+
+    let node = NodeProc::start("solo", &[], None, &[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().display().to_string();
+    let down = refused_url().await;
+    let hybrid = [
+        ("RUSTLE_BACKEND_MODE", "hybrid"),
+        ("RUSTLE_JOURNAL_DIR", journal.as_str()),
+        ("RUSTLE_HEALTH_INTERVAL_MS", "50"),
+    ];
+    let mut env = hybrid.to_vec();
+    env.push(("RUSTLE_BZZZ_ENDPOINTS", down.as_str()));
+    let (mut first, addr) = spawn_listening(&env);
+    let client = reqwest::Client::new();
+    let address = "ucxl://agent:tester@bzzz:crash/notes/n";
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        let (status, answer) = body(
+            client
+                .put(format!(
+                    "http://{addr}/v1/envelopes?address={}",
+                    enc(address)
+                ))
+                .json(&serde_json::json!({"content": {"n": i}}))
+                .send()
+                .await,
+        )
+        .await;
+        assert_eq!(status, 202, "{answer}");
+        acknowledged.push(answer["response"]["data"]["id"].clone());
+    }
+    // SIGKILL: no shutdown, no flush.
+    first.kill().expect("killed");
+    first.wait().expect("reaped");
+
+    let node_url = node.url("");
+    let mut env = hybrid.to_vec();
+    env.push(("RUSTLE_BZZZ_ENDPOINTS", node_url.as_str()));
+    let (mut second, addr) = spawn_listening(&env);
+    let status_url = format!("http://{addr}/v1/status");
+    let replayed = wait_until(Duration::from_secs(20), || async {
+        let (_, s) = body(client.get(&status_url).send().await).await;
+        s["response"]["data"]["journal"]["pending"] == 0
+            && s["response"]["data"]["fallback"]["active"] == false
+    })
+    .await;
+    assert!(
+        replayed,
+        "{}",
+        body(client.get(&status_url).send().await).await.1
+    );
+    // Every acknowledged write is on the node, in order, under its id.
+    let (status, history) = body(
+        client
+            .get(node.url(&format!("/ucxi/v1/history?address={}", enc(address))))
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{history}");
+    let ids: Vec<serde_json::Value> = history["response"]["data"]["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| v["id"].clone())
+        .collect();
+    assert_eq!(ids, acknowledged);
+    second.kill().expect("killed");
+    let _ = second.wait();
 }
