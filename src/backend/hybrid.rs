@@ -1,8 +1,9 @@
 //! Hybrid mode (SPEC §6): the cluster first; when it cannot serve, the local backend.
 //!
 //! - Writes the cluster cannot take go to the durable [`Journal`] (committed before the
-//!   202) and to the local store. While the journal holds writes, new writes join it, so the
-//!   cluster receives every address's writes in the order they were accepted.
+//!   202) and to the local store. While the journal holds writes to an address, new writes
+//!   to it join them, so the cluster receives every address's writes in the order they were
+//!   accepted.
 //! - Reads of addresses with journaled writes, and reads the cluster cannot serve, come from
 //!   the local store (also a cache of every real read and write) with `X-Rustle-Stale`.
 //! - Search during fallback runs locally and is `partial`.
@@ -28,7 +29,9 @@ use super::{
 };
 
 /// Entries replayed per read of the journal.
-const REPLAY_BATCH: usize = 64;
+const REPLAY_BATCH: usize = 512;
+/// Addresses replayed at once.
+const REPLAY_CONCURRENCY: usize = 64;
 /// How often the replayer looks again when nothing woke it.
 const REPLAY_TICK: Duration = Duration::from_millis(250);
 
@@ -158,8 +161,10 @@ impl Recovery {
         }
     }
 
-    /// Replays the oldest entries in order; false when the cluster failed.
+    /// Replays the oldest entries: each address's entries in order, different addresses
+    /// in parallel (up to [`REPLAY_CONCURRENCY`]); false when the cluster failed.
     async fn replay_batch(&self) -> bool {
+        use futures_util::StreamExt as _;
         let batch = match self.journal.oldest(REPLAY_BATCH) {
             Ok(batch) => batch,
             Err(e) => {
@@ -167,64 +172,92 @@ impl Recovery {
                 return false;
             }
         };
+        // Group by address, keeping each address's order (the journal's order).
+        let mut groups: Vec<Vec<(u64, Option<Entry>)>> = Vec::new();
+        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         for (seq, entry) in batch {
-            let Some(entry) = entry else {
-                tracing::error!(seq, "dropped a journal entry that cannot be decoded");
-                self.forget(seq, None).await;
-                continue;
-            };
-            let timeout = *self
-                .request_timeout
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let call = Call {
-                request_id: entry.request_id.clone(),
-                deadline: Instant::now() + timeout,
-            };
-            let result = match &entry.op {
-                Op::Put { version } => {
-                    let new = NewVersion {
-                        id: version.id.clone(),
-                        content: Arc::clone(&version.content),
-                        content_type: version.content_type.clone(),
-                        metadata: version.metadata.clone(),
-                        created_at: Some(version.created_at),
-                        hash: Some(version.hash.clone()),
-                        size: Some(version.size),
-                    };
-                    self.real
-                        .send_put(&call, &entry.address, &new)
-                        .await
-                        .map(|_| ())
-                }
-                Op::Delete { id, deleted_at } => self
-                    .real
-                    .send_delete(&call, &entry.address, id, Some(*deleted_at))
-                    .await
-                    .map(|_| ()),
-            };
-            match result {
-                Ok(()) => {}
-                Err(BackendError::Refused(refusal)) => {
-                    // A definite answer: replaying again would get the same one (a delete
-                    // of something the cluster never had, an id the cluster holds for
-                    // another kind of write).
-                    tracing::warn!(
-                        seq,
-                        request_id = %entry.request_id,
-                        address = %entry.address,
-                        code = %refusal.code,
-                        message = %refusal.message,
-                        "the cluster refused a journaled write; dropped from the journal"
-                    );
-                }
-                Err(e) => {
-                    tracing::info!(seq, error = %e, "replay paused: the cluster failed");
-                    return false;
-                }
-            }
-            self.forget(seq, Some(&entry.address)).await;
+            let key = entry
+                .as_ref()
+                .map_or_else(String::new, |e| e.address.canonical().to_owned());
+            let i = *index.entry(key).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[i].push((seq, entry));
         }
+        let results: Vec<bool> = futures_util::stream::iter(groups)
+            .map(|group| async move {
+                for (seq, entry) in group {
+                    if !self.replay_one(seq, entry).await {
+                        return false;
+                    }
+                }
+                true
+            })
+            .buffer_unordered(REPLAY_CONCURRENCY)
+            .collect()
+            .await;
+        results.into_iter().all(|ok| ok)
+    }
+
+    /// Replays one entry and removes it; false when the cluster failed (it stays).
+    async fn replay_one(&self, seq: u64, entry: Option<Entry>) -> bool {
+        let Some(entry) = entry else {
+            tracing::error!(seq, "dropped a journal entry that cannot be decoded");
+            self.forget(seq, None).await;
+            return true;
+        };
+        let timeout = *self
+            .request_timeout
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let call = Call {
+            request_id: entry.request_id.clone(),
+            deadline: Instant::now() + timeout,
+        };
+        let result = match &entry.op {
+            Op::Put { version } => {
+                let new = NewVersion {
+                    id: version.id.clone(),
+                    content: Arc::clone(&version.content),
+                    content_type: version.content_type.clone(),
+                    metadata: version.metadata.clone(),
+                    created_at: Some(version.created_at),
+                    hash: Some(version.hash.clone()),
+                    size: Some(version.size),
+                };
+                self.real
+                    .send_put(&call, &entry.address, &new)
+                    .await
+                    .map(|_| ())
+            }
+            Op::Delete { id, deleted_at } => self
+                .real
+                .send_delete(&call, &entry.address, id, Some(*deleted_at))
+                .await
+                .map(|_| ()),
+        };
+        match result {
+            Ok(()) => {}
+            Err(BackendError::Refused(refusal)) => {
+                // A definite answer: replaying again would get the same one (a delete of
+                // something the cluster never had, an id the cluster holds for another kind
+                // of write).
+                tracing::warn!(
+                    seq,
+                    request_id = %entry.request_id,
+                    address = %entry.address,
+                    code = %refusal.code,
+                    message = %refusal.message,
+                    "the cluster refused a journaled write; dropped from the journal"
+                );
+            }
+            Err(e) => {
+                tracing::info!(seq, error = %e, "replay paused: the cluster failed");
+                return false;
+            }
+        }
+        self.forget(seq, Some(&entry.address)).await;
         true
     }
 
@@ -452,9 +485,11 @@ impl HybridBackend {
         })
     }
 
-    /// True when writes must join the journal to keep their order.
-    fn journal_first(&self) -> bool {
-        self.recovery.journal.pending() > 0
+    /// True when a write to `address` must join the journal to keep its order: earlier
+    /// writes to the address wait there. Writes to other addresses go to the cluster as
+    /// soon as it takes them, so the backlog only shrinks during a replay.
+    fn journal_first(&self, address: &Address) -> bool {
+        self.recovery.journal.pending_for(address)
     }
 }
 
@@ -466,7 +501,7 @@ impl Backend for HybridBackend {
         address: &Address,
         new: NewVersion,
     ) -> Result<Served<Written>, BackendError> {
-        if self.journal_first() {
+        if self.journal_first(address) {
             return self
                 .local_put(call, address, new, "journal_pending", None)
                 .await;
@@ -496,7 +531,7 @@ impl Backend for HybridBackend {
         address: &Address,
         id: EnvelopeId,
     ) -> Result<Served<Deleted>, BackendError> {
-        if self.journal_first() {
+        if self.journal_first(address) {
             return self
                 .local_delete(call, address, id, "journal_pending", None)
                 .await;
@@ -529,7 +564,7 @@ impl Backend for HybridBackend {
         call: &Call,
         query: &SearchQuery,
     ) -> Result<Served<SearchPage>, BackendError> {
-        if self.recovery.active() || self.journal_first() {
+        if self.recovery.active() || self.recovery.journal.pending() > 0 {
             return self.local_search(call, query, "fallback_active", 0).await;
         }
         match route(self.recovery.real.search(call, query).await)? {
