@@ -17,7 +17,7 @@ async fn admin_app() -> TestApp {
     spawn_app_with(config, Options::default()).await
 }
 
-fn secret(s: &str) -> Secret {
+pub fn secret(s: &str) -> Secret {
     let sources = rustle_gateway::config::Sources {
         env: [("RUSTLE_ADMIN_TOKEN".to_owned(), s.to_owned())].into(),
         ..Default::default()

@@ -390,3 +390,73 @@ async fn after_recovery_the_journal_is_replayed_to_the_cluster_in_order() {
 async fn status_json(app: &TestApp) -> Value {
     gateway_status(app).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_in_flight_limit_requests_are_shed_with_retry_after() {
+    let hanging = FaultNode::start(Mode::Hang, None).await;
+    let mut config = cluster_config(std::slice::from_ref(&hanging.url), BackendMode::Real);
+    config.max_in_flight = 1;
+    let app = std::sync::Arc::new(gateway(config).await);
+    let slow = {
+        let app = std::sync::Arc::clone(&app);
+        tokio::spawn(async move {
+            app.request(
+                Method::GET,
+                &format!("/v1/envelopes?address={}", super::helpers::enc(A)),
+            )
+            .header("x-request-timeout-ms", "1000")
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+        })
+    };
+    // The first request holds the only slot once it reaches the endpoint.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            hanging.api_hits() == 1
+        })
+        .await
+    );
+    let response = app.get(A).await;
+    assert_eq!(header(&response, "retry-after"), "1");
+    let (status, body) = json(response).await;
+    let e = assert_error(status, &body, "UCXL-503-SERVICE_UNAVAILABLE");
+    assert_eq!(e["details"]["max_in_flight"], 1);
+    // Operations routes are never shed.
+    assert_eq!(app.get_path("/v1/status").await.status(), 200);
+    assert_eq!(slow.await.expect("joins").expect("answered"), 504);
+    assert_eq!(
+        hanging.api_hits(),
+        1,
+        "the shed request never reached a node"
+    );
+    let metrics = app.get_path("/metrics").await.text().await.expect("text");
+    assert!(metrics.contains("rustle_load_shed_total"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_switches_mock_real_and_hybrid_live() {
+    let node = NodeProc::start("solo", &[], None, &[]).await;
+    let mut config = cluster_config(&[node.url("")], BackendMode::Mock);
+    let token = "switch-token";
+    config.admin_token = Some(super::admin::secret(token));
+    let app = gateway(config).await;
+    let address = format!("{A}-switch");
+    let response = app.put(&address, json!({"content": 1})).await;
+    assert_eq!(header(&response, "x-rustle-backend"), "mock");
+    for (mode, backend) in [("real", "real"), ("hybrid", "real"), ("mock", "mock")] {
+        let (status, body) = json(
+            app.request(Method::PUT, "/v1/admin/mode")
+                .bearer_auth(token)
+                .json(&json!({"mode": mode}))
+                .send()
+                .await
+                .expect("sent"),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let response = app.put(&address, json!({"content": 2})).await;
+        assert_eq!(header(&response, "x-rustle-backend"), backend, "{mode}");
+        assert_eq!(gateway_status(&app).await["mode"], mode);
+    }
+}
