@@ -89,12 +89,24 @@ impl FaultNode {
     }
 }
 
-/// The URL of a port nothing listens on (connections are refused).
-pub async fn refused_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    drop(listener);
-    url
+/// A port bound but not listening: connections to it are refused, and no other socket can
+/// take the port while this lives (a released port could be reused by another test).
+#[derive(Debug)]
+pub struct Refused {
+    pub url: String,
+    _socket: tokio::net::TcpSocket,
+}
+
+pub fn refused() -> Refused {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("binds");
+    let url = format!("http://{}", socket.local_addr().expect("addr"));
+    Refused {
+        url,
+        _socket: socket,
+    }
 }
 
 async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {

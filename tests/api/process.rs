@@ -134,14 +134,15 @@ fn serves_then_stops_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_journal_survives_sigkill_and_reaches_the_cluster_after_restart() {
-    use super::faults::refused_url;
+    use super::faults::refused;
     use super::helpers::enc;
     use super::nodes::{NodeProc, body, wait_until};
 
     let node = NodeProc::start("solo", &[], None, &[]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let journal = dir.path().display().to_string();
-    let down = refused_url().await;
+    let refused = refused();
+    let down = refused.url.clone();
     let hybrid = [
         ("RUSTLE_BACKEND_MODE", "hybrid"),
         ("RUSTLE_JOURNAL_DIR", journal.as_str()),

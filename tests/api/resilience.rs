@@ -8,7 +8,7 @@ use rustle_gateway::config::{BackendMode, Config};
 use rustle_gateway::startup::Options;
 use serde_json::{Value, json};
 
-use super::faults::{FaultNode, Mode, refused_url};
+use super::faults::{FaultNode, Mode, refused};
 use super::helpers::{TestApp, assert_error, json, spawn_app_with, test_config};
 use super::nodes::{Cluster, NodeProc, wait_until};
 
@@ -293,7 +293,8 @@ async fn search_fans_out_and_reports_failed_endpoints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_every_endpoint_down_hybrid_falls_back_and_real_answers_503() {
-    let down = refused_url().await;
+    let refused = refused();
+    let down = refused.url.clone();
     let real = gateway(cluster_config(
         std::slice::from_ref(&down),
         BackendMode::Real,
