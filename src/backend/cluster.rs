@@ -146,6 +146,16 @@ impl Endpoint {
         state.up && state.skip_until.is_none_or(|t| now >= t) && state.breaker.available(now)
     }
 
+    /// Asks the breaker to admit a call now (publishing and logging any transition).
+    fn admit(&self, now: Instant) -> Option<Permit> {
+        let mut state = self.lock();
+        let (permit, transition) = state.breaker.acquire(now);
+        self.publish(&state);
+        drop(state);
+        self.transitioned(transition);
+        permit
+    }
+
     /// The gauges of this endpoint.
     fn publish(&self, state: &EndpointState) {
         let url = self.url().to_owned();
@@ -424,14 +434,8 @@ impl Cluster {
                 .copied()
                 .find(|i| endpoints[*i].url() == p)
         }) {
-            let endpoint = &endpoints[i];
-            let mut state = endpoint.lock();
-            let (permit, transition) = state.breaker.acquire(now);
-            endpoint.publish(&state);
-            drop(state);
-            endpoint.transitioned(transition);
-            if let Some(permit) = permit {
-                return Some((Arc::clone(endpoint), permit));
+            if let Some(permit) = endpoints[i].admit(now) {
+                return Some((Arc::clone(&endpoints[i]), permit));
             }
             candidates.retain(|c| *c != i);
         }
@@ -439,14 +443,8 @@ impl Cluster {
             let loads: Vec<Load> = endpoints.iter().map(|e| e.lock().load.clone()).collect();
             let pick = self.jitters.pick;
             let chosen = p2c(&candidates, &loads, &mut |n| pick(n))?;
-            let endpoint = &endpoints[chosen];
-            let mut state = endpoint.lock();
-            let (permit, transition) = state.breaker.acquire(now);
-            endpoint.publish(&state);
-            drop(state);
-            endpoint.transitioned(transition);
-            if let Some(permit) = permit {
-                return Some((Arc::clone(endpoint), permit));
+            if let Some(permit) = endpoints[chosen].admit(now) {
+                return Some((Arc::clone(&endpoints[chosen]), permit));
             }
             // Another request took the last probe: choose again without it.
             candidates.retain(|i| *i != chosen);
@@ -690,16 +688,8 @@ impl Cluster {
         let mut skipped = Vec::new();
         let mut admitted = Vec::new();
         for (index, endpoint) in endpoints.iter().enumerate() {
-            let mut state = endpoint.lock();
-            if !Endpoint::available(&state, now) {
-                skipped.push(endpoint.url().to_owned());
-                continue;
-            }
-            let (permit, transition) = state.breaker.acquire(now);
-            endpoint.publish(&state);
-            drop(state);
-            endpoint.transitioned(transition);
-            match permit {
+            let available = Endpoint::available(&endpoint.lock(), now);
+            match available.then(|| endpoint.admit(now)).flatten() {
                 Some(p) => admitted.push((index, p)),
                 None => skipped.push(endpoint.url().to_owned()),
             }

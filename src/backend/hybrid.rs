@@ -25,7 +25,7 @@ use super::local::{LocalStore, Lookup, Retention};
 use super::real::RealBackend;
 use super::{
     Backend, BackendError, BackendKind, BackendStatus, Call, Deleted, FallbackStatus,
-    JournalStatus, SearchPage, SearchQuery, Served, Via, Written, encode_cursor,
+    JournalStatus, SearchPage, SearchQuery, Served, Via, Written,
 };
 
 /// Entries replayed per read of the journal.
@@ -456,15 +456,11 @@ impl HybridBackend {
         attempts: u32,
     ) -> Result<Served<SearchPage>, BackendError> {
         self.recovery.enter(reason);
-        let store = Arc::clone(&self.recovery.store);
-        let owned = query.clone();
-        let deadline = call.deadline.into_std();
-        let (items, more) = tokio::task::spawn_blocking(move || store.search(&owned, deadline))
-            .await
-            .map_err(|e| BackendError::Internal(e.to_string()))??;
-        let next_cursor = more
-            .then(|| items.last().map(|i| encode_cursor(i.address.canonical())))
-            .flatten();
+        let (items, next_cursor) = self
+            .recovery
+            .store
+            .search_page(call.deadline, query)
+            .await?;
         metrics::counter!("rustle_search_partial_total").increment(1);
         let failed_endpoints = self
             .recovery

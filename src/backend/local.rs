@@ -485,6 +485,32 @@ impl LocalStore {
         Ok((items, more))
     }
 
+    /// One page of matches with its cursor, scanned off the async workers (the scan is
+    /// CPU-bound) and within the request deadline.
+    ///
+    /// # Errors
+    /// [`BackendError::Timeout`], or [`BackendError::Internal`] if the scan panicked.
+    pub async fn search_page(
+        self: &Arc<Self>,
+        deadline: tokio::time::Instant,
+        query: &SearchQuery,
+    ) -> Result<(Vec<SearchItem>, Option<String>), BackendError> {
+        let store = Arc::clone(self);
+        let owned = query.clone();
+        let deadline = deadline.into_std();
+        let (items, more) = tokio::task::spawn_blocking(move || store.search(&owned, deadline))
+            .await
+            .map_err(|e| BackendError::Internal(e.to_string()))??;
+        let next_cursor = more
+            .then(|| {
+                items
+                    .last()
+                    .map(|i| super::encode_cursor(i.address.canonical()))
+            })
+            .flatten();
+        Ok((items, next_cursor))
+    }
+
     /// Changes the bound; lowering it evicts cached records at once.
     pub fn set_max_entries(&self, max_entries: usize) {
         let mut inner = self.write();

@@ -11,7 +11,7 @@ use ucxl::{Address, Envelope, EnvelopeId, History, NewVersion, PutOutcome};
 use super::local::{LocalStore, Retention};
 use super::{
     Backend, BackendError, BackendKind, BackendStatus, Call, Deleted, FallbackStatus,
-    JournalStatus, SearchPage, SearchQuery, Served, Via, Written, encode_cursor,
+    JournalStatus, SearchPage, SearchQuery, Served, Via, Written,
 };
 
 /// The local store, serving as the backend.
@@ -101,16 +101,7 @@ impl Backend for MockBackend {
         call: &Call,
         query: &SearchQuery,
     ) -> Result<Served<SearchPage>, BackendError> {
-        // The scan is CPU-bound: keep it off the async workers.
-        let store = Arc::clone(&self.store);
-        let owned = query.clone();
-        let deadline = call.deadline.into_std();
-        let (items, more) = tokio::task::spawn_blocking(move || store.search(&owned, deadline))
-            .await
-            .map_err(|e| BackendError::Internal(e.to_string()))??;
-        let next_cursor = more
-            .then(|| items.last().map(|i| encode_cursor(i.address.canonical())))
-            .flatten();
+        let (items, next_cursor) = self.store.search_page(call.deadline, query).await?;
         Ok(Self::served(SearchPage {
             items,
             next_cursor,
