@@ -216,21 +216,11 @@ impl Recovery {
             deadline: Instant::now() + timeout,
         };
         let result = match &entry.op {
-            Op::Put { version } => {
-                let new = NewVersion {
-                    id: version.id.clone(),
-                    content: Arc::clone(&version.content),
-                    content_type: version.content_type.clone(),
-                    metadata: version.metadata.clone(),
-                    created_at: Some(version.created_at),
-                    hash: Some(version.hash.clone()),
-                    size: Some(version.size),
-                };
-                self.real
-                    .send_put(&call, &entry.address, &new)
-                    .await
-                    .map(|_| ())
-            }
+            Op::Put { version } => self
+                .real
+                .send_put(&call, &entry.address, &NewVersion::from(version))
+                .await
+                .map(|_| ()),
             Op::Delete { id, deleted_at } => self
                 .real
                 .send_delete(&call, &entry.address, id, Some(*deleted_at))

@@ -92,6 +92,16 @@ impl Inner {
     /// Evicts least recently used cached records (never `keep`) until `extra` more
     /// entries fit. Returns how many records were evicted, or `None` when owned data
     /// leaves no room.
+    /// Removes a cached record with its counters and LRU entry (owned records stay).
+    fn remove_cached(&mut self, key: &str) {
+        if self.records.get(key).is_some_and(|r| !r.owned)
+            && let Some(old) = self.records.remove(key)
+        {
+            self.entries -= old.set.len();
+            self.lru.remove(&old.touched);
+        }
+    }
+
     fn make_room(&mut self, extra: usize, keep: &str) -> Option<u64> {
         let mut evicted = 0;
         let mut skipped = Vec::new();
@@ -299,25 +309,28 @@ impl LocalStore {
         id: EnvelopeId,
         now: DateTime<Utc>,
     ) -> Result<DeleteOutcome, BackendError> {
-        let live = self
-            .read()
+        let mut inner = self.write();
+        let known = inner
             .records
             .get(address.canonical())
             .is_some_and(|r| r.set.is_live() || r.set.contains(&id));
-        if live {
-            return self.delete(address, id, Retention::Owned, now);
-        }
-        let mut inner = self.write();
-        let tombstone = ucxl::Tombstone {
-            id,
-            created_at: ucxl::envelope::normalise_time(now),
+        let (outcome, evicted) = if known {
+            inner.update(address, Retention::Owned, None, |set| {
+                set.delete(id, None, now)
+            })?
+        } else {
+            let tombstone = ucxl::Tombstone {
+                id,
+                created_at: ucxl::envelope::normalise_time(now),
+            };
+            inner.update(address, Retention::Owned, Some(1), |set| {
+                set.insert(ucxl::Entry::Tombstone(tombstone.clone()));
+                Ok(DeleteOutcome::Deleted(tombstone))
+            })?
         };
-        let (_, evicted) = inner.update(address, Retention::Owned, Some(1), |set| {
-            set.insert(ucxl::Entry::Tombstone(tombstone.clone()))
-        })?;
         drop(inner);
         self.count_evictions(evicted);
-        Ok(DeleteOutcome::Deleted(tombstone))
+        Ok(outcome?)
     }
 
     /// Caches version `number` of `address` as the cluster answered it. The record keeps
@@ -343,9 +356,8 @@ impl LocalStore {
             inner.touch(key);
             return true;
         }
-        if replace && let Some(old) = inner.records.remove(key) {
-            inner.entries -= old.set.len();
-            inner.lru.remove(&old.touched);
+        if replace {
+            inner.remove_cached(key);
         }
         let entry = ucxl::Entry::Version(Arc::clone(version));
         let Ok(((), evicted)) = inner.update(address, Retention::Cached, Some(1), |set| {
@@ -368,10 +380,7 @@ impl LocalStore {
         if inner.records.get(key).is_some_and(|r| r.owned) {
             return;
         }
-        if let Some(old) = inner.records.remove(key) {
-            inner.entries -= old.set.len();
-            inner.lru.remove(&old.touched);
-        }
+        inner.remove_cached(key);
         if let Ok(((), evicted)) = inner.update(address, Retention::Cached, Some(1), |set| {
             set.insert(ucxl::Entry::Tombstone(tombstone));
         }) {
@@ -537,7 +546,7 @@ impl LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{Map, json};
+    use serde_json::json;
     use std::time::Duration;
     use ucxl::Pattern;
 
@@ -546,15 +555,7 @@ mod tests {
     }
 
     fn new(id: &str) -> NewVersion {
-        NewVersion {
-            id: EnvelopeId::parse(id).expect("valid id"),
-            content: Arc::new(json!({"id": id})),
-            content_type: "application/json".into(),
-            metadata: Map::new(),
-            created_at: None,
-            hash: None,
-            size: None,
-        }
+        NewVersion::json(EnvelopeId::parse(id).expect("valid id"), json!({"id": id}))
     }
 
     fn far() -> Instant {
@@ -791,5 +792,118 @@ mod tests {
             store.search(&everything(1000), past).err(),
             Some(BackendError::Timeout)
         );
+    }
+
+    /// A version as the cluster would answer it, written `secs` after a fixed time.
+    fn seen(id: &str, secs: i64) -> Arc<Version> {
+        let mut set = VersionSet::default();
+        let at = DateTime::<Utc>::from_timestamp(1_800_000_000 + secs, 0).expect("time");
+        let mut write = new(id);
+        write.created_at = Some(at);
+        let outcome = set.put(write, at).expect("put");
+        Arc::clone(outcome.parts().1)
+    }
+
+    fn at(address: &str, temporal: &str) -> Address {
+        let (head, path) = address.split_at(address.rfind('/').expect("path"));
+        addr(&format!("{head}/{temporal}{path}"))
+    }
+
+    #[test]
+    fn the_cache_answers_with_the_cluster_numbers_and_knows_what_it_lacks() {
+        let store = LocalStore::new(100);
+        let a = "ucxl://a:b@c:d/x";
+        // The cluster answered version 7: versions 1..=6 exist but are not held.
+        assert!(store.observe(&addr(a), 7, &seen("v7", 7)));
+        assert_eq!(
+            store.lookup(&addr(a)),
+            Lookup::Found(7, seen("v7", 7)),
+            "the latest keeps its number"
+        );
+        assert_eq!(store.lookup(&at(a, "*~7")), Lookup::Found(7, seen("v7", 7)));
+        assert_eq!(store.lookup(&at(a, "*~3")), Lookup::NotHeld);
+        assert_eq!(store.lookup(&at(a, "*~")), Lookup::NotHeld);
+        assert_eq!(store.lookup(&at(a, "*~8")), Lookup::Missing);
+        assert_eq!(store.full_history(&addr(a)), None, "only part is held");
+        // Version 8 continues the held part; version 10 does not: it replaces it.
+        assert!(store.observe(&addr(a), 8, &seen("v8", 8)));
+        assert_eq!(store.lookup(&at(a, "~~1")), Lookup::Found(7, seen("v7", 7)));
+        assert!(store.observe(&addr(a), 10, &seen("v10", 10)));
+        assert_eq!(store.lookup(&addr(a)), Lookup::Found(10, seen("v10", 10)));
+        assert_eq!(store.lookup(&at(a, "*~8")), Lookup::NotHeld);
+        // An older answer changes nothing.
+        assert!(store.observe(&addr(a), 8, &seen("v8", 8)));
+        assert_eq!(store.status().entries, 1);
+        // Addresses never seen are not held (not missing).
+        assert_eq!(store.lookup(&addr("ucxl://a:b@c:d/y")), Lookup::NotHeld);
+        // A delete the cluster acknowledged: reads find nothing, the history is complete.
+        store.observe_delete(
+            &addr(a),
+            ucxl::Tombstone {
+                id: id("gone"),
+                created_at: DateTime::<Utc>::from_timestamp(1_800_000_100, 0).expect("time"),
+            },
+        );
+        assert_eq!(store.lookup(&addr(a)), Lookup::Missing);
+        assert_eq!(store.full_history(&addr(a)), Some(Vec::new()));
+        assert_eq!(store.status().entries, 1);
+    }
+
+    #[test]
+    fn fallback_writes_are_owned_until_released_and_never_replaced_by_the_cache() {
+        let store = LocalStore::new(100);
+        let a = addr("ucxl://a:b@c:d/x");
+        assert!(store.observe(&a, 4, &seen("v4", 4)));
+        // A fallback put continues the cluster's numbering and makes the record owned.
+        let outcome = store
+            .put(&a, new("local"), Retention::Owned, Utc::now())
+            .expect("fits");
+        assert_eq!(outcome.parts().0, 5);
+        assert_eq!(store.status().owned_entries, 2);
+        // The cache does not overwrite data that is not yet on the cluster.
+        assert!(store.observe(&a, 9, &seen("v9", 9)));
+        assert_eq!(
+            store.lookup(&a),
+            Lookup::Found(5, Arc::clone(outcome.parts().1))
+        );
+        store.release(&a);
+        assert_eq!(store.status().owned_entries, 0);
+        store.release(&a);
+        assert_eq!(
+            store.status().owned_entries,
+            0,
+            "releasing twice changes nothing"
+        );
+        // Once released it is a cache entry like any other, evictable.
+        store.set_max_entries(1);
+        assert_eq!(store.status().entries, 0);
+    }
+
+    #[test]
+    fn a_blind_delete_writes_a_tombstone_even_for_an_address_not_held() {
+        let store = LocalStore::new(100);
+        let a = addr("ucxl://a:b@c:d/x");
+        let outcome = store
+            .delete_blind(&a, id("d1"), Utc::now())
+            .expect("accepted");
+        assert!(matches!(outcome, DeleteOutcome::Deleted(_)));
+        assert_eq!(store.lookup(&a), Lookup::Missing);
+        assert_eq!(store.status().owned_entries, 1);
+        // The same id again is the same delete; a version's id is refused.
+        let again = store
+            .delete_blind(&a, id("d1"), Utc::now())
+            .expect("replay");
+        assert!(matches!(again, DeleteOutcome::AlreadyDeleted(_)));
+        store
+            .put(&a, new("v1"), Retention::Owned, Utc::now())
+            .expect("fits");
+        assert_eq!(
+            store.delete_blind(&a, id("v1"), Utc::now()).err(),
+            Some(BackendError::Write(ucxl::WriteError::IdIsVersion(id("v1"))))
+        );
+    }
+
+    fn id(s: &str) -> EnvelopeId {
+        EnvelopeId::parse(s).expect("valid id")
     }
 }

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use axum::body::Bytes;
 use serde::Deserialize;
 use serde_json::json;
-use ucxl::{Address, Envelope, EnvelopeId, History, NewVersion, SearchItem, Version};
+use ucxl::{Address, Envelope, EnvelopeId, History, NewVersion, SearchItem};
 
 use super::cluster::{Cluster, ClusterFailure, Executed, FailureKind, NodeRequest};
 use super::local::LocalStore;
@@ -33,20 +33,6 @@ fn address_path(route: &str, address: &Address) -> String {
         "/ucxi/v1/{route}?{}",
         query_pair("address", &address.to_string())
     )
-}
-
-/// The stored version an envelope shows.
-#[must_use]
-pub fn version_of(envelope: &Envelope) -> Version {
-    Version {
-        id: envelope.id.clone(),
-        content: Arc::clone(&envelope.content),
-        content_type: envelope.content_type.clone(),
-        metadata: envelope.metadata.clone(),
-        created_at: envelope.created_at,
-        hash: envelope.hash.clone(),
-        size: envelope.size,
-    }
 }
 
 /// The body of a node put: the whole version when replaying (so the node keeps its id,
@@ -150,7 +136,7 @@ impl RealBackend {
         self.cache.observe(
             &envelope.address,
             envelope.version,
-            &Arc::new(version_of(envelope)),
+            &Arc::new(envelope.to_version()),
         );
     }
 

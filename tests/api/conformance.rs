@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustle_gateway::backend::{Backend, BackendError, Call, SearchQuery};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::time::Instant;
 use ucxl::{Address, Code, EnvelopeId, NewVersion, Pattern, content_digest};
 
@@ -34,17 +34,10 @@ pub fn addr(s: &str) -> Address {
 }
 
 pub fn new(id: Option<&str>, content: Value) -> NewVersion {
-    NewVersion {
-        id: id.map_or_else(EnvelopeId::generate, |i| {
-            EnvelopeId::parse(i).expect("valid id")
-        }),
-        content: Arc::new(content),
-        content_type: "application/json".into(),
-        metadata: Map::new(),
-        created_at: None,
-        hash: None,
-        size: None,
-    }
+    let id = id.map_or_else(EnvelopeId::generate, |i| {
+        EnvelopeId::parse(i).expect("valid id")
+    });
+    NewVersion::json(id, content)
 }
 
 fn id(s: &str) -> EnvelopeId {

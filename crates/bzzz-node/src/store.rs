@@ -366,22 +366,14 @@ pub fn decode(value: &[u8]) -> Result<DhtValue, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{Map, json};
+    use serde_json::json;
 
     fn addr(s: &str) -> Address {
         Address::parse(s).expect("valid address")
     }
 
     fn new(id: &str, content: serde_json::Value) -> NewVersion {
-        NewVersion {
-            id: EnvelopeId::parse(id).expect("valid id"),
-            content: Arc::new(content),
-            content_type: "application/json".into(),
-            metadata: Map::new(),
-            created_at: None,
-            hash: None,
-            size: None,
-        }
+        NewVersion::json(EnvelopeId::parse(id).expect("valid id"), content)
     }
 
     #[test]

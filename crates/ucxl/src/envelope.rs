@@ -298,6 +298,20 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// The stored version this envelope shows (without address and number).
+    #[must_use]
+    pub fn to_version(&self) -> Version {
+        Version {
+            id: self.id.clone(),
+            content: Arc::clone(&self.content),
+            content_type: self.content_type.clone(),
+            metadata: self.metadata.clone(),
+            created_at: self.created_at,
+            hash: self.hash.clone(),
+            size: self.size,
+        }
+    }
+
     /// The envelope view of a stored version.
     #[must_use]
     pub fn new(address: &Address, version: u32, stored: &Version) -> Self {

@@ -76,6 +76,38 @@ pub struct NewVersion {
     pub size: Option<u64>,
 }
 
+impl NewVersion {
+    /// A new JSON version with no metadata; the store fixes time, hash and size.
+    #[must_use]
+    pub fn json(id: EnvelopeId, content: Value) -> Self {
+        Self {
+            id,
+            content: Arc::new(content),
+            content_type: crate::envelope::DEFAULT_CONTENT_TYPE.to_owned(),
+            metadata: Map::new(),
+            created_at: None,
+            hash: None,
+            size: None,
+        }
+    }
+}
+
+impl From<&Version> for NewVersion {
+    /// The write of an already stored version, as it was (a journal replay): the same id,
+    /// time, hash and size, so every replica stores the same version.
+    fn from(v: &Version) -> Self {
+        Self {
+            id: v.id.clone(),
+            content: Arc::clone(&v.content),
+            content_type: v.content_type.clone(),
+            metadata: v.metadata.clone(),
+            created_at: Some(v.created_at),
+            hash: Some(v.hash.clone()),
+            size: Some(v.size),
+        }
+    }
+}
+
 /// Why a write was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
@@ -413,15 +445,7 @@ mod tests {
     }
 
     fn new(id: &str, content: Value) -> NewVersion {
-        NewVersion {
-            id: EnvelopeId::parse(id).expect("valid id"),
-            content: Arc::new(content),
-            content_type: "application/json".into(),
-            metadata: Map::new(),
-            created_at: None,
-            hash: None,
-            size: None,
-        }
+        NewVersion::json(EnvelopeId::parse(id).expect("valid id"), content)
     }
 
     fn id(s: &str) -> EnvelopeId {
