@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use ucxl::{Address, Code, Envelope, EnvelopeId, History, NewVersion, Temporal};
+use ucxl::{Code, Envelope, EnvelopeId, History, NewVersion};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -72,16 +72,6 @@ pub struct ReadHeaders {
     request_timeout_ms: Option<u64>,
 }
 
-/// Writes target the latest version: `*^` or no temporal segment.
-fn latest_only(address: &Address) -> Result<(), ApiError> {
-    match address.temporal() {
-        Temporal::Latest => Ok(()),
-        other => Err(ApiError::WriteTemporal {
-            provided: other.to_string(),
-        }),
-    }
-}
-
 fn content_type(given: Option<String>) -> Result<String, ApiError> {
     let Some(given) = given else {
         return Ok(ucxl::DEFAULT_CONTENT_TYPE.to_owned());
@@ -126,7 +116,7 @@ async fn put_envelope(
     AddressParam(address): AddressParam,
     ApiJson(body): ApiJson<PutEnvelope>,
 ) -> Result<Reply<Envelope>, ApiError> {
-    latest_only(&address)?;
+    address.require_latest()?;
     let new = NewVersion {
         id: ctx
             .idempotency_key
@@ -203,7 +193,7 @@ async fn delete_envelope(
     ctx: Ctx,
     AddressParam(address): AddressParam,
 ) -> Result<Reply<Deleted>, ApiError> {
-    latest_only(&address)?;
+    address.require_latest()?;
     let id = ctx
         .idempotency_key
         .clone()

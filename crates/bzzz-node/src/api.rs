@@ -305,12 +305,7 @@ async fn put_envelope(
     AddressParam(address): AddressParam,
     Json(body): Json<PutBody>,
 ) -> Result<Reply<Envelope>, NodeError> {
-    if address.temporal() != ucxl::Temporal::Latest {
-        return Err(NodeError::Rejected(
-            "writes address the latest version: drop the temporal segment".into(),
-            json!({"field": "temporal", "provided": address.temporal().to_string()}),
-        ));
-    }
+    address.require_latest()?;
     let content_type = body
         .content_type
         .unwrap_or_else(|| ucxl::DEFAULT_CONTENT_TYPE.to_owned());
@@ -360,8 +355,9 @@ async fn delete_envelope(
     AddressParam(address): AddressParam,
     headers: axum::http::HeaderMap,
 ) -> Result<Reply<DeleteAnswer>, NodeError> {
+    address.require_latest()?;
     // A journal replay keeps the time the delete was accepted.
-    let created_at = match headers.get("x-deleted-at") {
+    let created_at = match headers.get(ucxl_service::headers::DELETED_AT) {
         None => None,
         Some(v) => Some(
             v.to_str()

@@ -371,6 +371,9 @@ pub async fn start(
                 .set_replication_factor(rf)
                 .set_record_ttl(None)
                 .set_publication_interval(None)
+                // Catch-up on every connection re-sends what a peer missed; kad's hourly
+                // re-put of every record would encode the whole store on the swarm task.
+                .set_replication_interval(None)
                 .set_provider_publication_interval(None)
                 .set_max_packet_size(packet)
                 .set_query_timeout(Duration::from_secs(10))

@@ -13,6 +13,8 @@ use crate::errors::ErrorReport;
 pub const REQUEST_TIMEOUT: &str = "x-request-timeout-ms";
 /// `Idempotency-Key`: the id of a write.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The time a journaled delete was accepted, sent when the gateway replays it.
+pub const DELETED_AT: &str = "x-deleted-at";
 
 /// The time a request may take: `default`, lowered by `X-Request-Timeout-Ms`.
 ///

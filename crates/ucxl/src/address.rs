@@ -362,6 +362,24 @@ impl Address {
         }
     }
 
+    /// Refuses a temporal segment that selects a past version: writes and deletes address
+    /// the latest version (no segment, or `*^`).
+    ///
+    /// # Errors
+    /// `UCXL-400-TEMPORAL_INVALID` naming the segment.
+    pub fn require_latest(&self) -> Result<(), AddressError> {
+        if self.temporal == Temporal::Latest {
+            return Ok(());
+        }
+        Err(AddressError::new(
+            ErrorKind::TemporalInvalid,
+            Field::Temporal,
+            &self.temporal.to_string(),
+            "no temporal segment (or *^)",
+            "writes and deletes address the latest version: drop the temporal segment",
+        ))
+    }
+
     /// The same address with another temporal selector.
     #[must_use]
     pub fn with_temporal(mut self, temporal: Temporal) -> Self {
@@ -664,5 +682,27 @@ mod tests {
         let back: Address = serde_json::from_str(&json).expect("deserialises");
         assert_eq!(back, a);
         assert!(serde_json::from_str::<Address>("\"nope\"").is_err());
+    }
+
+    #[test]
+    fn only_the_latest_version_can_be_written() {
+        for ok in ["ucxl://a:r@p:t/x", "ucxl://a:r@p:t/*^/x"] {
+            assert!(
+                Address::parse(ok).expect("valid").require_latest().is_ok(),
+                "{ok}"
+            );
+        }
+        for past in [
+            "ucxl://a:r@p:t/*~1/x",
+            "ucxl://a:r@p:t/~~1/x",
+            "ucxl://a:r@p:t/*~/x",
+        ] {
+            let e = Address::parse(past)
+                .expect("valid")
+                .require_latest()
+                .expect_err("a past version");
+            assert_eq!(e.kind, ErrorKind::TemporalInvalid, "{past}");
+            assert_eq!(e.field, Field::Temporal);
+        }
     }
 }

@@ -245,6 +245,21 @@ async fn the_ucxi_api_speaks_ucxl_and_refuses_bad_input() {
         (status, e["error"]["code"].as_str()),
         (400, Some("UCXL-400-TEMPORAL_INVALID"))
     );
+    // Writes and deletes address the latest version: a past version is refused and the
+    // history stays as it was.
+    let past = a.replacen("cluster/", "cluster/*~1/", 1);
+    assert_ne!(past, a);
+    let (status, e) = node.delete(&client, &past).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (400, Some("UCXL-400-TEMPORAL_INVALID"))
+    );
+    let (status, e) = node.put(&client, &past, json!({"content": 1})).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (400, Some("UCXL-400-TEMPORAL_INVALID"))
+    );
+    assert_eq!(node.get(&client, &a).await.0, 200);
     let (status, e) = node
         .put(&client, &a, json!({"content": "x".repeat(5000)}))
         .await;
