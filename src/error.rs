@@ -2,7 +2,7 @@
 //! UCXL error answer. 5xx answers are opaque; their causes go to the log.
 //!
 //! Handlers and extractors return [`ApiError`]; its `IntoResponse` only records the error
-//! in the response's extensions. The [`crate::middleware::ucxl_errors`] layer, which knows
+//! in the response's extensions. The [`ucxl_service::errors::ucxl_errors`] layer, which knows
 //! the request id and path, writes the body, so every error of every route (unknown route,
 //! wrong method, rejected extractor, panic) has the same shape.
 
@@ -21,14 +21,6 @@ pub enum ApiError {
     /// An address, pattern or temporal segment that failed validation.
     #[error("{0}")]
     Address(#[from] AddressError),
-    /// A write or delete whose address selects a past version.
-    #[error(
-        "writes and deletes address the latest version: drop the temporal segment {provided:?}"
-    )]
-    WriteTemporal {
-        /// The temporal segment sent.
-        provided: String,
-    },
     /// A missing or malformed query parameter or header.
     #[error("{message}")]
     BadRequest {
@@ -144,7 +136,6 @@ impl ApiError {
     pub fn code(&self) -> Code {
         match self {
             Self::Address(e) => e.code(),
-            Self::WriteTemporal { .. } => Code::TemporalInvalid,
             Self::BadRequest { .. } => Code::BadRequest,
             Self::InvalidPayload { .. } => Code::InvalidPayload,
             Self::Body(e) => e.code(),
@@ -173,11 +164,6 @@ impl ApiError {
             | Self::Timeout { details, .. }
             | Self::BadGateway { details, .. }
             | Self::Node { details, .. } => details.clone(),
-            Self::WriteTemporal { provided } => json!({
-                "field": "temporal",
-                "provided": provided,
-                "expected": "no temporal segment (or *^)",
-            }),
             Self::Body(e) => e.report().details,
             Self::InsufficientStorage { limit } => json!({"max_entries": limit}),
             Self::AdminDisabled | Self::Unauthorized | Self::Internal(_) => json!({}),
@@ -323,20 +309,53 @@ mod tests {
     }
 
     #[test]
-    fn status_matches_code() {
+    fn each_error_has_its_code_and_status() {
         let errors = [
-            ApiError::bad_request("x", json!({})),
-            ApiError::Body(BodyError::TooLarge { limit: 1 }),
-            ApiError::Body(BodyError::UnsupportedMediaType { provided: None }),
-            ApiError::AdminDisabled,
-            ApiError::Unauthorized,
-            ApiError::not_found("x", json!({})),
-            ApiError::InsufficientStorage { limit: 1 },
+            (ApiError::bad_request("x", json!({})), Code::BadRequest),
+            (
+                ApiError::Body(BodyError::TooLarge { limit: 1 }),
+                Code::PayloadTooLarge,
+            ),
+            (
+                ApiError::Body(BodyError::UnsupportedMediaType { provided: None }),
+                Code::UnsupportedMediaType,
+            ),
+            (ApiError::AdminDisabled, Code::Forbidden),
+            (ApiError::Unauthorized, Code::Unauthorized),
+            (ApiError::not_found("x", json!({})), Code::NotFound),
+            (
+                ApiError::InsufficientStorage { limit: 1 },
+                Code::InsufficientStorage,
+            ),
+            (
+                ApiError::from(BackendError::Cluster(ClusterFailure {
+                    kind: FailureKind::Deadline,
+                    attempts: 1,
+                    endpoints: Vec::new(),
+                })),
+                Code::GatewayTimeout,
+            ),
+            (
+                ApiError::from(BackendError::Cluster(ClusterFailure {
+                    kind: FailureKind::BadAnswer,
+                    attempts: 1,
+                    endpoints: Vec::new(),
+                })),
+                Code::BadGateway,
+            ),
+            (
+                ApiError::from(BackendError::Cluster(ClusterFailure {
+                    kind: FailureKind::NoneAvailable,
+                    attempts: 0,
+                    endpoints: Vec::new(),
+                })),
+                Code::ServiceUnavailable,
+            ),
         ];
-        for e in errors {
-            let code = e.code();
+        for (e, expected) in errors {
+            assert_eq!(e.code(), expected, "{e:?}");
             let response = e.into_response();
-            assert_eq!(response.status().as_u16(), code.status());
+            assert_eq!(response.status().as_u16(), expected.status());
         }
     }
 

@@ -43,6 +43,8 @@ pub struct Policy {
     pub health_interval: Duration,
     /// Health check timeout.
     pub health_timeout: Duration,
+    /// TCP connect timeout (the HTTP client is rebuilt when it changes).
+    pub connect_timeout: Duration,
 }
 
 impl Policy {
@@ -55,6 +57,7 @@ impl Policy {
             breaker: config.breaker.clone(),
             health_interval: config.health_interval,
             health_timeout: config.health_timeout,
+            connect_timeout: config.connect_timeout,
         }
     }
 }
@@ -95,9 +98,9 @@ struct EndpointState {
     passes: u32,
     failures: u32,
     skip_until: Option<Instant>,
+    /// The last error, without dependency error text (status and client answers show it;
+    /// the full text goes to the log).
     last_error: Option<String>,
-    /// The same, without dependency error text (for client answers).
-    last_public: Option<String>,
     last_error_at: Option<DateTime<Utc>>,
     last_health: Option<DateTime<Utc>>,
 }
@@ -121,7 +124,6 @@ impl Endpoint {
                 failures: 0,
                 skip_until: None,
                 last_error: None,
-                last_public: None,
                 last_error_at: None,
                 last_health: None,
             }),
@@ -213,6 +215,23 @@ impl Endpoint {
             last_error_at: s.last_error_at,
             last_health_check: s.last_health,
             skipped_until: s.skip_until.filter(|t| *t > now).map(wall),
+        }
+    }
+}
+
+/// An admitted attempt whose outcome is not recorded yet; dropped unrecorded, it gives
+/// its permit back as if the call never happened.
+struct Unrecorded<'a> {
+    endpoint: &'a Endpoint,
+    permit: Option<Permit>,
+}
+
+impl Drop for Unrecorded<'_> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            let mut state = self.endpoint.lock();
+            state.breaker.release(permit);
+            state.load.cancel();
         }
     }
 }
@@ -345,7 +364,12 @@ impl Cluster {
     /// When a new HTTP client cannot be built (nothing is changed then).
     pub fn reconfigure(&self, config: &Config) -> Result<(), reqwest::Error> {
         let policy = Policy::of(config);
-        let client = NodeClient::new(config.connect_timeout)?;
+        // A new client drops the warm connection pool: only when its setting changed.
+        let client = if policy.connect_timeout == self.policy.load().connect_timeout {
+            None
+        } else {
+            Some(NodeClient::new(config.connect_timeout)?)
+        };
         let old = self.endpoints.load_full();
         let endpoints: Vec<Arc<Endpoint>> = config
             .bzzz_endpoints
@@ -374,7 +398,10 @@ impl Cluster {
             }
         }
         self.endpoints.store(Arc::new(endpoints));
-        self.client.store(Arc::new(client));
+        if let Some(client) = client {
+            self.client.store(Arc::new(client));
+        }
+        self.lock_budget().set_config(&policy.retry);
         self.policy.store(Arc::new(policy));
         self.reconfigured.notify_waiters();
         Ok(())
@@ -480,8 +507,7 @@ impl Cluster {
         let before = state.breaker.state();
         let transition = state.breaker.record(permit, outcome.is_err(), now);
         if let Err(e) = outcome {
-            state.last_error = Some(e.to_string());
-            state.last_public = Some(e.public());
+            state.last_error = Some(e.public());
             state.last_error_at = Some(Utc::now());
             if let AttemptError::Unavailable {
                 retry_after: Some(wait),
@@ -521,7 +547,7 @@ impl Cluster {
                     "available".to_owned()
                 };
                 let last = s
-                    .last_public
+                    .last_error
                     .as_ref()
                     .map_or_else(String::new, |l| format!("; last error: {l}"));
                 (e.url().to_owned(), format!("{why}{last}"))
@@ -531,7 +557,7 @@ impl Cluster {
 
     /// The failure of a request: its own attempts' errors first, then what is known of
     /// the endpoints it did not try.
-    fn failure(
+    pub(crate) fn failure(
         &self,
         kind: FailureKind,
         attempts: u32,
@@ -567,6 +593,12 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<Answer<T>, AttemptError> {
         endpoint.lock().load.start();
+        // Until the outcome is recorded, dropping this (the request was abandoned) frees
+        // the permit and the in-flight count without counting anything.
+        let mut pending = Unrecorded {
+            endpoint,
+            permit: Some(permit),
+        };
         let started = Instant::now();
         let client = self.client.load_full();
         let result = client
@@ -582,12 +614,19 @@ impl Cluster {
                 request.body.clone(),
             )
             .await;
-        self.record(
-            endpoint,
-            permit,
-            result.as_ref().map(|_| ()),
-            started.elapsed(),
-        );
+        // A timeout shorter than the attempt timeout is the client's own deadline running
+        // out: it says nothing about the endpoint, so a client cannot trip breakers by
+        // sending tiny deadlines.
+        let clients_deadline = matches!(result, Err(AttemptError::Timeout(_)))
+            && timeout < self.policy.load().attempt_timeout;
+        if !clients_deadline && let Some(permit) = pending.permit.take() {
+            self.record(
+                endpoint,
+                permit,
+                result.as_ref().map(|_| ()),
+                started.elapsed(),
+            );
+        }
         result
     }
 
@@ -764,13 +803,9 @@ impl Cluster {
                     let error = match result {
                         Ok(Answer::Ok { .. }) => None,
                         Ok(Answer::Refused(r)) => {
-                            let text = format!("health check answered {}", r.code);
-                            Some((text.clone(), text))
+                            Some((format!("health check answered {}", r.code), r.message))
                         }
-                        Err(e) => Some((
-                            format!("health check: {e}"),
-                            format!("health check: {}", e.public()),
-                        )),
+                        Err(e) => Some((format!("health check: {}", e.public()), e.to_string())),
                     };
                     this.health_result(e, passed, error);
                 }
@@ -784,6 +819,7 @@ impl Cluster {
         }
     }
 
+    /// `error`: the public description and the full cause of a failed check.
     fn health_result(&self, endpoint: &Endpoint, passed: bool, error: Option<(String, String)>) {
         let mut state = endpoint.lock();
         state.last_health = Some(Utc::now());
@@ -800,16 +836,15 @@ impl Cluster {
         } else {
             state.failures = state.failures.saturating_add(1);
             state.passes = 0;
-            if let Some((error, public)) = error {
-                state.last_error = Some(error);
-                state.last_public = Some(public);
-                state.last_error_at = Some(Utc::now());
-            }
+            let (public, cause) = error.unwrap_or_default();
+            state.last_error = Some(public);
+            state.last_error_at = Some(Utc::now());
             if state.up && state.failures >= HEALTH_THRESHOLD {
                 state.up = false;
                 tracing::warn!(
                     endpoint = endpoint.url(),
                     failures = state.failures,
+                    error = %cause,
                     "endpoint down: health checks failing"
                 );
             }

@@ -74,12 +74,6 @@ impl Recovery {
         }
     }
 
-    /// The journal.
-    #[must_use]
-    pub fn journal(&self) -> &Arc<Journal> {
-        &self.journal
-    }
-
     /// Applies a reloaded request timeout (used for replay calls).
     pub fn set_request_timeout(&self, timeout: Duration) {
         *self
@@ -165,8 +159,14 @@ impl Recovery {
     /// in parallel (up to [`REPLAY_CONCURRENCY`]); false when the cluster failed.
     async fn replay_batch(&self) -> bool {
         use futures_util::StreamExt as _;
-        let batch = match self.journal.oldest(REPLAY_BATCH) {
-            Ok(batch) => batch,
+        let journal = Arc::clone(&self.journal);
+        let read = tokio::task::spawn_blocking(move || journal.oldest(REPLAY_BATCH)).await;
+        let batch = match read {
+            Ok(Ok(batch)) => batch,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the journal");
+                return false;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the journal");
                 return false;
@@ -204,8 +204,7 @@ impl Recovery {
     async fn replay_one(&self, seq: u64, entry: Option<Entry>) -> bool {
         let Some(entry) = entry else {
             tracing::error!(seq, "dropped a journal entry that cannot be decoded");
-            self.forget(seq, None).await;
-            return true;
+            return self.forget(seq, None).await;
         };
         let timeout = *self
             .request_timeout
@@ -247,19 +246,23 @@ impl Recovery {
                 return false;
             }
         }
-        self.forget(seq, Some(&entry.address)).await;
-        true
+        self.forget(seq, Some(&entry.address)).await
     }
 
-    async fn forget(&self, seq: u64, address: Option<&Address>) {
+    /// Removes a replayed entry; false when the journal could not (the replay pauses
+    /// rather than send the entry again at once).
+    async fn forget(&self, seq: u64, address: Option<&Address>) -> bool {
         match self.journal.remove(seq).await {
-            Ok(true) => {
-                if let Some(address) = address {
+            Ok(last) => {
+                if last && let Some(address) = address {
                     self.store.release(address);
                 }
+                true
             }
-            Ok(false) => {}
-            Err(e) => tracing::error!(seq, error = %e, "cannot remove a replayed journal entry"),
+            Err(e) => {
+                tracing::error!(seq, error = %e, "cannot remove a replayed journal entry");
+                false
+            }
         }
     }
 }
@@ -320,12 +323,13 @@ impl HybridBackend {
             op,
             request_id: call.request_id.clone(),
         };
-        self.recovery
-            .journal
-            .append(&entry)
-            .await
-            .map(|_| ())
-            .map_err(|e| BackendError::Journal(e.to_string()))
+        // A stalled disk must not hold the request past its deadline; if the commit lands
+        // later, the replay of a write the client retried is a no-op (same id).
+        match tokio::time::timeout_at(call.deadline, self.recovery.journal.append(&entry)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(BackendError::Journal(e.to_string())),
+            Err(_) => Err(BackendError::Timeout),
+        }
     }
 
     async fn local_put(
@@ -341,7 +345,9 @@ impl HybridBackend {
             .put(address, new, Retention::Owned, Utc::now())?;
         let created = matches!(outcome, PutOutcome::Created { .. });
         let (number, stored) = outcome.parts();
-        if created {
+        // An id the store already holds as the only copy may be a retry of a write whose
+        // journal commit failed: journal it again (a replayed duplicate is a no-op).
+        if created || self.store().is_owned(address) {
             let op = Op::Put {
                 version: (**stored).clone(),
             };
@@ -367,7 +373,7 @@ impl HybridBackend {
     ) -> Result<Served<Deleted>, BackendError> {
         let outcome = self.store().delete_blind(address, id, Utc::now())?;
         let tombstone = outcome.tombstone().clone();
-        if matches!(outcome, ucxl::DeleteOutcome::Deleted(_)) {
+        if matches!(outcome, ucxl::DeleteOutcome::Deleted(_)) || self.store().is_owned(address) {
             let op = Op::Delete {
                 id: tombstone.id.clone(),
                 deleted_at: tombstone.created_at,

@@ -72,19 +72,21 @@ enum Command {
 
 #[derive(Debug, Default)]
 struct Pending {
-    count: u64,
     per_address: HashMap<String, u64>,
     /// seq → canonical address, for removals.
     addresses: HashMap<u64, String>,
 }
 
 impl Pending {
+    fn count(&self) -> u64 {
+        self.addresses.len() as u64
+    }
+
     /// Forgets a removed entry; true when it was the last of its address.
     fn forget(&mut self, seq: u64) -> bool {
         let Some(address) = self.addresses.remove(&seq) else {
             return false;
         };
-        self.count = self.count.saturating_sub(1);
         let Some(n) = self.per_address.get_mut(&address) else {
             return false;
         };
@@ -145,7 +147,6 @@ impl Journal {
                 next = seq + 1;
                 let address = serde_json::from_slice::<Entry>(bytes.value())
                     .map_or_else(|_| String::new(), |e| e.address.canonical().to_owned());
-                pending.count += 1;
                 *pending.per_address.entry(address.clone()).or_default() += 1;
                 pending.addresses.insert(seq, address);
             }
@@ -153,9 +154,9 @@ impl Journal {
         let db = Arc::new(db);
         let (commands, rx) = mpsc::unbounded_channel();
         let writer_db = Arc::clone(&db);
-        set_pending_gauge(pending.count);
-        if pending.count > 0 {
-            tracing::warn!(pending = pending.count, path = %path.display(), "journal holds writes not yet replayed");
+        set_pending_gauge(pending.count());
+        if pending.count() > 0 {
+            tracing::warn!(pending = pending.count(), path = %path.display(), "journal holds writes not yet replayed");
         }
         let pending = Arc::new(Mutex::new(pending));
         let writer_pending = Arc::clone(&pending);
@@ -233,7 +234,7 @@ impl Journal {
     /// Entries not yet replayed.
     #[must_use]
     pub fn pending(&self) -> u64 {
-        self.pending_lock().count
+        self.pending_lock().count()
     }
 
     /// True when writes to `address` wait in the journal.
@@ -253,12 +254,6 @@ impl Journal {
     /// Waits for the next append.
     pub async fn appended(&self) {
         self.appended.notified().await;
-    }
-
-    /// The journal file.
-    #[must_use]
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -290,7 +285,6 @@ fn writer(
             match command {
                 Command::Append(_, address, ack) => {
                     if result.is_ok() {
-                        counts.count += 1;
                         *counts.per_address.entry(address.clone()).or_default() += 1;
                         counts.addresses.insert(seq, address);
                     }
@@ -303,7 +297,7 @@ fn writer(
                 }
             }
         }
-        set_pending_gauge(counts.count);
+        set_pending_gauge(counts.count());
         drop(counts);
     }
 }
@@ -378,10 +372,12 @@ mod tests {
             assert!(!journal.remove(first).await.expect("remove"));
         }
         // The writer thread may still hold the file for a moment: reopen until it is free.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let journal = loop {
             match Journal::open(dir.path()) {
                 Ok(j) => break j,
-                Err(_) => tokio::task::yield_now().await,
+                Err(e) if std::time::Instant::now() > until => panic!("cannot reopen: {e}"),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
             }
         };
         assert_eq!(journal.pending(), 20);

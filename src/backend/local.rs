@@ -155,6 +155,9 @@ impl Inner {
             });
         let before = record.set.len();
         let out = change(&mut record.set);
+        // Decided before compaction: a delete that compacts a record to its tombstone
+        // leaves the length as it was, yet the tombstone is new data.
+        let changed = record.set.len() != before;
         if record
             .set
             .entries()
@@ -168,7 +171,7 @@ impl Inner {
             record.set.compact();
         }
         let after = record.set.len();
-        if retention == Retention::Owned && after != before && !record.owned {
+        if retention == Retention::Owned && changed && !record.owned {
             record.owned = true;
             self.lru.remove(&record.touched);
             self.owned_entries += before;
@@ -274,28 +277,6 @@ impl LocalStore {
         drop(inner);
         self.count_evictions(evicted);
         Ok(outcome?)
-    }
-
-    /// Merges another replica's version set into the record (cache fill and replay).
-    ///
-    /// # Errors
-    /// [`BackendError::StoreFull`] when owned data leaves no room.
-    pub fn absorb(
-        &self,
-        address: &Address,
-        other: &VersionSet,
-        retention: Retention,
-    ) -> Result<bool, BackendError> {
-        let mut inner = self.write();
-        let growth = match inner.records.get(address.canonical()) {
-            Some(r) => r.set.missing_from(other).count(),
-            None => other.len(),
-        };
-        let (changed, evicted) =
-            inner.update(address, retention, Some(growth), |set| set.merge(other))?;
-        drop(inner);
-        self.count_evictions(evicted);
-        Ok(changed)
     }
 
     /// Writes a tombstone whether or not the store holds a live version (a fallback delete
@@ -450,10 +431,14 @@ impl LocalStore {
         .unwrap_or(Lookup::NotHeld)
     }
 
-    /// True when the store holds a record (data or a tombstone) for the address.
+    /// True when the store holds the address's record as the only copy (fallback writes
+    /// not yet replayed, or mock data).
     #[must_use]
-    pub fn holds(&self, address: &Address) -> bool {
-        self.read().records.contains_key(address.canonical())
+    pub fn is_owned(&self, address: &Address) -> bool {
+        self.read()
+            .records
+            .get(address.canonical())
+            .is_some_and(|r| r.owned)
     }
 
     /// The current history of the address (empty when deleted or absent).
@@ -654,22 +639,6 @@ mod tests {
     }
 
     #[test]
-    fn absorb_merges_and_counts_growth() {
-        let store = LocalStore::new(10);
-        let a = addr("ucxl://a:b@c:d/x");
-        let mut set = VersionSet::default();
-        set.put(new("1"), Utc::now()).expect("put");
-        set.put(new("2"), Utc::now()).expect("put");
-        assert!(store.absorb(&a, &set, Retention::Cached).expect("fits"));
-        assert!(
-            !store.absorb(&a, &set, Retention::Cached).expect("fits"),
-            "idempotent"
-        );
-        assert_eq!(store.status().entries, 2);
-        assert_eq!(store.history(&a).len(), 2);
-    }
-
-    #[test]
     fn search_pages_in_address_order() {
         let store = LocalStore::new(100);
         let now = Utc::now();
@@ -833,6 +802,7 @@ mod tests {
         assert_eq!(store.lookup(&at(a, "*~8")), Lookup::NotHeld);
         // An older answer changes nothing.
         assert!(store.observe(&addr(a), 8, &seen("v8", 8)));
+        assert_eq!(store.lookup(&addr(a)), Lookup::Found(10, seen("v10", 10)));
         assert_eq!(store.status().entries, 1);
         // Addresses never seen are not held (not missing).
         assert_eq!(store.lookup(&addr("ucxl://a:b@c:d/y")), Lookup::NotHeld);
@@ -905,5 +875,29 @@ mod tests {
 
     fn id(s: &str) -> EnvelopeId {
         EnvelopeId::parse(s).expect("valid id")
+    }
+
+    #[test]
+    fn a_fallback_delete_of_a_cached_address_is_owned_and_never_evicted() {
+        let store = LocalStore::new(2);
+        let a = addr("ucxl://a:b@c:d/x");
+        assert!(store.observe(&a, 1, &seen("v1", 1)));
+        // [v1] becomes [v1, T] and compacts to [T]: the length stays, the data is new.
+        store
+            .delete_blind(&a, id("d1"), Utc::now())
+            .expect("accepted");
+        assert_eq!(store.status().owned_entries, 1);
+        for i in 0..4 {
+            assert!(store.observe(
+                &addr(&format!("ucxl://a:b@c:d/{i}")),
+                1,
+                &seen(&format!("o{i}"), i)
+            ));
+        }
+        assert_eq!(
+            store.lookup(&a),
+            Lookup::Missing,
+            "the tombstone is still held"
+        );
     }
 }

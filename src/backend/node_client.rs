@@ -138,9 +138,9 @@ impl NodeClient {
             .http
             .request(method, url)
             .timeout(spec.timeout)
-            .header("x-request-id", spec.request_id)
+            .header(&ucxl_service::request_id::X_REQUEST_ID, spec.request_id)
             .header(
-                "x-request-timeout-ms",
+                ucxl_service::headers::REQUEST_TIMEOUT,
                 spec.timeout.as_millis().max(1).to_string(),
             );
         for (name, value) in headers {

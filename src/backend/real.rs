@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use ucxl::{Address, Envelope, EnvelopeId, History, NewVersion, SearchItem};
 
-use super::cluster::{Cluster, ClusterFailure, Executed, FailureKind, NodeRequest};
+use super::cluster::{Cluster, Executed, FailureKind, NodeRequest};
 use super::local::LocalStore;
 use super::node_client::Answer;
 use super::{
@@ -132,12 +132,34 @@ impl RealBackend {
         &self.cluster
     }
 
+    /// Caches the newest version the cluster answered (a put's, or a read of the latest;
+    /// a read of a past version says nothing about the newest).
     fn remember(&self, envelope: &Envelope) {
         self.cache.observe(
             &envelope.address,
             envelope.version,
             &Arc::new(envelope.to_version()),
         );
+    }
+
+    /// A node's answer about another address than the one asked is a bad answer: nothing
+    /// of it is passed on or cached.
+    fn check_address(
+        &self,
+        asked: &Address,
+        answered: &Address,
+        via: &Via,
+    ) -> Result<(), BackendError> {
+        if asked.canonical() == answered.canonical() {
+            return Ok(());
+        }
+        let endpoint = via.endpoint.clone().unwrap_or_default();
+        tracing::warn!(%endpoint, asked = %asked, answered = %answered, "a node answered for another address");
+        Err(BackendError::Cluster(self.cluster.failure(
+            FailureKind::BadAnswer,
+            via.attempts,
+            vec![(endpoint, "answered for another address".into())],
+        )))
     }
 
     /// Sends a put of `new` (also used by the journal replay).
@@ -159,6 +181,7 @@ impl RealBackend {
         };
         let executed = self.cluster.execute::<Envelope>(call, &request).await?;
         let (envelope, via, code) = data(executed)?;
+        self.check_address(address, &envelope.address, &via)?;
         self.remember(&envelope);
         self.wrote(address, &via);
         Ok(Served {
@@ -181,9 +204,15 @@ impl RealBackend {
         id: &EnvelopeId,
         deleted_at: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<Served<Deleted>, BackendError> {
-        let mut headers = vec![("idempotency-key", id.as_str().to_owned())];
+        let mut headers = vec![(
+            ucxl_service::headers::IDEMPOTENCY_KEY,
+            id.as_str().to_owned(),
+        )];
         if let Some(at) = deleted_at {
-            headers.push(("x-deleted-at", ucxl::envelope::rfc3339::format(at)));
+            headers.push((
+                ucxl_service::headers::DELETED_AT,
+                ucxl::envelope::rfc3339::format(at),
+            ));
         }
         let request = NodeRequest {
             method: reqwest::Method::DELETE,
@@ -267,7 +296,10 @@ impl Backend for RealBackend {
         };
         let executed = self.cluster.execute::<Envelope>(call, &request).await?;
         let (envelope, via, _) = data(executed)?;
-        self.remember(&envelope);
+        self.check_address(address, &envelope.address, &via)?;
+        if address.temporal() == ucxl::Temporal::Latest {
+            self.remember(&envelope);
+        }
         Ok(Served {
             value: envelope,
             via,
@@ -297,6 +329,7 @@ impl Backend for RealBackend {
         };
         let executed = self.cluster.execute::<History>(call, &request).await?;
         let (history, via, _) = data(executed)?;
+        self.check_address(address, &history.address, &via)?;
         Ok(Served {
             value: history,
             via,
@@ -353,11 +386,6 @@ impl Backend for RealBackend {
             if let Some(r) = refusal {
                 return Err(BackendError::Refused(r));
             }
-            for url in &failed {
-                if !errors.iter().any(|(u, _)| u == url) {
-                    errors.push((url.clone(), "not available".into()));
-                }
-            }
             let kind = if call.remaining().is_zero() {
                 FailureKind::Deadline
             } else if asked == 0 {
@@ -365,11 +393,10 @@ impl Backend for RealBackend {
             } else {
                 FailureKind::Exhausted
             };
-            return Err(BackendError::Cluster(ClusterFailure {
-                kind,
-                attempts: asked,
-                endpoints: errors,
-            }));
+            // The endpoints not asked are named with the reason they were skipped.
+            return Err(BackendError::Cluster(
+                self.cluster.failure(kind, asked, errors),
+            ));
         }
         let (items, more) = merge_pages(pages, query.limit);
         let next_cursor = more

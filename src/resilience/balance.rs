@@ -48,6 +48,11 @@ impl Load {
         self.in_flight = self.in_flight.saturating_add(1);
     }
 
+    /// A call ended without telling anything about latency (abandoned).
+    pub fn cancel(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
     /// A call ended after `rtt`.
     pub fn finish(&mut self, rtt: Duration, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
@@ -140,12 +145,17 @@ mod tests {
         // one candidate: no choice; none: nothing
         assert_eq!(p2c(&[2], &loads, &mut |_| 0), Some(2));
         assert_eq!(p2c(&[], &loads, &mut |_| 0), None);
-        // whatever the random source says, the two picks differ
+        // whatever the random source says, the two picks differ: with three distinct
+        // costs (0 dearest, then 1, 2 cheapest), the cheaper of two distinct ones wins
+        loads[1].start();
+        loads[1].finish(Duration::from_millis(20), now);
         for a in 0..3 {
             for b in 0..2 {
+                let second = if b >= a { b + 1 } else { b };
+                let expected = a.max(second);
                 let mut seq = [a, b].into_iter();
                 let chosen = p2c(&[0, 1, 2], &loads, &mut |_| seq.next().unwrap_or(0));
-                assert!(chosen.is_some());
+                assert_eq!(chosen, Some(expected), "picks {a} and {second}");
             }
         }
     }

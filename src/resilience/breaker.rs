@@ -259,6 +259,15 @@ impl Breaker {
         }
     }
 
+    /// Returns a permit whose call said nothing about the endpoint (it was abandoned, or
+    /// ran out of the client's own deadline before the attempt timeout): a probe slot is
+    /// freed, nothing is counted.
+    pub fn release(&mut self, permit: Permit) {
+        if let (Phase::HalfOpen { in_flight, .. }, Permit::Probe) = (&mut self.phase, permit) {
+            *in_flight = in_flight.saturating_sub(1);
+        }
+    }
+
     fn check_closed(&mut self, now: Instant) -> Option<Transition> {
         let threshold = self.config.consecutive_failures;
         if self.consecutive_failures >= threshold {
@@ -463,5 +472,29 @@ mod tests {
         assert_eq!(State::Closed.gauge(), 0);
         assert_eq!(State::HalfOpen.gauge(), 1);
         assert_eq!(State::Open.gauge(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_probe_frees_its_slot_and_counts_nothing() {
+        let mut b = Breaker::new(config(), no_jitter);
+        for _ in 0..5 {
+            call(&mut b, true);
+        }
+        b.health_passed();
+        let now = Instant::now();
+        let probes: Vec<Permit> = (0..3)
+            .map(|_| b.acquire(now).0.expect("a probe slot"))
+            .collect();
+        assert_eq!(b.acquire(now).0, None, "all three slots taken");
+        for p in probes {
+            b.release(p);
+        }
+        assert_eq!(b.state(), State::HalfOpen);
+        assert_eq!(
+            b.acquire(now).0,
+            Some(Permit::Probe),
+            "the slots are free again"
+        );
+        assert_eq!(b.consecutive_failures(), 5, "nothing was counted");
     }
 }

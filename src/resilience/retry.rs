@@ -83,6 +83,12 @@ impl RetryBudget {
         }
     }
 
+    /// Applies reloaded budget settings; what was counted stays.
+    pub fn set_config(&mut self, config: &RetryConfig) {
+        self.percent = config.budget_percent;
+        self.min_per_sec = config.budget_min_per_sec;
+    }
+
     fn bucket(&mut self, now: Instant) -> &mut (u64, u64, u64) {
         let second = now.saturating_duration_since(self.origin).as_secs();
         let window = BUDGET_WINDOW.as_secs();
@@ -183,5 +189,16 @@ mod tests {
             budget.try_retry(Instant::now()),
             "the old retries have left the window"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reloaded_settings_apply_to_what_was_counted() {
+        let now = Instant::now();
+        let mut budget = RetryBudget::new(&config(), now);
+        assert_eq!((0..200).filter(|_| budget.try_retry(now)).count(), 100);
+        let mut more = config();
+        more.budget_min_per_sec = 15;
+        budget.set_config(&more);
+        assert_eq!((0..200).filter(|_| budget.try_retry(now)).count(), 50);
     }
 }

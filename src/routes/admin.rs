@@ -66,7 +66,7 @@ pub struct ReloadReport {
 }
 
 /// Switches the active backend; the caller holds the admin lock.
-fn switch_mode(state: &AppState, mode: BackendMode) -> Result<BackendMode, ApiError> {
+async fn switch_mode(state: &AppState, mode: BackendMode) -> Result<BackendMode, ApiError> {
     let previous = state.active.load().mode;
     if previous == mode {
         return Ok(previous);
@@ -82,7 +82,12 @@ fn switch_mode(state: &AppState, mode: BackendMode) -> Result<BackendMode, ApiEr
     }
     if mode == BackendMode::Hybrid {
         let dir = state.config.load().journal_dir.clone();
-        let recovery = state.open_journal(&dir).map_err(|e| {
+        // Opening reads (and after a crash repairs) the journal file: off the async workers.
+        let shared = state.clone();
+        let opened = tokio::task::spawn_blocking(move || shared.open_journal(&dir))
+            .await
+            .map_err(ApiError::internal)?;
+        let recovery = opened.map_err(|e| {
             conflict(format!(
                 "backend mode hybrid is not available: cannot open the journal: {e}"
             ))
@@ -119,7 +124,7 @@ async fn set_mode(
     ApiJson(body): ApiJson<ModeRequest>,
 ) -> Result<Reply<ModeChange>, ApiError> {
     let _guard = state.admin_lock.lock().await;
-    let previous = switch_mode(&state, body.mode)?;
+    let previous = switch_mode(&state, body.mode).await?;
     let change = ModeChange {
         mode: body.mode,
         previous,
@@ -213,7 +218,7 @@ async fn reload(
         new.connect_timeout = old.connect_timeout;
     }
     if new.backend_mode != old.backend_mode
-        && let Err(e) = switch_mode(&state, new.backend_mode)
+        && let Err(e) = switch_mode(&state, new.backend_mode).await
     {
         report.not_applied.push(NotApplied {
             key: "backend_mode".into(),

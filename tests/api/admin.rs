@@ -228,9 +228,13 @@ async fn invalid_reload_changes_nothing() {
         before
     );
     // endpoints and a mode that needs them apply together, live
+    let refused = super::faults::refused();
     std::fs::write(
         &file,
-        "backend_mode = \"hybrid\"\nbzzz_endpoints = [\"http://127.0.0.1:9\"]\n",
+        format!(
+            "backend_mode = \"hybrid\"\nbzzz_endpoints = [\"{}\"]\n",
+            refused.url
+        ),
     )
     .expect("write config");
     let (status, body) = json(
@@ -249,5 +253,5 @@ async fn invalid_reload_changes_nothing() {
     let (_, status_body) = json(app.get_path("/v1/status").await).await;
     let data = &status_body["response"]["data"];
     assert_eq!(data["mode"], "hybrid", "{data}");
-    assert_eq!(data["endpoints"][0]["url"], "http://127.0.0.1:9", "{data}");
+    assert_eq!(data["endpoints"][0]["url"], refused.url, "{data}");
 }

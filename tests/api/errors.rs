@@ -216,7 +216,10 @@ async fn a_stalled_body_times_out_with_408() {
     let mut buf = [0u8; 4096];
     // The server answers and closes or keeps the connection; read until the body is in.
     while !String::from_utf8_lossy(&answer).contains("}}") {
-        let n = stream.read(&mut buf).await.expect("reads");
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), stream.read(&mut buf))
+            .await
+            .expect("the gateway answers a stalled body")
+            .expect("reads");
         if n == 0 {
             break;
         }

@@ -27,6 +27,8 @@ pub enum Mode {
     NotFound = 4,
     /// Never answers.
     Hang = 5,
+    /// A valid envelope, of another address than the one asked.
+    OtherAddress = 6,
 }
 
 impl Mode {
@@ -37,6 +39,7 @@ impl Mode {
             3 => Self::Garbage,
             4 => Self::NotFound,
             5 => Self::Hang,
+            6 => Self::OtherAddress,
             _ => Self::Healthy,
         }
     }
@@ -133,6 +136,12 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {
         )
             .into_response(),
         Mode::Hang => std::future::pending().await,
+        Mode::OtherAddress => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            r#"{"response":{"code":"UCXL-200-OK","message":"found","data":{"id":"x1","address":"ucxl://someone:else@other:task/elsewhere","version":1,"content":1,"content_type":"application/json","metadata":{},"created_at":"2026-11-24T10:00:00Z","hash":"sha256:6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b","size":1},"request_id":"r","timestamp":"2026-11-24T10:00:00Z"}}"#,
+        )
+            .into_response(),
     }
 }
 

@@ -154,10 +154,8 @@ async fn a_valid_answer_is_believed() {
 
 #[tokio::test]
 async fn refused_connections_are_retryable_connect_errors() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-    let addr = listener.local_addr().expect("addr");
-    drop(listener);
-    let endpoint: EndpointUrl = format!("http://{addr}").parse().expect("url");
+    let refused = super::faults::refused();
+    let endpoint: EndpointUrl = refused.url.parse().expect("url");
     let e = attempt(&endpoint, Duration::from_secs(2))
         .await
         .expect_err("refused");

@@ -1,10 +1,11 @@
 //! The resilience rules over real HTTP (SPEC §6, §7, §8): a gateway in front of real
 //! `bzzz-node` processes and of endpoints that misbehave on purpose.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use reqwest::Method;
-use rustle_gateway::config::{BackendMode, Config};
+use rustle_gateway::config::{BackendMode, Config, Sources};
 use rustle_gateway::startup::Options;
 use serde_json::{Value, json};
 
@@ -12,7 +13,9 @@ use super::faults::{FaultNode, Mode, refused};
 use super::helpers::{TestApp, assert_error, json, spawn_app_with, test_config};
 use super::nodes::{Cluster, NodeProc, wait_until};
 
-/// A gateway in `mode` over `endpoints`: no backoff waits, health checks every 50 ms.
+/// A gateway in `mode` over `endpoints`: no backoff waits, and health checks only at start
+/// (fault endpoints answer `/health` as they answer everything, so frequent checks would
+/// mark them down before the request under test is sent); tests of recovery lower it.
 pub fn cluster_config(endpoints: &[String], mode: BackendMode) -> Config {
     let mut config = test_config();
     config.backend_mode = mode;
@@ -20,7 +23,7 @@ pub fn cluster_config(endpoints: &[String], mode: BackendMode) -> Config {
         .iter()
         .map(|u| u.parse().expect("endpoint URL"))
         .collect();
-    config.health_interval = Duration::from_millis(50);
+    config.health_interval = Duration::from_secs(3600);
     config.retry.backoff_base = Duration::ZERO;
     config.retry.backoff_max = Duration::ZERO;
     config
@@ -57,8 +60,7 @@ async fn a_retry_goes_to_another_endpoint_and_no_client_sees_the_failure() {
     let node = NodeProc::start("solo", &[], None, &[]).await;
     let good = FaultNode::start(Mode::Healthy, Some(node.url(""))).await;
     let bad = FaultNode::start(Mode::Unavailable, None).await;
-    let mut config = cluster_config(&[bad.url.clone(), good.url.clone()], BackendMode::Real);
-    config.health_interval = Duration::from_secs(3600);
+    let config = cluster_config(&[bad.url.clone(), good.url.clone()], BackendMode::Real);
     let app = gateway(config).await;
     let mut retried = 0;
     for i in 0..10 {
@@ -122,7 +124,7 @@ async fn a_garbage_answer_is_502_and_counts_against_the_endpoint() {
     assert!(
         s["last_error"]
             .as_str()
-            .is_some_and(|t| t.contains("invalid answer")),
+            .is_some_and(|t| t.contains("invalid UCXI answer")),
         "{s}"
     );
 }
@@ -142,7 +144,6 @@ async fn the_retry_budget_caps_retries() {
     config.breaker.consecutive_failures = 1000;
     config.breaker.min_calls = 10_000;
     config.breaker.window = 10_000;
-    config.health_interval = Duration::from_secs(3600);
     let app = gateway(config).await;
     for _ in 0..20 {
         let (status, body) = json(app.get(A).await).await;
@@ -161,8 +162,7 @@ async fn retry_after_skips_the_endpoint_and_the_retry_goes_elsewhere_at_once() {
     let node = NodeProc::start("solo", &[], None, &[]).await;
     let good = FaultNode::start(Mode::Healthy, Some(node.url(""))).await;
     let busy = FaultNode::start(Mode::RetryAfter, None).await;
-    let mut config = cluster_config(&[busy.url.clone(), good.url.clone()], BackendMode::Real);
-    config.health_interval = Duration::from_secs(3600);
+    let config = cluster_config(&[busy.url.clone(), good.url.clone()], BackendMode::Real);
     let app = gateway(config).await;
     for i in 0..10 {
         let response = app.put(&format!("{A}{i}"), json!({"content": i})).await;
@@ -200,12 +200,28 @@ async fn the_deadline_covers_every_attempt_and_ends_in_504() {
 async fn a_breaker_opens_probes_after_a_health_pass_and_closes() {
     let node = NodeProc::start("solo", &[], None, &[]).await;
     let flaky = FaultNode::start(Mode::Unavailable, Some(node.url(""))).await;
-    let mut config = cluster_config(std::slice::from_ref(&flaky.url), BackendMode::Real);
-    config.retry.max_retries = 0;
-    // Slow enough that the 5 calls below reach the endpoint before health checks mark it
-    // down; fast enough that the recovery below is quick.
-    config.health_interval = Duration::from_millis(200);
+    // Configured through the environment, so a reload can turn health checks on later:
+    // until then only the check at start runs (one failure, below the threshold of 2).
+    let token = "breaker-token";
+    let env: HashMap<String, String> = [
+        ("RUSTLE_BACKEND_MODE", "real"),
+        ("RUSTLE_BZZZ_ENDPOINTS", flaky.url.as_str()),
+        ("RUSTLE_MAX_RETRIES", "0"),
+        ("RUSTLE_HEALTH_INTERVAL_MS", "3600000"),
+        ("RUSTLE_ADMIN_TOKEN", token),
+        ("RUSTLE_LISTEN_ADDR", "127.0.0.1:0"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let config = Sources {
+        env: env.clone(),
+        ..Default::default()
+    }
+    .resolve()
+    .expect("valid");
     let app = gateway(config).await;
+    app.env.lock().expect("env").extend(env);
     for _ in 0..5 {
         let (status, _) = json(app.get(A).await).await;
         assert_eq!(status, 503);
@@ -229,8 +245,22 @@ async fn a_breaker_opens_probes_after_a_health_pass_and_closes() {
         "{e}"
     );
     assert_eq!(flaky.api_hits(), 5);
-    // The node recovers: health checks pass, the breaker turns half-open and probes.
+    // The node recovers and health checks run often: one passes, the breaker turns
+    // half-open and probes.
     flaky.set(Mode::Healthy);
+    app.env
+        .lock()
+        .expect("env")
+        .insert("RUSTLE_HEALTH_INTERVAL_MS".into(), "50".into());
+    let (status, body) = json(
+        app.request(Method::POST, "/v1/admin/reload")
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("sent"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
     let probing = wait_until(Duration::from_secs(10), || async {
         let s = status_of(&app, &flaky.url).await;
         s["up"] == true && s["breaker"]["state"] == "half_open"
@@ -258,8 +288,7 @@ async fn search_fans_out_and_reports_failed_endpoints() {
     let node = NodeProc::start("solo", &[], None, &[]).await;
     let good = FaultNode::start(Mode::Healthy, Some(node.url(""))).await;
     let bad = FaultNode::start(Mode::Healthy, Some(node.url(""))).await;
-    let mut config = cluster_config(&[good.url.clone(), bad.url.clone()], BackendMode::Real);
-    config.health_interval = Duration::from_secs(3600);
+    let config = cluster_config(&[good.url.clone(), bad.url.clone()], BackendMode::Real);
     let app = gateway(config).await;
     for i in 0..3 {
         let response = app.put(&format!("{A}{i}"), json!({"content": i})).await;
@@ -344,7 +373,9 @@ async fn after_recovery_the_journal_is_replayed_to_the_cluster_in_order() {
         FaultNode::start(Mode::Unavailable, Some(cluster.nodes[1].url(""))).await,
     ];
     let urls: Vec<String> = proxies.iter().map(|p| p.url.clone()).collect();
-    let app = gateway(cluster_config(&urls, BackendMode::Hybrid)).await;
+    let mut config = cluster_config(&urls, BackendMode::Hybrid);
+    config.health_interval = Duration::from_millis(50);
+    let app = gateway(config).await;
     let mut ids = Vec::new();
     for i in 0..5 {
         let (status, body) = json(app.put(A, json!({"content": {"n": i}})).await).await;
@@ -468,4 +499,76 @@ async fn the_admin_api_switches_mock_real_and_hybrid_live() {
         assert_eq!(header(&response, "x-rustle-backend"), backend, "{mode}");
         assert_eq!(gateway_status(&app).await["mode"], mode);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_tiny_deadline_never_counts_against_an_endpoint() {
+    let slow = FaultNode::start(Mode::Hang, None).await;
+    let app = gateway(cluster_config(
+        std::slice::from_ref(&slow.url),
+        BackendMode::Real,
+    ))
+    .await;
+    for _ in 0..10 {
+        let response = app
+            .request(
+                Method::GET,
+                &format!("/v1/envelopes?address={}", super::helpers::enc(A)),
+            )
+            .header("x-request-timeout-ms", "5")
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 504);
+    }
+    let s = status_of(&app, &slow.url).await;
+    assert_eq!(s["breaker"]["state"], "closed", "{s}");
+    assert_eq!(s["breaker"]["consecutive_failures"], 0, "{s}");
+    assert_eq!(s["in_flight"], 0, "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_attempt_gives_its_slot_back() {
+    use rustle_gateway::backend::Call;
+    use rustle_gateway::backend::cluster::{Cluster, Jitters, NodeRequest};
+    let slow = FaultNode::start(Mode::Hang, None).await;
+    let config = cluster_config(std::slice::from_ref(&slow.url), BackendMode::Real);
+    let cluster = Cluster::new(&config, Jitters::default()).expect("client");
+    let call = Call {
+        request_id: "abandoned".into(),
+        deadline: tokio::time::Instant::now() + Duration::from_secs(5),
+    };
+    let request = NodeRequest {
+        method: reqwest::Method::GET,
+        path: "/ucxi/v1/get?address=x".into(),
+        headers: Vec::new(),
+        body: None,
+        prefer: None,
+    };
+    // The caller goes away (a client disconnect) while the attempt waits on the node.
+    let attempt = cluster.execute::<Value>(&call, &request);
+    let waited = tokio::time::timeout(Duration::from_millis(100), attempt).await;
+    assert!(waited.is_err(), "the node never answers");
+    assert_eq!(slow.api_hits(), 1);
+    let s = &cluster.status()[0];
+    assert_eq!(s.in_flight, 0, "{s:?}");
+    assert_eq!(s.breaker.consecutive_failures, 0, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_about_another_address_is_502_and_not_cached() {
+    let liar = FaultNode::start(Mode::OtherAddress, None).await;
+    let app = gateway(cluster_config(
+        std::slice::from_ref(&liar.url),
+        BackendMode::Real,
+    ))
+    .await;
+    let (status, body) = json(app.get(A).await).await;
+    let e = assert_error(status, &body, "UCXL-502-BAD_GATEWAY");
+    assert_eq!(
+        e["details"]["endpoints"][0]["error"],
+        "answered for another address"
+    );
+    let local = &gateway_status(&app).await["local_store"];
+    assert_eq!(local["entries"], 0, "{local}");
 }
