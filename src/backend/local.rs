@@ -89,9 +89,6 @@ impl Inner {
         }
     }
 
-    /// Evicts least recently used cached records (never `keep`) until `extra` more
-    /// entries fit. Returns how many records were evicted, or `None` when owned data
-    /// leaves no room.
     /// Removes a cached record with its counters and LRU entry (owned records stay).
     fn remove_cached(&mut self, key: &str) {
         if self.records.get(key).is_some_and(|r| !r.owned)
@@ -102,6 +99,9 @@ impl Inner {
         }
     }
 
+    /// Evicts least recently used cached records (never `keep`) until `extra` more
+    /// entries fit. Returns how many records were evicted, or `None` when owned data
+    /// leaves no room.
     fn make_room(&mut self, extra: usize, keep: &str) -> Option<u64> {
         let mut evicted = 0;
         let mut skipped = Vec::new();
