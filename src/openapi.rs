@@ -48,7 +48,7 @@ fn string_header(description: &str) -> RefOr<utoipa::openapi::Header> {
 }
 
 /// Adds what every operation shares: the `X-Request-Id` header on every answer, the
-/// `X-Rustle-*` headers on envelope and search successes, the error answers any route can
+/// `X-Rustle-*` headers on envelope and search answers, the error answers any route can
 /// give (400 for a bad `X-Request-Timeout-Ms`, 405, 500, 503 when shedding load).
 fn finish(mut doc: Document) -> Document {
     let failure = || -> RefOr<Response> {
@@ -113,10 +113,12 @@ fn finish(mut doc: Document) -> Document {
                         "The request id: the client's when it sent a valid one, else a UUIDv7",
                     ),
                 );
-                if served && status.starts_with('2') {
+                if served {
+                    // Errors found before a backend is asked (a bad address, load shedding)
+                    // carry none of these.
                     response.headers.insert(
                         "X-Rustle-Backend".into(),
-                        string_header("Which backend answered: real, fallback or mock"),
+                        string_header("Which backend answered or failed: real, fallback or mock"),
                     );
                     response.headers.insert(
                         "X-Rustle-Attempts".into(),
@@ -124,8 +126,12 @@ fn finish(mut doc: Document) -> Document {
                     );
                     response.headers.insert(
                         "X-Rustle-Endpoint".into(),
-                        string_header("The BZZZ node that answered (real answers only)"),
+                        string_header(
+                            "The BZZZ node that answered, a refusal included (real answers only)",
+                        ),
                     );
+                }
+                if served && status.starts_with('2') {
                     response.headers.insert(
                         "X-Rustle-Stale".into(),
                         string_header("`true` when a fallback read may be out of date"),

@@ -1,10 +1,12 @@
 //! The `X-Rustle-*` headers that say how a request was served, on top of the UCXL success
-//! reply of `ucxl-service`.
+//! reply of `ucxl-service` and on the error answers of backend calls.
 
 use axum::http::{HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use ucxl_service::Reply;
 
-use crate::backend::Via;
+use crate::backend::{Backend, BackendError, Via};
+use crate::error::ApiError;
 
 /// `X-Rustle-Backend`: `real`, `fallback` or `mock`.
 pub static X_RUSTLE_BACKEND: HeaderName = HeaderName::from_static("x-rustle-backend");
@@ -15,6 +17,23 @@ pub static X_RUSTLE_ATTEMPTS: HeaderName = HeaderName::from_static("x-rustle-att
 /// `X-Rustle-Stale: true` when a fallback read may be out of date.
 pub static X_RUSTLE_STALE: HeaderName = HeaderName::from_static("x-rustle-stale");
 
+/// The `X-Rustle-*` headers of `via`.
+fn headers(via: Via) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
+    let endpoint = via.endpoint.and_then(|e| HeaderValue::from_str(&e).ok());
+    [
+        Some((
+            X_RUSTLE_BACKEND.clone(),
+            HeaderValue::from_static(via.backend.as_str()),
+        )),
+        Some((X_RUSTLE_ATTEMPTS.clone(), HeaderValue::from(via.attempts))),
+        endpoint.map(|e| (X_RUSTLE_ENDPOINT.clone(), e)),
+        via.stale
+            .then(|| (X_RUSTLE_STALE.clone(), HeaderValue::from_static("true"))),
+    ]
+    .into_iter()
+    .flatten()
+}
+
 /// Adds the `X-Rustle-*` headers of a backend answer.
 pub trait ServedBy {
     /// The reply with the headers of `via`.
@@ -24,18 +43,48 @@ pub trait ServedBy {
 
 impl<T> ServedBy for Reply<T> {
     fn via(self, via: Via) -> Self {
-        let mut reply = self
-            .header(
-                X_RUSTLE_BACKEND.clone(),
-                HeaderValue::from_static(via.backend.as_str()),
-            )
-            .header(X_RUSTLE_ATTEMPTS.clone(), HeaderValue::from(via.attempts));
-        if let Some(endpoint) = via.endpoint.and_then(|e| HeaderValue::from_str(&e).ok()) {
-            reply = reply.header(X_RUSTLE_ENDPOINT.clone(), endpoint);
+        headers(via).fold(self, |reply, (name, value)| reply.header(name, value))
+    }
+}
+
+/// An error answer of an envelope or search call: the UCXL error, with the `X-Rustle-*`
+/// headers of the backend that failed when one did (a node's refusal names the node).
+#[derive(Debug)]
+pub struct Failed {
+    error: ApiError,
+    via: Option<Via>,
+}
+
+impl Failed {
+    /// The error answer of a backend call to `backend`.
+    #[must_use]
+    pub fn backend(error: BackendError, backend: &dyn Backend) -> Self {
+        let via = error.via(backend.local_kind());
+        Self {
+            error: error.into(),
+            via: Some(via),
         }
-        if via.stale {
-            reply = reply.header(X_RUSTLE_STALE.clone(), HeaderValue::from_static("true"));
+    }
+}
+
+impl From<ApiError> for Failed {
+    fn from(error: ApiError) -> Self {
+        Self { error, via: None }
+    }
+}
+
+impl From<ucxl::AddressError> for Failed {
+    fn from(error: ucxl::AddressError) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
+impl IntoResponse for Failed {
+    fn into_response(self) -> Response {
+        let mut response = self.error.into_response();
+        if let Some(via) = self.via {
+            response.headers_mut().extend(headers(via));
         }
-        reply
+        response
     }
 }

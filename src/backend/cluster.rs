@@ -29,6 +29,9 @@ use crate::resilience::retry::{self, Backoff, RetryBudget};
 
 /// Consecutive health results that flip an endpoint up or down (hysteresis).
 pub const HEALTH_THRESHOLD: u32 = 2;
+/// A down endpoint that passed a health check is checked again after this fraction of the
+/// health interval.
+const CONFIRM_DIVISOR: u32 = 4;
 
 /// The resilience settings that a reload may change.
 #[derive(Debug, Clone, PartialEq)]
@@ -214,6 +217,8 @@ impl Endpoint {
             last_error: s.last_error.clone(),
             last_error_at: s.last_error_at,
             last_health_check: s.last_health,
+            health_passes: s.passes,
+            health_failures: s.failures,
             skipped_until: s.skip_until.filter(|t| *t > now).map(wall),
         }
     }
@@ -423,6 +428,17 @@ impl Cluster {
             .any(|e| Endpoint::available(&e.lock(), now))
     }
 
+    /// True when an available endpoint's breaker is closed (takes any number of calls,
+    /// where a half-open one admits a few probes).
+    #[must_use]
+    pub fn any_closed(&self) -> bool {
+        let now = Instant::now();
+        self.endpoints.load().iter().any(|e| {
+            let state = e.lock();
+            Endpoint::available(&state, now) && state.breaker.state() == breaker::State::Closed
+        })
+    }
+
     /// Per-endpoint status.
     #[must_use]
     pub fn status(&self) -> Vec<EndpointStatus> {
@@ -432,6 +448,12 @@ impl Cluster {
             .iter()
             .map(|e| e.status(now))
             .collect()
+    }
+
+    /// The signal [`Cluster::wait_for_recovery`] waits for, to be enabled before work whose
+    /// failure is followed by a wait, so a recovery during the work is not missed.
+    pub fn recovery_signal(&self) -> tokio::sync::futures::Notified<'_> {
+        self.recovered.notified()
     }
 
     /// Waits until an endpoint comes up or a breaker closes, or `timeout` passes.
@@ -807,20 +829,36 @@ impl Cluster {
                         }
                         Err(e) => Some((format!("health check: {}", e.public()), e.to_string())),
                     };
-                    this.health_result(e, passed, error);
+                    this.health_result(e, passed, error)
                 }
             });
-            futures_util::future::join_all(checks).await;
+            let confirming = futures_util::future::join_all(checks)
+                .await
+                .into_iter()
+                .any(|c| c);
+            // A down endpoint that just passed is checked again soon: it still needs two
+            // consecutive passes, but a recovered node is not left idle for a whole period.
+            let pause = if confirming {
+                policy.health_interval / CONFIRM_DIVISOR
+            } else {
+                policy.health_interval
+            };
             tokio::select! {
-                () = tokio::time::sleep(policy.health_interval) => {}
+                () = tokio::time::sleep(pause) => {}
                 () = self.reconfigured.notified() => {}
                 () = stop.cancelled() => return,
             }
         }
     }
 
-    /// `error`: the public description and the full cause of a failed check.
-    fn health_result(&self, endpoint: &Endpoint, passed: bool, error: Option<(String, String)>) {
+    /// `error`: the public description and the full cause of a failed check. True when
+    /// the endpoint is down and passing: the next check confirms it.
+    fn health_result(
+        &self,
+        endpoint: &Endpoint,
+        passed: bool,
+        error: Option<(String, String)>,
+    ) -> bool {
         let mut state = endpoint.lock();
         state.last_health = Some(Utc::now());
         let mut came_up = false;
@@ -849,6 +887,7 @@ impl Cluster {
                 );
             }
         }
+        let confirming = passed && !state.up;
         endpoint.publish(&state);
         drop(state);
         endpoint.transitioned(transition);
@@ -861,6 +900,7 @@ impl Cluster {
         if came_up || passed {
             self.recovered.notify_waiters();
         }
+        confirming
     }
 }
 

@@ -145,33 +145,37 @@ impl Recovery {
                 }
                 continue;
             }
-            if !self.replay_batch().await {
-                // The cluster failed mid-replay: wait for it rather than spin.
+            // While every available breaker is half-open (a few probes admitted), replay
+            // one entry at a time: those are the probes that close a breaker.
+            let (limit, concurrency) = if cluster.any_closed() {
+                (REPLAY_BATCH, REPLAY_CONCURRENCY)
+            } else {
+                (1, 1)
+            };
+            let recovered = cluster.recovery_signal();
+            tokio::pin!(recovered);
+            recovered.as_mut().enable();
+            if let Err(e) = self.replay_batch(limit, concurrency).await {
+                // The cluster failed mid-replay: wait for it (a recovery during the batch
+                // counts) rather than spin.
+                tracing::info!(error = %e, "replay paused: the cluster failed");
                 tokio::select! {
-                    () = cluster.wait_for_recovery(REPLAY_TICK) => {}
+                    _ = tokio::time::timeout(REPLAY_TICK, recovered) => {}
                     () = stop.cancelled() => return,
                 }
             }
         }
     }
 
-    /// Replays the oldest entries: each address's entries in order, different addresses
-    /// in parallel (up to [`REPLAY_CONCURRENCY`]); false when the cluster failed.
-    async fn replay_batch(&self) -> bool {
+    /// Replays the oldest `limit` entries: each address's entries in order, different
+    /// addresses in parallel (up to `concurrency`). An error says why the replay stopped.
+    async fn replay_batch(&self, limit: usize, concurrency: usize) -> Result<(), String> {
         use futures_util::StreamExt as _;
         let journal = Arc::clone(&self.journal);
-        let read = tokio::task::spawn_blocking(move || journal.oldest(REPLAY_BATCH)).await;
-        let batch = match read {
-            Ok(Ok(batch)) => batch,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot read the journal");
-                return false;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the journal");
-                return false;
-            }
-        };
+        let batch = tokio::task::spawn_blocking(move || journal.oldest(limit))
+            .await
+            .map_err(|e| format!("cannot read the journal: {e}"))?
+            .map_err(|e| format!("cannot read the journal: {e}"))?;
         // Group by address, keeping each address's order (the journal's order).
         let mut groups: Vec<Vec<(u64, Option<Entry>)>> = Vec::new();
         let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
@@ -185,23 +189,22 @@ impl Recovery {
             });
             groups[i].push((seq, entry));
         }
-        let results: Vec<bool> = futures_util::stream::iter(groups)
+        let results: Vec<Result<(), String>> = futures_util::stream::iter(groups)
             .map(|group| async move {
                 for (seq, entry) in group {
-                    if !self.replay_one(seq, entry).await {
-                        return false;
-                    }
+                    self.replay_one(seq, entry).await?;
                 }
-                true
+                Ok(())
             })
-            .buffer_unordered(REPLAY_CONCURRENCY)
+            .buffer_unordered(concurrency)
             .collect()
             .await;
-        results.into_iter().all(|ok| ok)
+        results.into_iter().collect()
     }
 
-    /// Replays one entry and removes it; false when the cluster failed (it stays).
-    async fn replay_one(&self, seq: u64, entry: Option<Entry>) -> bool {
+    /// Replays one entry and removes it; an error when the cluster failed (it stays) or the
+    /// journal could not remove it.
+    async fn replay_one(&self, seq: u64, entry: Option<Entry>) -> Result<(), String> {
         let Some(entry) = entry else {
             tracing::error!(seq, "dropped a journal entry that cannot be decoded");
             return self.forget(seq, None).await;
@@ -228,7 +231,7 @@ impl Recovery {
         };
         match result {
             Ok(()) => {}
-            Err(BackendError::Refused(refusal)) => {
+            Err(BackendError::Refused(refusal, _)) => {
                 // A definite answer: replaying again would get the same one (a delete of
                 // something the cluster never had, an id the cluster holds for another kind
                 // of write).
@@ -241,27 +244,24 @@ impl Recovery {
                     "the cluster refused a journaled write; dropped from the journal"
                 );
             }
-            Err(e) => {
-                tracing::info!(seq, error = %e, "replay paused: the cluster failed");
-                return false;
-            }
+            Err(e) => return Err(format!("entry {seq}: {e}")),
         }
         self.forget(seq, Some(&entry.address)).await
     }
 
-    /// Removes a replayed entry; false when the journal could not (the replay pauses
+    /// Removes a replayed entry; an error when the journal could not (the replay pauses
     /// rather than send the entry again at once).
-    async fn forget(&self, seq: u64, address: Option<&Address>) -> bool {
+    async fn forget(&self, seq: u64, address: Option<&Address>) -> Result<(), String> {
         match self.journal.remove(seq).await {
             Ok(last) => {
                 if last && let Some(address) = address {
                     self.store.release(address);
                 }
-                true
+                Ok(())
             }
             Err(e) => {
                 tracing::error!(seq, error = %e, "cannot remove a replayed journal entry");
-                false
+                Err(format!("cannot remove journal entry {seq}: {e}"))
             }
         }
     }
@@ -566,6 +566,10 @@ impl Backend for HybridBackend {
                     .await
             }
         }
+    }
+
+    fn local_kind(&self) -> BackendKind {
+        BackendKind::Fallback
     }
 
     fn ready(&self) -> bool {

@@ -110,6 +110,10 @@ impl Backend for MockBackend {
         }))
     }
 
+    fn local_kind(&self) -> BackendKind {
+        BackendKind::Mock
+    }
+
     fn ready(&self) -> bool {
         true
     }

@@ -84,6 +84,30 @@ impl Via {
     }
 }
 
+impl BackendError {
+    /// How the failed request was served, for the `X-Rustle-*` headers of the error
+    /// answer: `local` is what errors no node gave count as ([`Backend::local_kind`]).
+    #[must_use]
+    pub fn via(&self, local: BackendKind) -> Via {
+        let failed = |backend, attempts| Via {
+            backend,
+            endpoint: None,
+            attempts,
+            stale: false,
+        };
+        match self {
+            Self::Refused(_, via) => via.clone(),
+            Self::Cluster(failure) => failed(BackendKind::Real, failure.attempts),
+            Self::NotCached { cause, .. } => failed(
+                BackendKind::Fallback,
+                cause.as_ref().map_or(0, |c| c.attempts),
+            ),
+            Self::Journal(_) => failed(BackendKind::Fallback, 0),
+            _ => Via::local(local),
+        }
+    }
+}
+
 /// A backend's answer with how it was served.
 #[derive(Debug, Clone)]
 pub struct Served<T> {
@@ -155,9 +179,10 @@ pub enum BackendError {
         /// The configured limit.
         limit: usize,
     },
-    /// A node refused the request (4xx): its answer is passed on as is.
+    /// A node refused the request (4xx): its answer is passed on as is, with which node
+    /// answered.
     #[error("a node refused: {0:?}")]
-    Refused(node_client::Refusal),
+    Refused(node_client::Refusal, Via),
     /// The cluster could not answer (no endpoint, attempts or deadline exhausted, bad
     /// answers).
     #[error(transparent)]
@@ -244,6 +269,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     ) -> Result<Served<SearchPage>, BackendError>;
     /// Whether the backend can serve requests now (`/ready`).
     fn ready(&self) -> bool;
+    /// What answers that no node gave count as: `mock`, or `fallback` (the local store).
+    fn local_kind(&self) -> BackendKind;
     /// What `/v1/status` shows of this backend.
     fn status(&self) -> BackendStatus;
 }
@@ -308,6 +335,10 @@ pub struct EndpointStatus {
     #[serde(with = "ucxl::envelope::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_health_check: Option<DateTime<Utc>>,
+    /// Consecutive health checks passed (2 mark a down endpoint up).
+    pub health_passes: u32,
+    /// Consecutive health checks failed (2 mark an up endpoint down).
+    pub health_failures: u32,
     /// Skipped until then after a `Retry-After` (RFC 3339).
     #[serde(with = "ucxl::envelope::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]

@@ -89,7 +89,10 @@ fn via(executed_endpoint: String, attempts: u32) -> Via {
 fn data<T>(executed: Executed<T>) -> Result<(T, Via, ucxl::Code), BackendError> {
     match executed.answer {
         Answer::Ok { code, data } => Ok((data, via(executed.endpoint, executed.attempts), code)),
-        Answer::Refused(refusal) => Err(BackendError::Refused(refusal)),
+        Answer::Refused(refusal) => Err(BackendError::Refused(
+            refusal,
+            via(executed.endpoint, executed.attempts),
+        )),
     }
 }
 
@@ -372,7 +375,7 @@ impl Backend for RealBackend {
                 Ok(Answer::Ok { data, .. }) => pages.push(data),
                 Ok(Answer::Refused(r)) => {
                     errors.push((url.clone(), format!("refused: {}", r.code)));
-                    refusal.get_or_insert(r);
+                    refusal.get_or_insert_with(|| (r, via(url.clone(), 1)));
                     failed.push(url);
                 }
                 Err(e) => {
@@ -383,8 +386,8 @@ impl Backend for RealBackend {
         }
         if pages.is_empty() {
             // A refusal (a query the nodes reject) is the client's error, not an outage.
-            if let Some(r) = refusal {
-                return Err(BackendError::Refused(r));
+            if let Some((r, via)) = refusal {
+                return Err(BackendError::Refused(r, via));
             }
             let kind = if call.remaining().is_zero() {
                 FailureKind::Deadline
@@ -421,6 +424,10 @@ impl Backend for RealBackend {
                 stale: false,
             },
         })
+    }
+
+    fn local_kind(&self) -> BackendKind {
+        BackendKind::Real
     }
 
     fn ready(&self) -> bool {

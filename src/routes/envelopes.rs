@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::extract::{AddressParam, AddressQuery, ApiJson, Ctx};
 use ucxl_service::Reply;
 
-use crate::reply::ServedBy;
+use crate::reply::{Failed, ServedBy};
 use crate::state::AppState;
 
 /// Longest accepted `content_type`.
@@ -115,7 +115,7 @@ async fn put_envelope(
     ctx: Ctx,
     AddressParam(address): AddressParam,
     ApiJson(body): ApiJson<PutEnvelope>,
-) -> Result<Reply<Envelope>, ApiError> {
+) -> Result<Reply<Envelope>, Failed> {
     address.require_latest()?;
     let new = NewVersion {
         id: ctx
@@ -130,7 +130,10 @@ async fn put_envelope(
         size: None,
     };
     let backend = Arc::clone(&state.active.load().backend);
-    let served = backend.put(&ctx.call, &address, new).await?;
+    let served = backend
+        .put(&ctx.call, &address, new)
+        .await
+        .map_err(|e| Failed::backend(e, backend.as_ref()))?;
     let written = served.value;
     let (code, message) = match (written.created, served.via.backend) {
         (true, BackendKind::Fallback) => (
@@ -165,9 +168,12 @@ async fn get_envelope(
     State(state): State<AppState>,
     ctx: Ctx,
     AddressParam(address): AddressParam,
-) -> Result<Reply<Envelope>, ApiError> {
+) -> Result<Reply<Envelope>, Failed> {
     let backend = Arc::clone(&state.active.load().backend);
-    let served = backend.get(&ctx.call, &address).await?;
+    let served = backend
+        .get(&ctx.call, &address)
+        .await
+        .map_err(|e| Failed::backend(e, backend.as_ref()))?;
     Ok(Reply::new(Code::Ok, "found", served.value, ctx.request_id()).via(served.via))
 }
 
@@ -192,14 +198,17 @@ async fn delete_envelope(
     State(state): State<AppState>,
     ctx: Ctx,
     AddressParam(address): AddressParam,
-) -> Result<Reply<Deleted>, ApiError> {
+) -> Result<Reply<Deleted>, Failed> {
     address.require_latest()?;
     let id = ctx
         .idempotency_key
         .clone()
         .unwrap_or_else(EnvelopeId::generate);
     let backend = Arc::clone(&state.active.load().backend);
-    let served = backend.delete(&ctx.call, &address, id).await?;
+    let served = backend
+        .delete(&ctx.call, &address, id)
+        .await
+        .map_err(|e| Failed::backend(e, backend.as_ref()))?;
     let (code, message) = if served.via.backend == BackendKind::Fallback {
         (Code::Accepted, "delete accepted into the durable journal")
     } else {
@@ -224,9 +233,12 @@ async fn history(
     State(state): State<AppState>,
     ctx: Ctx,
     AddressParam(address): AddressParam,
-) -> Result<Reply<History>, ApiError> {
+) -> Result<Reply<History>, Failed> {
     let backend = Arc::clone(&state.active.load().backend);
-    let served = backend.history(&ctx.call, &address).await?;
+    let served = backend
+        .history(&ctx.call, &address)
+        .await
+        .map_err(|e| Failed::backend(e, backend.as_ref()))?;
     let message = format!("{} versions", served.value.versions.len());
     Ok(Reply::new(Code::Ok, message, served.value, ctx.request_id()).via(served.via))
 }

@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::extract::{ApiQuery, Ctx};
 use ucxl_service::Reply;
 
-use crate::reply::ServedBy;
+use crate::reply::{Failed, ServedBy};
 use crate::routes::envelopes::ReadHeaders;
 use crate::state::AppState;
 
@@ -95,10 +95,13 @@ async fn search(
     State(state): State<AppState>,
     ctx: Ctx,
     ApiQuery(params): ApiQuery<SearchParams>,
-) -> Result<Reply<SearchPage>, ApiError> {
+) -> Result<Reply<SearchPage>, Failed> {
     let query = params.validate()?;
     let backend = Arc::clone(&state.active.load().backend);
-    let served = backend.search(&ctx.call, &query).await?;
+    let served = backend
+        .search(&ctx.call, &query)
+        .await
+        .map_err(|e| Failed::backend(e, backend.as_ref()))?;
     let message = format!("{} matches", served.value.items.len());
     Ok(Reply::new(Code::Ok, message, served.value, ctx.request_id()).via(served.via))
 }

@@ -116,7 +116,11 @@ async fn delete_then_get_is_404_and_put_restarts_history() {
     assert_eq!(data["id"], "del-1");
     assert_eq!(data["address"], a);
     assert!(data["deleted_at"].is_string());
-    let (status, body) = json(app.get(&a).await).await;
+    let response = app.get(&a).await;
+    // Error answers of backend calls say which backend answered, too.
+    assert_eq!(response.headers()["x-rustle-backend"], "mock");
+    assert_eq!(response.headers()["x-rustle-attempts"], "1");
+    let (status, body) = json(response).await;
     assert_error(status, &body, "UCXL-404-NOT_FOUND");
     // the same delete again is a no-op; a new one finds nothing
     let replay = app

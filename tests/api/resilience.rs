@@ -97,7 +97,12 @@ async fn a_node_refusal_is_passed_on_and_never_retried() {
         BackendMode::Real,
     ))
     .await;
-    let (status, body) = json(app.get(A).await).await;
+    let response = app.get(A).await;
+    // The error answer says which node refused.
+    assert_eq!(header(&response, "x-rustle-backend"), "real");
+    assert_eq!(header(&response, "x-rustle-endpoint"), refusing.url);
+    assert_eq!(header(&response, "x-rustle-attempts"), "1");
+    let (status, body) = json(response).await;
     let e = assert_error(status, &body, "UCXL-404-NOT_FOUND");
     assert_eq!(e["message"], "the node has nothing here");
     assert_eq!(e["details"], json!({"node": "fault"}));
@@ -329,7 +334,15 @@ async fn with_every_endpoint_down_hybrid_falls_back_and_real_answers_503() {
         BackendMode::Real,
     ))
     .await;
-    let (status, body) = json(real.put(A, json!({"content": 1})).await).await;
+    let response = real.put(A, json!({"content": 1})).await;
+    assert_eq!(header(&response, "x-rustle-backend"), "real");
+    assert_eq!(header(&response, "x-rustle-attempts"), "3");
+    assert_eq!(
+        header(&response, "x-rustle-endpoint"),
+        "",
+        "no node answered"
+    );
+    let (status, body) = json(response).await;
     let e = assert_error(status, &body, "UCXL-503-SERVICE_UNAVAILABLE");
     assert_eq!(e["details"]["endpoints"][0]["error"], "cannot connect");
 
@@ -345,7 +358,9 @@ async fn with_every_endpoint_down_hybrid_falls_back_and_real_answers_503() {
     assert_eq!(header(&response, "x-rustle-backend"), "fallback");
     let (status, body) = json(hybrid.delete(A).await).await;
     assert_eq!(status, 202, "{body}");
-    let (status, _) = json(hybrid.get(A).await).await;
+    let response = hybrid.get(A).await;
+    assert_eq!(header(&response, "x-rustle-backend"), "fallback");
+    let (status, _) = json(response).await;
     assert_eq!(status, 404);
     let pattern = super::helpers::enc("ucxl://any:any@bzzz:resilience/**");
     let (_, body) = json(
@@ -361,7 +376,9 @@ async fn with_every_endpoint_down_hybrid_falls_back_and_real_answers_503() {
     assert!(s["fallback"]["since"].is_string());
     assert_eq!(s["journal"]["pending"], 2);
     // An address the cache never saw cannot be answered honestly: 503, not 404.
-    let (status, body) = json(hybrid.get(&format!("{A}-unknown")).await).await;
+    let response = hybrid.get(&format!("{A}-unknown")).await;
+    assert_eq!(header(&response, "x-rustle-backend"), "fallback");
+    let (status, body) = json(response).await;
     assert_error(status, &body, "UCXL-503-SERVICE_UNAVAILABLE");
 }
 
@@ -571,4 +588,42 @@ async fn an_answer_about_another_address_is_502_and_not_cached() {
     );
     let local = &gateway_status(&app).await["local_store"];
     assert_eq!(local["entries"], 0, "{local}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_endpoint_that_passes_is_confirmed_without_waiting_a_whole_interval() {
+    let node = FaultNode::start(Mode::Unavailable, None).await;
+    let mut config = cluster_config(std::slice::from_ref(&node.url), BackendMode::Real);
+    let interval = Duration::from_secs(2);
+    config.health_interval = interval;
+    let app = gateway(config).await;
+    let down = wait_until(Duration::from_secs(10), || async {
+        let s = gateway_status(&app).await;
+        endpoint(&s, &node.url)["up"] == false
+    })
+    .await;
+    assert!(down, "{}", gateway_status(&app).await);
+    node.set(Mode::Healthy);
+    // One pass is not enough (hysteresis)...
+    let passed_once = wait_until(Duration::from_secs(10), || async {
+        endpoint(&gateway_status(&app).await, &node.url)["health_passes"] == 1
+    })
+    .await;
+    assert!(passed_once, "{}", gateway_status(&app).await);
+    let s = gateway_status(&app).await;
+    let e = endpoint(&s, &node.url);
+    assert!(
+        e["up"] == false || e["health_passes"] == 2,
+        "one pass marked it up: {e}"
+    );
+    // ...but the confirming check comes after a quarter interval, not a whole one.
+    let confirmed = wait_until(interval * 3 / 4, || async {
+        endpoint(&gateway_status(&app).await, &node.url)["up"] == true
+    })
+    .await;
+    assert!(confirmed, "{}", gateway_status(&app).await);
+    assert_eq!(
+        endpoint(&gateway_status(&app).await, &node.url)["health_passes"],
+        2
+    );
 }

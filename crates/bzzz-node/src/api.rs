@@ -272,16 +272,18 @@ async fn find(
     if found.is_empty() {
         return Ok(None);
     }
-    let store = Arc::clone(&state.store);
-    blocking(move || {
-        for value in found {
-            // A bad replica is skipped; the others still count.
-            if let Err(e) = store.merge_dht(&key, &value) {
-                tracing::warn!(error = %e, "ignored a replica found in the DHT");
-            }
-        }
-    })
-    .await?;
+    // Every replica is merged (a bad one is skipped; the others still count), in one
+    // commit when they arrive together.
+    let merges = found.iter().filter_map(|value| {
+        state
+            .store
+            .merge_dht(&key, value)
+            .inspect_err(|e| tracing::warn!(error = %e, "ignored a replica found in the DHT"))
+            .ok()
+    });
+    for merged in futures::future::join_all(merges.collect::<Vec<_>>()).await {
+        merged?;
+    }
     Ok(state.store.get(address))
 }
 
@@ -321,9 +323,7 @@ async fn put_envelope(
         hash: body.hash,
         size: body.size,
     };
-    let store = Arc::clone(&state.store);
-    let target = address.clone();
-    let (outcome, record) = blocking(move || store.put(&target, new, Utc::now())).await??;
+    let (outcome, record) = state.store.put(&address, new, Utc::now()).await?;
     // Replicate even when the id existed: a retry after a failed replication heals it.
     replicate(&state, &ctx, &record).await?;
     let created = matches!(outcome, PutOutcome::Created { .. });
@@ -380,10 +380,10 @@ async fn delete_envelope(
         // Maybe this node missed the record: look it up before refusing.
         find(&state, &ctx, &address).await?;
     }
-    let store = Arc::clone(&state.store);
-    let target = address.clone();
-    let (outcome, record) =
-        blocking(move || store.delete(&target, id, created_at, Utc::now())).await??;
+    let (outcome, record) = state
+        .store
+        .delete(&address, id, created_at, Utc::now())
+        .await?;
     replicate(&state, &ctx, &record).await?;
     let tombstone = outcome.tombstone();
     let deleted = DeleteAnswer {

@@ -1,6 +1,12 @@
-//! The Kademlia record store of a node: its [`NodeStore`], so records a peer puts are
-//! merged (set union) and committed to disk *before* Kademlia acknowledges them. An
-//! acknowledgement therefore means a durable copy, which is what the write quorum counts.
+//! The Kademlia record store of a node: a view of its [`NodeStore`], so DHT lookups find
+//! every record the node holds.
+//!
+//! Writes do not travel through Kademlia: its store interface is synchronous and it
+//! acknowledges a put as soon as the store returns, so a durable acknowledgement would mean
+//! one disk flush per record on the network task. Writes are pushed with the replication
+//! protocol of [`crate::p2p`] instead, acknowledged once group-committed. Kademlia puts
+//! that arrive anyway (from other implementations) are filtered and merged by the network
+//! task without an acknowledgement of durability.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -52,16 +58,15 @@ impl RecordStore for DhtStore {
     }
 
     fn put(&mut self, r: Record) -> store::Result<()> {
+        // Only reached for a local `put_record`, which the node does not use (inbound puts
+        // are filtered): the merge is queued, not awaited.
         match self.store.merge_dht(r.key.as_ref(), &r.value) {
-            Ok(changed) => {
-                if changed {
-                    tracing::debug!(key = %hex::encode(r.key.as_ref()), "merged a replica from a peer");
-                }
+            Ok(merging) => {
+                drop(merging);
                 Ok(())
             }
             Err(e) => {
-                // Kademlia has no richer error: the peer sees a reset, the log has why.
-                tracing::warn!(error = %e, "refused a record from a peer");
+                tracing::warn!(error = %e, "refused a record");
                 metrics::counter!("bzzz_records_refused_total").increment(1);
                 Err(store::Error::ValueTooLarge)
             }

@@ -1,6 +1,14 @@
 //! The libp2p side of a node: TCP + Noise + Yamux, Kademlia (server mode) over the node
-//! store, Identify and Ping; bootstrap dialling with backoff; replication of writes to a
-//! majority; catch-up of peers that (re)connect.
+//! store for routing and lookups, Identify and Ping; bootstrap dialling with backoff;
+//! replication of writes to a majority; catch-up of peers that (re)connect.
+//!
+//! Writes are pushed with [`REPLICATE_PROTOCOL`], a request-response protocol: the
+//! receiver merges the records into its store and answers only once the merges are
+//! committed to disk, so an acknowledgement means a durable copy, which is what the write
+//! quorum counts. The merges run on the store's writer thread (group commit), never on the
+//! network task. Whatever is queued for a peer when the network task comes round (live
+//! writes and catch-up alike) travels in one push, so a burst of writes costs a few
+//! streams and disk flushes rather than one of each per record.
 //!
 //! The swarm runs in one task. HTTP handlers talk to it through [`P2p`], a cloneable
 //! handle that sends [`Command`]s and reads a shared [`PeerView`].
@@ -14,35 +22,76 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use libp2p::kad::{
-    self, GetRecordOk, KBucketKey, PeerRecord, QueryId, QueryResult, Quorum, Record, RecordKey,
+    self, GetRecordOk, InboundRequest, KBucketKey, PeerRecord, QueryId, QueryResult, RecordKey,
+    StoreInserts,
 };
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, DialError, NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, identify, identity, noise, ping, tcp, yamux,
 };
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeConfig;
 use crate::dht::DhtStore;
-use crate::store::{DhtKey, NodeStore};
+use crate::store::{self, DhtKey, NodeStore};
 
 /// The Kademlia protocol of BZZZ clusters.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/bzzz/kad/1.0.0");
-/// Catch-up pushes in flight at once (well under Kademlia's 32 streams per connection, so
-/// live writes are not queued behind a catch-up).
-const CATCH_UP_IN_FLIGHT: usize = 8;
+/// The replication protocol: a push of one record, answered once it is durable.
+pub const REPLICATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/bzzz/replicate/1.0.0");
+/// Catch-up records in flight at once, over all peers (so live writes are not queued
+/// behind a catch-up).
+const CATCH_UP_IN_FLIGHT: usize = 64;
+/// Most records one push carries.
+const PUSH_RECORDS: usize = 256;
+/// Replication streams one connection carries at once, each way.
+const REPLICATION_STREAMS: usize = 256;
+/// Commands taken in one turn of the network task before it sends what they queued.
+const COMMANDS_PER_TURN: usize = 256;
+/// How long a push may wait for its answer.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest Kademlia message: a version set of `BZZZ_MAX_RECORD_BYTES` plus framing.
 const PACKET_SLACK: usize = 64 * 1024;
+
+/// A push of [`REPLICATE_PROTOCOL`]: records, each the JSON of a [`store::DhtValue`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Push {
+    /// The records.
+    pub records: Vec<Box<RawValue>>,
+}
+
+/// The answer to a [`Push`], once every record is settled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pushed {
+    /// Per record, in order: true once merged and on disk, false when refused.
+    pub stored: Vec<bool>,
+}
+
+/// What a push carried, per record: the write it belongs to (none for catch-up), and key.
+type PushedItem = (Option<u64>, DhtKey);
+
+/// A record queued for a peer: for a write being replicated, or for catch-up (`None`).
+struct Outgoing {
+    write: Option<u64>,
+    key: DhtKey,
+    record: Box<RawValue>,
+}
 
 /// The swarm's behaviours.
 #[derive(NetworkBehaviour)]
 #[allow(missing_debug_implementations)] // libp2p's behaviours do not all implement Debug
 pub struct Behaviour {
     kad: kad::Behaviour<DhtStore>,
+    replicate: request_response::json::Behaviour<Push, Pushed>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
 }
@@ -55,7 +104,7 @@ pub enum Command {
         /// DHT key.
         key: DhtKey,
         /// DHT value.
-        value: Vec<u8>,
+        value: Box<RawValue>,
         /// Where the outcome goes.
         reply: oneshot::Sender<Result<usize, ReplicateError>>,
     },
@@ -159,7 +208,11 @@ impl P2p {
     ///
     /// # Errors
     /// [`ReplicateError`] when the majority was not reached.
-    pub async fn replicate(&self, key: DhtKey, value: Vec<u8>) -> Result<usize, ReplicateError> {
+    pub async fn replicate(
+        &self,
+        key: DhtKey,
+        value: Box<RawValue>,
+    ) -> Result<usize, ReplicateError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Replicate { key, value, reply })
@@ -321,6 +374,36 @@ struct PendingWrite {
 /// first means a read at any healthy node sees an acknowledged write.
 const REMAINING_REPLICAS_GRACE: Duration = Duration::from_millis(100);
 
+/// Records to push to peers, in order, each (peer, key) queued at most once.
+#[derive(Default)]
+struct CatchUp {
+    queue: VecDeque<(PeerId, DhtKey)>,
+    queued: HashSet<(PeerId, DhtKey)>,
+}
+
+impl CatchUp {
+    fn push(&mut self, item: (PeerId, DhtKey)) {
+        if self.queued.insert(item) {
+            self.queue.push_back(item);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<(PeerId, DhtKey)> {
+        let item = self.queue.pop_front()?;
+        self.queued.remove(&item);
+        Some(item)
+    }
+
+    /// Queues every key for `peer`, replacing what was queued for it.
+    fn replace(&mut self, peer: PeerId, keys: Vec<DhtKey>) {
+        self.queue.retain(|(p, _)| *p != peer);
+        self.queued.retain(|(p, _)| *p != peer);
+        for key in keys {
+            self.push((peer, key));
+        }
+    }
+}
+
 /// The swarm task's state.
 struct Network {
     swarm: Swarm<Behaviour>,
@@ -328,16 +411,67 @@ struct Network {
     view: Arc<PeerView>,
     bootstraps: Vec<Bootstrap>,
     replication_factor: usize,
-    /// One push per target peer: query → (write, peer, key).
-    puts: HashMap<QueryId, (u64, PeerId, DhtKey)>,
+    /// Records queued per peer, sent at the end of the network task's turn.
+    outbox: HashMap<PeerId, Vec<Outgoing>>,
+    /// Pushes in flight: request → peer and, per record, (write, key).
+    puts: HashMap<OutboundRequestId, (PeerId, Vec<PushedItem>)>,
+    /// Largest push in bytes (a single larger record still goes, alone).
+    push_bytes: usize,
     writes: HashMap<u64, PendingWrite>,
     next_write: u64,
     gets: HashMap<QueryId, PendingFetch>,
-    catch_up: VecDeque<(PeerId, DhtKey)>,
-    catch_up_in_flight: HashSet<QueryId>,
+    catch_up: CatchUp,
+    /// Catch-up records queued or in flight.
+    catch_up_in_flight: usize,
+    /// Pushes from peers being merged: answered once durable.
+    merges: FuturesUnordered<BoxFuture<'static, (ResponseChannel<Pushed>, Vec<bool>)>>,
     first_listen: Option<oneshot::Sender<Multiaddr>>,
     /// The Kademlia bootstrap query in progress.
     bootstrapping: Option<QueryId>,
+}
+
+/// The swarm's behaviours for a node with `key`.
+fn behaviour(key: &identity::Keypair, config: &NodeConfig, store: &Arc<NodeStore>) -> Behaviour {
+    let rf = NonZeroUsize::new(config.replication_factor).unwrap_or(NonZeroUsize::MIN);
+    let packet = config.max_record_bytes.saturating_add(PACKET_SLACK);
+    let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+    kad_config
+        .set_replication_factor(rf)
+        .set_record_ttl(None)
+        .set_publication_interval(None)
+        // Catch-up on every connection re-sends what a peer missed; kad's hourly
+        // re-put of every record would encode the whole store on the swarm task.
+        .set_replication_interval(None)
+        .set_provider_publication_interval(None)
+        .set_max_packet_size(packet)
+        // Writes arrive through the replication protocol; a Kademlia put from
+        // elsewhere is merged by the network task, and lookups do not cache.
+        .set_record_filtering(StoreInserts::FilterBoth)
+        .set_caching(kad::Caching::Disabled)
+        .set_query_timeout(Duration::from_secs(10))
+        .set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+    let local = key.public().to_peer_id();
+    let mut kad =
+        kad::Behaviour::with_config(local, DhtStore::new(local, Arc::clone(store)), kad_config);
+    kad.set_mode(Some(kad::Mode::Server));
+    let codec = request_response::json::codec::Codec::default()
+        .set_request_size_maximum(u64::try_from(packet).unwrap_or(u64::MAX));
+    let replicate = request_response::Behaviour::with_codec(
+        codec,
+        [(REPLICATE_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(PUSH_TIMEOUT)
+            .with_max_concurrent_streams(REPLICATION_STREAMS),
+    );
+    Behaviour {
+        kad,
+        replicate,
+        identify: identify::Behaviour::new(identify::Config::new(
+            "/bzzz/1.0.0".into(),
+            key.public(),
+        )),
+        ping: ping::Behaviour::default(),
+    }
 }
 
 /// Builds the swarm, starts listening and spawns the network task.
@@ -353,8 +487,6 @@ pub async fn start(
 ) -> Result<(P2p, Multiaddr, tokio::task::JoinHandle<()>), P2pError> {
     let key = load_or_create_key(&config.data_dir)?;
     let peer_id = key.public().to_peer_id();
-    let rf = NonZeroUsize::new(config.replication_factor).unwrap_or(NonZeroUsize::MIN);
-    let packet = config.max_record_bytes.saturating_add(PACKET_SLACK);
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -365,35 +497,7 @@ pub async fn start(
         .map_err(|e| P2pError::Build(e.to_string()))?
         .with_dns()
         .map_err(|e| P2pError::Build(e.to_string()))?
-        .with_behaviour(|key| {
-            let mut kad_config = kad::Config::new(KAD_PROTOCOL);
-            kad_config
-                .set_replication_factor(rf)
-                .set_record_ttl(None)
-                .set_publication_interval(None)
-                // Catch-up on every connection re-sends what a peer missed; kad's hourly
-                // re-put of every record would encode the whole store on the swarm task.
-                .set_replication_interval(None)
-                .set_provider_publication_interval(None)
-                .set_max_packet_size(packet)
-                .set_query_timeout(Duration::from_secs(10))
-                .set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
-            let local = key.public().to_peer_id();
-            let mut kad = kad::Behaviour::with_config(
-                local,
-                DhtStore::new(local, Arc::clone(&store)),
-                kad_config,
-            );
-            kad.set_mode(Some(kad::Mode::Server));
-            Behaviour {
-                kad,
-                identify: identify::Behaviour::new(identify::Config::new(
-                    "/bzzz/1.0.0".into(),
-                    key.public(),
-                )),
-                ping: ping::Behaviour::default(),
-            }
-        })
+        .with_behaviour(|key| behaviour(key, config, &store))
         .map_err(|e| P2pError::Build(e.to_string()))?
         // Cluster links stay open: they are the replication targets and the health signal.
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(365 * 24 * 3600)))
@@ -427,8 +531,11 @@ pub async fn start(
         writes: HashMap::new(),
         next_write: 0,
         gets: HashMap::new(),
-        catch_up: VecDeque::new(),
-        catch_up_in_flight: HashSet::new(),
+        catch_up: CatchUp::default(),
+        catch_up_in_flight: 0,
+        outbox: HashMap::new(),
+        push_bytes: config.max_record_bytes,
+        merges: FuturesUnordered::new(),
         first_listen: Some(first_listen),
         bootstrapping: None,
     };
@@ -457,14 +564,31 @@ impl Network {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                Some(command) = commands.recv() => self.command(command),
+                Some(command) = commands.recv() => {
+                    self.command(command);
+                    // Take what else is queued, so it leaves in the same pushes.
+                    for _ in 1..COMMANDS_PER_TURN {
+                        let Ok(command) = commands.try_recv() else { break };
+                        self.command(command);
+                    }
+                }
                 event = self.swarm.select_next_some() => self.event(event),
+                Some((channel, stored)) = self.merges.next(), if !self.merges.is_empty() => {
+                    // Answer in the order merges settle; the pusher matches by request.
+                    // The pusher may have gone; it gets the record through catch-up.
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .replicate
+                        .send_response(channel, Pushed { stored });
+                }
                 _ = tick.tick() => {
                     self.dial_bootstraps();
                     self.acknowledge_slow_writes();
                 }
             }
             self.pump_catch_up();
+            self.flush();
         }
         tracing::info!("network stopped");
     }
@@ -505,14 +629,12 @@ impl Network {
                 // misses the write gets it again through catch-up.
                 let write = self.next_write;
                 self.next_write += 1;
-                let record = Record::new(record_key, value);
                 for peer in &targets {
-                    let id = self.kad().put_record_to(
-                        record.clone(),
-                        std::iter::once(*peer),
-                        Quorum::One,
-                    );
-                    self.puts.insert(id, (write, *peer, key));
+                    self.outbox.entry(*peer).or_default().push(Outgoing {
+                        write: Some(write),
+                        key,
+                        record: value.clone(),
+                    });
                 }
                 self.writes.insert(
                     write,
@@ -555,22 +677,64 @@ impl Network {
 
     /// Pushes queued records to (re)connected peers, a bounded number at a time.
     fn pump_catch_up(&mut self) {
-        while self.catch_up_in_flight.len() < CATCH_UP_IN_FLIGHT {
+        while self.catch_up_in_flight < CATCH_UP_IN_FLIGHT {
             let Some((peer, key)) = self.catch_up.pop_front() else {
                 break;
             };
             if !self.swarm.is_connected(&peer) {
                 continue;
             }
-            let Some(value) = self.store.dht_value(&key) else {
+            let Some(record) = self.store.by_key(&key) else {
                 continue;
             };
-            let record = Record::new(RecordKey::new(&key), value);
-            let id = self
-                .kad()
-                .put_record_to(record, std::iter::once(peer), Quorum::One);
-            self.catch_up_in_flight.insert(id);
+            let Ok(record) = store::encode(&record) else {
+                continue;
+            };
+            self.outbox.entry(peer).or_default().push(Outgoing {
+                write: None,
+                key,
+                record,
+            });
+            self.catch_up_in_flight += 1;
         }
+    }
+
+    /// Sends what is queued for each peer, in pushes of at most [`PUSH_RECORDS`] records
+    /// and `push_bytes` bytes.
+    fn flush(&mut self) {
+        for (peer, queued) in std::mem::take(&mut self.outbox) {
+            let mut records = Vec::new();
+            let mut items = Vec::new();
+            let mut bytes = 0;
+            for out in queued {
+                let size = out.record.get().len();
+                if !records.is_empty()
+                    && (records.len() == PUSH_RECORDS || bytes + size > self.push_bytes)
+                {
+                    self.send_push(
+                        peer,
+                        std::mem::take(&mut records),
+                        std::mem::take(&mut items),
+                    );
+                    bytes = 0;
+                }
+                bytes += size;
+                records.push(out.record);
+                items.push((out.write, out.key));
+            }
+            if !records.is_empty() {
+                self.send_push(peer, records, items);
+            }
+        }
+    }
+
+    fn send_push(&mut self, peer: PeerId, records: Vec<Box<RawValue>>, items: Vec<PushedItem>) {
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .replicate
+            .send_request(&peer, Push { records });
+        self.puts.insert(id, (peer, items));
     }
 
     fn set_connected(&self, peer: PeerId, connected: bool) {
@@ -604,9 +768,9 @@ impl Network {
 
     /// One push of a write ended.
     fn push_ended(&mut self, write: u64, peer: PeerId, key: DhtKey, stored: bool) {
-        if !stored && !self.catch_up.contains(&(peer, key)) {
+        if !stored {
             // The peer missed it: it gets the record again through catch-up.
-            self.catch_up.push_back((peer, key));
+            self.catch_up.push((peer, key));
         }
         let Some(pending) = self.writes.get_mut(&write) else {
             return;
@@ -657,9 +821,7 @@ impl Network {
         // Catch the peer up on everything this node holds: records written while it was
         // away reach it within seconds. A new connection replaces what was queued for the
         // peer, so a flapping peer does not pile up pushes.
-        self.catch_up.retain(|(p, _)| *p != peer_id);
-        let keys = self.store.dht_keys();
-        self.catch_up.extend(keys.into_iter().map(|k| (peer_id, k)));
+        self.catch_up.replace(peer_id, self.store.dht_keys());
         if num_established == 1 {
             tracing::info!(peer = %peer_id, "peer connected");
             self.set_connected(peer_id, true);
@@ -753,6 +915,15 @@ impl Network {
                     }
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Replicate(event)) => self.replication(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest {
+                request:
+                    InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            })) => self.kad_put(source, &record),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
                 result,
@@ -765,19 +936,110 @@ impl Network {
         }
     }
 
-    fn query_progressed(&mut self, id: QueryId, result: QueryResult, last: bool) {
-        match result {
-            QueryResult::PutRecord(outcome) => {
-                if self.catch_up_in_flight.remove(&id) {
-                    if let Err(e) = outcome {
-                        tracing::debug!(error = %e, "catch-up push failed");
+    fn replication(&mut self, event: request_response::Event<Push, Pushed>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.pushed_to_us(peer, &request, channel),
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => self.push_answered(request_id, &response.stored),
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "a push failed");
+                self.push_answered(request_id, &[]);
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "a push from a peer failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// A peer pushed records: merge them, answer once every merge is durable (or refused).
+    fn pushed_to_us(&mut self, peer: PeerId, push: &Push, channel: ResponseChannel<Pushed>) {
+        let merges: Vec<_> = push
+            .records
+            .iter()
+            .map(|record| {
+                let merging = store::decode(record.get().as_bytes())
+                    .map(|value| self.store.merge(&value.address, value.set));
+                async move {
+                    match merging {
+                        Ok(merging) => merging.await,
+                        Err(e) => Err(e),
                     }
-                    return;
                 }
-                if let Some((write, peer, key)) = self.puts.remove(&id) {
-                    self.push_ended(write, peer, key, outcome.is_ok());
+            })
+            .collect();
+        self.merges.push(Box::pin(async move {
+            let stored = futures::future::join_all(merges)
+                .await
+                .into_iter()
+                .map(|merged| match merged {
+                    Ok(changed) => {
+                        if changed {
+                            tracing::debug!(%peer, "merged a replica from a peer");
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "refused a record from a peer");
+                        metrics::counter!("bzzz_records_refused_total").increment(1);
+                        false
+                    }
+                })
+                .collect();
+            (channel, stored)
+        }));
+    }
+
+    /// A Kademlia put from a peer. Not part of BZZZ replication (which has its own
+    /// protocol): merged, but Kademlia has already answered.
+    fn kad_put(&self, source: PeerId, record: &kad::Record) {
+        match self.store.merge_dht(record.key.as_ref(), &record.value) {
+            Ok(merging) => drop(merging),
+            Err(e) => {
+                tracing::warn!(peer = %source, error = %e, "refused a Kademlia record");
+                metrics::counter!("bzzz_records_refused_total").increment(1);
+            }
+        }
+    }
+
+    /// A push of ours was answered (`stored` per record) or failed (empty: none stored).
+    fn push_answered(&mut self, id: OutboundRequestId, stored: &[bool]) {
+        let Some((peer, items)) = self.puts.remove(&id) else {
+            return;
+        };
+        for (i, (write, key)) in items.into_iter().enumerate() {
+            let stored = stored.get(i).copied().unwrap_or(false);
+            if let Some(write) = write {
+                self.push_ended(write, peer, key, stored);
+            } else {
+                self.catch_up_in_flight = self.catch_up_in_flight.saturating_sub(1);
+                if !stored {
+                    tracing::debug!(%peer, "a catch-up record was not stored");
                 }
             }
+        }
+    }
+
+    fn query_progressed(&mut self, id: QueryId, result: QueryResult, last: bool) {
+        match result {
             QueryResult::Bootstrap(_) if last && self.bootstrapping == Some(id) => {
                 self.bootstrapping = None;
             }

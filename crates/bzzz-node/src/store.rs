@@ -8,13 +8,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
 use ucxl::{
     Address, DeleteOutcome, EnvelopeId, NewVersion, PutOutcome, SearchItem, SearchQuery,
     VersionSet, WriteError,
@@ -42,7 +44,7 @@ pub struct DhtValue {
 }
 
 /// Why the store refused or failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The version set refused the write.
     #[error(transparent)]
@@ -59,34 +61,42 @@ pub enum StoreError {
     /// A record that does not decode.
     #[error("record does not decode: {0}")]
     Undecodable(String),
-    /// The disk store failed.
+    /// The disk store failed (the whole batch of writes it was committing failed).
     #[error("storage failed: {0}")]
-    Disk(#[from] redb::Error),
+    Disk(String),
+    /// The writer thread has stopped (the node is shutting down).
+    #[error("the store is closed")]
+    Closed,
 }
 
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        Self::Disk(e.to_string())
+    }
+}
 impl From<redb::DatabaseError> for StoreError {
     fn from(e: redb::DatabaseError) -> Self {
-        Self::Disk(e.into())
+        Self::Disk(e.to_string())
     }
 }
 impl From<redb::TransactionError> for StoreError {
     fn from(e: redb::TransactionError) -> Self {
-        Self::Disk(e.into())
+        Self::Disk(e.to_string())
     }
 }
 impl From<redb::TableError> for StoreError {
     fn from(e: redb::TableError) -> Self {
-        Self::Disk(e.into())
+        Self::Disk(e.to_string())
     }
 }
 impl From<redb::StorageError> for StoreError {
     fn from(e: redb::StorageError) -> Self {
-        Self::Disk(e.into())
+        Self::Disk(e.to_string())
     }
 }
 impl From<redb::CommitError> for StoreError {
     fn from(e: redb::CommitError) -> Self {
-        Self::Disk(e.into())
+        Self::Disk(e.to_string())
     }
 }
 
@@ -105,24 +115,90 @@ struct Records {
     by_key: HashMap<DhtKey, String>,
 }
 
+/// The published records, shared by readers and the writer thread.
+#[derive(Debug, Default)]
+struct Published(RwLock<Records>);
+
+impl Published {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Records> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, canonical: &str) -> Option<Arc<Record>> {
+        self.read().by_address.get(canonical).cloned()
+    }
+}
+
+/// Most changes one disk commit carries.
+const MAX_BATCH: usize = 512;
+
+/// Where the outcome of a change goes.
+type Answer<T> = oneshot::Sender<Result<(T, Arc<Record>), StoreError>>;
+
+/// A change for the writer thread.
+enum Change {
+    Put {
+        new: NewVersion,
+        now: DateTime<Utc>,
+        answer: Answer<PutOutcome>,
+    },
+    Delete {
+        id: EnvelopeId,
+        created_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        answer: Answer<DeleteOutcome>,
+    },
+    Merge {
+        set: VersionSet,
+        answer: Answer<bool>,
+    },
+}
+
+struct Job {
+    address: Address,
+    change: Change,
+}
+
 /// The node's durable record store.
+///
+/// Reads are served from memory and never wait for the disk. Every change goes to one
+/// writer thread, which applies whatever has queued up (up to [`MAX_BATCH`] changes, in
+/// arrival order, each on top of the previous ones) and commits them to disk in one
+/// transaction before it publishes the new records and answers their callers (group
+/// commit). A change is therefore durable before anyone sees it, and a burst of writes,
+/// local or from peers, costs one disk flush instead of one each.
 #[derive(Debug)]
 pub struct NodeStore {
-    db: Database,
-    records: RwLock<Records>,
-    /// Serialises writers, so that read-merge-persist-publish is atomic while readers
-    /// never wait for a disk commit.
-    writer: Mutex<()>,
-    max_record_bytes: usize,
+    published: Arc<Published>,
+    jobs: Option<mpsc::UnboundedSender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("address", &self.address.canonical())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for NodeStore {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what it holds and release the file.
+        self.jobs = None;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl NodeStore {
-    /// Opens (or creates) the store in `dir` and loads every record.
+    /// Opens (or creates) the store in `dir`, loads every record and starts the writer.
     ///
     /// # Errors
-    /// When the database cannot be opened or a stored record does not decode.
+    /// When the database cannot be opened or the writer thread cannot start.
     pub fn open(dir: &Path, max_record_bytes: usize) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Disk(redb::Error::Io(e)))?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Disk(e.to_string()))?;
         let db = Database::create(dir.join("records.redb"))?;
         // Make sure the table exists, so reads of a fresh store work.
         let txn = db.begin_write()?;
@@ -159,41 +235,57 @@ impl NodeStore {
         }
         drop(table);
         drop(read);
-        Ok(Self {
+        let published = Arc::new(Published(RwLock::new(records)));
+        let (jobs, queue) = mpsc::unbounded_channel();
+        let writer = Writer {
             db,
-            records: RwLock::new(records),
-            writer: Mutex::new(()),
+            published: Arc::clone(&published),
             max_record_bytes,
+        };
+        let writer = std::thread::Builder::new()
+            .name("bzzz-store".into())
+            .spawn(move || writer.run(queue))
+            .map_err(|e| StoreError::Disk(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            published,
+            jobs: Some(jobs),
+            writer: Some(writer),
         })
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Records> {
-        self.records.read().unwrap_or_else(PoisonError::into_inner)
+        self.published.read()
     }
 
     /// The record of an address, if any.
     #[must_use]
     pub fn get(&self, address: &Address) -> Option<Arc<Record>> {
-        self.read().by_address.get(address.canonical()).cloned()
+        self.published.get(address.canonical())
+    }
+
+    /// The record stored under a DHT key.
+    #[must_use]
+    pub fn by_key(&self, key: &[u8]) -> Option<Arc<Record>> {
+        let records = self.read();
+        let key: DhtKey = key.try_into().ok()?;
+        let canonical = records.by_key.get(&key)?;
+        records.by_address.get(canonical).cloned()
     }
 
     /// The record stored under a DHT key, as a DHT value.
     #[must_use]
     pub fn dht_value(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let records = self.read();
-        let key: DhtKey = key.try_into().ok()?;
-        let canonical = records.by_key.get(&key)?;
-        let record = records.by_address.get(canonical)?;
-        encode(record).ok()
+        let record = self.by_key(key)?;
+        encode(&record).ok().map(into_bytes)
     }
 
     /// Every record as (DHT key, DHT value).
     #[must_use]
     pub fn dht_records(&self) -> Vec<(DhtKey, Vec<u8>)> {
-        self.read()
-            .by_address
-            .values()
-            .filter_map(|r| encode(r).ok().map(|v| (dht_key(&r.address), v)))
+        let records: Vec<Arc<Record>> = self.read().by_address.values().cloned().collect();
+        records
+            .iter()
+            .filter_map(|r| encode(r).ok().map(|v| (dht_key(&r.address), into_bytes(v))))
             .collect()
     }
 
@@ -215,103 +307,93 @@ impl NodeStore {
         self.len() == 0
     }
 
-    /// Applies `change` to a copy of the address's set; when it changed the set, persists
-    /// and publishes the result. Returns the change's outcome and the resulting set.
-    fn update<T>(
-        &self,
-        address: &Address,
-        change: impl FnOnce(&mut VersionSet) -> Result<T, StoreError>,
-    ) -> Result<(T, Arc<Record>), StoreError> {
-        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let canonical = address.canonical();
-        let current = self.get(address);
-        let mut set = current.as_ref().map(|r| r.set.clone()).unwrap_or_default();
-        let before = set.len();
-        let outcome = change(&mut set)?;
-        if set.len() == before {
-            // Nothing changed: nothing to persist (and an empty set is never stored).
-            let record = current.unwrap_or_else(|| {
-                Arc::new(Record {
-                    address: address.without_temporal(),
-                    set,
-                })
-            });
-            return Ok((outcome, record));
-        }
-        let bytes = serde_json::to_vec(&set).map_err(|e| StoreError::Undecodable(e.to_string()))?;
-        if bytes.len() > self.max_record_bytes {
-            return Err(StoreError::TooLarge {
-                limit: self.max_record_bytes,
-            });
-        }
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(RECORDS)?;
-            table.insert(canonical, bytes.as_slice())?;
-        }
-        txn.commit()?;
-        let record = Arc::new(Record {
+    /// Queues a change for the writer thread; `answer` hears of it once it is durable.
+    fn submit(&self, address: &Address, change: Change) {
+        let job = Job {
             address: address.without_temporal(),
-            set,
-        });
-        let mut records = self.records.write().unwrap_or_else(PoisonError::into_inner);
-        records
-            .by_key
-            .insert(dht_key(address), canonical.to_owned());
-        records
-            .by_address
-            .insert(canonical.to_owned(), Arc::clone(&record));
-        drop(records);
-        metrics::gauge!("bzzz_records").set(u32::try_from(self.len()).unwrap_or(u32::MAX));
-        Ok((outcome, record))
+            change,
+        };
+        // When the writer has stopped the job (and its answer) is dropped: the caller's
+        // receiver reports the store closed.
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(job);
+        }
     }
 
-    /// Stores a new version (or finds the one with the same id).
+    /// Stores a new version (or finds the one with the same id); resolves once durable.
     ///
     /// # Errors
     /// Write refusals, a record grown too large, or a disk failure.
-    pub fn put(
+    pub async fn put(
         &self,
         address: &Address,
         new: NewVersion,
         now: DateTime<Utc>,
     ) -> Result<(PutOutcome, Arc<Record>), StoreError> {
-        self.update(address, |set| Ok(set.put(new, now)?))
+        let (answer, outcome) = oneshot::channel();
+        self.submit(address, Change::Put { new, now, answer });
+        outcome.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Writes a tombstone (or finds the one with the same id).
+    /// Writes a tombstone (or finds the one with the same id); resolves once durable.
     ///
     /// # Errors
     /// Nothing to delete, an id that names a version, or a disk failure.
-    pub fn delete(
+    pub async fn delete(
         &self,
         address: &Address,
         id: EnvelopeId,
         created_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<(DeleteOutcome, Arc<Record>), StoreError> {
-        self.update(address, |set| Ok(set.delete(id, created_at, now)?))
+        let (answer, outcome) = oneshot::channel();
+        self.submit(
+            address,
+            Change::Delete {
+                id,
+                created_at,
+                now,
+                answer,
+            },
+        );
+        outcome.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Merges a replica's set (set union); true when anything was added.
+    /// Merges a replica's set (set union). The returned future (which does not borrow the
+    /// store) resolves once the result is durable: true when anything was added.
     ///
     /// # Errors
     /// A record grown too large, or a disk failure.
-    pub fn merge(&self, address: &Address, other: &VersionSet) -> Result<bool, StoreError> {
-        self.update(address, |set| Ok(set.merge(other)))
-            .map(|(changed, _)| changed)
+    pub fn merge(
+        &self,
+        address: &Address,
+        set: VersionSet,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + use<> {
+        let (answer, outcome) = oneshot::channel();
+        self.submit(address, Change::Merge { set, answer });
+        async move {
+            outcome
+                .await
+                .map_err(|_| StoreError::Closed)?
+                .map(|(changed, _)| changed)
+        }
     }
 
     /// Merges a DHT record sent by a peer, after checking its key is its address's.
     ///
     /// # Errors
-    /// An undecodable record, a key mismatch, or a store failure.
-    pub fn merge_dht(&self, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+    /// An undecodable record or a key mismatch, at once; the returned future carries the
+    /// outcome of the merge itself.
+    pub fn merge_dht(
+        &self,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<impl Future<Output = Result<bool, StoreError>> + Send + use<>, StoreError> {
         let value = decode(value)?;
         if key != dht_key(&value.address).as_slice() {
             return Err(StoreError::KeyMismatch);
         }
-        self.merge(&value.address, &value.set)
+        Ok(self.merge(&value.address, value.set))
     }
 
     /// One page of matches among the records this node holds.
@@ -328,17 +410,165 @@ impl NodeStore {
     }
 }
 
-/// Encodes a record as a DHT value.
+/// A change applied to the batch, waiting for its commit.
+type Settle = Box<dyn FnOnce(&Result<(), StoreError>) + Send>;
+
+/// Builds the settlement of an applied change: its outcome once the batch is durable, the
+/// batch's failure otherwise.
+fn settle<T: Send + 'static>(answer: Answer<T>, outcome: T, record: Arc<Record>) -> Settle {
+    Box::new(move |committed| {
+        let _ = answer.send(committed.clone().map(|()| (outcome, record)));
+    })
+}
+
+/// The writer thread: owns every write transaction.
+struct Writer {
+    db: Database,
+    published: Arc<Published>,
+    max_record_bytes: usize,
+}
+
+/// The records a batch changed: canonical address → (record, its encoding).
+type Staged = HashMap<String, (Arc<Record>, Vec<u8>)>;
+
+impl Writer {
+    fn run(self, mut queue: mpsc::UnboundedReceiver<Job>) {
+        while let Some(first) = queue.blocking_recv() {
+            let mut staged = Staged::new();
+            let mut settles = Vec::new();
+            self.apply(first, &mut staged, &mut settles);
+            while settles.len() < MAX_BATCH {
+                let Ok(job) = queue.try_recv() else { break };
+                self.apply(job, &mut staged, &mut settles);
+            }
+            let committed = if staged.is_empty() {
+                Ok(())
+            } else {
+                self.commit(&staged)
+            };
+            match &committed {
+                Ok(()) => self.publish(staged),
+                Err(e) => {
+                    tracing::error!(error = %e, changes = settles.len(), "a store commit failed; its writes were refused");
+                }
+            }
+            for settle in settles {
+                settle(&committed);
+            }
+        }
+    }
+
+    /// Applies one change on top of the batch so far. Refusals are answered at once; an
+    /// applied change is settled after the commit.
+    fn apply(&self, job: Job, staged: &mut Staged, settles: &mut Vec<Settle>) {
+        let Job { address, change } = job;
+        let canonical = address.canonical();
+        let current = staged
+            .get(canonical)
+            .map(|(r, _)| Arc::clone(r))
+            .or_else(|| self.published.get(canonical));
+        let mut set = current.as_ref().map(|r| r.set.clone()).unwrap_or_default();
+        let before = set.len();
+        let mut record = |set: VersionSet| -> Result<Arc<Record>, StoreError> {
+            if set.len() == before {
+                // Nothing changed: nothing to persist (and an empty set is never stored).
+                return Ok(current.clone().unwrap_or_else(|| {
+                    Arc::new(Record {
+                        address: address.clone(),
+                        set,
+                    })
+                }));
+            }
+            let bytes =
+                serde_json::to_vec(&set).map_err(|e| StoreError::Undecodable(e.to_string()))?;
+            if bytes.len() > self.max_record_bytes {
+                return Err(StoreError::TooLarge {
+                    limit: self.max_record_bytes,
+                });
+            }
+            let record = Arc::new(Record {
+                address: address.clone(),
+                set,
+            });
+            staged.insert(canonical.to_owned(), (Arc::clone(&record), bytes));
+            Ok(record)
+        };
+        match change {
+            Change::Put { new, now, answer } => match set.put(new, now) {
+                Ok(outcome) => match record(set) {
+                    Ok(r) => settles.push(settle(answer, outcome, r)),
+                    Err(e) => drop(answer.send(Err(e))),
+                },
+                Err(e) => drop(answer.send(Err(e.into()))),
+            },
+            Change::Delete {
+                id,
+                created_at,
+                now,
+                answer,
+            } => match set.delete(id, created_at, now) {
+                Ok(outcome) => match record(set) {
+                    Ok(r) => settles.push(settle(answer, outcome, r)),
+                    Err(e) => drop(answer.send(Err(e))),
+                },
+                Err(e) => drop(answer.send(Err(e.into()))),
+            },
+            Change::Merge { set: other, answer } => {
+                let changed = set.merge(&other);
+                match record(set) {
+                    Ok(r) => settles.push(settle(answer, changed, r)),
+                    Err(e) => drop(answer.send(Err(e))),
+                }
+            }
+        }
+    }
+
+    fn commit(&self, staged: &Staged) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(RECORDS)?;
+            for (canonical, (_, bytes)) in staged {
+                table.insert(canonical.as_str(), bytes.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn publish(&self, staged: Staged) {
+        let mut records = self
+            .published
+            .0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (canonical, (record, _)) in staged {
+            records
+                .by_key
+                .insert(dht_key(&record.address), canonical.clone());
+            records.by_address.insert(canonical, record);
+        }
+        let count = records.by_address.len();
+        drop(records);
+        metrics::gauge!("bzzz_records").set(u32::try_from(count).unwrap_or(u32::MAX));
+    }
+}
+
+/// The bytes of an encoded value.
+fn into_bytes(raw: Box<RawValue>) -> Vec<u8> {
+    Box::<str>::from(raw).into_boxed_bytes().into_vec()
+}
+
+/// Encodes a record as a DHT value (the JSON of a [`DhtValue`]).
 ///
 /// # Errors
 /// Only if serialisation fails.
-pub fn encode(record: &Record) -> Result<Vec<u8>, serde_json::Error> {
+pub fn encode(record: &Record) -> Result<Box<RawValue>, serde_json::Error> {
     #[derive(Serialize)]
     struct Borrowed<'a> {
         address: &'a Address,
         set: &'a VersionSet,
     }
-    serde_json::to_vec(&Borrowed {
+    serde_json::value::to_raw_value(&Borrowed {
         address: &record.address,
         set: &record.set,
     })
@@ -376,14 +606,20 @@ mod tests {
         NewVersion::json(EnvelopeId::parse(id).expect("valid id"), content)
     }
 
-    #[test]
-    fn records_survive_reopening() {
+    #[tokio::test]
+    async fn records_survive_reopening() {
         let dir = tempfile::tempdir().expect("tempdir");
         let a = addr("ucxl://a:r@p:t/x");
         {
             let store = NodeStore::open(dir.path(), 1 << 20).expect("opens");
-            store.put(&a, new("1", json!(1)), Utc::now()).expect("put");
-            store.put(&a, new("2", json!(2)), Utc::now()).expect("put");
+            store
+                .put(&a, new("1", json!(1)), Utc::now())
+                .await
+                .expect("put");
+            store
+                .put(&a, new("2", json!(2)), Utc::now())
+                .await
+                .expect("put");
             store
                 .delete(
                     &addr("ucxl://a:r@p:t/x"),
@@ -391,8 +627,12 @@ mod tests {
                     None,
                     Utc::now(),
                 )
+                .await
                 .expect("delete");
-            store.put(&a, new("3", json!(3)), Utc::now()).expect("put");
+            store
+                .put(&a, new("3", json!(3)), Utc::now())
+                .await
+                .expect("put");
         }
         let store = NodeStore::open(dir.path(), 1 << 20).expect("reopens");
         let record = store.get(&a).expect("kept");
@@ -404,22 +644,38 @@ mod tests {
         assert_eq!(store.dht_keys(), vec![dht_key(&a)]);
     }
 
-    #[test]
-    fn dht_values_round_trip_and_merge_by_union() {
+    #[tokio::test]
+    async fn dht_values_round_trip_and_merge_by_union() {
         let dir = tempfile::tempdir().expect("tempdir");
         let one = NodeStore::open(&dir.path().join("one"), 1 << 20).expect("opens");
         let two = NodeStore::open(&dir.path().join("two"), 1 << 20).expect("opens");
         let a = addr("ucxl://a:r@p:t/x");
-        one.put(&a, new("1", json!(1)), Utc::now()).expect("put");
-        two.put(&a, new("2", json!(2)), Utc::now()).expect("put");
+        one.put(&a, new("1", json!(1)), Utc::now())
+            .await
+            .expect("put");
+        two.put(&a, new("2", json!(2)), Utc::now())
+            .await
+            .expect("put");
         let key = dht_key(&a);
         let value = one.dht_value(&key).expect("held");
-        assert!(two.merge_dht(&key, &value).expect("merges"));
-        assert!(!two.merge_dht(&key, &value).expect("merges"), "idempotent");
+        let value = value.as_slice();
+        assert!(
+            two.merge_dht(&key, value)
+                .expect("decodes")
+                .await
+                .expect("merges")
+        );
+        assert!(
+            !two.merge_dht(&key, value)
+                .expect("decodes")
+                .await
+                .expect("merges"),
+            "idempotent"
+        );
         assert_eq!(two.get(&a).expect("held").set.len(), 2);
         let wrong = dht_key(&addr("ucxl://a:r@p:t/y"));
         assert!(matches!(
-            two.merge_dht(&wrong, &value),
+            two.merge_dht(&wrong, value),
             Err(StoreError::KeyMismatch)
         ));
         assert!(matches!(
@@ -428,13 +684,14 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn records_are_bounded() {
+    #[tokio::test]
+    async fn records_are_bounded() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = NodeStore::open(dir.path(), 1024).expect("opens");
         let a = addr("ucxl://a:r@p:t/x");
         let err = store
             .put(&a, new("1", json!("x".repeat(2000))), Utc::now())
+            .await
             .expect_err("too large");
         assert!(matches!(err, StoreError::TooLarge { limit: 1024 }));
         assert!(store.get(&a).is_none());
