@@ -6,6 +6,11 @@
 //! One writer thread owns all write transactions and commits whatever has queued up in one
 //! transaction (group commit): concurrent fallback writes share one fsync instead of
 //! queueing for one each.
+//!
+//! A failed commit (a full or failing disk) refuses every write of its batch, none of which
+//! was acknowledged. redb refuses all further use of a database after an I/O error, so the
+//! journal then closes the file and reopens it (reloading its state from disk) at the next
+//! write: once the disk works again, so does the journal, without a restart.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -99,11 +104,79 @@ impl Pending {
     }
 }
 
+/// Opens the database: at start, and again after a disk error.
+type Opener = Box<dyn Fn() -> Result<Database, String> + Send + Sync>;
+
+/// The open database, shared by the writer thread and readers; empty after a disk error
+/// until the writer reopens it.
+struct Store {
+    open: Opener,
+    db: Mutex<Option<Arc<Database>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("open", &self.slot().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<Database>>> {
+        self.db.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The open database, for readers.
+    fn current(&self) -> Result<Arc<Database>, String> {
+        self.slot().clone().ok_or_else(|| {
+            "the journal is closed after a disk error; the next write reopens it".into()
+        })
+    }
+
+    /// Opens the database (creating its table) and publishes it.
+    fn reopen(&self) -> Result<Arc<Database>, String> {
+        let mut slot = self.slot();
+        if let Some(db) = slot.as_ref() {
+            return Ok(Arc::clone(db));
+        }
+        let db = (self.open)()?;
+        let txn = db.begin_write().map_err(|e| e.to_string())?;
+        txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
+        txn.commit().map_err(|e| e.to_string())?;
+        let db = Arc::new(db);
+        *slot = Some(Arc::clone(&db));
+        Ok(db)
+    }
+
+    fn close(&self) {
+        *self.slot() = None;
+    }
+}
+
+/// What the journal holds: the pending entries and the next sequence number.
+fn load(db: &Database) -> Result<(Pending, u64), String> {
+    let mut pending = Pending::default();
+    let mut next = 1;
+    let read = db.begin_read().map_err(|e| e.to_string())?;
+    let table = read.open_table(ENTRIES).map_err(|e| e.to_string())?;
+    for row in table.iter().map_err(|e| e.to_string())? {
+        let (seq, bytes) = row.map_err(|e| e.to_string())?;
+        let seq = seq.value();
+        next = seq + 1;
+        let address = serde_json::from_slice::<Entry>(bytes.value())
+            .map_or_else(|_| String::new(), |e| e.address.canonical().to_owned());
+        *pending.per_address.entry(address.clone()).or_default() += 1;
+        pending.addresses.insert(seq, address);
+    }
+    Ok((pending, next))
+}
+
 /// The journal: a redb file in `RUSTLE_JOURNAL_DIR`.
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
-    db: Arc<Database>,
+    store: Arc<Store>,
     commands: mpsc::UnboundedSender<Command>,
     pending: Arc<Mutex<Pending>>,
     /// Woken by every append (the replayer waits on it).
@@ -132,41 +205,40 @@ impl Journal {
     pub fn open(dir: &Path) -> Result<Arc<Self>, JournalError> {
         std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(|e| fail(&path, e))?;
-        let txn = db.begin_write().map_err(|e| fail(&path, e))?;
-        txn.open_table(ENTRIES).map_err(|e| fail(&path, e))?;
-        txn.commit().map_err(|e| fail(&path, e))?;
-        let mut pending = Pending::default();
-        let mut next = 1;
-        {
-            let read = db.begin_read().map_err(|e| fail(&path, e))?;
-            let table = read.open_table(ENTRIES).map_err(|e| fail(&path, e))?;
-            for row in table.iter().map_err(|e| fail(&path, e))? {
-                let (seq, bytes) = row.map_err(|e| fail(&path, e))?;
-                let seq = seq.value();
-                next = seq + 1;
-                let address = serde_json::from_slice::<Entry>(bytes.value())
-                    .map_or_else(|_| String::new(), |e| e.address.canonical().to_owned());
-                *pending.per_address.entry(address.clone()).or_default() += 1;
-                pending.addresses.insert(seq, address);
-            }
-        }
-        let db = Arc::new(db);
+        let file = path.clone();
+        Self::start(
+            path,
+            Box::new(move || Database::create(&file).map_err(|e| e.to_string())),
+        )
+    }
+
+    /// Opens the journal with `open` (the file, or a test's storage) and starts its writer.
+    fn start(path: PathBuf, open: Opener) -> Result<Arc<Self>, JournalError> {
+        let store = Arc::new(Store {
+            open,
+            db: Mutex::new(None),
+        });
+        let db = store.reopen().map_err(|e| fail(&path, e))?;
+        let (pending, next) = load(&db).map_err(|e| fail(&path, e))?;
         let (commands, rx) = mpsc::unbounded_channel();
-        let writer_db = Arc::clone(&db);
         set_pending_gauge(pending.count());
         if pending.count() > 0 {
             tracing::warn!(pending = pending.count(), path = %path.display(), "journal holds writes not yet replayed");
         }
         let pending = Arc::new(Mutex::new(pending));
-        let writer_pending = Arc::clone(&pending);
+        let writer = Writer {
+            store: Arc::clone(&store),
+            db: Some(db),
+            next,
+            pending: Arc::clone(&pending),
+        };
         std::thread::Builder::new()
             .name("rustle-journal".into())
-            .spawn(move || writer(&writer_db, rx, next, &writer_pending))
+            .spawn(move || writer.run(rx))
             .map_err(|e| fail(&path, e))?;
         Ok(Arc::new(Self {
             path,
-            db,
+            store,
             commands,
             pending,
             appended: Notify::new(),
@@ -221,7 +293,8 @@ impl Journal {
     /// # Errors
     /// When the file cannot be read.
     pub fn oldest(&self, limit: usize) -> Result<Vec<(u64, Option<Entry>)>, JournalError> {
-        let read = self.db.begin_read().map_err(|e| fail(&self.path, e))?;
+        let db = self.store.current().map_err(|e| fail(&self.path, e))?;
+        let read = db.begin_read().map_err(|e| fail(&self.path, e))?;
         let table = read.open_table(ENTRIES).map_err(|e| fail(&self.path, e))?;
         let mut out = Vec::new();
         for row in table.iter().map_err(|e| fail(&self.path, e))?.take(limit) {
@@ -257,30 +330,74 @@ impl Journal {
     }
 }
 
-/// Commits queued commands in batches, one fsync per batch, until every sender is gone;
-/// the pending counts change with each commit, before anyone is answered.
-fn writer(
-    db: &Database,
-    mut rx: mpsc::UnboundedReceiver<Command>,
-    mut next: u64,
-    pending: &Mutex<Pending>,
-) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
+/// The writer thread's state.
+struct Writer {
+    store: Arc<Store>,
+    /// The open database; none after a disk error until the next batch reopens it.
+    db: Option<Arc<Database>>,
+    next: u64,
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl Writer {
+    /// Commits queued commands in batches, one fsync per batch, until every sender is
+    /// gone; the pending counts change with each commit, before anyone is answered.
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
             }
+            let result = self.database().and_then(|db| {
+                let start = self.next;
+                commit(&db, &batch, &mut self.next).inspect_err(|e| {
+                    // Nothing of the batch is durable: its sequence numbers may be used
+                    // again, and the database must be reopened before further use.
+                    tracing::error!(error = %e, writes = batch.len(), "a journal commit failed; its writes were refused");
+                    self.next = start;
+                    self.db = None;
+                    self.store.close();
+                })
+            });
+            self.answer(batch, &result);
         }
-        let start = next;
-        let result = commit(db, &batch, &mut next);
-        if result.is_err() {
-            // Nothing of the batch is durable: the sequence numbers may be used again.
-            next = start;
+    }
+
+    /// The open database, reopened (and the state reloaded from it) after a disk error.
+    fn database(&mut self) -> Result<Arc<Database>, String> {
+        if let Some(db) = &self.db {
+            return Ok(Arc::clone(db));
         }
-        let mut seq = start;
-        let mut counts = pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let db = self.store.reopen()?;
+        let (pending, next) = match load(&db) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                self.store.close();
+                return Err(e);
+            }
+        };
+        tracing::warn!(
+            pending = pending.count(),
+            "journal reopened after a disk error"
+        );
+        set_pending_gauge(pending.count());
+        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = pending;
+        self.next = next;
+        self.db = Some(Arc::clone(&db));
+        Ok(db)
+    }
+
+    fn answer(&self, batch: Vec<Command>, result: &Result<(), String>) {
+        // Sequence numbers of the batch's appends, in order, from where the commit began.
+        let appends = batch
+            .iter()
+            .filter(|c| matches!(c, Command::Append(..)))
+            .count() as u64;
+        let mut seq = self.next - if result.is_ok() { appends } else { 0 };
+        let mut counts = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         for command in batch {
             match command {
                 Command::Append(_, address, ack) => {
@@ -298,7 +415,6 @@ fn writer(
             }
         }
         set_pending_gauge(counts.count());
-        drop(counts);
     }
 }
 
@@ -388,5 +504,93 @@ mod tests {
         assert_eq!(last.request_id, "r99");
         assert!(journal.remove(oldest[19].0).await.expect("remove"));
         assert!(!journal.pending_for(&entry("y", 0).address));
+    }
+
+    /// Storage in memory that fails every write and flush while `fail` is set (a full or
+    /// failing disk).
+    #[derive(Debug)]
+    struct Flaky {
+        memory: StdArc<redb::backends::InMemoryBackend>,
+        fail: StdArc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Flaky {
+        fn check(&self) -> Result<(), std::io::Error> {
+            if self.fail.load(Ordering::SeqCst) {
+                Err(std::io::Error::other("no space left on device"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl redb::StorageBackend for Flaky {
+        fn len(&self) -> Result<u64, std::io::Error> {
+            self.memory.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+            self.memory.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+            self.check()?;
+            self.memory.set_len(len)
+        }
+        fn sync_data(&self) -> Result<(), std::io::Error> {
+            self.check()?;
+            self.memory.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+            self.check()?;
+            self.memory.write(offset, data)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_refuses_its_writes_and_the_journal_recovers_with_the_disk() {
+        let memory = StdArc::new(redb::backends::InMemoryBackend::new());
+        let fail = StdArc::new(std::sync::atomic::AtomicBool::new(false));
+        let (m, f) = (StdArc::clone(&memory), StdArc::clone(&fail));
+        let journal = Journal::start(
+            PathBuf::from("memory"),
+            Box::new(move || {
+                Database::builder()
+                    .create_with_backend(Flaky {
+                        memory: StdArc::clone(&m),
+                        fail: StdArc::clone(&f),
+                    })
+                    .map_err(|e| e.to_string())
+            }),
+        )
+        .expect("open");
+        let first = journal.append(&entry("x", 1)).await.expect("append");
+
+        fail.store(true, Ordering::SeqCst);
+        let refused = journal.append(&entry("x", 2)).await;
+        assert!(refused.is_err(), "a write the disk did not take is refused");
+        assert_eq!(journal.pending(), 1, "and not counted");
+        assert!(
+            journal.remove(first).await.is_err(),
+            "the journal cannot reopen while the disk fails"
+        );
+        assert!(journal.oldest(10).is_err(), "closed until reopened");
+        assert_eq!(journal.pending(), 1);
+
+        fail.store(false, Ordering::SeqCst);
+        let third = journal
+            .append(&entry("x", 3))
+            .await
+            .expect("the journal reopens once the disk works");
+        assert!(third > first);
+        let held: Vec<String> = journal
+            .oldest(10)
+            .expect("read")
+            .into_iter()
+            .filter_map(|(_, e)| e.map(|e| e.request_id))
+            .collect();
+        assert_eq!(held, ["r1", "r3"], "the acknowledged writes, nothing else");
+        assert_eq!(journal.pending(), 2);
+        assert!(!journal.remove(first).await.expect("remove"));
+        assert!(journal.remove(third).await.expect("remove"));
+        assert_eq!(journal.pending(), 0);
     }
 }
