@@ -29,6 +29,8 @@ pub const FILE_NAME: &str = "journal.redb";
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 /// Most commands committed in one transaction.
 const MAX_BATCH: usize = 512;
+/// Extra attempts to reopen the database after a disk error, 10 ms apart.
+const REOPEN_TRIES: u32 = 10;
 
 /// What a journaled write does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +75,8 @@ enum Command {
     Append(Vec<u8>, String, oneshot::Sender<Result<u64, String>>),
     /// Sequence number, ack (true when no entry for its address is left).
     Remove(u64, oneshot::Sender<Result<bool, String>>),
+    /// Reopen the database if a disk error closed it (a reader found it closed).
+    Reopen,
 }
 
 #[derive(Debug, Default)]
@@ -134,13 +138,24 @@ impl Store {
         })
     }
 
-    /// Opens the database (creating its table) and publishes it.
+    /// Opens the database (creating its table) and publishes it. A reader that still holds
+    /// the closed database keeps its file locked for a moment: the open is retried briefly.
     fn reopen(&self) -> Result<Arc<Database>, String> {
         let mut slot = self.slot();
         if let Some(db) = slot.as_ref() {
             return Ok(Arc::clone(db));
         }
-        let db = (self.open)()?;
+        let mut tries = 0;
+        let db = loop {
+            match (self.open)() {
+                Ok(db) => break db,
+                Err(e) if tries >= REOPEN_TRIES => return Err(e),
+                Err(_) => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+        };
         let txn = db.begin_write().map_err(|e| e.to_string())?;
         txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
         txn.commit().map_err(|e| e.to_string())?;
@@ -293,7 +308,12 @@ impl Journal {
     /// # Errors
     /// When the file cannot be read.
     pub fn oldest(&self, limit: usize) -> Result<Vec<(u64, Option<Entry>)>, JournalError> {
-        let db = self.store.current().map_err(|e| fail(&self.path, e))?;
+        let db = self.store.current().map_err(|e| {
+            // Only the writer reopens; ask it to, so the replay resumes without waiting for
+            // a client's write.
+            let _ = self.commands.send(Command::Reopen);
+            fail(&self.path, e)
+        })?;
         let read = db.begin_read().map_err(|e| fail(&self.path, e))?;
         let table = read.open_table(ENTRIES).map_err(|e| fail(&self.path, e))?;
         let mut out = Vec::new();
@@ -351,7 +371,11 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let writes = batch.iter().any(|c| !matches!(c, Command::Reopen));
             let result = self.database().and_then(|db| {
+                if !writes {
+                    return Ok(());
+                }
                 let start = self.next;
                 commit(&db, &batch, &mut self.next).inspect_err(|e| {
                     // Nothing of the batch is durable: its sequence numbers may be used
@@ -412,6 +436,7 @@ impl Writer {
                     let last = result.is_ok() && counts.forget(removed);
                     let _ = ack.send(result.clone().map(|()| last));
                 }
+                Command::Reopen => {}
             }
         }
         set_pending_gauge(counts.count());
@@ -435,6 +460,7 @@ fn commit(db: &Database, batch: &[Command], next: &mut u64) -> Result<(), String
                 Command::Remove(seq, _) => {
                     table.remove(*seq).map_err(|e| e.to_string())?;
                 }
+                Command::Reopen => {}
             }
         }
     }
@@ -576,6 +602,16 @@ mod tests {
         assert_eq!(journal.pending(), 1);
 
         fail.store(false, Ordering::SeqCst);
+        // A reader finding the journal closed asks the writer to reopen it: the replay
+        // resumes without waiting for a client's write.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while journal.oldest(10).is_err() {
+            assert!(
+                std::time::Instant::now() < until,
+                "the journal never reopened"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         let third = journal
             .append(&entry("x", 3))
             .await

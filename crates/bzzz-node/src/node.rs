@@ -57,6 +57,10 @@ fn metrics_handle() -> PrometheusHandle {
                 "records from peers refused (undecodable, wrong key, too large)"
             );
             metrics::describe_counter!(
+                "bzzz_pushes_busy_total",
+                "replication pushes from peers answered busy (too much being merged already)"
+            );
+            metrics::describe_counter!(
                 "bzzz_requests_total",
                 "HTTP requests by route template, method and status"
             );

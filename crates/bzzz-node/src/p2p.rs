@@ -57,6 +57,11 @@ const PUSH_RECORDS: usize = 256;
 const REPLICATION_STREAMS: usize = 256;
 /// Commands taken in one turn of the network task before it sends what they queued.
 const COMMANDS_PER_TURN: usize = 256;
+/// Bytes of inbound pushes a node merges at once, at least (4 × the largest record, when
+/// that is more).
+const INBOUND_MIN_CAP: usize = 64 << 20;
+/// Bytes of one catch-up push, at most (a single larger record still goes, alone).
+const CATCH_UP_PUSH_BYTES: usize = 1 << 20;
 /// How long a push may wait for its answer.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest Kademlia message: a version set of `BZZZ_MAX_RECORD_BYTES` plus framing.
@@ -74,7 +79,14 @@ pub struct Push {
 pub struct Pushed {
     /// Per record, in order: true once merged and on disk, false when refused.
     pub stored: Vec<bool>,
+    /// True when the receiver had too much in flight and took none of it: send it again
+    /// later.
+    #[serde(default)]
+    pub busy: bool,
 }
+
+/// An inbound push being merged: where its answer goes, the outcome, and its size.
+type Merging = BoxFuture<'static, (ResponseChannel<Pushed>, Vec<bool>, usize)>;
 
 /// What a push carried, per record: the write it belongs to (none for catch-up), and key.
 type PushedItem = (Option<u64>, DhtKey);
@@ -424,7 +436,11 @@ struct Network {
     /// Catch-up records queued or in flight.
     catch_up_in_flight: usize,
     /// Pushes from peers being merged: answered once durable.
-    merges: FuturesUnordered<BoxFuture<'static, (ResponseChannel<Pushed>, Vec<bool>)>>,
+    merges: FuturesUnordered<Merging>,
+    /// Bytes of inbound pushes being merged; past [`Network::inbound_cap`] pushes are
+    /// answered busy at once rather than queued.
+    inbound_bytes: usize,
+    inbound_cap: usize,
     first_listen: Option<oneshot::Sender<Multiaddr>>,
     /// The Kademlia bootstrap query in progress.
     bootstrapping: Option<QueryId>,
@@ -536,6 +552,11 @@ pub async fn start(
         outbox: HashMap::new(),
         push_bytes: config.max_record_bytes,
         merges: FuturesUnordered::new(),
+        inbound_bytes: 0,
+        inbound_cap: config
+            .max_record_bytes
+            .saturating_mul(4)
+            .max(INBOUND_MIN_CAP),
         first_listen: Some(first_listen),
         bootstrapping: None,
     };
@@ -573,14 +594,15 @@ impl Network {
                     }
                 }
                 event = self.swarm.select_next_some() => self.event(event),
-                Some((channel, stored)) = self.merges.next(), if !self.merges.is_empty() => {
+                Some((channel, stored, size)) = self.merges.next(), if !self.merges.is_empty() => {
+                    self.inbound_bytes = self.inbound_bytes.saturating_sub(size);
                     // Answer in the order merges settle; the pusher matches by request.
                     // The pusher may have gone; it gets the record through catch-up.
                     let _ = self
                         .swarm
                         .behaviour_mut()
                         .replicate
-                        .send_response(channel, Pushed { stored });
+                        .send_response(channel, Pushed { stored, busy: false });
                 }
                 _ = tick.tick() => {
                     self.dial_bootstraps();
@@ -699,32 +721,39 @@ impl Network {
         }
     }
 
-    /// Sends what is queued for each peer, in pushes of at most [`PUSH_RECORDS`] records
-    /// and `push_bytes` bytes.
+    /// Sends what is queued for each peer: live writes first, in pushes of at most
+    /// [`PUSH_RECORDS`] records and `push_bytes` bytes, then catch-up records in pushes of
+    /// their own (at most [`CATCH_UP_PUSH_BYTES`]), so a write's acknowledgement never
+    /// waits for a catch-up's merge.
     fn flush(&mut self) {
         for (peer, queued) in std::mem::take(&mut self.outbox) {
-            let mut records = Vec::new();
-            let mut items = Vec::new();
-            let mut bytes = 0;
-            for out in queued {
-                let size = out.record.get().len();
-                if !records.is_empty()
-                    && (records.len() == PUSH_RECORDS || bytes + size > self.push_bytes)
-                {
-                    self.send_push(
-                        peer,
-                        std::mem::take(&mut records),
-                        std::mem::take(&mut items),
-                    );
-                    bytes = 0;
-                }
-                bytes += size;
-                records.push(out.record);
-                items.push((out.write, out.key));
+            let (live, catch_up): (Vec<Outgoing>, Vec<Outgoing>) =
+                queued.into_iter().partition(|o| o.write.is_some());
+            self.send_chunked(peer, live, self.push_bytes);
+            self.send_chunked(peer, catch_up, self.push_bytes.min(CATCH_UP_PUSH_BYTES));
+        }
+    }
+
+    fn send_chunked(&mut self, peer: PeerId, queued: Vec<Outgoing>, max_bytes: usize) {
+        let mut records = Vec::new();
+        let mut items = Vec::new();
+        let mut bytes = 0;
+        for out in queued {
+            let size = out.record.get().len();
+            if !records.is_empty() && (records.len() == PUSH_RECORDS || bytes + size > max_bytes) {
+                self.send_push(
+                    peer,
+                    std::mem::take(&mut records),
+                    std::mem::take(&mut items),
+                );
+                bytes = 0;
             }
-            if !records.is_empty() {
-                self.send_push(peer, records, items);
-            }
+            bytes += size;
+            records.push(out.record);
+            items.push((out.write, out.key));
+        }
+        if !records.is_empty() {
+            self.send_push(peer, records, items);
         }
     }
 
@@ -953,7 +982,7 @@ impl Network {
                         response,
                     },
                 ..
-            } => self.push_answered(request_id, &response.stored),
+            } => self.push_answered(request_id, &response.stored, response.busy),
             request_response::Event::OutboundFailure {
                 peer,
                 request_id,
@@ -961,7 +990,7 @@ impl Network {
                 ..
             } => {
                 tracing::debug!(%peer, %error, "a push failed");
-                self.push_answered(request_id, &[]);
+                self.push_answered(request_id, &[], true);
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "a push from a peer failed");
@@ -972,6 +1001,21 @@ impl Network {
 
     /// A peer pushed records: merge them, answer once every merge is durable (or refused).
     fn pushed_to_us(&mut self, peer: PeerId, push: &Push, channel: ResponseChannel<Pushed>) {
+        let size: usize = push.records.iter().map(|r| r.get().len()).sum();
+        if self.inbound_bytes > 0 && self.inbound_bytes.saturating_add(size) > self.inbound_cap {
+            // Too much is being merged already (a slow disk): refuse at once rather than
+            // queue without bound; the pusher sends it again later.
+            metrics::counter!("bzzz_pushes_busy_total").increment(1);
+            let _ = self.swarm.behaviour_mut().replicate.send_response(
+                channel,
+                Pushed {
+                    stored: vec![false; push.records.len()],
+                    busy: true,
+                },
+            );
+            return;
+        }
+        self.inbound_bytes += size;
         let merges: Vec<_> = push
             .records
             .iter()
@@ -1004,7 +1048,7 @@ impl Network {
                     }
                 })
                 .collect();
-            (channel, stored)
+            (channel, stored, size)
         }));
     }
 
@@ -1021,7 +1065,9 @@ impl Network {
     }
 
     /// A push of ours was answered (`stored` per record) or failed (empty: none stored).
-    fn push_answered(&mut self, id: OutboundRequestId, stored: &[bool]) {
+    /// `again`: the peer was busy or did not answer, so catch-up records not stored are
+    /// queued again (a record the peer refused is not).
+    fn push_answered(&mut self, id: OutboundRequestId, stored: &[bool], again: bool) {
         let Some((peer, items)) = self.puts.remove(&id) else {
             return;
         };
@@ -1032,7 +1078,10 @@ impl Network {
             } else {
                 self.catch_up_in_flight = self.catch_up_in_flight.saturating_sub(1);
                 if !stored {
-                    tracing::debug!(%peer, "a catch-up record was not stored");
+                    tracing::debug!(%peer, again, "a catch-up record was not stored");
+                    if again && self.swarm.is_connected(&peer) {
+                        self.catch_up.push((peer, key));
+                    }
                 }
             }
         }
