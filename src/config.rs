@@ -59,6 +59,8 @@ pub enum Command {
     CheckConfig,
     /// List every setting with its environment variable and default.
     Settings,
+    /// Exit 0 when the gateway on this host answers `/ready` (a container healthcheck).
+    Healthcheck,
 }
 
 /// One configurable value.

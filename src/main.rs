@@ -73,6 +73,13 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(p) => return config_error(&p.0),
     };
+    if let Some(Command::Healthcheck) = cli.command {
+        return if ucxl_service::lifecycle::probe(config.listen_addr, "/ready") {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     if let Some(Command::CheckConfig) = cli.command {
         return match serde_json::to_string_pretty(&config) {
             Ok(json) => {

@@ -112,6 +112,22 @@ fn serves_then_stops_on_sigterm() {
             .status()
     });
     assert_eq!(status, 200);
+    // The container healthcheck needs nothing in the image but the binary.
+    let healthy = gateway()
+        .args(["healthcheck"])
+        .env("RUSTLE_LISTEN_ADDR", &addr)
+        .status()
+        .expect("runs");
+    assert!(healthy.success());
+    let free = super::faults::refused();
+    let listen = free.url.trim_start_matches("http://");
+    let unhealthy = gateway()
+        .args(["healthcheck"])
+        .env("RUSTLE_LISTEN_ADDR", listen)
+        .stderr(Stdio::null())
+        .status()
+        .expect("runs");
+    assert_eq!(unhealthy.code(), Some(1), "nothing listens there");
     let pid = child.id().to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])

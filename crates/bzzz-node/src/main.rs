@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         .is_some_and(|a| a == "--help" || a == "-h")
     {
         println!(
-            "bzzz-node: configured by BZZZ_HTTP_ADDR, BZZZ_P2P_ADDR, BZZZ_BOOTSTRAP_PEERS, BZZZ_DATA_DIR, BZZZ_REPLICATION_FACTOR, BZZZ_NODE_NAME, BZZZ_MAX_BODY_BYTES, BZZZ_MAX_RECORD_BYTES, BZZZ_REQUEST_TIMEOUT_MS, BZZZ_LOG_FORMAT, RUST_LOG (see the README)"
+            "bzzz-node [healthcheck]: configured by BZZZ_HTTP_ADDR, BZZZ_P2P_ADDR, BZZZ_BOOTSTRAP_PEERS, BZZZ_DATA_DIR, BZZZ_REPLICATION_FACTOR, BZZZ_NODE_NAME, BZZZ_MAX_BODY_BYTES, BZZZ_MAX_RECORD_BYTES, BZZZ_REQUEST_TIMEOUT_MS, BZZZ_LOG_FORMAT, RUST_LOG (see the README)"
         );
         return ExitCode::SUCCESS;
     }
@@ -36,6 +36,14 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if std::env::args().nth(1).is_some_and(|a| a == "healthcheck") {
+        // A container healthcheck: this host's node answers /health with 200.
+        return if ucxl_service::lifecycle::probe(config.http_addr, "/health") {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let installed = if config.log_json {
         tracing_subscriber::fmt()

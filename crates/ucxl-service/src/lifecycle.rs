@@ -40,3 +40,38 @@ pub fn prometheus_text(handle: &PrometheusHandle) -> Response {
     );
     response
 }
+
+/// The container healthcheck of a service listening on `listen`: true when
+/// `GET http://<host>:<port><path>` answers 200 within 2 s. An unspecified listen address
+/// (`0.0.0.0`, `::`) is probed on loopback. Needs no tool in the image besides the binary.
+#[must_use]
+pub fn probe(listen: std::net::SocketAddr, path: &str) -> bool {
+    let host = match listen.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+        ip if ip.is_unspecified() => "[::1]".to_owned(),
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    let url = format!("http://{host}:{}{path}", listen.port());
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return false;
+    };
+    runtime.block_on(async {
+        let Ok(client) = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(2))
+            .build()
+        else {
+            return false;
+        };
+        match client.get(&url).send().await {
+            Ok(response) => response.status() == reqwest::StatusCode::OK,
+            Err(e) => {
+                eprintln!("{url}: {e}");
+                false
+            }
+        }
+    })
+}

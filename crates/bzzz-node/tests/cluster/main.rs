@@ -374,3 +374,29 @@ fn invalid_configuration_exits_64() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.lines().count(), 2, "{stderr}");
 }
+
+fn healthcheck(http: &str) -> Option<i32> {
+    std::process::Command::new(env!("CARGO_BIN_EXE_bzzz-node"))
+        .arg("healthcheck")
+        .env_clear()
+        .env("BZZZ_HTTP_ADDR", http)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("runs")
+        .code()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_healthcheck_command_reports_the_nodes_health() {
+    let solo = NodeProc::start("solo-health", &[], None, &[]).await;
+    assert_eq!(healthcheck(&solo.http), Some(0));
+    // A clustered node that reaches no peer answers /health with 503.
+    let lonely = NodeProc::start(
+        "lonely-health",
+        &["/ip4/127.0.0.1/tcp/9".to_owned()],
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(healthcheck(&lonely.http), Some(1));
+}
