@@ -50,6 +50,16 @@ curl -sf -o /dev/null "$base/openapi.json" || fail "no /openapi.json"
 
 echo "== smoke"
 acked=()
+# write_five <tag> <status>: five new addresses, each answered <status>, acknowledged.
+write_five() {
+  local i a code
+  for i in 1 2 3 4 5; do
+    a="ucxl://agent:e2e@bzzz:e2e/notes/$1-$i"
+    code="$(put "$a" "{\"n\": $i}")"
+    [[ "$code" == "$2" ]] || fail "write $a answered $code, not $2"
+    acked+=("$a")
+  done
+}
 A="ucxl://agent:e2e@bzzz:e2e/notes/smoke"
 [[ "$(put "$A" '{"n": 0}')" == 201 ]] || fail "first write not 201"
 acked+=("$A")
@@ -57,21 +67,11 @@ acked+=("$A")
 
 echo "== one node stopped: writes still 201"
 docker stop "$(compose ps -q bzzz-2)" >/dev/null
-for i in 1 2 3 4 5; do
-  a="ucxl://agent:e2e@bzzz:e2e/notes/one-down-$i"
-  code="$(put "$a" "{\"n\": $i}")"
-  [[ "$code" == 201 ]] || fail "write with one node down answered $code"
-  acked+=("$a")
-done
+write_five one-down 201
 
 echo "== every node stopped: writes 202 (fallback)"
 docker stop "$(compose ps -q bzzz-1)" "$(compose ps -q bzzz-3)" >/dev/null
-for i in 1 2 3 4 5; do
-  a="ucxl://agent:e2e@bzzz:e2e/notes/all-down-$i"
-  code="$(put "$a" "{\"n\": $i}")"
-  [[ "$code" == 202 ]] || fail "write with every node down answered $code"
-  acked+=("$a")
-done
+write_five all-down 202
 [[ "$(status_field "d['fallback']['active']")" == True ]] || fail "fallback not active"
 [[ "$(status_field "d['journal']['pending']")" -ge 5 ]] || fail "journal does not hold the writes"
 

@@ -108,6 +108,18 @@ impl RealBackend {
         }
     }
 
+    /// A request about `address` to the node API's `verb`, preferring the endpoint that
+    /// took the address's last write.
+    fn about(&self, method: reqwest::Method, verb: &str, address: &Address) -> NodeRequest {
+        NodeRequest {
+            method,
+            path: address_path(verb, address),
+            headers: Vec::new(),
+            body: None,
+            prefer: self.affinity(address),
+        }
+    }
+
     fn affinity(&self, address: &Address) -> Option<String> {
         self.affinity
             .lock()
@@ -176,11 +188,8 @@ impl RealBackend {
         new: &NewVersion,
     ) -> Result<Served<Written>, BackendError> {
         let request = NodeRequest {
-            method: reqwest::Method::PUT,
-            path: address_path("put", address),
-            headers: Vec::new(),
             body: Some(put_body(new)),
-            prefer: self.affinity(address),
+            ..self.about(reqwest::Method::PUT, "put", address)
         };
         let executed = self.cluster.execute::<Envelope>(call, &request).await?;
         let (envelope, via, code) = data(executed)?;
@@ -218,11 +227,8 @@ impl RealBackend {
             ));
         }
         let request = NodeRequest {
-            method: reqwest::Method::DELETE,
-            path: address_path("delete", address),
             headers,
-            body: None,
-            prefer: self.affinity(address),
+            ..self.about(reqwest::Method::DELETE, "delete", address)
         };
         let executed = self.cluster.execute::<Deleted>(call, &request).await?;
         let (deleted, via, _) = data(executed)?;
@@ -290,13 +296,7 @@ impl Backend for RealBackend {
     }
 
     async fn get(&self, call: &Call, address: &Address) -> Result<Served<Envelope>, BackendError> {
-        let request = NodeRequest {
-            method: reqwest::Method::GET,
-            path: address_path("get", address),
-            headers: Vec::new(),
-            body: None,
-            prefer: self.affinity(address),
-        };
+        let request = self.about(reqwest::Method::GET, "get", address);
         let executed = self.cluster.execute::<Envelope>(call, &request).await?;
         let (envelope, via, _) = data(executed)?;
         self.check_address(address, &envelope.address, &via)?;
@@ -323,13 +323,7 @@ impl Backend for RealBackend {
         call: &Call,
         address: &Address,
     ) -> Result<Served<History>, BackendError> {
-        let request = NodeRequest {
-            method: reqwest::Method::GET,
-            path: address_path("history", address),
-            headers: Vec::new(),
-            body: None,
-            prefer: self.affinity(address),
-        };
+        let request = self.about(reqwest::Method::GET, "history", address);
         let executed = self.cluster.execute::<History>(call, &request).await?;
         let (history, via, _) = data(executed)?;
         self.check_address(address, &history.address, &via)?;

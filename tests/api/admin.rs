@@ -144,14 +144,7 @@ async fn reload_applies_file_and_env_changes_and_reports_the_rest() {
         .lock()
         .expect("env")
         .insert("RUST_LOG".into(), "debug".into());
-    let (status, body) = json(
-        app.request(Method::POST, "/v1/admin/reload")
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("sent"),
-    )
-    .await;
+    let (status, body) = app.reload(TOKEN).await;
     assert_eq!(status, 200, "{body}");
     let report = assert_success(&body, "UCXL-200-OK");
     let applied: Vec<_> = report["applied"]
@@ -186,14 +179,7 @@ async fn reload_applies_file_and_env_changes_and_reports_the_rest() {
         .lock()
         .expect("env")
         .insert("RUSTLE_ADMIN_TOKEN".into(), "rotated".into());
-    let (status, _) = json(
-        app.request(Method::POST, "/v1/admin/reload")
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("sent"),
-    )
-    .await;
+    let (status, _) = app.reload(TOKEN).await;
     assert_eq!(status, 200);
     let (status, _) = set_mode(&app, Some(TOKEN), "mock").await;
     assert_eq!(status, 401);
@@ -208,14 +194,7 @@ async fn invalid_reload_changes_nothing() {
     let file = dir.path().join("rustle.toml");
 
     std::fs::write(&file, "cache_max_entries = 0\nmax_retries = \"many\"\n").expect("write config");
-    let (status, body) = json(
-        app.request(Method::POST, "/v1/admin/reload")
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("sent"),
-    )
-    .await;
+    let (status, body) = app.reload(TOKEN).await;
     let e = assert_error(status, &body, "UCXL-400-BAD_REQUEST");
     assert_eq!(
         e["details"]["problems"].as_array().map(Vec::len),
@@ -237,14 +216,7 @@ async fn invalid_reload_changes_nothing() {
         ),
     )
     .expect("write config");
-    let (status, body) = json(
-        app.request(Method::POST, "/v1/admin/reload")
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("sent"),
-    )
-    .await;
+    let (status, body) = app.reload(TOKEN).await;
     assert_eq!(status, 200, "{body}");
     let report = assert_success(&body, "UCXL-200-OK");
     let applied = report["applied"].as_array().expect("applied");

@@ -141,6 +141,18 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// `POST /v1/admin/reload` with `token`: status and body.
+    pub async fn reload(&self, token: &str) -> (u16, Value) {
+        json(
+            self.request(reqwest::Method::POST, "/v1/admin/reload")
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("sent"),
+        )
+        .await
+    }
+
     /// Stops the server and waits for it to finish draining.
     pub async fn stop(mut self) -> std::io::Result<()> {
         self.shutdown.cancel();

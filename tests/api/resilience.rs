@@ -33,6 +33,11 @@ async fn gateway(config: Config) -> TestApp {
     spawn_app_with(config, Options::default()).await
 }
 
+/// A gateway in `mode` over the one endpoint `url`, with the test defaults.
+async fn gateway_over(url: &str, mode: BackendMode) -> TestApp {
+    gateway(cluster_config(&[url.to_owned()], mode)).await
+}
+
 async fn gateway_status(app: &TestApp) -> Value {
     json(app.get_path("/v1/status").await).await.1["response"]["data"].clone()
 }
@@ -92,11 +97,7 @@ async fn a_retry_goes_to_another_endpoint_and_no_client_sees_the_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_refusal_is_passed_on_and_never_retried() {
     let refusing = FaultNode::start(Mode::NotFound, None).await;
-    let app = gateway(cluster_config(
-        std::slice::from_ref(&refusing.url),
-        BackendMode::Real,
-    ))
-    .await;
+    let app = gateway_over(&refusing.url, BackendMode::Real).await;
     let response = app.get(A).await;
     // The error answer says which node refused.
     assert_eq!(header(&response, "x-rustle-backend"), "real");
@@ -112,11 +113,7 @@ async fn a_node_refusal_is_passed_on_and_never_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbage_answer_is_502_and_counts_against_the_endpoint() {
     let garbage = FaultNode::start(Mode::Garbage, None).await;
-    let app = gateway(cluster_config(
-        std::slice::from_ref(&garbage.url),
-        BackendMode::Real,
-    ))
-    .await;
+    let app = gateway_over(&garbage.url, BackendMode::Real).await;
     let (status, body) = json(app.get(A).await).await;
     let e = assert_error(status, &body, "UCXL-502-BAD_GATEWAY");
     assert!(
@@ -182,11 +179,7 @@ async fn retry_after_skips_the_endpoint_and_the_retry_goes_elsewhere_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_covers_every_attempt_and_ends_in_504() {
     let hanging = FaultNode::start(Mode::Hang, None).await;
-    let app = gateway(cluster_config(
-        std::slice::from_ref(&hanging.url),
-        BackendMode::Real,
-    ))
-    .await;
+    let app = gateway_over(&hanging.url, BackendMode::Real).await;
     let response = app
         .request(
             Method::GET,
@@ -257,14 +250,7 @@ async fn a_breaker_opens_probes_after_a_health_pass_and_closes() {
         .lock()
         .expect("env")
         .insert("RUSTLE_HEALTH_INTERVAL_MS".into(), "50".into());
-    let (status, body) = json(
-        app.request(Method::POST, "/v1/admin/reload")
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("sent"),
-    )
-    .await;
+    let (status, body) = app.reload(token).await;
     assert_eq!(status, 200, "{body}");
     let probing = wait_until(Duration::from_secs(10), || async {
         let s = status_of(&app, &flaky.url).await;
@@ -521,11 +507,7 @@ async fn the_admin_api_switches_mock_real_and_hybrid_live() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_tiny_deadline_never_counts_against_an_endpoint() {
     let slow = FaultNode::start(Mode::Hang, None).await;
-    let app = gateway(cluster_config(
-        std::slice::from_ref(&slow.url),
-        BackendMode::Real,
-    ))
-    .await;
+    let app = gateway_over(&slow.url, BackendMode::Real).await;
     for _ in 0..10 {
         let response = app
             .request(
@@ -575,11 +557,7 @@ async fn an_abandoned_attempt_gives_its_slot_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_about_another_address_is_502_and_not_cached() {
     let liar = FaultNode::start(Mode::OtherAddress, None).await;
-    let app = gateway(cluster_config(
-        std::slice::from_ref(&liar.url),
-        BackendMode::Real,
-    ))
-    .await;
+    let app = gateway_over(&liar.url, BackendMode::Real).await;
     let (status, body) = json(app.get(A).await).await;
     let e = assert_error(status, &body, "UCXL-502-BAD_GATEWAY");
     assert_eq!(

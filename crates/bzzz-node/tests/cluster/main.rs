@@ -312,7 +312,8 @@ async fn the_ucxi_api_speaks_ucxl_and_refuses_bad_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clustered_node_is_unhealthy_until_it_reaches_a_peer() {
     // Bootstrap to a port nobody listens on.
-    let node = NodeProc::start("lonely", &["/ip4/127.0.0.1/tcp/9".to_owned()], None, &[]).await;
+    let (_held, nowhere) = unreachable_peer();
+    let node = NodeProc::start("lonely", &[nowhere], None, &[]).await;
     let client = reqwest::Client::new();
     let (status, health) = body(client.get(node.url("/health")).send().await).await;
     assert_eq!(status, 503, "{health}");
@@ -375,6 +376,17 @@ fn invalid_configuration_exits_64() {
     assert_eq!(stderr.lines().count(), 2, "{stderr}");
 }
 
+/// A peer address where connections are refused: a port bound but not listening, held
+/// (so no other test takes it) while the returned socket lives.
+fn unreachable_peer() -> (tokio::net::TcpSocket, String) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("binds");
+    let port = socket.local_addr().expect("addr").port();
+    (socket, format!("/ip4/127.0.0.1/tcp/{port}"))
+}
+
 fn healthcheck(http: &str) -> Option<i32> {
     std::process::Command::new(env!("CARGO_BIN_EXE_bzzz-node"))
         .arg("healthcheck")
@@ -391,12 +403,7 @@ async fn the_healthcheck_command_reports_the_nodes_health() {
     let solo = NodeProc::start("solo-health", &[], None, &[]).await;
     assert_eq!(healthcheck(&solo.http), Some(0));
     // A clustered node that reaches no peer answers /health with 503.
-    let lonely = NodeProc::start(
-        "lonely-health",
-        &["/ip4/127.0.0.1/tcp/9".to_owned()],
-        None,
-        &[],
-    )
-    .await;
+    let (_held, nowhere) = unreachable_peer();
+    let lonely = NodeProc::start("lonely-health", &[nowhere], None, &[]).await;
     assert_eq!(healthcheck(&lonely.http), Some(1));
 }
