@@ -75,6 +75,8 @@ pub enum StartupError {
 /// # Errors
 /// A mode that cannot be served, or a journal that cannot be opened.
 pub fn build_state(config: Config, options: Options) -> Result<AppState, StartupError> {
+    // The recorder first: endpoints register their gauges when they are created.
+    let metrics = crate::metrics::handle();
     let store = Arc::new(LocalStore::new(config.cache_max_entries));
     let cluster = Cluster::new(&config, Jitters::default())
         .map_err(|e| StartupError::Environment(format!("cannot build the HTTP client: {e}")))?;
@@ -97,7 +99,7 @@ pub fn build_state(config: Config, options: Options) -> Result<AppState, Startup
         recovery: std::sync::OnceLock::new(),
         background: CancellationToken::new(),
         in_flight: std::sync::atomic::AtomicUsize::new(0),
-        metrics: crate::metrics::handle(),
+        metrics,
         cli: options.cli,
         env: options.env,
         log_reload: options.log_reload,

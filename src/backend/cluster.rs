@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::node_client::{Answer, AttemptError, AttemptSpec, NodeClient};
+use super::node_client::{Answer, AttemptError, AttemptSpec, ClientError, NodeClient};
 use super::{BreakerStatus, Call, EndpointStatus};
 use crate::config::{BreakerConfig, Config, EndpointUrl, RetryConfig};
 use crate::resilience::balance::{Load, p2c};
@@ -113,11 +113,35 @@ struct EndpointState {
 pub struct Endpoint {
     url: EndpointUrl,
     state: Mutex<EndpointState>,
+    gauges: Gauges,
+}
+
+/// The endpoint's gauges, registered once: a handle update is an atomic store, where a
+/// `gauge!` with labels built the key and looked it up on every request.
+#[derive(Debug)]
+struct Gauges {
+    circuit_state: metrics::Gauge,
+    up: metrics::Gauge,
+    latency_ewma: metrics::Gauge,
+}
+
+impl Gauges {
+    fn new(url: &str) -> Self {
+        Self {
+            circuit_state: metrics::gauge!("rustle_circuit_state", "endpoint" => url.to_owned()),
+            up: metrics::gauge!("rustle_endpoint_up", "endpoint" => url.to_owned()),
+            latency_ewma: metrics::gauge!(
+                "rustle_endpoint_latency_ewma_seconds",
+                "endpoint" => url.to_owned()
+            ),
+        }
+    }
 }
 
 impl Endpoint {
     fn new(url: EndpointUrl, policy: &Policy, jitter: breaker::Jitter) -> Self {
         let endpoint = Self {
+            gauges: Gauges::new(url.as_str()),
             url,
             state: Mutex::new(EndpointState {
                 breaker: Breaker::new(policy.breaker.clone(), jitter),
@@ -163,16 +187,11 @@ impl Endpoint {
 
     /// The gauges of this endpoint.
     fn publish(&self, state: &EndpointState) {
-        let url = self.url().to_owned();
-        metrics::gauge!("rustle_circuit_state", "endpoint" => url.clone())
+        let g = &self.gauges;
+        g.circuit_state
             .set(f64::from(state.breaker.state().gauge()));
-        metrics::gauge!("rustle_endpoint_up", "endpoint" => url.clone()).set(if state.up {
-            1.0
-        } else {
-            0.0
-        });
-        metrics::gauge!("rustle_endpoint_latency_ewma_seconds", "endpoint" => url)
-            .set(state.load.ewma().as_secs_f64());
+        g.up.set(if state.up { 1.0 } else { 0.0 });
+        g.latency_ewma.set(state.load.ewma().as_secs_f64());
     }
 
     fn transitioned(&self, transition: Option<Transition>) {
@@ -245,7 +264,7 @@ impl Drop for Unrecorded<'_> {
 #[derive(Debug, Clone)]
 pub struct NodeRequest {
     /// The method.
-    pub method: reqwest::Method,
+    pub method: axum::http::Method,
     /// Path and query, e.g. `/ucxi/v1/get?address=...`.
     pub path: String,
     /// Extra headers.
@@ -344,7 +363,7 @@ impl Cluster {
     ///
     /// # Errors
     /// When the HTTP client cannot be built.
-    pub fn new(config: &Config, jitters: Jitters) -> Result<Self, reqwest::Error> {
+    pub fn new(config: &Config, jitters: Jitters) -> Result<Self, ClientError> {
         let policy = Policy::of(config);
         let endpoints = config
             .bzzz_endpoints
@@ -367,7 +386,7 @@ impl Cluster {
     ///
     /// # Errors
     /// When a new HTTP client cannot be built (nothing is changed then).
-    pub fn reconfigure(&self, config: &Config) -> Result<(), reqwest::Error> {
+    pub fn reconfigure(&self, config: &Config) -> Result<(), ClientError> {
         let policy = Policy::of(config);
         // A new client drops the warm connection pool: only when its setting changed.
         let client = if policy.connect_timeout == self.policy.load().connect_timeout {
@@ -819,7 +838,7 @@ impl Cluster {
                         timeout,
                     };
                     let result = client
-                        .call::<Value>(spec, reqwest::Method::GET, "/health", &[], None)
+                        .call::<Value>(spec, axum::http::Method::GET, "/health", &[], None)
                         .await;
                     let passed = matches!(result, Ok(Answer::Ok { .. }));
                     let error = match result {

@@ -110,7 +110,7 @@ impl RealBackend {
 
     /// A request about `address` to the node API's `verb`, preferring the endpoint that
     /// took the address's last write.
-    fn about(&self, method: reqwest::Method, verb: &str, address: &Address) -> NodeRequest {
+    fn about(&self, method: axum::http::Method, verb: &str, address: &Address) -> NodeRequest {
         NodeRequest {
             method,
             path: address_path(verb, address),
@@ -189,7 +189,7 @@ impl RealBackend {
     ) -> Result<Served<Written>, BackendError> {
         let request = NodeRequest {
             body: Some(put_body(new)),
-            ..self.about(reqwest::Method::PUT, "put", address)
+            ..self.about(axum::http::Method::PUT, "put", address)
         };
         let executed = self.cluster.execute::<Envelope>(call, &request).await?;
         let (envelope, via, code) = data(executed)?;
@@ -228,7 +228,7 @@ impl RealBackend {
         }
         let request = NodeRequest {
             headers,
-            ..self.about(reqwest::Method::DELETE, "delete", address)
+            ..self.about(axum::http::Method::DELETE, "delete", address)
         };
         let executed = self.cluster.execute::<Deleted>(call, &request).await?;
         let (deleted, via, _) = data(executed)?;
@@ -296,7 +296,7 @@ impl Backend for RealBackend {
     }
 
     async fn get(&self, call: &Call, address: &Address) -> Result<Served<Envelope>, BackendError> {
-        let request = self.about(reqwest::Method::GET, "get", address);
+        let request = self.about(axum::http::Method::GET, "get", address);
         let executed = self.cluster.execute::<Envelope>(call, &request).await?;
         let (envelope, via, _) = data(executed)?;
         self.check_address(address, &envelope.address, &via)?;
@@ -323,7 +323,7 @@ impl Backend for RealBackend {
         call: &Call,
         address: &Address,
     ) -> Result<Served<History>, BackendError> {
-        let request = self.about(reqwest::Method::GET, "history", address);
+        let request = self.about(axum::http::Method::GET, "history", address);
         let executed = self.cluster.execute::<History>(call, &request).await?;
         let (history, via, _) = data(executed)?;
         self.check_address(address, &history.address, &via)?;
@@ -352,7 +352,7 @@ impl Backend for RealBackend {
             path.push_str(&query_pair("content_type", content_type));
         }
         let request = NodeRequest {
-            method: reqwest::Method::GET,
+            method: axum::http::Method::GET,
             path,
             headers: Vec::new(),
             body: None,

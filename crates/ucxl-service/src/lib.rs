@@ -16,7 +16,7 @@ pub mod request_id;
 
 pub use body::{BodyError, is_json, parse_json, query, read_json};
 pub use errors::{ErrorReport, Source};
-pub use observe::MetricNames;
+pub use observe::{MetricNames, Observer};
 pub use reply::Reply;
 pub use request_id::{RequestId, Rid, X_REQUEST_ID};
 
@@ -40,7 +40,10 @@ pub fn with_layers<S: Clone + Send + Sync + 'static>(
         .layer(
             ServiceBuilder::new()
                 .layer(from_fn(request_id::request_id))
-                .layer(from_fn_with_state(metrics, observe::observe))
+                .layer(from_fn_with_state(
+                    std::sync::Arc::new(Observer::new(metrics)),
+                    observe::observe,
+                ))
                 .layer(from_fn_with_state(source, errors::ucxl_errors))
                 .layer(CatchPanicLayer::custom(errors::panic_response)),
         )

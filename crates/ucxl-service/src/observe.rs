@@ -1,12 +1,14 @@
 //! One tracing span per request and per-route metrics, labelled by the matched route
 //! template (never the raw URI, whose cardinality is unbounded).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
+use metrics::{Counter, Histogram};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -42,38 +44,100 @@ pub fn method_label(method: &Method) -> &'static str {
         .map_or("other", |(_, name)| name)
 }
 
+/// The request metrics of one service, with their handles registered once per route,
+/// method and status: a request then updates atomics, where `counter!` with labels built
+/// and hashed the key and looked it up in the registry every time.
+#[derive(Debug)]
+pub struct Observer {
+    names: MetricNames,
+    routes: RwLock<HashMap<Box<str>, RouteMetrics>>,
+}
+
+#[derive(Debug)]
+struct RouteMetrics {
+    duration: Histogram,
+    requests: Vec<(&'static str, u16, Counter)>,
+}
+
+impl Observer {
+    /// An observer emitting `names`.
+    #[must_use]
+    pub fn new(names: MetricNames) -> Self {
+        Self {
+            names,
+            routes: RwLock::default(),
+        }
+    }
+
+    /// Counts one request and records its duration. The label sets are bounded: matched
+    /// route templates, standard methods and HTTP statuses.
+    fn record(&self, route: &str, method: &'static str, status: u16, seconds: f64) {
+        {
+            let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(r) = routes.get(route)
+                && let Some((_, _, counter)) = r
+                    .requests
+                    .iter()
+                    .find(|(m, s, _)| *m == method && *s == status)
+            {
+                counter.increment(1);
+                r.duration.record(seconds);
+                return;
+            }
+        }
+        let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        let r = routes.entry(route.into()).or_insert_with(|| RouteMetrics {
+            duration: metrics::histogram!(
+                self.names.request_duration_seconds,
+                "route" => route.to_owned()
+            ),
+            requests: Vec::new(),
+        });
+        let known = r
+            .requests
+            .iter()
+            .find(|(m, s, _)| *m == method && *s == status)
+            .map(|(_, _, c)| c.clone());
+        let counter = known.unwrap_or_else(|| {
+            let c = metrics::counter!(
+                self.names.requests_total,
+                "route" => route.to_owned(),
+                "method" => method,
+                "status" => status.to_string()
+            );
+            r.requests.push((method, status, c.clone()));
+            c
+        });
+        counter.increment(1);
+        r.duration.record(seconds);
+    }
+}
+
 /// The span, counter and histogram of one request.
-pub async fn observe(State(names): State<MetricNames>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+pub async fn observe(State(observer): State<Arc<Observer>>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = method_label(req.method());
     let request_id = req
         .extensions()
         .get::<RequestId>()
         .map_or_else(|| Arc::from("-"), |r| Arc::clone(&r.0));
-    let span = tracing::info_span!("request", request_id = %request_id, method, route = %route);
+    // The span carries only the request id (every log line of the request has it); method
+    // and route go on the "answered" event, which costs nothing unless it is logged.
+    let span = tracing::info_span!("request", request_id = %request_id);
     let started = Instant::now();
     let response = next.run(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     span.in_scope(|| {
+        let latency_ms = elapsed.as_secs_f64() * 1e3;
         if status >= 500 {
-            tracing::warn!(status, latency_ms = elapsed.as_secs_f64() * 1e3, "answered");
+            tracing::warn!(method, route, status, latency_ms, "answered");
         } else {
-            tracing::debug!(status, latency_ms = elapsed.as_secs_f64() * 1e3, "answered");
+            tracing::debug!(method, route, status, latency_ms, "answered");
         }
     });
-    metrics::counter!(
-        names.requests_total,
-        "route" => route.clone(),
-        "method" => method,
-        "status" => status.to_string()
-    )
-    .increment(1);
-    metrics::histogram!(names.request_duration_seconds, "route" => route)
-        .record(elapsed.as_secs_f64());
+    observer.record(route, method, status, elapsed.as_secs_f64());
     response
 }
 

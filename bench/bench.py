@@ -1,0 +1,1123 @@
+#!/usr/bin/env python3
+"""RUSTLE Gateway benchmark harness: the gateway against nginx and HAProxy in front of the
+same backends, on this 2-core machine, with the protocol of ../shared/BENCHMARKING.md.
+
+    bench/bench.py setup          install the tools, build the release binaries
+    bench/bench.py fixed-read     trivial fixed-answer backends: GET an envelope
+    bench/bench.py fixed-write    trivial fixed-answer backends: PUT an envelope
+    bench/bench.py nodes-read     three real bzzz-node processes: GET
+    bench/bench.py nodes-write    three real bzzz-node processes: PUT
+    bench/bench.py nodes-down     real nodes, one SIGKILLed during the run: GET then PUT
+    bench/bench.py gates          callgrind instructions and syscalls per gateway read (c=1)
+    bench/bench.py report         bench/results/<date>.md from the stages' results
+    bench/bench.py all            every stage above, in order (each stage < 10 minutes)
+
+Protocol: the system under test (SUT) runs alone on CPU 1 with one worker (nginx
+`worker_processes 1`, HAProxy `nbthread 1`, the gateway's runtime sees one CPU); load
+generators and backends run on CPU 0. Every stage runs >= 5 interleaved rounds; each round
+starts every SUT fresh, and ratios are taken within a round. A figure counts only when
+every answer was 2xx and no socket error happened (the correctness gate).
+
+Results of a stage go to bench/results/<date>/<stage>.json; `report` joins them.
+"""
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+RESULTS = os.path.join(ROOT, "bench", "results")
+GATEWAY_BIN = [os.path.join(BIN, "rustle-gateway")]  # --gateway-bin replaces it
+SUTS = ["direct", "gateway", "nginx", "haproxy"]
+PROXIES = ["gateway", "nginx", "haproxy"]
+LOAD_CPU = "0"
+SUT_CPU = "1"
+
+FIXED_ADDRESS = "ucxl://bench:reader@rustle:bench/fixed/doc.json"
+DOCS = 1000  # seeded addresses on the real nodes
+CONTENT = {
+    "decision": "use libp2p for the transport",
+    "alternatives": ["grpc", "nats", "zeromq"],
+    "reason": "one stack for routing, replication and discovery; no broker to run",
+    "score": 0.87,
+}
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- processes and /proc
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method, url, body=None, timeout=5):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def wait_until(check, within, what):
+    deadline = time.monotonic() + within
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError as e:
+            last = e
+        time.sleep(0.05)
+    raise SystemExit(f"bench: {what} did not happen within {within} s ({last})")
+
+
+def tree(pid):
+    """pid and all its descendants."""
+    children = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                text = f.read()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_ns(pid):
+    """On-CPU time of the process tree, from every task's schedstat (field 1, ns)."""
+    total = 0
+    for p in tree(pid):
+        for path in glob.glob(f"/proc/{p}/task/*/schedstat"):
+            try:
+                with open(path) as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return total
+
+
+def rss_kib(pid, field="VmRSS"):
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith(field + ":"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def cpu_times(cpu):
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:]]
+                idle = v[3] + v[4]
+                return sum(v[:8]), idle
+    raise SystemExit(f"bench: no cpu{cpu} in /proc/stat")
+
+
+def busy_between(before, after):
+    total = after[0] - before[0]
+    idle = after[1] - before[1]
+    return 0.0 if total <= 0 else 1.0 - idle / total
+
+
+class Proc:
+    """A server started pinned to a CPU, stopped by PID (never by name)."""
+
+    def __init__(self, name, argv, cpu, env=None, cwd=None, logfile=None):
+        self.name = name
+        self.log = open(logfile or os.devnull, "ab")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", cpu, *argv],
+            env=full_env,
+            cwd=cwd,
+            stdout=self.log,
+            stderr=self.log,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+    def kill(self):
+        self.stop(signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- backends
+
+
+def ucxl_answer(code, message, data):
+    return json.dumps(
+        {
+            "response": {
+                "code": code,
+                "message": message,
+                "data": data,
+                "request_id": "bench",
+                "timestamp": "2026-11-24T10:00:00Z",
+            }
+        },
+        separators=(",", ":"),
+    )
+
+
+def jcs_sha256(value):
+    import hashlib
+
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    raw = text.encode()
+    return "sha256:" + hashlib.sha256(raw).hexdigest(), len(raw)
+
+
+def fixed_envelope():
+    digest, size = jcs_sha256(CONTENT)
+    return {
+        "id": "0192f6c0-7c3a-7b7e-9a0e-2f5d1c9b8a11",
+        "address": FIXED_ADDRESS,
+        "version": 1,
+        "content": CONTENT,
+        "content_type": "application/json",
+        "metadata": {"author": "bench"},
+        "created_at": "2026-11-24T10:00:00.123456Z",
+        "hash": digest,
+        "size": size,
+    }
+
+
+class FixedBackends:
+    """Three trivial backends answering the node API with fixed UCXL answers (one nginx
+    process on CPU 0, one port per backend): the proxy's own cost, isolated."""
+
+    def __init__(self, work):
+        self.ports = [free_port() for _ in range(3)]
+        self.dir = os.path.join(work, "fixed")
+        os.makedirs(self.dir, exist_ok=True)
+        envelope = fixed_envelope()
+        get = ucxl_answer("UCXL-200-OK", "found", envelope)
+        put = ucxl_answer("UCXL-201-CREATED", "stored", envelope)
+        health = ucxl_answer("UCXL-200-OK", "healthy", {"connected_peers": 2})
+        for text in (get, put, health):
+            assert "'" not in text and "$" not in text
+        servers = "".join(
+            f"""
+  server {{
+    listen 127.0.0.1:{port};
+    default_type application/json;
+    location = /health {{ return 200 '{health}'; }}
+    location = /ucxi/v1/get {{ return 200 '{get}'; }}
+    location = /ucxi/v1/put {{ client_body_buffer_size 64k; return 201 '{put}'; }}
+    location / {{ return 404 '{{"error":{{"code":"UCXL-404-NOT_FOUND","message":"no route","details":{{}},"source":"bench","path":"/","request_id":"bench","timestamp":"2026-11-24T10:00:00Z"}}}}'; }}
+  }}"""
+            for port in self.ports
+        )
+        conf = os.path.join(self.dir, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(
+                f"""worker_processes 1;
+daemon off;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  {servers}
+}}
+"""
+            )
+        self.proc = Proc("fixed", ["nginx", "-p", self.dir, "-c", conf], LOAD_CPU)
+        for port in self.ports:
+            wait_until(
+                lambda: http("GET", f"http://127.0.0.1:{port}/health")[0] == 200,
+                10,
+                "the fixed backends to answer",
+            )
+
+    @property
+    def urls(self):
+        return [f"http://127.0.0.1:{p}" for p in self.ports]
+
+    def stop(self):
+        self.proc.stop(signal.SIGQUIT)
+
+
+class Node:
+    def __init__(self, name, root, peers):
+        self.name = name
+        self.http_port = free_port()
+        self.p2p_port = free_port()
+        self.dir = os.path.join(root, name)
+        self.peers = peers
+        self.proc = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def p2p(self):
+        return f"/ip4/127.0.0.1/tcp/{self.p2p_port}"
+
+    def start(self):
+        self.proc = Proc(
+            self.name,
+            [os.path.join(BIN, "bzzz-node")],
+            LOAD_CPU,
+            env={
+                "BZZZ_HTTP_ADDR": f"127.0.0.1:{self.http_port}",
+                "BZZZ_P2P_ADDR": self.p2p,
+                "BZZZ_BOOTSTRAP_PEERS": ",".join(self.peers),
+                "BZZZ_DATA_DIR": self.dir,
+                "BZZZ_NODE_NAME": self.name,
+                "RUST_LOG": "warn",
+            },
+            logfile=os.path.join(os.path.dirname(self.dir), f"{self.name}.log"),
+        )
+
+    def healthy(self):
+        return http("GET", self.url + "/health", timeout=1)[0] == 200
+
+    def kill(self):
+        if self.proc:
+            self.proc.kill()
+            self.proc = None
+
+
+class Nodes:
+    """Three real bzzz-node processes on CPU 0, seeded with DOCS envelopes."""
+
+    def __init__(self, work):
+        root = os.path.join(work, "nodes")
+        os.makedirs(root, exist_ok=True)
+        self.nodes = []
+        for i in range(3):
+            node = Node(f"bzzz-{i + 1}", root, [])
+            self.nodes.append(node)
+        for node in self.nodes:
+            node.peers = [n.p2p for n in self.nodes if n is not node]
+            node.start()
+        for node in self.nodes:
+            wait_until(node.healthy, 60, f"{node.name} to be healthy")
+        log(f"seeding {DOCS} envelopes")
+        for i in range(DOCS):
+            status, body = http(
+                "PUT",
+                f"{self.nodes[i % 3].url}/ucxi/v1/put?address="
+                + urllib.parse.quote(doc_address(i), safe=""),
+                {"content": CONTENT},
+            )
+            if status not in (200, 201):
+                raise SystemExit(f"bench: seeding failed: {status} {body[:200]!r}")
+
+    @property
+    def urls(self):
+        return [n.url for n in self.nodes]
+
+    def restart(self, node):
+        node.start()
+        wait_until(node.healthy, 60, f"{node.name} to come back")
+
+    def stop(self):
+        for n in self.nodes:
+            n.kill()
+
+
+def doc_address(i):
+    return f"ucxl://bench:reader@rustle:bench/docs/doc-{i:03d}.json"
+
+
+# ---------------------------------------------------------------- systems under test
+
+
+class Sut:
+    """One system under test in front of `upstreams`, started fresh for each run."""
+
+    def __init__(self, kind, upstreams, work):
+        self.kind = kind
+        self.upstreams = upstreams
+        self.work = work
+        self.proc = None
+        self.port = None
+
+    @property
+    def base(self):
+        if self.kind == "direct":
+            return self.upstreams[0]
+        return f"http://127.0.0.1:{self.port}"
+
+    def read_path(self, address):
+        q = urllib.parse.quote(address, safe="")
+        if self.kind == "gateway":
+            return f"/v1/envelopes?address={q}"
+        return f"/ucxi/v1/get?address={q}"
+
+    def write_path(self, address):
+        q = urllib.parse.quote(address, safe="")
+        if self.kind == "gateway":
+            return f"/v1/envelopes?address={q}"
+        return f"/ucxi/v1/put?address={q}"
+
+    def start(self, under=None):
+        """Starts the SUT on CPU 1; `under` prefixes the command (valgrind)."""
+        if self.kind == "direct":
+            return
+        self.port = free_port()
+        d = tempfile.mkdtemp(prefix=f"{self.kind}-", dir=self.work)
+        prefix = list(under or [])
+        if self.kind == "gateway":
+            env = {
+                "RUSTLE_LISTEN_ADDR": f"127.0.0.1:{self.port}",
+                "RUSTLE_BACKEND_MODE": "hybrid",
+                "RUSTLE_BZZZ_ENDPOINTS": ",".join(self.upstreams),
+                "RUSTLE_JOURNAL_DIR": os.path.join(d, "journal"),
+                "RUST_LOG": os.environ.get("BENCH_RUST_LOG", "info"),
+            }
+            env.update(getattr(self, "extra_env", {}))
+            argv = prefix + [GATEWAY_BIN[0]]
+        elif self.kind == "nginx":
+            conf = os.path.join(d, "nginx.conf")
+            with open(conf, "w") as f:
+                f.write(nginx_proxy_conf(d, self.port, self.upstreams, bool(under)))
+            argv = prefix + ["nginx", "-p", d, "-c", conf]
+            env = {}
+        elif self.kind == "haproxy":
+            conf = os.path.join(d, "haproxy.cfg")
+            with open(conf, "w") as f:
+                f.write(haproxy_conf(self.port, self.upstreams))
+            argv = prefix + ["haproxy", "-f", conf, "-db"]
+            env = {}
+        else:
+            raise SystemExit(f"bench: unknown SUT {self.kind}")
+        self.proc = Proc(self.kind, argv, SUT_CPU, env=env, logfile=os.path.join(d, "log"))
+        within = 120 if under else 20
+        wait_until(self.ready, within, f"{self.kind} to serve")
+
+    def ready(self):
+        if not self.proc.alive():
+            raise SystemExit(f"bench: {self.kind} exited; see {self.work}")
+        if self.kind == "gateway":
+            status, body = http("GET", self.base + "/v1/status", timeout=2)
+            if status != 200:
+                return False
+            data = json.loads(body)["response"]["data"]
+            return all(e["up"] for e in data["endpoints"])
+        address = FIXED_ADDRESS if "fixed" in self.work else doc_address(0)
+        return http("GET", self.base + self.read_path(address), timeout=2)[0] == 200
+
+    @property
+    def pid(self):
+        return None if self.proc is None else self.proc.pid
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop(signal.SIGQUIT if self.kind == "nginx" else signal.SIGTERM)
+            self.proc = None
+
+
+def nginx_proxy_conf(d, port, upstreams, single_process):
+    servers = "\n".join(
+        f"    server {u.removeprefix('http://')} max_fails=1 fail_timeout=1s;" for u in upstreams
+    )
+    master = "master_process off;" if single_process else ""
+    return f"""worker_processes 1;
+{master}
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream nodes {{
+{servers}
+    keepalive 128;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    client_max_body_size 1m;
+    location / {{
+      proxy_pass http://nodes;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_connect_timeout 250ms;
+      proxy_send_timeout 1500ms;
+      proxy_read_timeout 1500ms;
+      proxy_next_upstream error timeout http_502 http_503 http_504 http_429 non_idempotent;
+      proxy_next_upstream_tries 2;
+      proxy_next_upstream_timeout 5s;
+    }}
+  }}
+}}
+"""
+
+
+def haproxy_conf(port, upstreams):
+    servers = "\n".join(
+        f"  server n{i} {u.removeprefix('http://')} check inter 1s fall 2 rise 2"
+        for i, u in enumerate(upstreams)
+    )
+    return f"""global
+  nbthread 1
+  maxconn 8000
+
+defaults
+  mode http
+  timeout connect 250ms
+  timeout client 30s
+  timeout server 1500ms
+  timeout http-request 30s
+  timeout http-keep-alive 30s
+  retries 1
+  option redispatch 1
+  retry-on conn-failure empty-response response-timeout 502 503 504
+  http-reuse always
+
+frontend api
+  bind 127.0.0.1:{port}
+  default_backend nodes
+
+backend nodes
+  balance roundrobin
+  option httpchk GET /health
+{servers}
+"""
+
+
+# ---------------------------------------------------------------- load generators
+
+
+def oha(url, rate, seconds, method="GET", body=None, regex=False, conns=32):
+    """Open loop at a fixed rate (latency-corrected), on CPU 0. Returns the figures."""
+    argv = [
+        "taskset", "-c", LOAD_CPU, "oha", "--no-tui", "--output-format", "json",
+        "-z", f"{seconds}s", "-c", str(conns), "-q", str(rate), "--latency-correction",
+        "-m", method,
+    ]
+    if body is not None:
+        argv += ["-T", "application/json", "-d", body]
+    if regex:
+        argv += ["--rand-regex-url"]
+    argv.append(url)
+    out = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"bench: oha failed: {out.stderr[-2000:]}")
+    return parse_oha(json.loads(out.stdout))
+
+
+def parse_oha(r):
+    codes = {int(k): v for k, v in (r.get("statusCodeDistribution") or {}).items()}
+    errors = {k: v for k, v in (r.get("errorDistribution") or {}).items()
+              if "aborted due to deadline" not in k}
+    ok = sum(v for k, v in codes.items() if 200 <= k < 300)
+    lat = r.get("latencyPercentiles") or {}
+    return {
+        "ok": ok,
+        "non2xx": sum(v for k, v in codes.items() if not 200 <= k < 300),
+        "codes": codes,
+        "errors": errors,
+        "rps": r["summary"].get("requestsPerSec"),
+        "p50_ms": (lat.get("p50") or 0) * 1e3,
+        "p99_ms": (lat.get("p99") or 0) * 1e3,
+        "max_ms": (r["summary"].get("slowest") or 0) * 1e3,
+    }
+
+
+WRK_SCRIPT = """
+local paths = {PATHS}
+local method = "{METHOD}"
+local body = {BODY}
+local headers = {{}}
+if body ~= nil then headers["Content-Type"] = "application/json" end
+local counter = 0
+request = function()
+  counter = counter + 1
+  local path = paths[(counter % #paths) + 1]
+  return wrk.format(method, path, headers, body)
+end
+done = function(summary, latency, requests)
+  io.write(string.format("JSON {{\\"requests\\":%d,\\"non2xx\\":%d,\\"connect\\":%d,\\"read\\":%d,\\"write\\":%d,\\"timeout\\":%d,\\"status\\":%d}}\\n",
+    summary.requests, summary.errors.status, summary.errors.connect, summary.errors.read,
+    summary.errors.write, summary.errors.timeout, summary.errors.status))
+end
+"""
+
+
+def lua_string(s):
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def wrk(base, paths, seconds, method="GET", body=None, work="/tmp"):
+    """Closed loop, 64 connections, one thread on CPU 0: saturation of the SUT on CPU 1."""
+    script = os.path.join(work, "wrk.lua")
+    with open(script, "w") as f:
+        f.write(
+            WRK_SCRIPT.replace("{PATHS}", "{" + ",".join(lua_string(p) for p in paths) + "}")
+            .replace("{METHOD}", method)
+            .replace("{BODY}", "nil" if body is None else lua_string(body))
+            .replace("{{", "{").replace("}}", "}")
+        )
+    before = cpu_times(SUT_CPU)
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c64", f"-d{seconds}s", "-s", script, base],
+        capture_output=True, text=True, check=False,
+    )
+    busy = busy_between(before, cpu_times(SUT_CPU))
+    m = re.search(r"Requests/sec:\s+([0-9.]+)", out.stdout)
+    j = re.search(r"^JSON (.*)$", out.stdout, re.M)
+    if not m or not j:
+        raise SystemExit(f"bench: wrk failed: {out.stdout[-1000:]} {out.stderr[-1000:]}")
+    e = json.loads(j.group(1))
+    return {
+        "rps": float(m.group(1)),
+        "cpu1_busy": busy,
+        "non2xx": e["non2xx"],
+        "socket_errors": e["connect"] + e["read"] + e["write"] + e["timeout"],
+    }
+
+
+# ---------------------------------------------------------------- stages
+
+
+def body_text():
+    return json.dumps({"content": CONTENT, "content_type": "application/json"},
+                      separators=(",", ":"))
+
+
+def oha_url(sut, workload, backend):
+    """The URL for oha: fixed, or a regex over the seeded addresses."""
+    if backend == "fixed":
+        path = sut.read_path(FIXED_ADDRESS) if workload == "read" else sut.write_path(FIXED_ADDRESS)
+        return sut.base + path, False
+    if workload == "read":
+        template = "ucxl://bench:reader@rustle:bench/docs/doc-[0-9]{3}.json"
+        path = sut.read_path("X")
+    else:
+        template = "ucxl://bench:writer@rustle:bench/new/w-[0-9a-z]{12}.json"
+        path = sut.write_path("X")
+    path = path.removesuffix("X")
+    regex = re.escape(sut.base + path).replace("/", "/") + template.replace(".json", r"\.json")
+    return regex, True
+
+
+def wrk_paths(sut, workload, backend):
+    if backend == "fixed":
+        a = FIXED_ADDRESS
+        return [sut.read_path(a) if workload == "read" else sut.write_path(a)]
+    if workload == "read":
+        return [sut.read_path(doc_address(i)) for i in range(DOCS)]
+    tag = random.randrange(1 << 30)
+    return [sut.write_path(f"ucxl://bench:writer@rustle:bench/sat/{tag}-{i}.json")
+            for i in range(20000)]
+
+
+def measure(sut, workload, backend, rate, seconds, saturate=True):
+    method = "GET" if workload == "read" else "PUT"
+    body = None if workload == "read" else body_text()
+    url, regex = oha_url(sut, workload, backend)
+    # warm-up: connections, pools, caches
+    oha(url, min(rate, 2000), 1, method=method, body=body, regex=regex)
+    before = cpu_ns(sut.pid) if sut.pid else 0
+    fixed = oha(url, rate, seconds, method=method, body=body, regex=regex)
+    after = cpu_ns(sut.pid) if sut.pid else 0
+    answered = fixed["ok"] + fixed["non2xx"]
+    fixed["cpu_us"] = (after - before) / 1e3 / answered if sut.pid and answered else None
+    result = {"fixed": fixed}
+    if saturate:
+        result["saturation"] = wrk(sut.base, wrk_paths(sut, workload, backend), seconds,
+                                   method=method, body=body, work=sut.work)
+    if sut.pid:
+        result["rss_mib"] = rss_kib(sut.pid) / 1024
+        result["peak_rss_mib"] = rss_kib(sut.pid, "VmHWM") / 1024
+    return result
+
+
+def gate_ok(run):
+    f = run["fixed"]
+    ok = f["non2xx"] == 0 and not f["errors"]
+    s = run.get("saturation")
+    if s:
+        ok = ok and s["non2xx"] == 0 and s["socket_errors"] == 0
+    return ok
+
+
+def load_stage(stage, args):
+    backend, workload = stage.split("-")
+    work = tempfile.mkdtemp(prefix=f"rustle-bench-{backend}-")
+    rate = args.rate if args.rate else (
+        {"fixed-read": 20000, "fixed-write": 20000, "nodes-read": 5000, "nodes-write": 300}[stage])
+    seconds = args.seconds
+    upstream = FixedBackends(work) if backend == "fixed" else Nodes(work)
+    rounds = []
+    try:
+        for r in range(args.rounds):
+            order = SUTS[r % len(SUTS):] + SUTS[: r % len(SUTS)]
+            runs = {}
+            for kind in order:
+                sut = Sut(kind, upstream.urls, work)
+                sut.start()
+                try:
+                    # saturation through a node-bound cluster says nothing of the proxy
+                    runs[kind] = measure(sut, workload, backend, rate, seconds,
+                                         saturate=stage != "nodes-write")
+                finally:
+                    sut.stop()
+                runs[kind]["gate"] = gate_ok(runs[kind])
+                log(f"round {r + 1} {kind}: {summary_line(runs[kind])}")
+            rounds.append(runs)
+    finally:
+        upstream.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return {"stage": stage, "rate": rate, "seconds": seconds, "rounds": rounds}
+
+
+def summary_line(run):
+    f = run["fixed"]
+    parts = [f"p50 {f['p50_ms']:.3f} ms", f"p99 {f['p99_ms']:.3f} ms"]
+    if f.get("cpu_us"):
+        parts.append(f"{f['cpu_us']:.1f} CPU-us/req")
+    s = run.get("saturation")
+    if s:
+        parts.append(f"sat {s['rps']:.0f} req/s (cpu1 {s['cpu1_busy'] * 100:.0f}%)")
+    if "rss_mib" in run:
+        parts.append(f"rss {run['rss_mib']:.1f} MiB")
+    parts.append("OK" if run["gate"] else f"FAILED gate: {f['codes']} {f['errors']} {s}")
+    return ", ".join(parts)
+
+
+def down_stage(args):
+    """Real nodes; node 3 is SIGKILLed a third into a fixed-rate read, then writes run
+    with it down. Direct calls go to node 1, which survives (a latency reference)."""
+    work = tempfile.mkdtemp(prefix="rustle-bench-down-")
+    nodes = Nodes(work)
+    victim = nodes.nodes[2]
+    seconds = max(args.seconds, 6)
+    rounds = []
+    try:
+        for r in range(args.rounds):
+            order = SUTS[r % len(SUTS):] + SUTS[: r % len(SUTS)]
+            runs = {}
+            for kind in order:
+                if victim.proc is None:
+                    nodes.restart(victim)
+                sut = Sut(kind, nodes.urls, work)
+                sut.start()
+                try:
+                    url, regex = oha_url(sut, "read", "nodes")
+                    argv_rate = args.rate or 2000
+                    result = {}
+                    with tempfile.TemporaryFile("w+") as out:
+                        p = subprocess.Popen(
+                            ["taskset", "-c", LOAD_CPU, "oha", "--no-tui", "--output-format",
+                             "json", "-z", f"{seconds}s", "-c", "32", "-q", str(argv_rate),
+                             "--latency-correction", "--rand-regex-url", url],
+                            stdout=out, stderr=subprocess.DEVNULL)
+                        time.sleep(seconds / 3)
+                        victim.kill()
+                        p.wait()
+                        out.seek(0)
+                        result["read"] = parse_oha(json.load(out))
+                    wurl, wregex = oha_url(sut, "write", "nodes")
+                    result["write"] = oha(wurl, 200, seconds, method="PUT", body=body_text(),
+                                          regex=wregex)
+                finally:
+                    sut.stop()
+                result["gate"] = all(
+                    result[w]["non2xx"] == 0 and not result[w]["errors"] for w in ("read", "write"))
+                runs[kind] = result
+                log(f"round {r + 1} {kind}: read {down_line(result['read'])}; "
+                    f"write {down_line(result['write'])}")
+            rounds.append(runs)
+    finally:
+        nodes.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return {"stage": "nodes-down", "rate": args.rate or 2000, "seconds": seconds, "rounds": rounds}
+
+
+def down_line(f):
+    return (f"{f['ok']} ok, {f['non2xx']} non-2xx {f['codes']}, errors {f['errors']}, "
+            f"p50 {f['p50_ms']:.2f} p99 {f['p99_ms']:.2f} max {f['max_ms']:.1f} ms")
+
+
+# ---------------------------------------------------------------- deterministic gates
+
+
+def h2load(url, n):
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CPU, "h2load", "--h1", "-n", str(n), "-c", "1", url],
+        capture_output=True, text=True, check=False,
+    )
+    m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out.stdout)
+    if not m or int(m.group(2)) != n:
+        raise SystemExit(f"bench: h2load failed: {out.stdout[-1500:]} {out.stderr[-500:]}")
+
+
+def callgrind_instructions(kind, upstreams, work, n):
+    sut = Sut(kind, upstreams, work)
+    # no periodic work during the measured batch: health checks every hour
+    sut.extra_env = {"RUSTLE_HEALTH_INTERVAL_MS": "3600000"}
+    out_file = os.path.join(work, f"callgrind.{kind}.out")
+    sut.start(under=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}"])
+    try:
+        url = sut.base + sut.read_path(FIXED_ADDRESS)
+        h2load(url, 2000)
+        ctl = ["callgrind_control"]
+        subprocess.run(ctl + ["-z", str(sut.pid)], check=True, capture_output=True)
+        h2load(url, n)
+        subprocess.run(ctl + ["-d", str(sut.pid)], check=True, capture_output=True)
+    finally:
+        sut.stop()
+    totals = []
+    for path in glob.glob(out_file + "*"):
+        with open(path) as f:
+            for line in f:
+                if line.startswith("totals:") or line.startswith("summary:"):
+                    totals.append((path, int(line.split()[1])))
+                    break
+    # the dump after zeroing is the measured batch; the final dump at exit is not
+    measured = [t for p, t in totals if p != out_file]
+    if not measured:
+        raise SystemExit(f"bench: no callgrind dump for {kind}: {totals}")
+    return min(measured) / n
+
+
+def syscalls_per_request(kind, upstreams, work, n):
+    sut = Sut(kind, upstreams, work)
+    sut.extra_env = {"RUSTLE_HEALTH_INTERVAL_MS": "3600000"}
+    sut.start()
+    try:
+        url = sut.base + sut.read_path(FIXED_ADDRESS)
+        h2load(url, 2000)
+        pids = ",".join(str(p) for p in tree(sut.pid))
+        stat_file = os.path.join(work, f"perf.{kind}")
+        perf = subprocess.Popen(
+            ["perf", "stat", "-e", "raw_syscalls:sys_enter", "-x", ",", "-o", stat_file,
+             "-p", pids], stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # perf attaches
+        h2load(url, n)
+        perf.send_signal(signal.SIGINT)
+        perf.wait()
+    finally:
+        sut.stop()
+    with open(stat_file) as f:
+        for line in f:
+            if "raw_syscalls:sys_enter" in line:
+                return int(line.split(",")[0]) / n
+    raise SystemExit(f"bench: perf stat gave no count for {kind}")
+
+
+def gates_stage(args):
+    work = tempfile.mkdtemp(prefix="rustle-bench-fixed-gates-")
+    backends = FixedBackends(work)
+    n = args.gate_requests
+    out = {"stage": "gates", "requests": n, "instructions": {}, "syscalls": {}}
+    try:
+        for kind in PROXIES:
+            out["instructions"][kind] = callgrind_instructions(kind, backends.urls, work, n)
+            out["syscalls"][kind] = syscalls_per_request(kind, backends.urls, work, n)
+            log(f"{kind}: {out['instructions'][kind]:.0f} instructions/req, "
+                f"{out['syscalls'][kind]:.2f} syscalls/req")
+    finally:
+        backends.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+
+def median_range(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+
+def claim(values, lower_is_better):
+    """A difference is claimed only beyond 10% with the same sign in every round."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return ""
+    if all(v < 0.9 for v in values):
+        return "gateway better" if lower_is_better else "gateway worse"
+    if all(v > 1.1 for v in values):
+        return "gateway worse" if lower_is_better else "gateway better"
+    return "no claim (within 10% or mixed)"
+
+
+METRICS = [
+    ("CPU-µs/req at fixed rate", lambda r: r["fixed"].get("cpu_us"), True),
+    ("p50 ms at fixed rate", lambda r: r["fixed"]["p50_ms"], True),
+    ("p99 ms at fixed rate", lambda r: r["fixed"]["p99_ms"], True),
+    ("saturation req/s", lambda r: r.get("saturation", {}).get("rps"), False),
+    ("RSS MiB after the runs", lambda r: r.get("rss_mib"), True),
+]
+
+
+def load_table(data):
+    rounds = data["rounds"]
+    lines = [f"### {data['stage']} (fixed rate {data['rate']} req/s, {data['seconds']} s runs, "
+             f"{len(rounds)} rounds; commit {data.get('commit', '?')})", ""]
+    gates = {k: all(r[k]["gate"] for r in rounds) for k in SUTS if k in rounds[0]}
+    lines.append("| SUT | " + " | ".join(m[0] for m in METRICS) + " | sat: CPU1 busy | gate |")
+    lines.append("|---" * (len(METRICS) + 3) + "|")
+    for k in gates:
+        cells = [median_range([f(r[k]) for r in rounds]) for _, f, _ in METRICS]
+        busy = median_range([r[k].get("saturation", {}).get("cpu1_busy") for r in rounds])
+        lines.append(f"| {k} | " + " | ".join(cells) + f" | {busy} | "
+                     + ("pass" if gates[k] else "**FAIL**") + " |")
+    lines.append("")
+    lines.append("| ratio (median [min-max] of per-round ratios) | gateway/nginx | gateway/HAProxy |")
+    lines.append("|---|---|---|")
+    for name, f, lower in METRICS:
+        cells = []
+        for peer in ("nginx", "haproxy"):
+            ratios = []
+            for r in rounds:
+                a, b = f(r["gateway"]), f(r[peer])
+                ratios.append(a / b if a is not None and b else None)
+            cells.append(f"{median_range(ratios)} {claim(ratios, lower)}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    sat_ok = all(r["gateway"].get("saturation", {}).get("cpu1_busy", 1) >= 0.95 for r in rounds)
+    if "saturation" in rounds[0]["gateway"] and not sat_ok:
+        lines.append("")
+        lines.append("Saturation: CPU 1 was below 95% busy in some round, so the SUT was not "
+                     "the bottleneck (the backends on CPU 0 were): those req/s do not rank "
+                     "the proxies.")
+    lines.append("")
+    return lines
+
+
+def down_table(data):
+    rounds = data["rounds"]
+    lines = [f"### nodes-down (reads at {data['rate']} req/s for {data['seconds']} s, node 3 "
+             "SIGKILLed at a third; then writes at 200 req/s with it down; "
+             f"{len(rounds)} rounds)", "",
+             "| SUT | read errors+non-2xx (total) | read p50 ms | read p99 ms | read max ms "
+             "| write errors+non-2xx (total) | write p99 ms | gate |",
+             "|---|---|---|---|---|---|---|---|"]
+    for k in SUTS:
+        rr = [r[k] for r in rounds]
+        bad_r = sum(x["read"]["non2xx"] + sum(x["read"]["errors"].values()) for x in rr)
+        bad_w = sum(x["write"]["non2xx"] + sum(x["write"]["errors"].values()) for x in rr)
+        label = "direct (node 1, survives)" if k == "direct" else k
+        lines.append(
+            f"| {label} | {bad_r} | {median_range([x['read']['p50_ms'] for x in rr])} "
+            f"| {median_range([x['read']['p99_ms'] for x in rr])} "
+            f"| {median_range([x['read']['max_ms'] for x in rr])} | {bad_w} "
+            f"| {median_range([x['write']['p99_ms'] for x in rr])} "
+            f"| {'pass' if all(x['gate'] for x in rr) else '**FAIL**'} |")
+    lines.append("")
+    return lines
+
+
+def previous_gates(date, now):
+    """The gates measured last before `now` in another results directory."""
+    best = (None, None)
+    for path in glob.glob(os.path.join(RESULTS, "*", "gates.json")):
+        label = os.path.basename(os.path.dirname(path))
+        if label == date:
+            continue
+        with open(path) as f:
+            data = json.load(f)
+        at = data.get("measured_at", "")
+        if at < now and (best[1] is None or at > best[1]["measured_at"]):
+            best = (label, data)
+    return best
+
+
+def gates_table(data, date):
+    prev_date, prev = previous_gates(date, data.get("measured_at", ""))
+    lines = [f"### gates (GET through each proxy at c=1, fixed backends, {data['requests']} "
+             "measured requests after 2000 warm-up)", "",
+             "| SUT | instructions/req (callgrind) | syscalls/req (perf) | "
+             f"instructions vs {prev_date or 'previous'} | syscalls vs {prev_date or 'previous'} |",
+             "|---|---|---|---|---|"]
+    flagged = []
+    for k in PROXIES:
+        ins, sys_ = data["instructions"][k], data["syscalls"][k]
+        cmp = []
+        for name, now in (("instructions", ins), ("syscalls", sys_)):
+            before = prev and prev[name].get(k)
+            if before:
+                growth = now / before - 1
+                mark = " **FLAG: > 2% growth**" if growth > 0.02 and k == "gateway" else ""
+                if mark:
+                    flagged.append(f"{k} {name} +{growth * 100:.1f}%")
+                cmp.append(f"{growth * 100:+.2f}%{mark}")
+            else:
+                cmp.append("-")
+        lines.append(f"| {k} | {ins:,.0f} | {sys_:.2f} | {cmp[0]} | {cmp[1]} |")
+    lines.append("")
+    if flagged:
+        lines.append("Regressions flagged: " + "; ".join(flagged))
+        lines.append("")
+    return lines, flagged
+
+
+def report(date):
+    d = os.path.join(RESULTS, date)
+    lines = [f"# Benchmark results {date}", "",
+             "Produced by `bench/bench.py` (protocol in its docstring and in the README). "
+             "SUT pinned alone on CPU 1 with one worker; load and backends on CPU 0. "
+             "Medians with [min-max] over rounds; ratios are taken within a round.", ""]
+    host = subprocess.run(["uname", "-r"], capture_output=True, text=True).stdout.strip()
+    lines += [f"Kernel {host}; {version_line()}", ""]
+    flagged = []
+    for stage in ["fixed-read", "fixed-write", "nodes-read", "nodes-write", "nodes-down", "gates"]:
+        path = os.path.join(d, f"{stage}.json")
+        if not os.path.exists(path):
+            lines += [f"### {stage}", "", "not run", ""]
+            continue
+        with open(path) as f:
+            data = json.load(f)
+        if stage == "gates":
+            more, flagged = gates_table(data, date)
+            lines += more
+        elif stage == "nodes-down":
+            lines += down_table(data)
+        else:
+            lines += load_table(data)
+    out = os.path.join(RESULTS, f"{date}.md")
+    with open(out, "w") as f:
+        f.write("\n".join(lines))
+    log(f"wrote {out}")
+    return flagged
+
+
+def version_line():
+    def first(cmd):
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            return (p.stdout + p.stderr).strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "?"
+    return "; ".join([first(["nginx", "-v"]), first(["haproxy", "-v"]),
+                      first(["oha", "--version"]), first(["wrk", "-v"])])
+
+
+# ---------------------------------------------------------------- setup and main
+
+
+def setup():
+    missing = [t for t in ("nginx", "haproxy", "wrk", "h2load", "hyperfine", "valgrind",
+                           "perf", "taskset") if shutil.which(t) is None]
+    if missing:
+        log(f"installing Debian packages for {missing}")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-q", "nginx-light", "haproxy", "wrk",
+                        "nghttp2-client", "hyperfine", "valgrind", "linux-perf",
+                        "util-linux"], check=True, env=env)
+    if shutil.which("oha") is None:
+        log("installing oha from crates.io (a few minutes)")
+        subprocess.run(["cargo", "install", "oha", "--locked"], check=True)
+    subprocess.run(["cargo", "build", "--release", "-p", "rustle-gateway", "-p", "bzzz-node"],
+                   check=True, cwd=ROOT)
+    if os.cpu_count() < 2:
+        raise SystemExit("bench: needs 2 CPUs (SUT on CPU 1, load on CPU 0)")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("stage", choices=["setup", "fixed-read", "fixed-write", "nodes-read",
+                                     "nodes-write", "nodes-down", "gates", "report", "all"])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--seconds", type=int, default=5, help="length of each measured run")
+    p.add_argument("--rate", type=int, default=0, help="fixed rate (default per stage)")
+    p.add_argument("--gate-requests", type=int, default=10000)
+    p.add_argument("--date", default=datetime.date.today().isoformat(),
+                   help="results label: bench/results/<date>/ and <date>.md")
+    p.add_argument("--gateway-bin", help="another gateway binary (e.g. a baseline build)")
+    args = p.parse_args()
+    if args.gateway_bin:
+        GATEWAY_BIN[0] = os.path.abspath(args.gateway_bin)
+    os.environ["PATH"] = os.path.expanduser("~/.cargo/bin") + ":" + os.environ["PATH"]
+    stages = [args.stage]
+    if args.stage == "all":
+        stages = ["setup", "fixed-read", "fixed-write", "nodes-read", "nodes-write",
+                  "nodes-down", "gates", "report"]
+    for stage in stages:
+        started = time.monotonic()
+        if stage == "setup":
+            setup()
+        elif stage == "report":
+            flagged = report(args.date)
+            if flagged:
+                log("regression gate: " + "; ".join(flagged))
+        else:
+            if stage == "gates":
+                data = gates_stage(args)
+            elif stage == "nodes-down":
+                data = down_stage(args)
+            else:
+                data = load_stage(stage, args)
+            data["measured_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+            data["commit"] = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                cwd=ROOT, check=False).stdout.strip()
+            data["gateway_bin"] = GATEWAY_BIN[0]
+            d = os.path.join(RESULTS, args.date)
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, f"{stage}.json"), "w") as f:
+                json.dump(data, f, indent=1)
+        log(f"stage {stage}: {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
