@@ -700,7 +700,7 @@ def load_stage(stage, args):
     backend, workload = stage.split("-")
     work = tempfile.mkdtemp(prefix=f"rustle-bench-{backend}-")
     rate = args.rate if args.rate else (
-        {"fixed-read": 20000, "fixed-write": 20000, "nodes-read": 5000, "nodes-write": 300}[stage])
+        {"fixed-read": 10000, "fixed-write": 10000, "nodes-read": 5000, "nodes-write": 300}[stage])
     seconds = args.seconds
     upstream = FixedBackends(work) if backend == "fixed" else Nodes(work)
     rounds = []

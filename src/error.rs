@@ -2,7 +2,7 @@
 //! UCXL error answer. 5xx answers are opaque; their causes go to the log.
 //!
 //! Handlers and extractors return [`ApiError`]; its `IntoResponse` only records the error
-//! in the response's extensions. The [`ucxl_service::errors::ucxl_errors`] layer, which knows
+//! in the response's extensions. The [`ucxl_service::observe::frame`] layer, which knows
 //! the request id and path, writes the body, so every error of every route (unknown route,
 //! wrong method, rejected extractor, panic) has the same shape.
 

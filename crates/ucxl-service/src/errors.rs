@@ -3,22 +3,19 @@
 use std::any::Any;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::{Value, json};
 use ucxl::{Code, Failure, FailureBody};
-
-use crate::request_id::RequestId;
 
 /// The service name written in error bodies' `source` (`rustle-gateway`, `bzzz-node`).
 #[derive(Debug, Clone, Copy)]
 pub struct Source(pub &'static str);
 
 /// An error to be answered: code, message and details. As a response it is a bare status
-/// carrying the report in its extensions; [`ucxl_errors`] writes the body.
+/// carrying the report in its extensions; [`rewrite`] writes the body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ErrorReport {
     /// The UCXL code (and so the HTTP status).
@@ -64,16 +61,10 @@ impl IntoResponse for ErrorReport {
     }
 }
 
-/// Writes the UCXL error body of every error answer: those that carry an [`ErrorReport`]
-/// and any other 4xx/5xx that reached here without one (a framework's own answer, a
-/// panic's 500), so no error escapes in another shape.
-pub async fn ucxl_errors(State(source): State<Source>, req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_owned();
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map_or_else(String::new, |r| r.0.to_string());
-    let response = next.run(req).await;
+/// Writes the UCXL error body of an error answer (a handler's [`ErrorReport`], or any
+/// 4xx/5xx without one, such as axum's own rejections); success answers pass unchanged.
+#[must_use]
+pub fn rewrite(response: Response, source: Source, path: &str, request_id: &str) -> Response {
     let status = response.status();
     let report = response.extensions().get::<ErrorReport>().cloned();
     if report.is_none() && !(status.is_client_error() || status.is_server_error()) {
@@ -92,8 +83,8 @@ pub async fn ucxl_errors(State(source): State<Source>, req: Request, next: Next)
             message: report.message,
             details: report.details,
             source: source.0.to_owned(),
-            path,
-            request_id,
+            path: path.to_owned(),
+            request_id: request_id.to_owned(),
             timestamp: Utc::now(),
         },
     };

@@ -4,7 +4,7 @@
 //! errors, per-route metrics and spans.
 //!
 //! Handlers return errors that leave an [`ErrorReport`] in the response; the
-//! [`errors::ucxl_errors`] layer, which knows the request id and path, writes the body.
+//! [`observe::frame`] layer, which knows the request id and path, writes the body.
 
 pub mod body;
 pub mod errors;
@@ -16,12 +16,12 @@ pub mod request_id;
 
 pub use body::{BodyError, is_json, parse_json, query, read_json};
 pub use errors::{ErrorReport, Source};
-pub use observe::{MetricNames, Observer};
+pub use observe::{Frame, MetricNames, Observer};
 pub use reply::Reply;
 pub use request_id::{RequestId, Rid, X_REQUEST_ID};
 
 use axum::Router;
-use axum::middleware::{from_fn, from_fn_with_state};
+use axum::middleware::from_fn_with_state;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -39,12 +39,10 @@ pub fn with_layers<S: Clone + Send + Sync + 'static>(
         .method_not_allowed_fallback(errors::method_not_allowed)
         .layer(
             ServiceBuilder::new()
-                .layer(from_fn(request_id::request_id))
                 .layer(from_fn_with_state(
-                    std::sync::Arc::new(Observer::new(metrics)),
-                    observe::observe,
+                    std::sync::Arc::new(observe::Frame::new(source, metrics)),
+                    observe::frame,
                 ))
-                .layer(from_fn_with_state(source, errors::ucxl_errors))
                 .layer(CatchPanicLayer::custom(errors::panic_response)),
         )
 }

@@ -12,7 +12,8 @@ use metrics::{Counter, Histogram};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::request_id::RequestId;
+use crate::errors::{self, Source};
+use crate::request_id;
 
 /// The names of a service's request counter and latency histogram.
 #[derive(Debug, Clone, Copy)]
@@ -113,20 +114,24 @@ impl Observer {
     }
 }
 
-/// The span, counter and histogram of one request.
-pub async fn observe(State(observer): State<Arc<Observer>>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+/// What every request of a service goes through, outermost first: the request id exists
+/// before anything logs; the span and metrics see the final status; error bodies are
+/// written for every error below, panics included (the panic layer sits inside).
+///
+/// One middleware rather than three: each `from_fn` layer boxes the inner service and
+/// the future of every request.
+pub async fn frame(State(frame): State<Arc<Frame>>, mut req: Request, next: Next) -> Response {
+    let request_id = request_id::assign(&mut req);
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = method_label(req.method());
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map_or_else(|| Arc::from("-"), |r| Arc::clone(&r.0));
+    let uri = req.uri().clone();
     // The span carries only the request id (every log line of the request has it); method
     // and route go on the "answered" event, which costs nothing unless it is logged.
     let span = tracing::info_span!("request", request_id = %request_id);
     let started = Instant::now();
     let response = next.run(req).instrument(span.clone()).await;
+    let mut response = errors::rewrite(response, frame.source, uri.path(), &request_id);
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     span.in_scope(|| {
@@ -137,8 +142,29 @@ pub async fn observe(State(observer): State<Arc<Observer>>, req: Request, next: 
             tracing::debug!(method, route, status, latency_ms, "answered");
         }
     });
-    observer.record(route, method, status, elapsed.as_secs_f64());
+    frame
+        .observer
+        .record(route, method, status, elapsed.as_secs_f64());
+    request_id::echo(&mut response, &request_id);
     response
+}
+
+/// The state of [`frame`]: the service's name for error bodies and its request metrics.
+#[derive(Debug)]
+pub struct Frame {
+    source: Source,
+    observer: Observer,
+}
+
+impl Frame {
+    /// The frame of service `source` emitting `names`.
+    #[must_use]
+    pub fn new(source: Source, names: MetricNames) -> Self {
+        Self {
+            source,
+            observer: Observer::new(names),
+        }
+    }
 }
 
 #[cfg(test)]

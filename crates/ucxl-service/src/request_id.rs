@@ -6,7 +6,6 @@ use std::sync::Arc;
 use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::Next;
 use axum::response::Response;
 
 /// `X-Request-Id`.
@@ -20,8 +19,8 @@ const MAX_REQUEST_ID: usize = 128;
 pub struct RequestId(pub Arc<str>);
 
 /// Takes the client's `X-Request-Id` when it is 1..=128 visible ASCII characters, else
-/// generates a `UUIDv7`; stores it for handlers and echoes it on the response.
-pub async fn request_id(mut req: Request, next: Next) -> Response {
+/// generates a `UUIDv7`; stores it for handlers and returns it (to echo on the response).
+pub fn assign(req: &mut Request) -> Arc<str> {
     let id: Arc<str> = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -31,11 +30,14 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
         })
         .map_or_else(|| uuid::Uuid::now_v7().to_string().into(), Into::into);
     req.extensions_mut().insert(RequestId(Arc::clone(&id)));
-    let mut response = next.run(req).await;
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    id
+}
+
+/// Echoes the request id on the response.
+pub fn echo(response: &mut Response, id: &str) {
+    if let Ok(value) = HeaderValue::from_str(id) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
-    response
 }
 
 /// Just the request id, for handlers that read no other header.
