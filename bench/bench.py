@@ -2,7 +2,8 @@
 """RUSTLE Gateway benchmark harness: the gateway against nginx and HAProxy in front of the
 same backends, on this 2-core machine, with the protocol of ../shared/BENCHMARKING.md.
 
-    bench/bench.py setup          install the tools, build the release binaries
+    bench/bench.py setup          install the tools (Debian packages, oha from crates.io)
+    bench/bench.py build          build the release binaries
     bench/bench.py fixed-read     trivial fixed-answer backends: GET an envelope
     bench/bench.py fixed-write    trivial fixed-answer backends: PUT an envelope
     bench/bench.py nodes-read     three real bzzz-node processes: GET
@@ -651,7 +652,8 @@ def oha_url(sut, workload, backend):
         template = "ucxl://bench:writer@rustle:bench/new/w-[0-9a-z]{12}.json"
         path = sut.write_path("X")
     path = path.removesuffix("X")
-    regex = re.escape(sut.base + path).replace("/", "/") + template.replace(".json", r"\.json")
+    # oha's --rand-regex-url takes "." literally (and "\." is not a dot): escape the rest
+    regex = re.escape(sut.base + path).replace("\\.", ".") + template
     return regex, True
 
 
@@ -1067,15 +1069,18 @@ def setup():
     if shutil.which("oha") is None:
         log("installing oha from crates.io (a few minutes)")
         subprocess.run(["cargo", "install", "oha", "--locked"], check=True)
-    subprocess.run(["cargo", "build", "--release", "-p", "rustle-gateway", "-p", "bzzz-node"],
-                   check=True, cwd=ROOT)
     if os.cpu_count() < 2:
         raise SystemExit("bench: needs 2 CPUs (SUT on CPU 1, load on CPU 0)")
 
 
+def build():
+    subprocess.run(["cargo", "build", "--release", "-p", "rustle-gateway", "-p", "bzzz-node"],
+                   check=True, cwd=ROOT)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("stage", choices=["setup", "fixed-read", "fixed-write", "nodes-read",
+    p.add_argument("stage", choices=["setup", "build", "fixed-read", "fixed-write", "nodes-read",
                                      "nodes-write", "nodes-down", "gates", "report", "all"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=int, default=5, help="length of each measured run")
@@ -1090,12 +1095,14 @@ def main():
     os.environ["PATH"] = os.path.expanduser("~/.cargo/bin") + ":" + os.environ["PATH"]
     stages = [args.stage]
     if args.stage == "all":
-        stages = ["setup", "fixed-read", "fixed-write", "nodes-read", "nodes-write",
+        stages = ["setup", "build", "fixed-read", "fixed-write", "nodes-read", "nodes-write",
                   "nodes-down", "gates", "report"]
     for stage in stages:
         started = time.monotonic()
         if stage == "setup":
             setup()
+        elif stage == "build":
+            build()
         elif stage == "report":
             flagged = report(args.date)
             if flagged:
