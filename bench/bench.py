@@ -698,6 +698,12 @@ def gate_ok(run):
     return ok
 
 
+def interleaved(r):
+    """The SUTs in round r's order: each round starts one SUT later."""
+    k = r % len(SUTS)
+    return SUTS[k:] + SUTS[:k]
+
+
 def load_stage(stage, args):
     backend, workload = stage.split("-")
     work = tempfile.mkdtemp(prefix=f"rustle-bench-{backend}-")
@@ -708,9 +714,8 @@ def load_stage(stage, args):
     rounds = []
     try:
         for r in range(args.rounds):
-            order = SUTS[r % len(SUTS):] + SUTS[: r % len(SUTS)]
             runs = {}
-            for kind in order:
+            for kind in interleaved(r):
                 sut = Sut(kind, upstream.urls, work)
                 sut.start()
                 try:
@@ -752,9 +757,8 @@ def down_stage(args):
     rounds = []
     try:
         for r in range(args.rounds):
-            order = SUTS[r % len(SUTS):] + SUTS[: r % len(SUTS)]
             runs = {}
-            for kind in order:
+            for kind in interleaved(r):
                 if victim.proc is None:
                     nodes.restart(victim)
                 sut = Sut(kind, nodes.urls, work)

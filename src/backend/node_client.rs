@@ -162,7 +162,6 @@ impl NodeClient {
         body: Option<Bytes>,
     ) -> Result<Answer<T>, AttemptError> {
         let timeout_ms = spec.timeout.as_millis();
-        let deadline = tokio::time::Instant::now() + spec.timeout;
         let request = Self::request(spec, method, path_and_query, headers, body)?;
         let exchange = async {
             let response = self
@@ -172,7 +171,7 @@ impl NodeClient {
                 .map_err(|e| AttemptError::Connect(short(&e)))?;
             Self::answer(response).await
         };
-        match tokio::time::timeout_at(deadline, exchange).await {
+        match tokio::time::timeout(spec.timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(AttemptError::Timeout(timeout_ms)),
         }
