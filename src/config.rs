@@ -109,6 +109,8 @@ settings! {
     journal_dir, "RUSTLE_JOURNAL_DIR", Some("./data/journal"), "directory of the durable write journal";
     cache_max_entries, "RUSTLE_CACHE_MAX_ENTRIES", Some("100000"), "versions the local store holds at most";
     max_body_bytes, "RUSTLE_MAX_BODY_BYTES", Some("1048576"), "largest request body (bytes)";
+    max_answer_bytes, "RUSTLE_MAX_ANSWER_BYTES", Some("4194304"), "largest node answer about one envelope (bytes); history and search answers may be 8 times larger";
+    client_header_timeout_ms, "RUSTLE_CLIENT_HEADER_TIMEOUT_MS", Some("10000"), "time a client has to send a whole request head, on a new or an idle kept-alive connection; slower clients are disconnected (ms)";
     max_in_flight, "RUSTLE_MAX_IN_FLIGHT", Some("1024"), "requests in flight before load shedding";
     admin_token, "RUSTLE_ADMIN_TOKEN", None, "bearer token of the admin API; unset = admin API answers 403";
     shutdown_grace_ms, "RUSTLE_SHUTDOWN_GRACE_MS", Some("10000"), "drain time on SIGTERM/SIGINT (ms)";
@@ -313,6 +315,11 @@ pub struct Config {
     pub cache_max_entries: usize,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
+    /// Largest node answer about one envelope, in bytes (list answers: 8 times more).
+    pub max_answer_bytes: usize,
+    /// Time a client has to send a whole request head (slowloris and idle connections).
+    #[serde(with = "millis")]
+    pub client_header_timeout: Duration,
     /// Requests in flight before shedding.
     pub max_in_flight: usize,
     /// Admin bearer token; `None` disables the admin API.
@@ -511,6 +518,8 @@ impl Sources {
             journal_dir: PathBuf::from(p.text("journal_dir")),
             cache_max_entries: p.number("cache_max_entries", 1, 1 << 40),
             max_body_bytes: p.number("max_body_bytes", 1, 1 << 34),
+            max_answer_bytes: p.number("max_answer_bytes", 1024, 1 << 34),
+            client_header_timeout: p.millis("client_header_timeout_ms", 1, 3_600_000),
             max_in_flight: p.number("max_in_flight", 1, 1 << 24),
             admin_token: Some(p.text("admin_token"))
                 .filter(|t| !t.is_empty())

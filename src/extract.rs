@@ -78,15 +78,113 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// One agent, role, project or task of a concrete address: `[A-Za-z0-9_-]{1,64}`, not `any`.
+macro_rules! component {
+    () => {
+        r"(?!any(?:[:@/]|$))[A-Za-z0-9_-]{1,64}"
+    };
+}
+/// A temporal segment's N: a decimal integer 0..=4294967295 (leading zeros allowed).
+macro_rules! number {
+    () => {
+        r"0*(?:[0-9]{1,9}|[1-3][0-9]{9}|4[01][0-9]{8}|42[0-8][0-9]{7}|429[0-3][0-9]{6}|4294[0-8][0-9]{5}|42949[0-5][0-9]{4}|429496[0-6][0-9]{3}|4294967[01][0-9]{2}|42949672[0-8][0-9]|429496729[0-5])"
+    };
+}
+/// One path segment: `[A-Za-z0-9_.-]+`, but not `.` or `..`.
+macro_rules! segment {
+    () => {
+        r"(?:[A-Za-z0-9_-][A-Za-z0-9_.-]*|\.[A-Za-z0-9_-][A-Za-z0-9_.-]*|\.\.[A-Za-z0-9_.-]+)"
+    };
+}
+/// `ucxl://AGENT:ROLE@PROJECT:TASK`, the scheme in any case.
+macro_rules! authority {
+    () => {
+        concat!(
+            r"^[uU][cC][xX][lL]://",
+            component!(),
+            ":",
+            component!(),
+            "@",
+            component!(),
+            ":",
+            component!()
+        )
+    };
+}
+
+/// The grammar of a concrete address as an ECMA-262 regex (with the 1024-byte limit as
+/// `maxLength`), so the `OpenAPI` document says exactly which addresses are accepted (SPEC §2).
+pub const ADDRESS_PATTERN: &str = concat!(
+    authority!(),
+    r"(?:/+(?:\*\^|\*~(?:",
+    number!(),
+    r")?|~~",
+    number!(),
+    r"|\^\^",
+    number!(),
+    r"))?(?:/+",
+    segment!(),
+    r")*/*$"
+);
+/// The same for writes and deletes: no temporal segment but `*^` (the latest).
+pub const WRITE_ADDRESS_PATTERN: &str =
+    concat!(authority!(), r"(?:/+\*\^)?(?:/+", segment!(), r")*/*$");
+
+/// The `address` query parameter with `pattern`.
+fn address_parameter(pattern: &str, description: &str) -> utoipa::openapi::path::Parameter {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    let schema = utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .pattern(Some(pattern))
+        .min_length(Some(1))
+        .max_length(Some(ucxl::address::MAX_ADDRESS_BYTES))
+        .build();
+    ParameterBuilder::new()
+        .name("address")
+        .parameter_in(ParameterIn::Query)
+        .required(utoipa::openapi::Required::True)
+        .description(Some(description))
+        .schema(Some(schema))
+        .example(Some(serde_json::json!(
+            "ucxl://claude:architect@bzzz:v2-migration/decisions/protocol.json"
+        )))
+        .build()
+}
+
 /// `?address=` of the envelope routes.
-#[derive(Debug, Clone, serde::Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
 pub struct AddressQuery {
-    /// A UCXL address, URL-encoded:
-    /// `ucxl://AGENT:ROLE@PROJECT:TASK[/TEMPORAL][/PATH]`.
-    #[param(example = "ucxl://claude:architect@bzzz:v2-migration/decisions/protocol.json")]
+    /// The address, as sent.
     pub address: String,
+}
+
+impl utoipa::IntoParams for AddressQuery {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        vec![address_parameter(
+            ADDRESS_PATTERN,
+            "A UCXL address, URL-encoded: `ucxl://AGENT:ROLE@PROJECT:TASK[/TEMPORAL][/PATH]`.",
+        )]
+    }
+}
+
+/// `?address=` of the write routes, for the documentation ([`AddressQuery`] reads it):
+/// writes and deletes address the latest version.
+#[derive(Debug)]
+pub struct WriteAddressQuery;
+
+impl utoipa::IntoParams for WriteAddressQuery {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        vec![address_parameter(
+            WRITE_ADDRESS_PATTERN,
+            "A UCXL address, URL-encoded: `ucxl://AGENT:ROLE@PROJECT:TASK[/PATH]`. Writes and \
+             deletes address the latest version: no temporal segment (or `*^`).",
+        )]
+    }
 }
 
 /// The validated `?address=` parameter.

@@ -37,7 +37,7 @@ pub fn handle() -> PrometheusHandle {
 }
 
 fn describe() {
-    use metrics::{Unit, describe_counter, describe_histogram};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         "rustle_requests_total",
         "HTTP requests answered, by route template, method and status"
@@ -46,6 +46,59 @@ fn describe() {
         "rustle_request_duration_seconds",
         Unit::Seconds,
         "HTTP request latency by route template"
+    );
+    describe_counter!(
+        "rustle_backend_attempts_total",
+        "Attempts sent to BZZZ endpoints, by endpoint and outcome"
+    );
+    describe_counter!(
+        "rustle_retries_total",
+        "Retries after a failed attempt, by the endpoint that failed and the reason"
+    );
+    describe_counter!(
+        "rustle_retry_budget_exhausted_total",
+        "Retries refused because the retry budget was spent"
+    );
+    describe_gauge!(
+        "rustle_circuit_state",
+        "Circuit breaker state per endpoint: 0 closed, 1 half-open, 2 open"
+    );
+    describe_counter!(
+        "rustle_circuit_transitions_total",
+        "Circuit breaker state changes, by endpoint, from and to"
+    );
+    describe_gauge!(
+        "rustle_endpoint_up",
+        "1 when the endpoint's last health check passed, else 0"
+    );
+    describe_gauge!(
+        "rustle_endpoint_latency_ewma_seconds",
+        Unit::Seconds,
+        "Exponentially weighted moving average of attempt latency per endpoint"
+    );
+    describe_gauge!(
+        "rustle_fallback_active",
+        "1 while the hybrid backend serves from the local fallback, else 0"
+    );
+    describe_counter!(
+        "rustle_fallback_events_total",
+        "Requests served by the fallback, by the reason the cluster could not serve them"
+    );
+    describe_gauge!(
+        "rustle_journal_pending",
+        "Writes accepted in fallback and not yet replayed to the cluster"
+    );
+    describe_counter!(
+        "rustle_journal_replayed_total",
+        "Journal entries replayed to the cluster"
+    );
+    describe_counter!(
+        "rustle_search_partial_total",
+        "Searches answered with partial results (some endpoints failed)"
+    );
+    describe_counter!(
+        "rustle_load_shed_total",
+        "Requests refused with 503 because RUSTLE_MAX_IN_FLIGHT were in flight"
     );
     describe_counter!(
         "rustle_local_store_evictions_total",

@@ -203,7 +203,10 @@ impl Application {
     /// # Errors
     /// When the server fails.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> io::Result<()> {
-        let grace = self.state.config.load().shutdown_grace;
+        let (grace, header_read_timeout) = {
+            let config = self.state.config.load();
+            (config.shutdown_grace, config.client_header_timeout)
+        };
         let upkeep = tokio::spawn(metrics_upkeep(self.state.clone(), shutdown.clone()));
         let background = self.state.background.clone();
         tokio::spawn(Arc::clone(&self.state.cluster).run_health_checks(background.clone()));
@@ -212,9 +215,14 @@ impl Application {
         }
         tracing::info!(addr = %self.addr, mode = %self.state.active.load().mode, "listening");
         let app = router(self.state);
-        let serve = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future();
+        let serve = ucxl_service::serve::serve(
+            self.listener,
+            app,
+            ucxl_service::serve::Limits {
+                header_read_timeout,
+            },
+            shutdown.clone().cancelled_owned(),
+        );
         tokio::pin!(serve);
         let result = tokio::select! {
             result = &mut serve => result,

@@ -48,7 +48,15 @@ pub struct Policy {
     pub health_timeout: Duration,
     /// TCP connect timeout (the HTTP client is rebuilt when it changes).
     pub connect_timeout: Duration,
+    /// Largest answer about one envelope; list answers may be
+    /// [`LIST_ANSWER_FACTOR`] times larger.
+    pub max_answer_bytes: usize,
 }
+
+/// How much larger than an envelope answer a list answer (history, discover) may be.
+pub const LIST_ANSWER_FACTOR: usize = 8;
+/// Largest health check answer.
+const HEALTH_ANSWER_BYTES: usize = 64 << 10;
 
 impl Policy {
     /// The policy of `config`.
@@ -61,6 +69,7 @@ impl Policy {
             health_interval: config.health_interval,
             health_timeout: config.health_timeout,
             connect_timeout: config.connect_timeout,
+            max_answer_bytes: config.max_answer_bytes,
         }
     }
 }
@@ -274,6 +283,20 @@ pub struct NodeRequest {
     /// The endpoint to try first when it is available (the one that took the address's
     /// last write, so a client reads its own writes even before every replica has them).
     pub prefer: Option<String>,
+    /// Whether the answer is a list (history, discover), allowed [`LIST_ANSWER_FACTOR`]
+    /// times the size of an envelope answer.
+    pub list: bool,
+}
+
+impl NodeRequest {
+    /// The largest answer believed under `policy`.
+    fn answer_limit(&self, policy: &Policy) -> usize {
+        if self.list {
+            policy.max_answer_bytes.saturating_mul(LIST_ANSWER_FACTOR)
+        } else {
+            policy.max_answer_bytes
+        }
+    }
 }
 
 /// A node's answer and how it was obtained.
@@ -648,6 +671,7 @@ impl Cluster {
                     endpoint: &endpoint.url,
                     request_id: &call.request_id,
                     timeout,
+                    max_answer_bytes: request.answer_limit(&self.policy.load()),
                 },
                 request.method.clone(),
                 &request.path,
@@ -836,6 +860,7 @@ impl Cluster {
                         endpoint: &e.url,
                         request_id: "health-check",
                         timeout,
+                        max_answer_bytes: HEALTH_ANSWER_BYTES,
                     };
                     let result = client
                         .call::<Value>(spec, axum::http::Method::GET, "/health", &[], None)

@@ -19,8 +19,6 @@ use ucxl::{Code, Failure, Success};
 
 use crate::config::EndpointUrl;
 
-/// Largest node answer read, in bytes (a version set is at most the node's record limit).
-pub const MAX_ANSWER_BYTES: usize = 32 << 20;
 /// Longest `Retry-After` honoured.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -124,6 +122,8 @@ pub struct AttemptSpec<'a> {
     pub request_id: &'a str,
     /// Time allowed for this attempt; also forwarded as `X-Request-Timeout-Ms`.
     pub timeout: Duration,
+    /// Largest answer body read; a larger one is a bad answer.
+    pub max_answer_bytes: usize,
 }
 
 impl NodeClient {
@@ -162,6 +162,7 @@ impl NodeClient {
         body: Option<Bytes>,
     ) -> Result<Answer<T>, AttemptError> {
         let timeout_ms = spec.timeout.as_millis();
+        let limit = spec.max_answer_bytes;
         let request = Self::request(spec, method, path_and_query, headers, body)?;
         let exchange = async {
             let response = self
@@ -169,7 +170,7 @@ impl NodeClient {
                 .request(request)
                 .await
                 .map_err(|e| AttemptError::Connect(short(&e)))?;
-            Self::answer(response).await
+            Self::answer(response, limit).await
         };
         match tokio::time::timeout(spec.timeout, exchange).await {
             Ok(result) => result,
@@ -213,6 +214,7 @@ impl NodeClient {
     /// Reads and validates an answer.
     async fn answer<T: DeserializeOwned>(
         response: Response<Incoming>,
+        limit: usize,
     ) -> Result<Answer<T>, AttemptError> {
         let status = response.status();
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
@@ -243,11 +245,11 @@ impl NodeClient {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+            .is_some_and(|n| n > limit as u64)
         {
             return Err(too_large());
         }
-        let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+        let bytes = Limited::new(response.into_body(), limit)
             .collect()
             .await
             .map_err(|e| {

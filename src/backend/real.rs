@@ -117,6 +117,7 @@ impl RealBackend {
             headers: Vec::new(),
             body: None,
             prefer: self.affinity(address),
+            list: false,
         }
     }
 
@@ -323,7 +324,10 @@ impl Backend for RealBackend {
         call: &Call,
         address: &Address,
     ) -> Result<Served<History>, BackendError> {
-        let request = self.about(axum::http::Method::GET, "history", address);
+        let request = NodeRequest {
+            list: true,
+            ..self.about(axum::http::Method::GET, "history", address)
+        };
         let executed = self.cluster.execute::<History>(call, &request).await?;
         let (history, via, _) = data(executed)?;
         self.check_address(address, &history.address, &via)?;
@@ -357,6 +361,7 @@ impl Backend for RealBackend {
             headers: Vec::new(),
             body: None,
             prefer: None,
+            list: true,
         };
         let fan = self.cluster.fan_out::<Discovered>(call, &request).await;
         let asked = u32::try_from(fan.results.len()).unwrap_or(u32::MAX);

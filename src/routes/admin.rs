@@ -19,7 +19,12 @@ use crate::state::{Active, AppState};
 use ucxl_service::Reply;
 
 /// Settings that only take effect at start.
-const RESTART_REQUIRED: &[&str] = &["listen_addr", "log_format", "journal_dir"];
+const RESTART_REQUIRED: &[&str] = &[
+    "listen_addr",
+    "log_format",
+    "journal_dir",
+    "client_header_timeout",
+];
 
 /// The routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -237,6 +242,7 @@ async fn reload(
     new.listen_addr = old.listen_addr;
     new.log_format = old.log_format;
     new.journal_dir.clone_from(&old.journal_dir);
+    new.client_header_timeout = old.client_header_timeout;
     state.store.set_max_entries(new.cache_max_entries);
     if let Some(recovery) = state.recovery.get() {
         recovery.set_request_timeout(new.request_timeout);

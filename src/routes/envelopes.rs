@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 
 use crate::backend::{BackendKind, Deleted};
 use crate::error::ApiError;
-use crate::extract::{AddressParam, AddressQuery, ApiJson, Ctx};
+use crate::extract::{AddressParam, AddressQuery, ApiJson, Ctx, WriteAddressQuery};
 use ucxl_service::Reply;
 
 use crate::reply::{Failed, ServedBy};
@@ -40,12 +40,34 @@ pub struct PutEnvelope {
     /// Any JSON value (required; `null` is a value).
     #[schema(value_type = Value)]
     pub content: Value,
-    /// Media type of `content` (default `application/json`).
-    #[schema(max_length = 255, example = "application/json")]
+    /// Media type of `content` (default `application/json`): `type/subtype` with optional
+    /// `; name=value` parameters (RFC 9110 §8.3.1).
+    #[schema(
+        max_length = 255,
+        pattern = r#"^[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]*;[ \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]+=(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+|"(?:[\t !#-\[\]-~]|\\[\t -~])*"))*$"#,
+        example = "application/json"
+    )]
     pub content_type: Option<String>,
     /// Free-form metadata object.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
+}
+
+/// `X-Request-Timeout-Ms`: any positive integer (one above the configured deadline lowers
+/// nothing, however large).
+pub(crate) fn timeout_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::Integer)
+        .minimum(Some(1))
+        .build()
+}
+
+/// `Idempotency-Key`: 1..=128 printable ASCII characters, none at either end a space.
+fn idempotency_key_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .pattern(Some(r"^[!-~](?:[ -~]{0,126}[!-~])?$"))
+        .build()
 }
 
 /// Headers of the write routes.
@@ -55,10 +77,18 @@ pub struct PutEnvelope {
 pub struct WriteHeaders {
     /// The envelope id: retries with the same key are no-ops that return the first result
     /// (1..=128 printable ASCII characters). A `UUIDv7` is chosen when absent.
-    #[param(rename = "Idempotency-Key", example = "7f1c2a52-client-retry-key")]
+    #[param(
+        rename = "Idempotency-Key",
+        schema_with = idempotency_key_schema,
+        example = "7f1c2a52-client-retry-key"
+    )]
     idempotency_key: Option<String>,
     /// Lowers the request deadline (milliseconds).
-    #[param(rename = "X-Request-Timeout-Ms", minimum = 1, example = 2000)]
+    #[param(
+        rename = "X-Request-Timeout-Ms",
+        schema_with = timeout_schema,
+        example = 2000
+    )]
     request_timeout_ms: Option<u64>,
 }
 
@@ -68,7 +98,11 @@ pub struct WriteHeaders {
 #[allow(dead_code)] // documentation only: `Ctx` reads these headers
 pub struct ReadHeaders {
     /// Lowers the request deadline (milliseconds).
-    #[param(rename = "X-Request-Timeout-Ms", minimum = 1, example = 2000)]
+    #[param(
+        rename = "X-Request-Timeout-Ms",
+        schema_with = timeout_schema,
+        example = 2000
+    )]
     request_timeout_ms: Option<u64>,
 }
 
@@ -76,7 +110,7 @@ fn content_type(given: Option<String>) -> Result<String, ApiError> {
     let Some(given) = given else {
         return Ok(ucxl::DEFAULT_CONTENT_TYPE.to_owned());
     };
-    if given.len() <= MAX_CONTENT_TYPE && given.parse::<mime::Mime>().is_ok() {
+    if given.len() <= MAX_CONTENT_TYPE && is_media_type(&given) {
         Ok(given)
     } else {
         Err(ApiError::InvalidPayload {
@@ -89,6 +123,67 @@ fn content_type(given: Option<String>) -> Result<String, ApiError> {
     }
 }
 
+/// A `tchar` of RFC 9110 §5.6.2.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// `token`: one or more `tchar`s; returns what follows.
+fn token(s: &[u8]) -> Option<&[u8]> {
+    let n = s.iter().take_while(|b| is_tchar(**b)).count();
+    (n > 0).then(|| &s[n..])
+}
+
+/// `quoted-string` (without obsolete text); returns what follows.
+fn quoted(s: &[u8]) -> Option<&[u8]> {
+    let mut rest = s.strip_prefix(b"\"")?;
+    loop {
+        match rest {
+            [b'"', after @ ..] => return Some(after),
+            [b'\\', c, after @ ..] if *c == b'\t' || (b' '..=b'~').contains(c) => rest = after,
+            [c, after @ ..]
+                if *c == b'\t'
+                    || *c == b' '
+                    || *c == 0x21
+                    || (0x23..=0x7e).contains(c) && *c != b'\\' =>
+            {
+                rest = after;
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// A media type as RFC 9110 §8.3.1 writes it: `type/subtype *( OWS ";" OWS name=value )`,
+/// the value a token or a quoted string. The `OpenAPI` document states the same grammar as a
+/// regex, so what the schema admits is exactly what is accepted.
+fn is_media_type(text: &str) -> bool {
+    let ows = |s: &[u8]| -> usize { s.iter().take_while(|b| **b == b' ' || **b == b'\t').count() };
+    let Some(rest) = token(text.as_bytes()) else {
+        return false;
+    };
+    let Some(rest) = rest.strip_prefix(b"/") else {
+        return false;
+    };
+    let Some(mut rest) = token(rest) else {
+        return false;
+    };
+    while !rest.is_empty() {
+        let Some(after) = rest[ows(rest)..].strip_prefix(b";") else {
+            return false;
+        };
+        let after = &after[ows(after)..];
+        let Some(after) = token(after).and_then(|r| r.strip_prefix(b"=")) else {
+            return false;
+        };
+        let Some(after) = token(after).or_else(|| quoted(after)) else {
+            return false;
+        };
+        rest = after;
+    }
+    true
+}
+
 /// Store a new version at an address.
 ///
 /// The version number is the envelope's position in the address's history. Sending the
@@ -97,7 +192,7 @@ fn content_type(given: Option<String>) -> Result<String, ApiError> {
     put,
     path = "/v1/envelopes",
     tag = "envelopes",
-    params(AddressQuery, WriteHeaders),
+    params(WriteAddressQuery, WriteHeaders),
     request_body(content = PutEnvelope, content_type = "application/json"),
     responses(
         (status = 201, description = "Stored as a new version (`UCXL-201-CREATED`)", body = inline(ucxl::Success<Envelope>)),
@@ -185,7 +280,7 @@ async fn get_envelope(
     delete,
     path = "/v1/envelopes",
     tag = "envelopes",
-    params(AddressQuery, WriteHeaders),
+    params(WriteAddressQuery, WriteHeaders),
     responses(
         (status = 200, description = "Deleted (`UCXL-200-OK`)", body = inline(ucxl::Success<Deleted>)),
         (status = 202, description = "The cluster is unreachable: the delete is journaled durably (hybrid mode)", body = inline(ucxl::Success<Deleted>)),
@@ -241,4 +336,38 @@ async fn history(
         .map_err(|e| Failed::backend(e, backend.as_ref()))?;
     let message = format!("{} versions", served.value.versions.len());
     Ok(Reply::new(Code::Ok, message, served.value, ctx.request_id()).via(served.via))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_media_type;
+
+    #[test]
+    fn media_types_follow_rfc_9110() {
+        for good in [
+            "application/json",
+            "text/plain; charset=utf-8",
+            "text/plain;charset=\"utf-8\"",
+            "application/vnd.x+json",
+            "a/b ; q=\"x\\\"y\" ;\tz=1",
+        ] {
+            assert!(is_media_type(good), "{good}");
+        }
+        for bad in [
+            "",
+            "not a type",
+            "text",
+            "text/",
+            "/plain",
+            "text/plain;",
+            "text/plain; charset",
+            "text/plain; charset=",
+            "text/plain; charset=\"open",
+            "text/plain ",
+            "tëxt/plain",
+            "text/plain; a=b c",
+        ] {
+            assert!(!is_media_type(bad), "{bad:?}");
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! API tests over real HTTP: every test spawns its own gateway on port 0.
 
+mod abuse;
 mod admin;
 mod conformance;
 mod envelopes;
@@ -14,3 +15,4 @@ mod ops;
 mod process;
 mod resilience;
 mod search;
+mod wire;

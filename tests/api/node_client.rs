@@ -1,121 +1,21 @@
-//! The node client against real servers that misbehave on purpose: refuse, hang, 503 with
-//! Retry-After, garbage, wrong content type, oversized and truncated answers.
+//! The node client against real servers that misbehave on purpose (`super::wire`): refuse,
+//! hang, 503 with Retry-After, garbage, wrong content type, oversized and truncated answers.
 
 use std::time::Duration;
 
 use rustle_gateway::backend::node_client::{Answer, AttemptError, AttemptSpec, NodeClient};
 use rustle_gateway::config::EndpointUrl;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
-#[derive(Debug, Clone, Copy)]
-enum Fault {
-    /// A valid 200 answer.
-    Fine,
-    /// Accept and never answer.
-    Hang,
-    /// 503 with `Retry-After: 30`.
-    Unavailable,
-    /// 200 with a body that is not JSON.
-    Garbage,
-    /// 200 JSON cut off half way (`Content-Length` says more, then the connection closes).
-    Truncated,
-    /// 200 with a text/html body.
-    WrongType,
-    /// A 40 MiB body.
-    Huge,
-    /// Headers, then a chunked body that never ends.
-    EndlessChunks,
-}
+use super::wire::{Fault, server};
 
-/// A server on a free port that answers every request with `fault`.
-async fn server(fault: Fault) -> EndpointUrl {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let ok = r#"{"response":{"code":"UCXL-200-OK","message":"m","data":{"n":7},"request_id":"r","timestamp":"2026-11-24T10:00:00Z"}}"#;
-                let reply = |status: &str, ctype: &str, body: &str| {
-                    format!(
-                        "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    )
-                };
-                match fault {
-                    Fault::Fine => {
-                        let _ = socket
-                            .write_all(reply("200 OK", "application/json", ok).as_bytes())
-                            .await;
-                    }
-                    Fault::Hang => std::future::pending::<()>().await,
-                    Fault::Unavailable => {
-                        let r = "HTTP/1.1 503 Service Unavailable\r\nretry-after: 30\r\ncontent-length: 0\r\n\r\n";
-                        let _ = socket.write_all(r.as_bytes()).await;
-                    }
-                    Fault::Garbage => {
-                        let _ = socket
-                            .write_all(
-                                reply("200 OK", "application/json", "<<<garbage>>>").as_bytes(),
-                            )
-                            .await;
-                    }
-                    Fault::Truncated => {
-                        let head = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                            ok.len()
-                        );
-                        let _ = socket.write_all(head.as_bytes()).await;
-                        let _ = socket.write_all(&ok.as_bytes()[..ok.len() / 2]).await;
-                    }
-                    Fault::WrongType => {
-                        let _ = socket
-                            .write_all(reply("200 OK", "text/html", "<html></html>").as_bytes())
-                            .await;
-                    }
-                    Fault::Huge => {
-                        let size = 40 << 20;
-                        let head = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {size}\r\n\r\n"
-                        );
-                        let _ = socket.write_all(head.as_bytes()).await;
-                        let chunk = vec![b' '; 1 << 20];
-                        for _ in 0..40 {
-                            if socket.write_all(&chunk).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Fault::EndlessChunks => {
-                        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
-                        let _ = socket.write_all(head.as_bytes()).await;
-                        loop {
-                            if socket.write_all(b"1\r\n \r\n").await.is_err() {
-                                return;
-                            }
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    format!("http://{addr}").parse().expect("url")
+/// The part of an envelope these tests look at.
+#[derive(Debug, serde::Deserialize, PartialEq)]
+struct Data {
+    content: Content,
 }
 
 #[derive(Debug, serde::Deserialize, PartialEq)]
-struct Data {
+struct Content {
     n: u32,
 }
 
@@ -125,6 +25,7 @@ async fn attempt(endpoint: &EndpointUrl, timeout: Duration) -> Result<Answer<Dat
         endpoint,
         request_id: "test",
         timeout,
+        max_answer_bytes: 4 << 20,
     };
     client
         .call::<Data>(
@@ -146,7 +47,9 @@ async fn a_valid_answer_is_believed() {
     assert!(matches!(
         answer,
         Answer::Ok {
-            data: Data { n: 7 },
+            data: Data {
+                content: Content { n: 7 }
+            },
             ..
         }
     ));
@@ -200,6 +103,8 @@ async fn garbage_truncated_mistyped_and_oversized_answers_are_bad_answers() {
         Fault::Truncated,
         Fault::WrongType,
         Fault::Huge,
+        Fault::TenMegabytes,
+        Fault::TenMegabytesChunked,
     ] {
         let endpoint = server(fault).await;
         let e = attempt(&endpoint, Duration::from_secs(5))

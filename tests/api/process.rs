@@ -63,7 +63,7 @@ fn openapi_subcommand_prints_the_committed_document() {
 
 /// Starts the gateway with `env` on a free port; returns it and its address once it logs
 /// "listening" (the readiness signal). Its output keeps being drained.
-fn spawn_listening(env: &[(&str, &str)]) -> (std::process::Child, String) {
+pub(super) fn spawn_listening(env: &[(&str, &str)]) -> (std::process::Child, String) {
     let mut command = gateway();
     command
         .env("RUSTLE_LISTEN_ADDR", "127.0.0.1:0")

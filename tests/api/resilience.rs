@@ -131,7 +131,7 @@ async fn a_garbage_answer_is_502_and_counts_against_the_endpoint() {
     );
 }
 
-async fn status_of(app: &TestApp, url: &str) -> Value {
+pub(super) async fn status_of(app: &TestApp, url: &str) -> Value {
     endpoint(&gateway_status(app).await, url).clone()
 }
 
@@ -543,6 +543,7 @@ async fn an_abandoned_attempt_gives_its_slot_back() {
         headers: Vec::new(),
         body: None,
         prefer: None,
+        list: false,
     };
     // The caller goes away (a client disconnect) while the attempt waits on the node.
     let attempt = cluster.execute::<Value>(&call, &request);

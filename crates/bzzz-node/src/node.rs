@@ -64,6 +64,11 @@ fn metrics_handle() -> PrometheusHandle {
                 "bzzz_requests_total",
                 "HTTP requests by route template, method and status"
             );
+            metrics::describe_histogram!(
+                "bzzz_request_duration_seconds",
+                metrics::Unit::Seconds,
+                "HTTP request latency by route template"
+            );
             handle
         })
         .clone()
@@ -157,9 +162,13 @@ impl Node {
     /// When the HTTP server fails.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let app = api::router(self.state);
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(self.shutdown.clone().cancelled_owned())
-            .await;
+        let served = ucxl_service::serve::serve(
+            self.listener,
+            app,
+            ucxl_service::serve::Limits::default(),
+            self.shutdown.clone().cancelled_owned(),
+        )
+        .await;
         self.shutdown.cancel();
         if let Err(e) = self.network.await {
             tracing::error!(error = %e, "network task failed");

@@ -18,8 +18,8 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use ucxl::{
-    Address, DeleteOutcome, EnvelopeId, NewVersion, PutOutcome, SearchItem, SearchQuery,
-    VersionSet, WriteError,
+    Address, DeleteOutcome, Entry, EnvelopeId, NewVersion, PutOutcome, SearchItem, SearchQuery,
+    VersionSet, WriteError, content_digest,
 };
 
 /// canonical address → JSON of its [`VersionSet`].
@@ -514,6 +514,11 @@ impl Writer {
                 Err(e) => drop(answer.send(Err(e.into()))),
             },
             Change::Merge { set: other, answer } => {
+                // Only what is new here is checked: the rest was checked when it came.
+                if let Err(e) = verify_digests(set.missing_from(&other)) {
+                    drop(answer.send(Err(e)));
+                    return;
+                }
                 let changed = set.merge(&other);
                 match record(set) {
                     Ok(r) => settles.push(settle(answer, changed, r)),
@@ -574,6 +579,29 @@ pub fn encode(record: &Record) -> Result<Box<RawValue>, serde_json::Error> {
     })
 }
 
+/// Checks that every version among `entries` carries the hash and size of its own content,
+/// so a peer cannot make this node serve content under another content's hash. Writes from
+/// clients are checked when they are made (`VersionSet::put`); records from peers are
+/// checked here, for the versions a merge would add.
+///
+/// # Errors
+/// [`StoreError::Undecodable`] naming the first version that fails.
+pub fn verify_digests<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Result<(), StoreError> {
+    for entry in entries {
+        if let Entry::Version(v) = entry {
+            let (hash, size) = content_digest(&v.content)
+                .map_err(|e| StoreError::Undecodable(format!("version {:?}: {e}", v.id)))?;
+            if hash != v.hash || size != v.size {
+                return Err(StoreError::Undecodable(format!(
+                    "version {:?}: its hash or size is not its content's",
+                    v.id
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Decodes a DHT value.
 ///
 /// # Errors
@@ -604,6 +632,27 @@ mod tests {
 
     fn new(id: &str, content: serde_json::Value) -> NewVersion {
         NewVersion::json(EnvelopeId::parse(id).expect("valid id"), content)
+    }
+
+    #[tokio::test]
+    async fn a_replica_whose_version_is_not_its_contents_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = NodeStore::open(dir.path(), 1 << 20).expect("opens");
+        let a = addr("ucxl://a:r@p:t/x");
+        let mut good = VersionSet::default();
+        good.put(new("1", json!({"k": 1})), Utc::now())
+            .expect("put");
+        for (field, value) in [("content", json!({"k": 2})), ("size", json!(99))] {
+            let mut tampered = serde_json::to_value(&good).expect("encodes");
+            tampered["entries"][0][field] = value;
+            let tampered: VersionSet = serde_json::from_value(tampered).expect("decodes");
+            let e = store.merge(&a, tampered).await.expect_err("refused");
+            assert!(matches!(e, StoreError::Undecodable(_)), "{field}: {e}");
+            assert!(store.get(&a).is_none(), "{field}: nothing stored");
+        }
+        assert!(store.merge(&a, good.clone()).await.expect("merged"));
+        // Versions already held are not checked again, and a merge adding none changes nothing.
+        assert!(!store.merge(&a, good).await.expect("merged"));
     }
 
     #[tokio::test]

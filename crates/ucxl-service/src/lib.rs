@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod observe;
 pub mod reply;
 pub mod request_id;
+pub mod serve;
 
 pub use body::{BodyError, is_json, parse_json, query, read_json};
 pub use errors::{ErrorReport, Source};

@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Tools nobody here wrote, run against the real binaries (part of .ci/run).
+
+  schemathesis  the gateway (local backend, admin token set) against its own /openapi.json:
+                every check, a bounded number of examples per operation, a fixed seed
+  promtool      `promtool check metrics` on the /metrics of a node and of a gateway in front
+                of it (after traffic, so every labelled series exists), then
+                `promtool check rules` and `promtool test rules` on docker/prometheus/
+
+Binaries come from target/<profile>/ (PROFILE=debug by default: the ones `cargo test`
+built), or from BIN_DIR when set. ST_CONFIG replaces schemathesis.toml. Processes are started on port 0 and found through the address they log; they are
+stopped on exit. Python standard library only.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.parse
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROFILE = os.environ.get("PROFILE", "debug")
+BIN = os.environ.get("BIN_DIR") or os.path.join(ROOT, "target", PROFILE)
+ADMIN_TOKEN = "adversarial-ci-token"
+# Examples per operation and the seed: a few minutes on 2 cores, the same inputs every run.
+MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "60"))
+SEED = os.environ.get("SCHEMATHESIS_SEED", "20261125")
+
+
+def log(msg):
+    print(f"adversarial: {msg}", flush=True)
+
+
+class Service:
+    """A binary started with `env`, ready once it logs `message` (JSON logs); its address
+    is that line's `field`."""
+
+    def __init__(self, name, env, message, field):
+        self.name = name
+        full = {"PATH": os.environ.get("PATH", ""), "RUST_LOG": "info"}
+        full.update(env)
+        self.proc = subprocess.Popen([os.path.join(BIN, name)], env=full,
+                                     stdout=subprocess.PIPE, text=True)
+        self.addr = None
+        for line in self.proc.stdout:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            fields = entry.get("fields", {})
+            if fields.get("message") == message:
+                self.addr = fields.get(field)
+                break
+        if not self.addr:
+            self.stop()
+            sys.exit(f"adversarial: {name} exited before it was ready")
+        # Keep draining its output so it never blocks on a full pipe.
+        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+
+    @property
+    def url(self):
+        return f"http://{self.addr}"
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def request(method, url, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def schemathesis(workdir):
+    try:
+        import schemathesis  # noqa: F401  (only to say clearly when it is missing)
+    except ImportError:
+        sys.exit("adversarial: schemathesis is not installed (pip install schemathesis)")
+    gateway = Service("rustle-gateway", {
+        "RUSTLE_LISTEN_ADDR": "127.0.0.1:0",
+        "RUSTLE_BACKEND_MODE": "mock",
+        "RUSTLE_ADMIN_TOKEN": ADMIN_TOKEN,
+        "RUSTLE_JOURNAL_DIR": os.path.join(workdir, "journal"),
+        "RUST_LOG": "warn,rustle_gateway=info",
+    }, "listening", "addr")
+    try:
+        argv = [sys.executable, "-m", "schemathesis.cli", "--no-color",
+                "--config-file", os.environ.get('ST_CONFIG') or os.path.join(ROOT, 'schemathesis.toml'), "run", f"{gateway.url}/openapi.json",
+                "--checks", "all",
+                "--max-examples", str(MAX_EXAMPLES),
+                "--seed", SEED,
+                "--workers", "2",
+                "--header", f"Authorization: Bearer {ADMIN_TOKEN}",
+                "--request-timeout", "10",
+                "--report", "junit",
+                "--report-dir", os.path.join(workdir, "schemathesis-report"),
+                "--suppress-health-check", "too_slow",
+                "--generation-database", "none"]
+        log(" ".join(argv))
+        code = subprocess.run(argv, cwd=workdir).returncode
+    finally:
+        gateway.stop()
+    if code != 0:
+        sys.exit(f"adversarial: schemathesis failed (exit {code})")
+    log("schemathesis: no failures")
+
+
+def promtool(workdir):
+    tool = shutil.which("promtool")
+    if not tool:
+        sys.exit("adversarial: promtool is not installed (Debian package prometheus)")
+    node = Service("bzzz-node", {
+        "BZZZ_HTTP_ADDR": "127.0.0.1:0",
+        "BZZZ_P2P_ADDR": "/ip4/127.0.0.1/tcp/0",
+        "BZZZ_DATA_DIR": os.path.join(workdir, "node"),
+        "BZZZ_NODE_NAME": "promtool",
+    }, "ready", "http")
+    gateway = None
+    try:
+        gateway = Service("rustle-gateway", {
+            "RUSTLE_LISTEN_ADDR": "127.0.0.1:0",
+            "RUSTLE_BACKEND_MODE": "hybrid",
+            "RUSTLE_BZZZ_ENDPOINTS": node.url,
+            "RUSTLE_JOURNAL_DIR": os.path.join(workdir, "journal"),
+        }, "listening", "addr")
+        # Traffic, so the labelled series (requests, attempts, search) exist.
+        address = urllib.parse.quote("ucxl://agent:ci@promtool:check/notes/a", safe="")
+        for method, path, body in [
+            ("PUT", f"/v1/envelopes?address={address}", {"content": {"n": 1}}),
+            ("GET", f"/v1/envelopes?address={address}", None),
+            ("GET", f"/v1/envelopes/history?address={address}", None),
+            ("GET", "/v1/search?pattern=" + urllib.parse.quote("ucxl://*:*@promtool:*/**", safe=""), None),
+            ("GET", "/v1/envelopes?address=not-an-address", None),
+            ("GET", "/v1/status", None),
+        ]:
+            status, text = request(method, gateway.url + path, body)
+            if status >= 500:
+                sys.exit(f"adversarial: {method} {path} answered {status}: {text}")
+        failed = False
+        for name, url in [("gateway", gateway.url), ("node", node.url)]:
+            status, text = request("GET", url + "/metrics")
+            if status != 200:
+                sys.exit(f"adversarial: {name} /metrics answered {status}")
+            out = subprocess.run([tool, "check", "metrics"], input=text, text=True,
+                                 capture_output=True)
+            report = (out.stdout + out.stderr).strip()
+            series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+            if out.returncode != 0 or report:
+                failed = True
+                log(f"promtool check metrics: {name}: problems:\n{report}")
+            else:
+                log(f"promtool check metrics: {name}: clean ({series} samples)")
+        if failed:
+            sys.exit(1)
+    finally:
+        if gateway:
+            gateway.stop()
+        node.stop()
+    rules = os.path.join(ROOT, "docker", "prometheus")
+    for argv in ([tool, "check", "rules", "alerts.yml"],
+                 [tool, "check", "config", "prometheus.yml"],
+                 [tool, "test", "rules", "alerts.test.yml"]):
+        log(" ".join(argv[1:]))
+        if subprocess.run(argv, cwd=rules).returncode != 0:
+            sys.exit(f"adversarial: {' '.join(argv[1:])} failed")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=["schemathesis", "promtool", "all"])
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="adversarial-") as workdir:
+        if args.stage in ("promtool", "all"):
+            promtool(workdir)
+        if args.stage in ("schemathesis", "all"):
+            schemathesis(workdir)
+
+
+if __name__ == "__main__":
+    main()
