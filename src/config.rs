@@ -110,13 +110,16 @@ settings! {
     cache_max_entries, "RUSTLE_CACHE_MAX_ENTRIES", Some("100000"), "versions the local store holds at most";
     max_body_bytes, "RUSTLE_MAX_BODY_BYTES", Some("1048576"), "largest request body (bytes)";
     max_answer_bytes, "RUSTLE_MAX_ANSWER_BYTES", Some("4194304"), "largest node answer about one envelope (bytes); history and search answers may be 8 times larger";
-    client_header_timeout_ms, "RUSTLE_CLIENT_HEADER_TIMEOUT_MS", Some("10000"), "time a client has to send a whole request head, on a new or an idle kept-alive connection; slower clients are disconnected (ms)";
+    client_header_timeout_ms, "RUSTLE_CLIENT_HEADER_TIMEOUT_MS", Some("60000"), "time a client has to send a whole request head, on a new or an idle kept-alive connection; slower clients are disconnected (ms)";
     max_in_flight, "RUSTLE_MAX_IN_FLIGHT", Some("1024"), "requests in flight before load shedding";
     admin_token, "RUSTLE_ADMIN_TOKEN", None, "bearer token of the admin API; unset = admin API answers 403";
     shutdown_grace_ms, "RUSTLE_SHUTDOWN_GRACE_MS", Some("10000"), "drain time on SIGTERM/SIGINT (ms)";
     log_format, "RUSTLE_LOG_FORMAT", Some("json"), "json or pretty";
     log_filter, "RUST_LOG", Some("info"), "tracing filter directives";
 }
+
+/// Room an envelope answer needs beyond its content (the other fields and the UCXL frame).
+pub const ANSWER_OVERHEAD_BYTES: usize = 64 << 10;
 
 /// The backend the gateway serves from.
 #[derive(
@@ -589,6 +592,16 @@ impl Config {
                 ));
             }
         }
+        // An envelope the gateway accepted must come back: its answer wraps the body once,
+        // with the other fields (id, address, hash, ...) in well under 64 KiB.
+        if p.ok(&["max_body_bytes", "max_answer_bytes"])
+            && self.max_answer_bytes < self.max_body_bytes.saturating_add(ANSWER_OVERHEAD_BYTES)
+        {
+            p.problems.push(format!(
+                "RUSTLE_MAX_ANSWER_BYTES: {} is less than RUSTLE_MAX_BODY_BYTES ({}) plus {} bytes: envelopes the gateway accepts could not be read back",
+                self.max_answer_bytes, self.max_body_bytes, ANSWER_OVERHEAD_BYTES
+            ));
+        }
         if p.ok(&["breaker_window", "breaker_min_calls"])
             && self.breaker.min_calls > self.breaker.window
         {
@@ -944,11 +957,18 @@ mod tests {
                 ("RUSTLE_BACKOFF_BASE_MS", "2000"),
                 ("RUSTLE_BREAKER_OPEN_MS", "60000"),
                 ("RUSTLE_BREAKER_MIN_CALLS", "50"),
+                ("RUSTLE_MAX_BODY_BYTES", "8388608"),
             ]),
             ..Sources::default()
         });
-        assert_eq!(p.len(), 5, "{p:?}");
+        assert_eq!(p.len(), 6, "{p:?}");
         assert!(p[0].contains("needs at least one endpoint"), "{p:?}");
+        assert!(
+            p.iter().any(|m| m.starts_with(
+                "RUSTLE_MAX_ANSWER_BYTES: 4194304 is less than RUSTLE_MAX_BODY_BYTES (8388608)"
+            )),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub fn handle() -> PrometheusHandle {
                 tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
             }
             describe();
+            // Counters alerts watch exist from the start at 0 (see `Gauges::new`).
+            metrics::counter!("rustle_retry_budget_exhausted_total").increment(0);
+            metrics::counter!("rustle_load_shed_total").increment(0);
             handle
         })
         .clone()

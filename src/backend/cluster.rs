@@ -136,6 +136,18 @@ struct Gauges {
 
 impl Gauges {
     fn new(url: &str) -> Self {
+        // The transitions into `open` exist from the start at 0: Prometheus's `increase()`
+        // takes a series' first sample as its baseline, so a series born at 1 would hide the
+        // first opening from the flapping alert.
+        for from in ["closed", "half_open"] {
+            metrics::counter!(
+                "rustle_circuit_transitions_total",
+                "endpoint" => url.to_owned(),
+                "from" => from,
+                "to" => "open"
+            )
+            .increment(0);
+        }
         Self {
             circuit_state: metrics::gauge!("rustle_circuit_state", "endpoint" => url.to_owned()),
             up: metrics::gauge!("rustle_endpoint_up", "endpoint" => url.to_owned()),

@@ -143,7 +143,10 @@ impl NodeClient {
             .enable_http1()
             .wrap_connector(tcp);
         let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            // Below the nodes' header read timeout (`ucxl_service::serve`, 60 s), which also
+            // closes idle kept-alive connections: the client lets a connection go before the
+            // node does, so no request is sent on a socket the node is closing.
+            .pool_idle_timeout(ucxl_service::serve::DEFAULT_HEADER_READ_TIMEOUT / 2)
             .pool_timer(TokioTimer::new())
             .build(connector);
         Ok(Self { http })

@@ -209,3 +209,34 @@ async fn graceful_stop_returns() {
     assert_eq!(app.get_path("/health").await.status(), 200);
     app.stop().await.expect("stops cleanly");
 }
+
+#[tokio::test]
+async fn counters_that_alerts_watch_exist_from_the_start() {
+    // Prometheus's increase() takes a series' first sample as its baseline: a counter born
+    // at 1 would hide its first event from docker/prometheus/alerts.yml.
+    let endpoint = super::faults::refused();
+    let config = super::resilience::cluster_config(
+        std::slice::from_ref(&endpoint.url),
+        rustle_gateway::config::BackendMode::Real,
+    );
+    let app =
+        super::helpers::spawn_app_with(config, rustle_gateway::startup::Options::default()).await;
+    let text = app.get_path("/metrics").await.text().await.expect("text");
+    for series in [
+        "rustle_load_shed_total ".to_owned(),
+        "rustle_retry_budget_exhausted_total ".to_owned(),
+        format!(
+            "rustle_circuit_transitions_total{{endpoint=\"{}\",from=\"closed\",to=\"open\"}}",
+            endpoint.url
+        ),
+        format!(
+            "rustle_circuit_transitions_total{{endpoint=\"{}\",from=\"half_open\",to=\"open\"}}",
+            endpoint.url
+        ),
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(&series)),
+            "{series} missing:\n{text}"
+        );
+    }
+}

@@ -8,8 +8,10 @@
 //! has not sent a whole head within it is disconnected, so idle and slow connections cost at
 //! most that long. Requests themselves keep their own deadlines (`X-Request-Timeout-Ms`).
 //!
-//! Shutdown is graceful as before: stop accepting, let requests in flight finish (idle
-//! connections close at once), resolve when every connection is done.
+//! Shutdown is graceful as before: stop accepting, let requests in flight finish, resolve
+//! when every connection is done. Idle connections, and new ones that have sent nothing,
+//! close at once; one in the middle of sending a head keeps it up to the header read
+//! timeout (the gateway's drain grace bounds that wait).
 
 use std::future::Future;
 use std::io;
@@ -22,12 +24,15 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 /// The header read timeout unless a service configures another.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// (nginx's `client_header_timeout` default; it is also how long an idle kept-alive
+/// connection stays open, so HTTP clients keeping connections in a pool should let them go
+/// sooner).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long the accept loop pauses after an accept error that is not about one connection
-/// (out of file descriptors, say), so it does not spin; connections already open are served
-/// meanwhile and close, freeing descriptors.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// (out of file descriptors, say), so it neither spins nor floods the log; connections
+/// already open are served meanwhile and close, freeing descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Connection limits.
 #[derive(Debug, Clone, Copy)]
