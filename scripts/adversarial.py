@@ -13,6 +13,7 @@ stopped on exit. Python standard library only.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -21,7 +22,8 @@ import sys
 import tempfile
 import threading
 import urllib.parse
-import urllib.request
+
+from netutil import request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROFILE = os.environ.get("PROFILE", "debug")
@@ -30,6 +32,8 @@ ADMIN_TOKEN = "adversarial-ci-token"
 # Examples per operation and the seed: a few minutes on 2 cores, the same inputs every run.
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "60"))
 SEED = os.environ.get("SCHEMATHESIS_SEED", "20261125")
+# Seconds a started binary has to log that it is ready.
+READY_WITHIN = 60
 
 
 def log(msg):
@@ -47,6 +51,10 @@ class Service:
         self.proc = subprocess.Popen([os.path.join(BIN, name)], env=full,
                                      stdout=subprocess.PIPE, text=True)
         self.addr = None
+        # A binary that neither gets ready nor exits must not hang CI: kill it after a
+        # minute, which ends the read below.
+        watchdog = threading.Timer(READY_WITHIN, self.proc.kill)
+        watchdog.start()
         for line in self.proc.stdout:
             try:
                 entry = json.loads(line)
@@ -56,9 +64,10 @@ class Service:
             if fields.get("message") == message:
                 self.addr = fields.get(field)
                 break
+        watchdog.cancel()
         if not self.addr:
             self.stop()
-            sys.exit(f"adversarial: {name} exited before it was ready")
+            sys.exit(f"adversarial: {name} exited, or was not ready within {READY_WITHIN} s")
         # Keep draining its output so it never blocks on a full pipe.
         threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
 
@@ -76,22 +85,13 @@ class Service:
                 self.proc.wait()
 
 
-def request(method, url, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("content-type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+def call(method, url, body=None):
+    status, _, raw = request(method, url, body)
+    return status, raw.decode(errors="replace")
 
 
 def schemathesis(workdir):
-    try:
-        import schemathesis  # noqa: F401  (only to say clearly when it is missing)
-    except ImportError:
+    if importlib.util.find_spec("schemathesis") is None:
         sys.exit("adversarial: schemathesis is not installed (pip install schemathesis)")
     gateway = Service("rustle-gateway", {
         "RUSTLE_LISTEN_ADDR": "127.0.0.1:0",
@@ -153,12 +153,12 @@ def promtool(workdir):
             ("GET", "/v1/envelopes?address=not-an-address", None),
             ("GET", "/v1/status", None),
         ]:
-            status, text = request(method, gateway.url + path, body)
+            status, text = call(method, gateway.url + path, body)
             if status >= 500:
                 sys.exit(f"adversarial: {method} {path} answered {status}: {text}")
         failed = False
         for name, url in [("gateway", gateway.url), ("node", node.url)]:
-            status, text = request("GET", url + "/metrics")
+            status, text = call("GET", url + "/metrics")
             if status != 200:
                 sys.exit(f"adversarial: {name} /metrics answered {status}")
             out = subprocess.run([tool, "check", "metrics"], input=text, text=True,

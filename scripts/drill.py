@@ -22,8 +22,6 @@ import argparse
 import json
 import os
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,32 +31,20 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from netutil import free_port, request
+
 CLIENTS = 8
 # Each client writes steadily at this rate (writes per second).
 RATE = 50
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http(method, url, body=None, timeout=10):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("content-type", "application/json")
+    status, headers, raw = request(method, url, body, timeout)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, dict(r.headers), json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            parsed = raw.decode(errors="replace")
-        return e.code, dict(e.headers), parsed
+        parsed = json.loads(raw or b"null")
+    except ValueError:
+        parsed = raw.decode(errors="replace")
+    return status, headers, parsed
 
 
 def wait_for(check, within, what, dump=None):
