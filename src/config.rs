@@ -28,7 +28,7 @@ pub struct Cli {
     /// TOML config file (keys as listed by `rustle-gateway settings`) [env: `RUSTLE_CONFIG`]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address to listen on [env: `RUSTLE_LISTEN_ADDR`] [default: 0.0.0.0:8080]
+    /// Address to listen on [env: `RUSTLE_LISTEN_ADDR`] [default: 127.0.0.1:8080]
     #[arg(long, value_name = "HOST:PORT")]
     pub listen_addr: Option<String>,
     /// mock, real or hybrid [env: `RUSTLE_BACKEND_MODE`]
@@ -61,6 +61,20 @@ pub enum Command {
     Settings,
     /// Exit 0 when the gateway on this host answers `/ready` (a container healthcheck).
     Healthcheck,
+    /// API keys for the policy file.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+/// `rustle-gateway auth ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AuthCommand {
+    /// Print a fresh API key for principal NAME and the policy lines to paste (which hold
+    /// only the key's SHA-256).
+    NewKey {
+        /// The principal's name (1..=128 printable ASCII characters).
+        name: String,
+    },
 }
 
 /// One configurable value.
@@ -84,7 +98,7 @@ macro_rules! settings {
 }
 
 settings! {
-    listen_addr, "RUSTLE_LISTEN_ADDR", Some("0.0.0.0:8080"), "address the API listens on";
+    listen_addr, "RUSTLE_LISTEN_ADDR", Some("127.0.0.1:8080"), "address the API listens on; one that is not loopback needs RUSTLE_AUTH_POLICY or RUSTLE_AUTH=none";
     backend_mode, "RUSTLE_BACKEND_MODE", None, "mock, real or hybrid; overrides the two seed flags below";
     use_real_connector, "RUSTLE_USE_REAL_CONNECTOR", Some("false"), "seed flag: false = mock; true = real or hybrid";
     fallback_enabled, "RUSTLE_FALLBACK_ENABLED", Some("true"), "seed flag: with a real connector, true = hybrid, false = real";
@@ -112,7 +126,17 @@ settings! {
     max_answer_bytes, "RUSTLE_MAX_ANSWER_BYTES", Some("4194304"), "largest node answer about one envelope (bytes); history and search answers may be 8 times larger";
     client_header_timeout_ms, "RUSTLE_CLIENT_HEADER_TIMEOUT_MS", Some("60000"), "time a client has to send a whole request head, on a new or an idle kept-alive connection; slower clients are disconnected (ms)";
     max_in_flight, "RUSTLE_MAX_IN_FLIGHT", Some("1024"), "requests in flight before load shedding";
-    admin_token, "RUSTLE_ADMIN_TOKEN", None, "bearer token of the admin API; unset = admin API answers 403";
+    admin_token, "RUSTLE_ADMIN_TOKEN", None, "bearer token of the admin API (besides principals granted admin); unset and no admin principal = admin API answers 403";
+    auth, "RUSTLE_AUTH", None, "required or none; unset = required when RUSTLE_AUTH_POLICY is set, else none (and then only a loopback listen address is allowed)";
+    auth_policy, "RUSTLE_AUTH_POLICY", None, "TOML policy file: principals with API keys, roles of grants over UCXL patterns, [jwt] settings";
+    anonymous_rate_per_sec, "RUSTLE_ANONYMOUS_RATE_PER_SEC", None, "requests per second each anonymous caller (client address) may send when auth is none; unset = unlimited";
+    audit_log, "RUSTLE_AUDIT_LOG", Some("stdout"), "where audit records (JSON lines) are appended: a file path, stdout, or off";
+    tls_cert, "RUSTLE_TLS_CERT", None, "PEM certificate chain; with RUSTLE_TLS_KEY the API is served over HTTPS only";
+    tls_key, "RUSTLE_TLS_KEY", None, "PEM private key of RUSTLE_TLS_CERT";
+    bzzz_token, "RUSTLE_BZZZ_TOKEN", None, "cluster token sent to nodes as Authorization: Bearer (the nodes' BZZZ_API_TOKEN)";
+    bzzz_ca, "RUSTLE_BZZZ_CA", None, "PEM CA bundle trusted for https:// endpoints besides the public roots";
+    bzzz_client_cert, "RUSTLE_BZZZ_CLIENT_CERT", None, "PEM client certificate presented to https:// endpoints (mTLS; with RUSTLE_BZZZ_CLIENT_KEY)";
+    bzzz_client_key, "RUSTLE_BZZZ_CLIENT_KEY", None, "PEM private key of RUSTLE_BZZZ_CLIENT_CERT";
     shutdown_grace_ms, "RUSTLE_SHUTDOWN_GRACE_MS", Some("10000"), "drain time on SIGTERM/SIGINT (ms)";
     log_format, "RUSTLE_LOG_FORMAT", Some("json"), "json or pretty";
     log_filter, "RUST_LOG", Some("info"), "tracing filter directives";
@@ -161,6 +185,52 @@ impl FromStr for BackendMode {
             "real" => Ok(Self::Real),
             "hybrid" => Ok(Self::Hybrid),
             _ => Err("is not one of mock, real, hybrid".into()),
+        }
+    }
+}
+
+/// Whether callers must authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Every data and admin request needs an API key, a JWT or the admin token.
+    Required,
+    /// Callers are anonymous (every data operation allowed); the admin API still needs the
+    /// admin token.
+    None,
+}
+
+impl FromStr for AuthMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "required" => Ok(Self::Required),
+            "none" => Ok(Self::None),
+            _ => Err("is not one of required, none".into()),
+        }
+    }
+}
+
+/// Where audit records go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditSink {
+    /// Standard output, beside the logs (records carry `"audit": true`).
+    Stdout,
+    /// Appended to this file.
+    File(PathBuf),
+    /// Not written (not recommended).
+    Off,
+}
+
+impl FromStr for AuditSink {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "" => Err("is empty (a file path, stdout or off)".into()),
+            "stdout" | "-" => Ok(Self::Stdout),
+            "off" => Ok(Self::Off),
+            path => Ok(Self::File(PathBuf::from(path))),
         }
     }
 }
@@ -327,6 +397,26 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Admin bearer token; `None` disables the admin API.
     pub admin_token: Option<Secret>,
+    /// Whether callers must authenticate.
+    pub auth: AuthMode,
+    /// The policy file.
+    pub auth_policy: Option<PathBuf>,
+    /// Requests per second of each anonymous caller when auth is none.
+    pub anonymous_rate_per_sec: Option<std::num::NonZeroU32>,
+    /// Where audit records go.
+    pub audit_log: AuditSink,
+    /// HTTPS certificate chain (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// HTTPS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Cluster token sent to nodes.
+    pub bzzz_token: Option<Secret>,
+    /// Extra CA bundle for https:// endpoints.
+    pub bzzz_ca: Option<PathBuf>,
+    /// Client certificate for https:// endpoints.
+    pub bzzz_client_cert: Option<PathBuf>,
+    /// Its private key.
+    pub bzzz_client_key: Option<PathBuf>,
     /// Drain time on shutdown.
     #[serde(with = "millis")]
     pub shutdown_grace: Duration,
@@ -527,6 +617,26 @@ impl Sources {
             admin_token: Some(p.text("admin_token"))
                 .filter(|t| !t.is_empty())
                 .map(Secret),
+            auth: p.optional::<AuthMode>("auth").unwrap_or(
+                if p.text("auth_policy").trim().is_empty() {
+                    AuthMode::None
+                } else {
+                    AuthMode::Required
+                },
+            ),
+            auth_policy: p.path("auth_policy"),
+            anonymous_rate_per_sec: p
+                .optional_number("anonymous_rate_per_sec", 1, 1_000_000)
+                .and_then(std::num::NonZeroU32::new),
+            audit_log: p.parse::<AuditSink>("audit_log", "").unwrap_or(AuditSink::Stdout),
+            tls_cert: p.path("tls_cert"),
+            tls_key: p.path("tls_key"),
+            bzzz_token: Some(p.text("bzzz_token"))
+                .filter(|t| !t.is_empty())
+                .map(Secret),
+            bzzz_ca: p.path("bzzz_ca"),
+            bzzz_client_cert: p.path("bzzz_client_cert"),
+            bzzz_client_key: p.path("bzzz_client_key"),
             shutdown_grace: p.millis("shutdown_grace_ms", 0, 3_600_000),
             log_format: p
                 .parse::<LogFormat>("log_format", "")
@@ -602,6 +712,7 @@ impl Config {
                 self.max_answer_bytes, self.max_body_bytes, ANSWER_OVERHEAD_BYTES
             ));
         }
+        self.check_security(p);
         if p.ok(&["breaker_window", "breaker_min_calls"])
             && self.breaker.min_calls > self.breaker.window
         {
@@ -609,6 +720,51 @@ impl Config {
                 "RUSTLE_BREAKER_MIN_CALLS: {} is more than RUSTLE_BREAKER_WINDOW ({})",
                 self.breaker.min_calls, self.breaker.window
             ));
+        }
+    }
+}
+
+impl Config {
+    /// The security rules: a listener beyond loopback needs a policy or an explicit
+    /// `RUSTLE_AUTH=none`; `required` needs a policy; certificates come with their keys.
+    fn check_security(&self, p: &mut Parse) {
+        let explicit = p.values.get("auth").is_some_and(|(_, v)| !v.trim().is_empty());
+        if p.ok(&["auth", "auth_policy"])
+            && self.auth == AuthMode::Required
+            && self.auth_policy.is_none()
+        {
+            p.problems.push(
+                "RUSTLE_AUTH: required needs a policy: set RUSTLE_AUTH_POLICY (see README, Security)"
+                    .into(),
+            );
+        }
+        if p.ok(&["auth", "auth_policy", "listen_addr"])
+            && !explicit
+            && self.auth == AuthMode::None
+            && !self.listen_addr.ip().is_loopback()
+        {
+            p.problems.push(format!(
+                "RUSTLE_LISTEN_ADDR: {} is not a loopback address and no RUSTLE_AUTH_POLICY is set: anyone who can reach it could read, overwrite and delete every envelope. Set RUSTLE_AUTH_POLICY (see README, Security), or RUSTLE_AUTH=none to serve without authentication",
+                self.listen_addr
+            ));
+        }
+        for (cert_key, cert, key_key, key) in [
+            ("tls_cert", &self.tls_cert, "tls_key", &self.tls_key),
+            (
+                "bzzz_client_cert",
+                &self.bzzz_client_cert,
+                "bzzz_client_key",
+                &self.bzzz_client_key,
+            ),
+        ] {
+            if cert.is_some() != key.is_some() {
+                p.problems.push(format!(
+                    "{}: {} and {} are set together or not at all",
+                    Parse::env_name(if cert.is_some() { key_key } else { cert_key }),
+                    Parse::env_name(cert_key),
+                    Parse::env_name(key_key)
+                ));
+            }
         }
     }
 }
@@ -741,6 +897,23 @@ impl Parse {
         }
     }
 
+    /// A path; `None` when absent or empty.
+    fn path(&mut self, key: &str) -> Option<PathBuf> {
+        Some(self.text(key))
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| PathBuf::from(t.trim()))
+    }
+
+    /// An integer in `min..=max` when set (an empty value is unset).
+    fn optional_number(&mut self, key: &str, min: u64, max: u64) -> Option<u32> {
+        let (_, value) = self.values.get(key)?.clone();
+        if value.trim().is_empty() {
+            return None;
+        }
+        let n: u32 = self.number(key, min, max);
+        Some(n)
+    }
+
     fn millis(&mut self, key: &str, min: u64, max: u64) -> Duration {
         Duration::from_millis(self.number::<u64>(key, min, max))
     }
@@ -806,7 +979,7 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let c = Config::default();
-        assert_eq!(c.listen_addr, "0.0.0.0:8080".parse().expect("addr"));
+        assert_eq!(c.listen_addr, "127.0.0.1:8080".parse().expect("addr"));
         assert_eq!(c.backend_mode, BackendMode::Mock);
         assert_eq!(c.request_timeout, Duration::from_secs(5));
         assert_eq!(c.attempt_timeout, Duration::from_millis(1500));

@@ -43,9 +43,23 @@ pub enum ApiError {
     /// The admin API is disabled.
     #[error("the admin API is disabled: set RUSTLE_ADMIN_TOKEN to enable it")]
     AdminDisabled,
-    /// Missing or wrong bearer token.
-    #[error("missing or invalid bearer token")]
-    Unauthorized,
+    /// Missing, malformed or invalid credentials.
+    #[error("{}", .0.message())]
+    Unauthenticated(crate::auth::Unauthenticated),
+    /// The caller may not do this operation on this address (or pattern, or route).
+    #[error("not allowed to {operation} {target}")]
+    Forbidden {
+        /// The operation.
+        operation: crate::auth::Op,
+        /// The address, pattern or admin route, as the caller sent it.
+        target: String,
+    },
+    /// The caller's request rate is spent.
+    #[error("request rate exceeded: retry after {retry_after} s")]
+    TooManyRequests {
+        /// Seconds until a request is allowed again (`Retry-After`).
+        retry_after: u32,
+    },
     /// Nothing at this address (or route).
     #[error("{message}")]
     NotFound {
@@ -140,7 +154,9 @@ impl ApiError {
             Self::InvalidPayload { .. } => Code::InvalidPayload,
             Self::Body(e) => e.code(),
             Self::AdminDisabled => Code::Forbidden,
-            Self::Unauthorized => Code::Unauthorized,
+            Self::Unauthenticated(_) => Code::Unauthorized,
+            Self::Forbidden { .. } => Code::Forbidden,
+            Self::TooManyRequests { .. } => Code::TooManyRequests,
             Self::NotFound { .. } => Code::NotFound,
             Self::Conflict { .. } => Code::Conflict,
             Self::InsufficientStorage { .. } => Code::InsufficientStorage,
@@ -166,7 +182,11 @@ impl ApiError {
             | Self::Node { details, .. } => details.clone(),
             Self::Body(e) => e.report().details,
             Self::InsufficientStorage { limit } => json!({"max_entries": limit}),
-            Self::AdminDisabled | Self::Unauthorized | Self::Internal(_) => json!({}),
+            Self::Forbidden { operation, target } => {
+                json!({"operation": operation, "address": ucxl::error::excerpt(target)})
+            }
+            Self::TooManyRequests { retry_after } => json!({"retry_after_seconds": retry_after}),
+            Self::AdminDisabled | Self::Unauthenticated(_) | Self::Internal(_) => json!({}),
         }
     }
 }
@@ -275,12 +295,27 @@ impl IntoResponse for ApiError {
         };
         let mut response = report.into_response();
         match &self {
-            Self::Unauthorized => {
+            Self::Unauthenticated(why) => {
+                // RFC 6750 §3: a challenge naming the error where one is defined.
+                let challenge = match why.rfc6750_error() {
+                    Some("invalid_request") => {
+                        r#"Bearer realm="rustle", error="invalid_request""#
+                    }
+                    Some(_) => r#"Bearer realm="rustle", error="invalid_token""#,
+                    None => r#"Bearer realm="rustle""#,
+                };
                 response
                     .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
             }
-            Self::Unavailable {
+            Self::Forbidden { .. } => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="rustle", error="insufficient_scope""#),
+                );
+            }
+            Self::TooManyRequests { retry_after: secs }
+            | Self::Unavailable {
                 retry_after: Some(secs),
                 ..
             } => {
@@ -321,7 +356,18 @@ mod tests {
                 Code::UnsupportedMediaType,
             ),
             (ApiError::AdminDisabled, Code::Forbidden),
-            (ApiError::Unauthorized, Code::Unauthorized),
+            (
+                ApiError::Unauthenticated(crate::auth::Unauthenticated::Missing),
+                Code::Unauthorized,
+            ),
+            (
+                ApiError::Forbidden {
+                    operation: crate::auth::Op::Write,
+                    target: "ucxl://a:b@c:d".into(),
+                },
+                Code::Forbidden,
+            ),
+            (ApiError::TooManyRequests { retry_after: 2 }, Code::TooManyRequests),
             (ApiError::not_found("x", json!({})), Code::NotFound),
             (
                 ApiError::InsufficientStorage { limit: 1 },
@@ -360,8 +406,19 @@ mod tests {
     }
 
     #[test]
-    fn unauthorized_asks_for_a_bearer_token() {
-        let response = ApiError::Unauthorized.into_response();
-        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+    fn unauthorized_asks_for_a_bearer_token_with_the_rfc_6750_error() {
+        use crate::auth::Unauthenticated;
+        let challenge = |why| {
+            ApiError::Unauthenticated(why).into_response().headers()[header::WWW_AUTHENTICATE]
+                .to_str()
+                .expect("ascii")
+                .to_owned()
+        };
+        assert_eq!(challenge(Unauthenticated::Missing), r#"Bearer realm="rustle""#);
+        assert!(challenge(Unauthenticated::Malformed).ends_with(r#"error="invalid_request""#));
+        assert!(challenge(Unauthenticated::Invalid).ends_with(r#"error="invalid_token""#));
+        let limited = ApiError::TooManyRequests { retry_after: 3 }.into_response();
+        assert_eq!(limited.status(), 429);
+        assert_eq!(limited.headers()[header::RETRY_AFTER], "3");
     }
 }

@@ -1,27 +1,35 @@
 //! Extractors whose rejections are [`ApiError`]s, so bad input gets the same UCXL error
-//! shape as everything else: request context, query strings, JSON bodies, admin auth.
+//! shape as everything else: request context, query strings, JSON bodies. (The address
+//! parameter comes with the caller's permission: `auth::http::Permitted`.)
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::time::Instant;
-use ucxl::{Address, EnvelopeId};
+use ucxl::EnvelopeId;
 
-use crate::backend::Call;
+use std::sync::Arc;
+
+use crate::audit::Slot;
+use crate::auth::Principal;
+use crate::auth::http::Caller;
+use crate::backend::{Backend, BackendError, Call, Served};
 use crate::error::ApiError;
+use crate::reply::Failed;
 use crate::state::AppState;
 use ucxl_service::Rid;
 
-/// The request context: id, deadline and idempotency key.
+/// The request context: id, deadline, idempotency key, the caller and the audit facts.
 #[derive(Debug, Clone)]
 pub struct Ctx {
     /// What backends get.
     pub call: Call,
     /// The client's `Idempotency-Key`, validated.
     pub idempotency_key: Option<EnvelopeId>,
+    /// Who is calling.
+    pub caller: Arc<Principal>,
+    /// What the audit log will say of this request.
+    pub audit: Slot,
 }
 
 impl Ctx {
@@ -29,6 +37,31 @@ impl Ctx {
     #[must_use]
     pub fn request_id(&self) -> &str {
         &self.call.request_id
+    }
+
+    /// A backend's result, with the backend that served (or failed) noted for the audit
+    /// log and a failure turned into its error answer.
+    ///
+    /// # Errors
+    /// The backend's failure as an answer (with the `X-Rustle-*` headers of who failed).
+    pub fn served<T>(
+        &self,
+        result: Result<Served<T>, BackendError>,
+        backend: &dyn Backend,
+    ) -> Result<Served<T>, Failed> {
+        match result {
+            Ok(served) => {
+                self.audit.backend(served.via.backend);
+                Ok(served)
+            }
+            Err(e) => {
+                let failed = Failed::backend(e, backend);
+                if let Some(via) = failed.via() {
+                    self.audit.backend(via.backend);
+                }
+                Err(failed)
+            }
+        }
     }
 }
 
@@ -51,12 +84,16 @@ impl FromRequestParts<AppState> for Ctx {
         .map_err(report)?;
         let idempotency_key =
             ucxl_service::headers::idempotency_key(&parts.headers).map_err(report)?;
+        let Caller(caller) = Caller::from_request_parts(parts, state).await?;
+        let audit = parts.extensions.get::<Slot>().cloned().unwrap_or_default();
         Ok(Self {
             call: Call {
                 request_id,
                 deadline: Instant::now() + budget,
             },
             idempotency_key,
+            caller,
+            audit,
         })
     }
 }
@@ -187,21 +224,6 @@ impl utoipa::IntoParams for WriteAddressQuery {
     }
 }
 
-/// The validated `?address=` parameter.
-#[derive(Debug, Clone)]
-pub struct AddressParam(pub Address);
-
-impl<S: Send + Sync> FromRequestParts<S> for AddressParam {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let ApiQuery(query) = ApiQuery::<AddressQuery>::from_request_parts(parts, state).await?;
-        let address = Address::parse(&query.address)?;
-        address.require_concrete()?;
-        Ok(Self(address))
-    }
-}
-
 /// A JSON body deserialised into `T`, within `RUSTLE_MAX_BODY_BYTES`.
 ///
 /// Wrong content type: 415. Too large: 413. Malformed or mistyped JSON: 400
@@ -218,56 +240,5 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             (config.max_body_bytes, config.request_timeout)
         };
         Ok(Self(ucxl_service::read_json(req, limit, timeout).await?))
-    }
-}
-
-/// Proof that the request carried the admin bearer token.
-#[derive(Debug, Clone, Copy)]
-pub struct Admin;
-
-/// Compares secrets in constant time (over their digests, so length does not leak).
-fn same_secret(a: &str, b: &str) -> bool {
-    Sha256::digest(a.as_bytes())
-        .ct_eq(&Sha256::digest(b.as_bytes()))
-        .into()
-}
-
-impl FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let config = state.config.load();
-        let Some(token) = &config.admin_token else {
-            return Err(ApiError::AdminDisabled);
-        };
-        let provided = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim());
-        match provided {
-            Some(p) if same_secret(p, token.expose()) => Ok(Self),
-            _ => {
-                tracing::warn!("admin request with a missing or wrong bearer token");
-                Err(ApiError::Unauthorized)
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_compare_exactly() {
-        assert!(same_secret("abc", "abc"));
-        assert!(!same_secret("abc", "abd"));
-        assert!(!same_secret("abc", "abcd"));
     }
 }

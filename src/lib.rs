@@ -5,8 +5,11 @@
 //! build the whole application on port 0 ([`startup::Application`]) or call the router in
 //! memory ([`startup::router`]).
 
+pub mod audit;
+pub mod auth;
 pub mod backend;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod extract;
 pub mod metrics;

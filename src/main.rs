@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use rustle_gateway::config::{Cli, Command, EXIT_CONFIG, SETTINGS, Sources};
+use rustle_gateway::config::{AuthCommand, Cli, Command, EXIT_CONFIG, SETTINGS, Sources};
 use rustle_gateway::startup::{Application, Options, StartupError};
 use rustle_gateway::{openapi, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,24 @@ fn config_error(problems: &[String]) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
+/// `rustle-gateway auth new-key NAME`.
+fn new_key(name: &str) -> ExitCode {
+    let name = match ucxl::PrincipalName::parse(name) {
+        Ok(n) => n,
+        Err(e) => return config_error(&[format!("NAME {name:?}: {e}")]),
+    };
+    match rustle_gateway::auth::new_key() {
+        Ok(key) => {
+            print!("{}", rustle_gateway::auth::new_key_text(&name, &key));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("no randomness available for a key: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -52,6 +70,7 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Some(Command::Auth(AuthCommand::NewKey { name })) => return new_key(&name),
         Some(Command::Settings) => {
             println!(
                 "{:<30} {:<38} {:<16} meaning",
@@ -124,6 +143,7 @@ async fn serve(
     let app = match Application::build(config, options).await {
         Ok(app) => app,
         Err(e @ StartupError::Mode(_)) => return config_error(&[e.to_string()]),
+        Err(StartupError::Policy(problems)) => return config_error(&problems),
         Err(e @ (StartupError::Bind { .. } | StartupError::Environment(_))) => {
             tracing::error!(error = %e, "cannot start");
             eprintln!("{e}");

@@ -20,23 +20,46 @@ use crate::routes;
         (name = "envelopes", description = "Store, fetch and delete versioned envelopes by UCXL address"),
         (name = "search", description = "Find the latest envelope of every address matching a pattern"),
         (name = "operations", description = "Liveness, readiness, status and metrics"),
-        (name = "admin", description = "Run-time control; needs the admin bearer token"),
+        (name = "admin", description = "Run-time control; needs the admin token or a principal granted `admin`"),
     ),
-    modifiers(&AdminToken),
+    modifiers(&Bearer),
 )]
 struct ApiDoc;
 
-struct AdminToken;
+struct Bearer;
 
-impl Modify for AdminToken {
+/// The security scheme of every data and admin operation.
+pub const SECURITY_SCHEME: &str = "bearer";
+
+impl Modify for Bearer {
     fn modify(&self, openapi: &mut Document) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "admin_token",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.description = Some(
+            "An API key of the policy file (`rk_...`), a JWT (HS256, RS256 or ES256), or, on \
+             admin routes, the admin token. Not needed when the gateway runs with \
+             `RUSTLE_AUTH=none` (the default on a loopback address without a policy)."
+                .into(),
         );
+        components.add_security_scheme(SECURITY_SCHEME, SecurityScheme::Http(scheme));
     }
 }
+
+/// The answers of routes behind authentication.
+const AUTH_ERRORS: [(&str, &str); 3] = [
+    (
+        "401",
+        "Missing, malformed or invalid credentials (`UCXL-401-UNAUTHORIZED`; `WWW-Authenticate: Bearer` says which, as RFC 6750 defines)",
+    ),
+    (
+        "403",
+        "The caller's grants do not allow this operation on this address (`UCXL-403-FORBIDDEN`, naming both)",
+    ),
+    (
+        "429",
+        "The caller's request rate is spent (`UCXL-429-TOO_MANY_REQUESTS`; `Retry-After` says when to retry)",
+    ),
+];
 
 fn string_header(description: &str) -> RefOr<utoipa::openapi::Header> {
     RefOr::T(
@@ -81,6 +104,7 @@ fn finish(mut doc: Document) -> Document {
     ];
     for (path, item) in &mut doc.paths.paths {
         let served = path.starts_with("/v1/envelopes") || path.starts_with("/v1/search");
+        let guarded = served || path.starts_with("/v1/admin/");
         for operation in [
             &mut item.get,
             &mut item.put,
@@ -90,7 +114,15 @@ fn finish(mut doc: Document) -> Document {
         .into_iter()
         .flatten()
         {
-            for (status, description) in shared_errors {
+            if guarded {
+                operation.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new::<
+                    &str,
+                    [&str; 0],
+                    &str,
+                >(SECURITY_SCHEME, [])]);
+            }
+            let auth_errors = if guarded { &AUTH_ERRORS[..] } else { &[] };
+            for &(status, description) in shared_errors.iter().chain(auth_errors) {
                 operation
                     .responses
                     .responses
@@ -143,10 +175,14 @@ fn finish(mut doc: Document) -> Document {
     doc
 }
 
-/// The routes with their collected document.
-pub fn parts() -> (axum::Router<crate::state::AppState>, Document) {
-    let (router, doc) = utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(routes::api())
+type ApiRouter = utoipa_axum::router::OpenApiRouter<crate::state::AppState>;
+
+/// The routes with their collected document; `guard` adds the layers of the routes that
+/// need a caller (data and admin).
+pub fn parts(guard: impl FnOnce(ApiRouter) -> ApiRouter) -> (axum::Router<crate::state::AppState>, Document) {
+    let (router, doc) = ApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(guard(routes::guarded()))
+        .merge(routes::open())
         .split_for_parts();
     (router, finish(doc))
 }
@@ -154,7 +190,7 @@ pub fn parts() -> (axum::Router<crate::state::AppState>, Document) {
 /// The `OpenAPI` document as served at `/openapi.json`.
 #[must_use]
 pub fn document() -> Document {
-    parts().1
+    parts(|r| r).1
 }
 
 /// The document as committed in `openapi/openapi.json` (pretty JSON, trailing newline).

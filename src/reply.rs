@@ -67,6 +67,14 @@ impl Failed {
     }
 }
 
+impl Failed {
+    /// How the failed request was served, when a backend was asked.
+    #[must_use]
+    pub fn via(&self) -> Option<&Via> {
+        self.via.as_ref()
+    }
+}
+
 impl From<ApiError> for Failed {
     fn from(error: ApiError) -> Self {
         Self { error, via: None }

@@ -59,6 +59,9 @@ pub enum StartupError {
     /// The journal or the HTTP client could not be set up.
     #[error("{0}")]
     Environment(String),
+    /// The policy file is invalid (one line per problem).
+    #[error("{}", .0.join("\n"))]
+    Policy(Vec<String>),
     /// The listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -86,6 +89,10 @@ pub fn build_state(config: Config, options: Options) -> Result<AppState, Startup
             .join(crate::backend::journal::FILE_NAME)
             .exists();
     let mode = config.backend_mode;
+    let auth = crate::auth::Auth::new(&config, &(options.env)()).map_err(StartupError::Policy)?;
+    let audit = crate::audit::Audit::open(&config.audit_log).map_err(|e| {
+        StartupError::Environment(format!("cannot open the audit log {:?}: {e}", config.audit_log))
+    })?;
     // The backend is chosen once the journal is open: start with the mock.
     let mock = Arc::new(crate::backend::mock::MockBackend::new(Arc::clone(&store)));
     let state = AppState::new(Shared {
@@ -104,6 +111,8 @@ pub fn build_state(config: Config, options: Options) -> Result<AppState, Startup
         env: options.env,
         log_reload: options.log_reload,
         admin_lock: tokio::sync::Mutex::new(()),
+        auth,
+        audit,
         started_at: Utc::now(),
         started: Instant::now(),
     });
@@ -118,8 +127,23 @@ pub fn build_state(config: Config, options: Options) -> Result<AppState, Startup
 }
 
 /// The whole HTTP application: API routes, Swagger UI, fallbacks and layers.
+///
+/// Layers of the data and admin routes, outermost first: load shedding (a global guard,
+/// before any work), the audit record (it sees every answer below it), authentication
+/// and the caller's rate; then each route checks its operation on its address before
+/// reading a body.
 pub fn router(state: AppState) -> Router {
-    let (api, doc) = openapi::parts();
+    let (api, doc) = openapi::parts(|guarded| {
+        guarded
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::auth::http::authenticate,
+            ))
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::audit::record,
+            ))
+    });
     // No validator: Swagger UI would otherwise send the spec's URL to validator.swagger.io
     // from every deployment not on localhost (and show a broken badge offline).
     let docs = SwaggerUi::new("/docs")
@@ -210,6 +234,18 @@ impl Application {
         let upkeep = tokio::spawn(metrics_upkeep(self.state.clone(), shutdown.clone()));
         let background = self.state.background.clone();
         tokio::spawn(Arc::clone(&self.state.cluster).run_health_checks(background.clone()));
+        tokio::spawn(crate::control::reload_on_hangup(
+            self.state.clone(),
+            background.clone(),
+        ));
+        if let Some(verifier) = self.state.auth.verifier() {
+            tokio::spawn(verifier.refresh_jwks(background.clone()));
+        }
+        let config = self.state.config.load();
+        if config.auth == crate::config::AuthMode::None && !self.addr.ip().is_loopback() {
+            tracing::warn!(addr = %self.addr, "RUSTLE_AUTH=none on an address beyond loopback: anyone who can reach it may read, overwrite and delete every envelope");
+        }
+        drop(config);
         if let Some(recovery) = self.state.recovery.get() {
             recovery.start(&background);
         }

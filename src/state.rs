@@ -65,6 +65,10 @@ pub struct Shared {
     pub log_reload: Option<LogReload>,
     /// Serialises mode changes and reloads.
     pub admin_lock: tokio::sync::Mutex<()>,
+    /// Who may do what: the policy, JWT keys and request rates.
+    pub auth: crate::auth::Auth,
+    /// The audit log.
+    pub audit: crate::audit::Audit,
     /// Wall-clock start time.
     pub started_at: DateTime<Utc>,
     /// Monotonic start time.

@@ -20,7 +20,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::node_client::{Answer, AttemptError, AttemptSpec, ClientError, NodeClient};
+use super::node_client::{
+    Answer, AttemptError, AttemptSpec, ClientError, ClientSettings, NodeClient,
+};
 use super::{BreakerStatus, Call, EndpointStatus};
 use crate::config::{BreakerConfig, Config, EndpointUrl, RetryConfig};
 use crate::resilience::balance::{Load, p2c};
@@ -46,8 +48,8 @@ pub struct Policy {
     pub health_interval: Duration,
     /// Health check timeout.
     pub health_timeout: Duration,
-    /// TCP connect timeout (the HTTP client is rebuilt when it changes).
-    pub connect_timeout: Duration,
+    /// How the gateway connects to nodes (the HTTP client is rebuilt when it changes).
+    pub client: ClientSettings,
     /// Largest answer about one envelope; list answers may be
     /// [`LIST_ANSWER_FACTOR`] times larger.
     pub max_answer_bytes: usize,
@@ -68,7 +70,7 @@ impl Policy {
             breaker: config.breaker.clone(),
             health_interval: config.health_interval,
             health_timeout: config.health_timeout,
-            connect_timeout: config.connect_timeout,
+            client: ClientSettings::of(config),
             max_answer_bytes: config.max_answer_bytes,
         }
     }
@@ -376,6 +378,7 @@ fn outcome_label(e: &AttemptError) -> &'static str {
         AttemptError::Unavailable { status: 429, .. } => "too_many_requests",
         AttemptError::Unavailable { .. } => "unavailable",
         AttemptError::BadAnswer(_) => "bad_answer",
+        AttemptError::Credentials(_) => "credentials_refused",
     }
 }
 
@@ -407,7 +410,7 @@ impl Cluster {
             .collect();
         Ok(Self {
             endpoints: ArcSwap::from_pointee(endpoints),
-            client: ArcSwap::from_pointee(NodeClient::new(config.connect_timeout)?),
+            client: ArcSwap::from_pointee(NodeClient::new(&policy.client)?),
             budget: Mutex::new(RetryBudget::new(&policy.retry, Instant::now())),
             policy: ArcSwap::from_pointee(policy),
             jitters,
@@ -423,11 +426,11 @@ impl Cluster {
     /// When a new HTTP client cannot be built (nothing is changed then).
     pub fn reconfigure(&self, config: &Config) -> Result<(), ClientError> {
         let policy = Policy::of(config);
-        // A new client drops the warm connection pool: only when its setting changed.
-        let client = if policy.connect_timeout == self.policy.load().connect_timeout {
+        // A new client drops the warm connection pool: only when its settings changed.
+        let client = if policy.client == self.policy.load().client {
             None
         } else {
-            Some(NodeClient::new(config.connect_timeout)?)
+            Some(NodeClient::new(&policy.client)?)
         };
         let old = self.endpoints.load_full();
         let endpoints: Vec<Arc<Endpoint>> = config

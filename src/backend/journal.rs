@@ -487,6 +487,7 @@ mod tests {
                     created_at: Utc::now(),
                     hash,
                     size,
+                    written_by: None,
                 },
             },
             request_id: format!("r{n}"),

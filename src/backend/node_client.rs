@@ -17,7 +17,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use ucxl::{Code, Failure, Success};
 
-use crate::config::EndpointUrl;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::{EndpointUrl, Secret};
 
 /// Longest `Retry-After` honoured.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -42,6 +45,11 @@ pub enum AttemptError {
     /// The answer is not a valid UCXL answer of the expected shape.
     #[error("invalid answer: {0}")]
     BadAnswer(String),
+    /// The node refused the gateway's own credentials (401 or 403): its cluster token
+    /// (`RUSTLE_BZZZ_TOKEN`) or client certificate is wrong. Not the client's doing, so
+    /// never passed on as the client's 401.
+    #[error("refused the gateway's credentials ({0}): check RUSTLE_BZZZ_TOKEN")]
+    Credentials(u16),
 }
 
 impl AttemptError {
@@ -60,7 +68,8 @@ impl AttemptError {
     #[must_use]
     pub fn retryable(&self) -> bool {
         match self {
-            Self::Connect(_) | Self::Timeout(_) => true,
+            // Another node may hold the right token: a misconfigured one is avoided.
+            Self::Connect(_) | Self::Timeout(_) | Self::Credentials(_) => true,
             Self::Unavailable { status, .. } => matches!(status, 429 | 502 | 503 | 504),
             Self::BadAnswer(_) => false,
         }
@@ -93,8 +102,93 @@ pub enum Answer<T> {
 }
 
 /// The connector of node connections: plain TCP for `http://` endpoints, rustls with the
-/// Mozilla roots for `https://`.
+/// Mozilla roots (and `RUSTLE_BZZZ_CA`, and the client certificate for mTLS) for `https://`.
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// How the gateway connects and proves itself to nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSettings {
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// The cluster token, sent as `Authorization: Bearer`.
+    pub token: Option<Secret>,
+    /// Extra trusted CA certificates (PEM), besides the public roots.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain and key (PEM), for nodes that require mTLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl ClientSettings {
+    /// The settings of `config`.
+    #[must_use]
+    pub fn of(config: &crate::config::Config) -> Self {
+        Self {
+            connect_timeout: config.connect_timeout,
+            token: config.bzzz_token.clone(),
+            ca: config.bzzz_ca.clone(),
+            client_cert: config
+                .bzzz_client_cert
+                .clone()
+                .zip(config.bzzz_client_key.clone()),
+        }
+    }
+
+    /// A bare client with `connect_timeout` (tests, tools).
+    #[must_use]
+    pub fn plain(connect_timeout: Duration) -> Self {
+        Self {
+            connect_timeout,
+            token: None,
+            ca: None,
+            client_cert: None,
+        }
+    }
+
+    /// The rustls client configuration: public roots plus the CA bundle, and the client
+    /// certificate when set.
+    fn tls(&self) -> Result<rustls::ClientConfig, ClientError> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let fail = |what: &str, path: &PathBuf, e: &dyn std::fmt::Display| {
+            ClientError(format!("{what} {}: {e}", path.display()))
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = &self.ca {
+            let mut added = 0;
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| fail("RUSTLE_BZZZ_CA", path, &e))? {
+                let cert = cert.map_err(|e| fail("RUSTLE_BZZZ_CA", path, &e))?;
+                roots.add(cert).map_err(|e| fail("RUSTLE_BZZZ_CA", path, &e))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(fail("RUSTLE_BZZZ_CA", path, &"holds no certificate"));
+            }
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError(e.to_string()))?
+        .with_root_certificates(roots);
+        match &self.client_cert {
+            None => Ok(builder.with_no_client_auth()),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+                    .map_err(|e| fail("RUSTLE_BZZZ_CLIENT_CERT", cert, &e))?;
+                if chain.is_empty() {
+                    return Err(fail("RUSTLE_BZZZ_CLIENT_CERT", cert, &"holds no certificate"));
+                }
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| fail("RUSTLE_BZZZ_CLIENT_KEY", key, &e))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| ClientError(format!("the client certificate and key do not go together: {e}")))
+            }
+        }
+    }
+}
 
 /// The HTTP client of all nodes: one connection pool, connect timeout, `TCP_NODELAY`, no
 /// redirects (hyper's client follows none).
@@ -106,6 +200,8 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 #[derive(Debug, Clone)]
 pub struct NodeClient {
     http: Client<Connector, Full<Bytes>>,
+    /// `Bearer <cluster token>`, marked sensitive (never logged by hyper).
+    authorization: Option<HeaderValue>,
 }
 
 /// The HTTP client could not be built (TLS set-up).
@@ -127,21 +223,29 @@ pub struct AttemptSpec<'a> {
 }
 
 impl NodeClient {
-    /// A client with `connect_timeout`.
+    /// A client with `settings`.
     ///
     /// # Errors
-    /// When the TLS configuration cannot be built.
-    pub fn new(connect_timeout: Duration) -> Result<Self, ClientError> {
+    /// When the TLS configuration cannot be built (unreadable CA or client certificate).
+    pub fn new(settings: &ClientSettings) -> Result<Self, ClientError> {
         let mut tcp = HttpConnector::new();
-        tcp.set_connect_timeout(Some(connect_timeout));
+        tcp.set_connect_timeout(Some(settings.connect_timeout));
         tcp.set_nodelay(true);
         tcp.enforce_http(false);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| ClientError(e.to_string()))?
+            .with_tls_config(settings.tls()?)
             .https_or_http()
             .enable_http1()
             .wrap_connector(tcp);
+        let authorization = match &settings.token {
+            None => None,
+            Some(token) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                    .map_err(|_| ClientError("RUSTLE_BZZZ_TOKEN is not a valid header value".into()))?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
         let http = Client::builder(TokioExecutor::new())
             // Below the nodes' header read timeout (`ucxl_service::serve`, 60 s), which also
             // closes idle kept-alive connections: the client lets a connection go before the
@@ -149,7 +253,10 @@ impl NodeClient {
             .pool_idle_timeout(ucxl_service::serve::DEFAULT_HEADER_READ_TIMEOUT / 2)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Ok(Self { http })
+        Ok(Self {
+            http,
+            authorization,
+        })
     }
 
     /// Sends one request and validates the answer.
@@ -166,7 +273,12 @@ impl NodeClient {
     ) -> Result<Answer<T>, AttemptError> {
         let timeout_ms = spec.timeout.as_millis();
         let limit = spec.max_answer_bytes;
-        let request = Self::request(spec, method, path_and_query, headers, body)?;
+        let mut request = Self::request(spec, method, path_and_query, headers, body)?;
+        if let Some(authorization) = &self.authorization {
+            request
+                .headers_mut()
+                .insert(axum::http::header::AUTHORIZATION, authorization.clone());
+        }
         let exchange = async {
             let response = self
                 .http
@@ -220,6 +332,9 @@ impl NodeClient {
         limit: usize,
     ) -> Result<Answer<T>, AttemptError> {
         let status = response.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(AttemptError::Credentials(status.as_u16()));
+        }
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             let retry_after = response
                 .headers()

@@ -54,6 +54,9 @@ pub fn put_body(new: &NewVersion) -> Bytes {
     if let Some(size) = new.size {
         body["size"] = json!(size);
     }
+    if let Some(by) = &new.written_by {
+        body["written_by"] = json!(by);
+    }
     Bytes::from(body.to_string())
 }
 

@@ -10,9 +10,10 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::http::{Permitted, ToDelete, ToRead, ToWrite};
 use crate::backend::{BackendKind, Deleted};
 use crate::error::ApiError;
-use crate::extract::{AddressParam, AddressQuery, ApiJson, Ctx, WriteAddressQuery};
+use crate::extract::{AddressQuery, ApiJson, Ctx, WriteAddressQuery};
 use ucxl_service::Reply;
 
 use crate::reply::{Failed, ServedBy};
@@ -208,7 +209,7 @@ fn is_media_type(text: &str) -> bool {
 async fn put_envelope(
     State(state): State<AppState>,
     ctx: Ctx,
-    AddressParam(address): AddressParam,
+    Permitted { address, .. }: Permitted<ToWrite>,
     ApiJson(body): ApiJson<PutEnvelope>,
 ) -> Result<Reply<Envelope>, Failed> {
     address.require_latest()?;
@@ -223,12 +224,14 @@ async fn put_envelope(
         created_at: None,
         hash: None,
         size: None,
+        written_by: ctx.caller.written_by(),
     };
+    ctx.audit.envelope(&new.id);
     let backend = Arc::clone(&state.active.load().backend);
-    let served = backend
-        .put(&ctx.call, &address, new)
-        .await
-        .map_err(|e| Failed::backend(e, backend.as_ref()))?;
+    let served = ctx.served(
+        backend.put(&ctx.call, &address, new).await,
+        backend.as_ref(),
+    )?;
     let written = served.value;
     let (code, message) = match (written.created, served.via.backend) {
         (true, BackendKind::Fallback) => (
@@ -262,13 +265,10 @@ async fn put_envelope(
 async fn get_envelope(
     State(state): State<AppState>,
     ctx: Ctx,
-    AddressParam(address): AddressParam,
+    Permitted { address, .. }: Permitted<ToRead>,
 ) -> Result<Reply<Envelope>, Failed> {
     let backend = Arc::clone(&state.active.load().backend);
-    let served = backend
-        .get(&ctx.call, &address)
-        .await
-        .map_err(|e| Failed::backend(e, backend.as_ref()))?;
+    let served = ctx.served(backend.get(&ctx.call, &address).await, backend.as_ref())?;
     Ok(Reply::new(Code::Ok, "found", served.value, ctx.request_id()).via(served.via))
 }
 
@@ -292,18 +292,19 @@ async fn get_envelope(
 async fn delete_envelope(
     State(state): State<AppState>,
     ctx: Ctx,
-    AddressParam(address): AddressParam,
+    Permitted { address, .. }: Permitted<ToDelete>,
 ) -> Result<Reply<Deleted>, Failed> {
     address.require_latest()?;
     let id = ctx
         .idempotency_key
         .clone()
         .unwrap_or_else(EnvelopeId::generate);
+    ctx.audit.envelope(&id);
     let backend = Arc::clone(&state.active.load().backend);
-    let served = backend
-        .delete(&ctx.call, &address, id)
-        .await
-        .map_err(|e| Failed::backend(e, backend.as_ref()))?;
+    let served = ctx.served(
+        backend.delete(&ctx.call, &address, id).await,
+        backend.as_ref(),
+    )?;
     let (code, message) = if served.via.backend == BackendKind::Fallback {
         (Code::Accepted, "delete accepted into the durable journal")
     } else {
@@ -327,13 +328,10 @@ async fn delete_envelope(
 async fn history(
     State(state): State<AppState>,
     ctx: Ctx,
-    AddressParam(address): AddressParam,
+    Permitted { address, .. }: Permitted<ToRead>,
 ) -> Result<Reply<History>, Failed> {
     let backend = Arc::clone(&state.active.load().backend);
-    let served = backend
-        .history(&ctx.call, &address)
-        .await
-        .map_err(|e| Failed::backend(e, backend.as_ref()))?;
+    let served = ctx.served(backend.history(&ctx.call, &address).await, backend.as_ref())?;
     let message = format!("{} versions", served.value.versions.len());
     Ok(Reply::new(Code::Ok, message, served.value, ctx.request_id()).via(served.via))
 }

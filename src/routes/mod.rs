@@ -9,12 +9,18 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::state::AppState;
 
-/// Every documented route.
+/// The routes that need a caller: data and admin (authentication and audit are layered
+/// on them in `startup`).
 #[must_use]
-pub fn api() -> OpenApiRouter<AppState> {
+pub fn guarded() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(envelopes::router())
         .merge(search::router())
         .merge(admin::router())
-        .merge(ops::router())
+}
+
+/// The routes anyone may call: liveness, readiness, status, metrics.
+#[must_use]
+pub fn open() -> OpenApiRouter<AppState> {
+    ops::router()
 }

@@ -47,6 +47,9 @@ pub struct Status {
     pub started_at: DateTime<Utc>,
     /// Seconds since start.
     pub uptime_seconds: u64,
+    /// Authentication: `required` (with how many API-key principals, and whether JWTs
+    /// are accepted) or `none`.
+    pub auth: crate::auth::AuthStatus,
     /// What the active backend reports.
     #[serde(flatten)]
     pub backend: BackendStatus,
@@ -109,6 +112,7 @@ async fn status(State(state): State<AppState>, Rid(rid): Rid) -> Reply<Status> {
         version: env!("CARGO_PKG_VERSION"),
         started_at: state.started_at,
         uptime_seconds: state.started.elapsed().as_secs(),
+        auth: state.auth.status(state.config.load().auth),
         backend: active.backend.status(),
     };
     Reply::new(Code::Ok, "status", status, &rid)

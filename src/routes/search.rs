@@ -10,7 +10,12 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::backend::{SearchPage, SearchQuery, decode_cursor};
+use std::collections::BTreeSet;
+
+use ucxl::SearchItem;
+
+use crate::auth::Op;
+use crate::backend::{Backend, SearchPage, SearchQuery, Served, decode_cursor, encode_cursor};
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, Ctx};
 use ucxl_service::Reply;
@@ -96,12 +101,100 @@ async fn search(
     ctx: Ctx,
     ApiQuery(params): ApiQuery<SearchParams>,
 ) -> Result<Reply<SearchPage>, Failed> {
+    let pattern = params.pattern.clone();
     let query = params.validate()?;
+    ctx.audit.operation(Op::Search, &pattern);
+    if !ctx.caller.may(Op::Search) {
+        return Err(ApiError::Forbidden {
+            operation: Op::Search,
+            target: pattern,
+        }
+        .into());
+    }
     let backend = Arc::clone(&state.active.load().backend);
-    let served = backend
-        .search(&ctx.call, &query)
-        .await
-        .map_err(|e| Failed::backend(e, backend.as_ref()))?;
+    let served = visible_page(&ctx, backend.as_ref(), query).await?;
     let message = format!("{} matches", served.value.items.len());
     Ok(Reply::new(Code::Ok, message, served.value, ctx.request_id()).via(served.via))
+}
+
+/// Largest page asked of the backend while skipping addresses the caller may not see.
+const SCAN_LIMIT: usize = MAX_LIMIT;
+
+/// One page of the matches the caller may `search`. Pages the backend gives are filtered;
+/// while fewer than `limit` visible items are found and more exist, further pages are read
+/// (inside the request deadline), so the page size, the cursor (the last *visible*
+/// address) and the count say nothing about addresses the caller may not see.
+async fn visible_page(
+    ctx: &Ctx,
+    backend: &dyn Backend,
+    mut query: SearchQuery,
+) -> Result<Served<SearchPage>, Failed> {
+    let limit = query.limit;
+    let first = ctx.served(backend.search(&ctx.call, &query).await, backend)?;
+    let visible = |item: &SearchItem| ctx.caller.allows(Op::Search, &item.address);
+    if first.value.items.iter().all(visible) {
+        return Ok(first);
+    }
+    let mut via = first.via;
+    let mut page = first.value;
+    let mut items: Vec<SearchItem> = Vec::with_capacity(limit);
+    let mut partial = false;
+    let mut failed: BTreeSet<String> = BTreeSet::new();
+    loop {
+        partial |= page.partial;
+        failed.extend(page.failed_endpoints);
+        let scanned_to = page.items.last().map(|i| i.address.canonical().to_owned());
+        let scanned = page.items.len();
+        let mut taken = 0;
+        for item in page.items {
+            taken += 1;
+            if visible(&item) {
+                items.push(item);
+                if items.len() == limit {
+                    break;
+                }
+            }
+        }
+        let more = page.next_cursor.is_some() || taken < scanned;
+        if items.len() == limit || !more {
+            let next_cursor = (more && items.len() == limit)
+                .then(|| items.last().map(|i| encode_cursor(i.address.canonical())))
+                .flatten();
+            return Ok(Served {
+                value: SearchPage {
+                    items,
+                    next_cursor,
+                    partial,
+                    failed_endpoints: failed.into_iter().collect(),
+                },
+                via,
+            });
+        }
+        if ctx.call.remaining().is_zero() {
+            // Stopping here with a cursor at a hidden address would name it: give what
+            // is visible so far, or say the deadline passed.
+            if let Some(last) = items.last() {
+                let next_cursor = Some(encode_cursor(last.address.canonical()));
+                return Ok(Served {
+                    value: SearchPage {
+                        items,
+                        next_cursor,
+                        partial,
+                        failed_endpoints: failed.into_iter().collect(),
+                    },
+                    via,
+                });
+            }
+            return Err(ApiError::Timeout {
+                message: "the request deadline passed while searching".into(),
+                details: serde_json::json!({}),
+            }
+            .into());
+        }
+        query.after = scanned_to;
+        query.limit = SCAN_LIMIT;
+        let next = ctx.served(backend.search(&ctx.call, &query).await, backend)?;
+        via.attempts = via.attempts.saturating_add(next.via.attempts);
+        page = next.value;
+    }
 }

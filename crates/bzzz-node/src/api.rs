@@ -199,6 +199,9 @@ pub struct PutBody {
     size: Option<u64>,
     content_type: Option<String>,
     metadata: Option<Map<String, Value>>,
+    /// The principal the gateway authenticated (the cluster token makes the gateway
+    /// trusted to say so).
+    written_by: Option<ucxl::PrincipalName>,
     #[serde(rename = "address")]
     _address: Option<Value>,
     #[serde(rename = "version")]
@@ -322,6 +325,7 @@ async fn put_envelope(
         created_at: body.created_at,
         hash: body.hash,
         size: body.size,
+        written_by: body.written_by,
     };
     let (outcome, record) = state.store.put(&address, new, Utc::now()).await?;
     // Replicate even when the id existed: a retry after a failed replication heals it.

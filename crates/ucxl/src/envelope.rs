@@ -74,6 +74,62 @@ impl<'de> Deserialize<'de> for EnvelopeId {
     }
 }
 
+/// Longest principal name, in bytes.
+pub const MAX_PRINCIPAL_BYTES: usize = 128;
+
+/// Who wrote a version (`written_by`): the name of the principal the gateway
+/// authenticated, set by the gateway and never by the client. 1..=128 printable ASCII
+/// characters without leading or trailing spaces.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PrincipalName(String);
+
+/// A principal name that is not 1..=128 printable ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a principal name must be 1 to 128 printable ASCII characters without leading or trailing spaces"
+)]
+pub struct PrincipalNameError;
+
+impl PrincipalName {
+    /// Validates a principal name.
+    ///
+    /// # Errors
+    /// [`PrincipalNameError`] when the name is empty, too long or not printable ASCII.
+    pub fn parse(name: &str) -> Result<Self, PrincipalNameError> {
+        let printable = name.bytes().all(|b| (0x20..=0x7e).contains(&b));
+        if name.is_empty() || name.len() > MAX_PRINCIPAL_BYTES || !printable || name.trim() != name
+        {
+            return Err(PrincipalNameError);
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The name.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PrincipalName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for PrincipalName {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for PrincipalName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// `sha256:<64 lowercase hex>` of a content's JCS (RFC 8785) serialisation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ContentHash(String);
@@ -254,6 +310,9 @@ pub struct Version {
     pub hash: ContentHash,
     /// JCS byte length of `content`.
     pub size: u64,
+    /// The authenticated principal that wrote it, when the writer knew one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_by: Option<PrincipalName>,
 }
 
 /// An envelope as clients see it: one version with its address and version number.
@@ -295,6 +354,11 @@ pub struct Envelope {
     pub hash: ContentHash,
     /// Byte length of the JCS serialisation of `content`.
     pub size: u64,
+    /// The authenticated principal that wrote this version (set by the gateway, never by
+    /// the client); absent when it was written without authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "architect-bot"))]
+    pub written_by: Option<PrincipalName>,
 }
 
 impl Envelope {
@@ -309,6 +373,7 @@ impl Envelope {
             created_at: self.created_at,
             hash: self.hash.clone(),
             size: self.size,
+            written_by: self.written_by.clone(),
         }
     }
 
@@ -325,6 +390,7 @@ impl Envelope {
             created_at: stored.created_at,
             hash: stored.hash.clone(),
             size: stored.size,
+            written_by: stored.written_by.clone(),
         }
     }
 }
@@ -349,6 +415,10 @@ pub struct VersionSummary {
     pub size: u64,
     /// Media type of the content.
     pub content_type: String,
+    /// The authenticated principal that wrote it, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub written_by: Option<PrincipalName>,
 }
 
 /// The versions of an address since its last delete, oldest first.
@@ -393,6 +463,7 @@ impl VersionSummary {
             hash: stored.hash.clone(),
             size: stored.size,
             content_type: stored.content_type.clone(),
+            written_by: stored.written_by.clone(),
         }
     }
 }

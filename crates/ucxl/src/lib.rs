@@ -14,8 +14,8 @@ pub mod version_set;
 
 pub use address::{Address, Temporal};
 pub use envelope::{
-    ContentHash, DEFAULT_CONTENT_TYPE, DigestError, Envelope, EnvelopeId, History, SearchItem,
-    Version, VersionSummary, content_digest,
+    ContentHash, DEFAULT_CONTENT_TYPE, DigestError, Envelope, EnvelopeId, History, PrincipalName,
+    SearchItem, Version, VersionSummary, content_digest,
 };
 pub use error::{AddressError, ErrorKind, Field};
 pub use pattern::Pattern;

@@ -124,6 +124,7 @@ mod tests {
                         created_at: None,
                         hash: None,
                         size: None,
+                        written_by: None,
                     },
                     Utc::now(),
                 )

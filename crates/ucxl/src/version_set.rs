@@ -10,7 +10,8 @@ use serde_json::{Map, Value};
 
 use crate::address::Temporal;
 use crate::envelope::{
-    ContentHash, EnvelopeId, Version, VersionSummary, content_digest, normalise_time, rfc3339,
+    ContentHash, EnvelopeId, PrincipalName, Version, VersionSummary, content_digest, normalise_time,
+    rfc3339,
 };
 
 /// A delete: versions before it are no longer visible; a later put starts a new history.
@@ -74,6 +75,8 @@ pub struct NewVersion {
     pub hash: Option<ContentHash>,
     /// When given, checked against the content.
     pub size: Option<u64>,
+    /// The authenticated principal writing it (set by the gateway, never by a client).
+    pub written_by: Option<PrincipalName>,
 }
 
 impl NewVersion {
@@ -88,6 +91,7 @@ impl NewVersion {
             created_at: None,
             hash: None,
             size: None,
+            written_by: None,
         }
     }
 }
@@ -104,6 +108,7 @@ impl From<&Version> for NewVersion {
             created_at: Some(v.created_at),
             hash: Some(v.hash.clone()),
             size: Some(v.size),
+            written_by: v.written_by.clone(),
         }
     }
 }
@@ -397,6 +402,7 @@ impl VersionSet {
             created_at,
             hash: computed,
             size,
+            written_by: new.written_by,
         });
         self.insert(Entry::Version(Arc::clone(&stored)));
         let index = self.position(&stored.id).unwrap_or(0);

@@ -1,0 +1,176 @@
+//! Authentication and authorization in front of the routes: the [`authenticate`] layer
+//! (who is calling, and their rate) and the extractors each route states its operation
+//! with ([`Permitted`], [`Admin`]). Both run before any body is read.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ucxl::Address;
+
+use super::{Kind, Op, Principal, Unauthenticated};
+use crate::audit::Slot;
+use crate::error::ApiError;
+use crate::extract::{AddressQuery, ApiQuery};
+use crate::state::AppState;
+
+/// The authenticated caller of this request.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Arc<Principal>);
+
+/// The client's address, when the server recorded it (anonymous rates are per address).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+/// The layer: authenticates the request (401), takes it from the caller's rate (429) and
+/// hands the principal to the routes.
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let principal = {
+        let config = state.config.load();
+        state.auth.authenticate(
+            request.headers().get(AUTHORIZATION),
+            config.auth,
+            config.admin_token.as_ref(),
+        )
+    };
+    let principal = match principal {
+        Ok(p) => p,
+        Err(why) => return ApiError::Unauthenticated(why).into_response(),
+    };
+    if let Some(slot) = request.extensions().get::<Slot>() {
+        slot.principal(principal.name());
+    }
+    let peer = request
+        .extensions()
+        .get::<PeerAddr>()
+        .map(|p| p.0.ip().to_string());
+    let caller = peer.as_deref().unwrap_or(super::grant::ANONYMOUS);
+    if let Err(retry_after) = state.auth.admit(&principal, caller) {
+        metrics::counter!("rustle_rate_limited_total").increment(1);
+        return ApiError::TooManyRequests { retry_after }.into_response();
+    }
+    request.extensions_mut().insert(Caller(principal));
+    next.run(request).await
+}
+
+fn caller(parts: &Parts) -> Result<Arc<Principal>, ApiError> {
+    parts
+        .extensions
+        .get::<Caller>()
+        .map(|c| Arc::clone(&c.0))
+        // Routes that read the caller sit behind `authenticate`: a missing caller is a
+        // wiring bug, and refusing is the safe answer to it.
+        .ok_or_else(|| ApiError::internal(std::io::Error::other("no authenticated caller")))
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        caller(parts).map(Self)
+    }
+}
+
+/// An operation a route performs on its address.
+pub trait Operation {
+    /// The operation.
+    const OP: Op;
+}
+
+/// Fetching and listing versions.
+#[derive(Debug)]
+pub struct ToRead;
+impl Operation for ToRead {
+    const OP: Op = Op::Read;
+}
+
+/// Storing a version.
+#[derive(Debug)]
+pub struct ToWrite;
+impl Operation for ToWrite {
+    const OP: Op = Op::Write;
+}
+
+/// Deleting an address.
+#[derive(Debug)]
+pub struct ToDelete;
+impl Operation for ToDelete {
+    const OP: Op = Op::Delete;
+}
+
+/// The `?address=` parameter, valid, and the caller's permission to do `O` there
+/// (403 naming the operation and the address as sent, and nothing else).
+#[derive(Debug)]
+pub struct Permitted<O> {
+    /// The address.
+    pub address: Address,
+    _op: PhantomData<O>,
+}
+
+impl<S: Send + Sync, O: Operation> FromRequestParts<S> for Permitted<O> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let ApiQuery(query) = ApiQuery::<AddressQuery>::from_request_parts(parts, state).await?;
+        let address = Address::parse(&query.address)?;
+        address.require_concrete()?;
+        if let Some(slot) = parts.extensions.get::<Slot>() {
+            slot.operation(O::OP, &query.address);
+        }
+        if !caller(parts)?.allows(O::OP, &address) {
+            return Err(ApiError::Forbidden {
+                operation: O::OP,
+                target: query.address,
+            });
+        }
+        Ok(Self {
+            address,
+            _op: PhantomData,
+        })
+    }
+}
+
+/// Proof that the caller may use the admin API: the admin token, or a principal granted
+/// `admin`.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let principal = caller(parts)?;
+        let path = parts.uri.path().to_owned();
+        if let Some(slot) = parts.extensions.get::<Slot>() {
+            slot.operation(Op::Admin, &path);
+        }
+        if principal.may(Op::Admin) {
+            return Ok(Self);
+        }
+        if principal.kind() != Kind::Anonymous {
+            return Err(ApiError::Forbidden {
+                operation: Op::Admin,
+                target: path,
+            });
+        }
+        // Anonymous: authentication is off and no admin token came.
+        if state.config.load().admin_token.is_none() && !state.auth.policy_has_admins() {
+            return Err(ApiError::AdminDisabled);
+        }
+        tracing::warn!("admin request with a missing or wrong bearer token");
+        Err(ApiError::Unauthenticated(
+            if parts.headers.contains_key(AUTHORIZATION) {
+                Unauthenticated::Invalid
+            } else {
+                Unauthenticated::Missing
+            },
+        ))
+    }
+}
