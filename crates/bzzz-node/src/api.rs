@@ -1,4 +1,5 @@
-//! The UCXI HTTP API of a node (SPEC §9), in the UCXL response format.
+//! The UCXI HTTP API of a node (SPEC §9), in the UCXL response format. With an API token
+//! configured, every route but `/health` and `/metrics` needs it ([`crate::auth`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use axum::Router;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
 use chrono::{DateTime, Utc};
@@ -20,6 +22,7 @@ use ucxl::{
 };
 use ucxl_service::{BodyError, ErrorReport, Reply, Rid};
 
+use crate::auth::{self, Refusal, TokenGuard};
 use crate::p2p::{P2p, ReplicateError};
 use crate::store::{self, NodeStore, Record, StoreError};
 
@@ -52,6 +55,10 @@ pub struct NodeState {
     pub max_body_bytes: usize,
     /// Deadline of one request.
     pub request_timeout: Duration,
+    /// The API token check, when `BZZZ_API_TOKEN` is set.
+    pub auth: Option<Arc<TokenGuard>>,
+    /// Whether the libp2p network is private (`BZZZ_SWARM_KEY`).
+    pub private_network: bool,
 }
 
 /// Everything a node request can fail with.
@@ -81,6 +88,9 @@ pub enum NodeError {
     /// A task failed.
     #[error("internal error")]
     Internal(String),
+    /// The request lacks the API token.
+    #[error(transparent)]
+    Unauthorized(Refusal),
 }
 
 impl NodeError {
@@ -109,6 +119,9 @@ impl NodeError {
             ),
             Self::Timeout => (Code::GatewayTimeout, json!({})),
             Self::Internal(cause) => return ErrorReport::internal(cause),
+            Self::Unauthorized(refusal) => {
+                (Code::Unauthorized, json!({"reason": refusal.reason()}))
+            }
         };
         ErrorReport::new(code, self.to_string(), details)
     }
@@ -116,12 +129,19 @@ impl NodeError {
 
 impl IntoResponse for NodeError {
     fn into_response(self) -> Response {
-        let retry = matches!(self, Self::NotReplicated(_));
         let mut response = self.report().into_response();
-        if retry {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(1));
+        match self {
+            Self::NotReplicated(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1));
+            }
+            Self::Unauthorized(refusal) => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, refusal.challenge());
+            }
+            _ => {}
         }
         response
     }
@@ -222,16 +242,24 @@ impl<T: serde::de::DeserializeOwned> FromRequest<NodeState> for Json<T> {
     }
 }
 
-/// The API router (without the shared layers).
+/// The API router with the shared layers. With an API token, the UCXI routes and
+/// `/status` need it; `/health` and `/metrics` stay open for probes and scrapes.
 pub fn router(state: NodeState) -> Router {
-    let routes = Router::new()
+    let mut protected = Router::new()
         .route("/ucxi/v1/get", get(get_envelope))
         .route("/ucxi/v1/put", put(put_envelope))
         .route("/ucxi/v1/delete", delete(delete_envelope))
         .route("/ucxi/v1/history", get(history))
         .route("/ucxi/v1/discover", get(discover))
+        .route("/status", get(status));
+    if let Some(guard) = &state.auth {
+        // A route layer: it runs only for these routes (unknown paths still answer 404)
+        // and before their extractors, so a refused request's body is never read.
+        protected =
+            protected.route_layer(from_fn_with_state(Arc::clone(guard), auth::require_token));
+    }
+    let routes = protected
         .route("/health", get(health))
-        .route("/status", get(status))
         .route("/metrics", get(metrics_text));
     ucxl_service::with_layers(routes, SOURCE, METRICS).with_state(state)
 }
@@ -485,6 +513,15 @@ struct NodeStatus {
     records: usize,
     replication_factor: usize,
     write_peers_needed: usize,
+    /// Whether peers need the swarm key (never the key itself).
+    private_network: bool,
+}
+
+/// What an open `/health` reports when the API is closed by a token: whether the node is
+/// connected, not who its peers are or where they listen (that is `/status`).
+#[derive(Debug, Serialize)]
+struct ClosedHealth {
+    connected_peers: usize,
 }
 
 fn node_status(state: &NodeState) -> NodeStatus {
@@ -503,19 +540,33 @@ fn node_status(state: &NodeState) -> NodeStatus {
         records: state.store.len(),
         replication_factor: state.replication_factor,
         write_peers_needed: state.p2p.peers_needed(),
+        private_network: state.private_network,
     }
 }
 
-/// 200 once serving and, in a cluster, connected to at least one peer; else 503.
+/// 200 once serving and, in a cluster, connected to at least one peer; else 503. Open
+/// even with an API token, so it then shows only the peer count.
 async fn health(State(state): State<NodeState>, Rid(rid): Rid) -> Response {
     let status = node_status(&state);
+    let closed = state.auth.is_some();
     if state.clustered && status.connected_peers == 0 {
+        let details = if closed {
+            json!({})
+        } else {
+            json!({"peer_id": status.peer_id})
+        };
         let report = ErrorReport::new(
             Code::ServiceUnavailable,
             "not connected to any peer of the cluster yet",
-            json!({"peer_id": status.peer_id}),
+            details,
         );
         return report.into_response();
+    }
+    if closed {
+        let health = ClosedHealth {
+            connected_peers: status.connected_peers,
+        };
+        return Reply::new(Code::Ok, "healthy", health, &rid).into_response();
     }
     Reply::new(Code::Ok, "healthy", status, &rid).into_response()
 }

@@ -5,6 +5,7 @@
 //! `main.rs` reads the environment and runs [`node::Node`]; tests start node processes.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod dht;
 pub mod node;

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         .is_some_and(|a| a == "--help" || a == "-h")
     {
         println!(
-            "bzzz-node [healthcheck]: configured by BZZZ_HTTP_ADDR, BZZZ_P2P_ADDR, BZZZ_BOOTSTRAP_PEERS, BZZZ_DATA_DIR, BZZZ_REPLICATION_FACTOR, BZZZ_NODE_NAME, BZZZ_MAX_BODY_BYTES, BZZZ_MAX_RECORD_BYTES, BZZZ_REQUEST_TIMEOUT_MS, BZZZ_LOG_FORMAT, RUST_LOG (see the README)"
+            "bzzz-node [healthcheck]: configured by BZZZ_HTTP_ADDR, BZZZ_P2P_ADDR, BZZZ_BOOTSTRAP_PEERS, BZZZ_DATA_DIR, BZZZ_REPLICATION_FACTOR, BZZZ_NODE_NAME, BZZZ_MAX_BODY_BYTES, BZZZ_MAX_RECORD_BYTES, BZZZ_REQUEST_TIMEOUT_MS, BZZZ_LOG_FORMAT, BZZZ_API_TOKEN (bearer token for every route but /health and /metrics), BZZZ_SWARM_KEY or BZZZ_SWARM_KEY_FILE (pre-shared key of a private libp2p network; 64 hex characters or a swarm.key file), RUST_LOG (see the README)"
         );
         return ExitCode::SUCCESS;
     }

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, NodeState};
+use crate::auth::TokenGuard;
 use crate::config::NodeConfig;
 use crate::p2p::{self, P2pError};
 use crate::store::{NodeStore, StoreError};
@@ -124,6 +125,11 @@ impl Node {
             clustered: !config.bootstrap.is_empty(),
             max_body_bytes: config.max_body_bytes,
             request_timeout: config.request_timeout,
+            auth: config
+                .api_token
+                .as_ref()
+                .map(|token| Arc::new(TokenGuard::new(token))),
+            private_network: config.swarm_key.is_some(),
         };
         tracing::info!(
             http = %http_addr,
@@ -131,6 +137,11 @@ impl Node {
             peer_id = %state.p2p.view().peer_id,
             records = state.store.len(),
             node = %config.node_name,
+            private_network = state.private_network,
+            // A one-way fingerprint (as go-libp2p logs it): operators can compare keys
+            // across nodes without the key being written anywhere.
+            swarm_key_fingerprint = config.swarm_key.map(|k| k.fingerprint().to_string()),
+            api_token = state.auth.is_some(),
             "ready"
         );
         Ok(Self {

@@ -1,4 +1,5 @@
-//! The libp2p side of a node: TCP + Noise + Yamux, Kademlia (server mode) over the node
+//! The libp2p side of a node: TCP (+ a pre-shared key handshake on a private network) +
+//! Noise + Yamux, Kademlia (server mode) over the node
 //! store for routing and lookups, Identify and Ping; bootstrap dialling with backoff;
 //! replication of writes to a majority; catch-up of peers that (re)connect.
 //!
@@ -24,10 +25,15 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use libp2p::core::Transport as _;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
+use libp2p::core::upgrade::Version;
 use libp2p::kad::{
     self, GetRecordOk, InboundRequest, KBucketKey, PeerRecord, QueryId, QueryResult, RecordKey,
     StoreInserts,
 };
+use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, DialError, NetworkBehaviour, SwarmEvent};
@@ -490,6 +496,38 @@ fn behaviour(key: &identity::Keypair, config: &NodeConfig, store: &Arc<NodeStore
     }
 }
 
+/// The TCP transport: TCP (no Nagle delay), then with a swarm key the private-network
+/// handshake, then multistream-select, Noise and Yamux.
+///
+/// Built by hand because the builder's `with_tcp` cannot put the pre-shared key handshake
+/// under Noise. Without a key this is the stack `with_tcp` builds.
+fn tcp_transport(
+    key: &identity::Keypair,
+    swarm_key: Option<PreSharedKey>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
+    let noise = noise::Config::new(key)?;
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let transport = match swarm_key {
+        None => tcp
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+        // Every byte after the nonces is encrypted with the key: a peer without it (or
+        // with another) sees noise where multistream-select should be, and the
+        // connection fails before Noise, so it never becomes a peer.
+        Some(psk) => tcp
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+    };
+    Ok(transport)
+}
+
 /// Builds the swarm, starts listening and spawns the network task.
 ///
 /// Returns the handle, the address the node listens on (with `/p2p/<id>`), and the task.
@@ -503,13 +541,10 @@ pub async fn start(
 ) -> Result<(P2p, Multiaddr, tokio::task::JoinHandle<()>), P2pError> {
     let key = load_or_create_key(&config.data_dir)?;
     let peer_id = key.public().to_peer_id();
+    let swarm_key = config.swarm_key;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_other_transport(|key| tcp_transport(key, swarm_key))
         .map_err(|e| P2pError::Build(e.to_string()))?
         .with_dns()
         .map_err(|e| P2pError::Build(e.to_string()))?

@@ -1,5 +1,6 @@
 //! Node processes for tests: each on free loopback ports, with its own data directory,
-//! killed when dropped.
+//! killed when dropped. A node started with `BZZZ_API_TOKEN` in its environment gets the
+//! token on every request the harness sends it, as a configured gateway would.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -84,6 +85,8 @@ pub struct NodeProc {
     pub http: String,
     pub p2p: String,
     pub peer_id: String,
+    /// The fields of the node's "ready" log line.
+    pub ready: Value,
     dir: PathBuf,
     bootstrap: Vec<String>,
     extra: Vec<(String, String)>,
@@ -173,6 +176,7 @@ impl NodeProc {
             http: field("http"),
             p2p: field("p2p"),
             peer_id: field("peer_id"),
+            ready,
             dir: dir.to_path_buf(),
             bootstrap: bootstrap.to_vec(),
             extra: extra.to_vec(),
@@ -201,6 +205,33 @@ impl NodeProc {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
+    }
+
+    /// The node's API token (`BZZZ_API_TOKEN` of its environment), if any.
+    pub fn token(&self) -> Option<&str> {
+        self.extra
+            .iter()
+            .find(|(k, v)| k == "BZZZ_API_TOKEN" && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A request to `path` of this node, with its token when it has one.
+    pub fn request(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let request = client.request(method, self.url(path));
+        match self.token() {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// The p2p address as a DNS name (`/dns4/localhost/tcp/<port>`), without the peer id.
+    pub fn p2p_dns(&self) -> String {
+        format!("/dns4/localhost/tcp/{}", self.ports().1)
     }
 
     /// SIGKILL, as a crash.
@@ -258,9 +289,9 @@ impl NodeProc {
         address: &str,
         envelope: Value,
     ) -> (u16, Value) {
+        let path = format!("/ucxi/v1/put?address={}", enc(address));
         body(
-            client
-                .put(self.url(&format!("/ucxi/v1/put?address={}", enc(address))))
+            self.request(client, reqwest::Method::PUT, &path)
                 .json(&envelope)
                 .send()
                 .await,
@@ -275,9 +306,9 @@ impl NodeProc {
         key: &str,
         envelope: Value,
     ) -> (u16, Value) {
+        let path = format!("/ucxi/v1/put?address={}", enc(address));
         body(
-            client
-                .put(self.url(&format!("/ucxi/v1/put?address={}", enc(address))))
+            self.request(client, reqwest::Method::PUT, &path)
                 .header("Idempotency-Key", key)
                 .json(&envelope)
                 .send()
@@ -287,9 +318,9 @@ impl NodeProc {
     }
 
     pub async fn get(&self, client: &reqwest::Client, address: &str) -> (u16, Value) {
+        let path = format!("/ucxi/v1/get?address={}", enc(address));
         body(
-            client
-                .get(self.url(&format!("/ucxi/v1/get?address={}", enc(address))))
+            self.request(client, reqwest::Method::GET, &path)
                 .send()
                 .await,
         )
@@ -297,9 +328,9 @@ impl NodeProc {
     }
 
     pub async fn delete(&self, client: &reqwest::Client, address: &str) -> (u16, Value) {
+        let path = format!("/ucxi/v1/delete?address={}", enc(address));
         body(
-            client
-                .delete(self.url(&format!("/ucxi/v1/delete?address={}", enc(address))))
+            self.request(client, reqwest::Method::DELETE, &path)
                 .send()
                 .await,
         )
@@ -308,7 +339,14 @@ impl NodeProc {
 
     /// `data` of `/status`.
     pub async fn status(&self, client: &reqwest::Client) -> Value {
-        body(client.get(self.url("/status")).send().await).await.1["response"]["data"].clone()
+        body(
+            self.request(client, reqwest::Method::GET, "/status")
+                .send()
+                .await,
+        )
+        .await
+        .1["response"]["data"]
+            .clone()
     }
 }
 
@@ -338,6 +376,12 @@ impl Cluster {
             let bootstrap: Vec<String> = nodes.iter().map(|n| bare(&n.p2p)).collect();
             nodes.push(NodeProc::start(&format!("n{}", i + 1), &bootstrap, None, extra).await);
         }
+        Self::from_nodes(nodes).await
+    }
+
+    /// A cluster of nodes started by the caller; returns once every node is connected to
+    /// every other.
+    pub async fn from_nodes(nodes: Vec<NodeProc>) -> Self {
         let cluster = Self { nodes };
         cluster.wait_for_mesh().await;
         cluster

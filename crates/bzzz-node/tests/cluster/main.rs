@@ -1,7 +1,9 @@
 //! Real `bzzz-node` processes on loopback: replication, node loss, catch-up, restarts,
-//! bad input. Nodes pick free ports and announce them in their "ready" log line, which
-//! is the readiness signal; conditions that take time are polled with a deadline.
+//! bad input, a cluster closed to outsiders. Nodes pick free ports and announce them in
+//! their "ready" log line, which is the readiness signal; conditions that take time are
+//! polled with a deadline.
 
+mod closed;
 mod harness;
 
 use std::time::Duration;
@@ -297,6 +299,14 @@ async fn the_ucxi_api_speaks_ucxl_and_refuses_bad_input() {
         status, 200,
         "a standalone node is healthy without peers: {health}"
     );
+    assert!(
+        health["response"]["data"]["peer_id"].is_string(),
+        "without a token health shows the status: {health}"
+    );
+    let status = node.status(&client).await;
+    assert_eq!(status["private_network"], false, "{status}");
+    assert_eq!(node.ready["private_network"], false, "{}", node.ready);
+    assert_eq!(node.ready["api_token"], false, "{}", node.ready);
     let metrics = client
         .get(node.url("/metrics"))
         .send()
