@@ -28,10 +28,13 @@ impl Drop for TestApp {
     }
 }
 
-/// The default test configuration: the defaults, on 127.0.0.1 port 0.
+/// The default test configuration: the defaults, on 127.0.0.1 port 0, without an audit
+/// log (records would go to the test process's standard output; the audit tests name a
+/// file).
 pub fn test_config() -> Config {
     let mut config = Sources::default().resolve().expect("defaults are valid");
     config.listen_addr = "127.0.0.1:0".parse().expect("addr");
+    config.audit_log = rustle_gateway::config::AuditSink::Off;
     config
 }
 
