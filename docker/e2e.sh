@@ -33,7 +33,10 @@ wait_for() {
   done
 }
 status_field() { curl -sf "$base/v1/status" | python3 -c "import json,sys; d=json.load(sys.stdin)['response']['data']; print($1)"; }
-put() { curl -s -o /dev/null -w '%{http_code}' -X PUT "$base/v1/envelopes" --url-query "address=$1" \
+# The development key of docker/dev-policy.toml (the README documents it).
+KEY="${RUSTLE_KEY:-rk_iuShoUIwh6lLGRSf4xMumu0-qfNphNYu4HJHoiA6jv0}"
+auth=(-H "Authorization: Bearer $KEY")
+put() { curl -s -o /dev/null -w '%{http_code}' "${auth[@]}" -X PUT "$base/v1/envelopes" --url-query "address=$1" \
   -H 'content-type: application/json' -d "{\"content\": $2}"; }
 
 start=$SECONDS
@@ -63,7 +66,12 @@ write_five() {
 A="ucxl://agent:e2e@bzzz:e2e/notes/smoke"
 [[ "$(put "$A" '{"n": 0}')" == 201 ]] || fail "first write not 201"
 acked+=("$A")
-[[ "$(curl -s -o /dev/null -w '%{http_code}' "$base/v1/envelopes" --url-query "address=$A")" == 200 ]] || fail "read back"
+read_back="$(curl -s "${auth[@]}" "$base/v1/envelopes" --url-query "address=$A")"
+python3 -c "import json,sys; d=json.loads(sys.argv[1])['response']['data']; assert d['written_by'] == 'dev', d" "$read_back" \
+  || fail "read back without written_by dev: $read_back"
+[[ "$(curl -s -o /dev/null -w '%{http_code}' "$base/v1/envelopes" --url-query "address=$A")" == 401 ]] \
+  || fail "a read without the key was not 401"
+[[ "$(status_field "d['auth']['mode']")" == required ]] || fail "auth is not required"
 
 echo "== one node stopped: writes still 201"
 docker stop "$(compose ps -q bzzz-2)" >/dev/null
@@ -80,7 +88,7 @@ docker start "$(compose ps -q bzzz-1)" "$(compose ps -q bzzz-2)" "$(compose ps -
 replayed() { [[ "$(status_field "(d['journal']['pending'], d['fallback']['active'])")" == "(0, False)" ]]; }
 wait_for 60 "journal replayed" replayed
 for a in "${acked[@]}"; do
-  out="$(curl -s -D - -o /dev/null "$base/v1/envelopes" --url-query "address=$a")"
+  out="$(curl -s -D - -o /dev/null "${auth[@]}" "$base/v1/envelopes" --url-query "address=$a")"
   grep -q '^HTTP/1.1 200' <<<"$out" || fail "acknowledged write $a not readable"
   grep -qi '^x-rustle-backend: real' <<<"$out" || fail "$a not served by the cluster"
 done

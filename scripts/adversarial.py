@@ -13,6 +13,7 @@ stopped on exit. Python standard library only.
 """
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -28,7 +29,7 @@ from netutil import request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROFILE = os.environ.get("PROFILE", "debug")
 BIN = os.environ.get("BIN_DIR") or os.path.join(ROOT, "target", PROFILE)
-ADMIN_TOKEN = "adversarial-ci-token"
+API_KEY = "rk_schemathesis-key-that-may-do-everything-0123456789"
 # Examples per operation and the seed: a few minutes on 2 cores, the same inputs every run.
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "60"))
 SEED = os.environ.get("SCHEMATHESIS_SEED", "20261125")
@@ -93,10 +94,23 @@ def call(method, url, body=None):
 def schemathesis(workdir):
     if importlib.util.find_spec("schemathesis") is None:
         sys.exit("adversarial: schemathesis is not installed (pip install schemathesis)")
+    # Authentication on, with a key that may do everything, so every operation is
+    # exercised behind the same checks users get.
+    policy = os.path.join(workdir, "policy.toml")
+    with open(policy, "w") as f:
+        f.write(f"""[[principals]]
+name = "schemathesis"
+key_sha256 = "{hashlib.sha256(API_KEY.encode()).hexdigest()}"
+roles = ["all"]
+
+[roles.all]
+grants = [{{ ops = ["read", "search", "write", "delete", "watch", "admin"], pattern = "ucxl://any:any@any:any/**" }}]
+""")
     gateway = Service("rustle-gateway", {
         "RUSTLE_LISTEN_ADDR": "127.0.0.1:0",
         "RUSTLE_BACKEND_MODE": "mock",
-        "RUSTLE_ADMIN_TOKEN": ADMIN_TOKEN,
+        "RUSTLE_AUTH_POLICY": policy,
+        "RUSTLE_AUDIT_LOG": "off",
         "RUSTLE_JOURNAL_DIR": os.path.join(workdir, "journal"),
         "RUST_LOG": "warn,rustle_gateway=info",
     }, "listening", "addr")
@@ -110,7 +124,7 @@ def schemathesis(workdir):
                 # two threads, which CPython 3.11 does not survive ("AST constructor recursion
                 # depth mismatch"); the run takes seconds either way.
                 "--workers", "1",
-                "--header", f"Authorization: Bearer {ADMIN_TOKEN}",
+                "--header", f"Authorization: Bearer {API_KEY}",
                 "--request-timeout", "10",
                 "--report", "junit",
                 "--report-dir", os.path.join(workdir, "schemathesis-report"),

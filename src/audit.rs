@@ -123,7 +123,10 @@ impl std::fmt::Debug for Job {
 /// Where the writer thread writes.
 enum Out {
     Stdout,
-    File { path: PathBuf, file: Option<std::fs::File> },
+    File {
+        path: PathBuf,
+        file: Option<std::fs::File>,
+    },
     Off,
 }
 
@@ -202,7 +205,10 @@ impl Audit {
         self.healthy.load(Ordering::Acquire)
     }
 
-    async fn send(&self, job: impl FnOnce(oneshot::Sender<io::Result<()>>) -> Job) -> io::Result<()> {
+    async fn send(
+        &self,
+        job: impl FnOnce(oneshot::Sender<io::Result<()>>) -> Job,
+    ) -> io::Result<()> {
         let Some(jobs) = &self.jobs else {
             return Ok(());
         };
@@ -217,7 +223,12 @@ impl Audit {
         };
         tokio::time::timeout(APPEND_TIMEOUT, work)
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the audit log did not take the record in time"))?
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the audit log did not take the record in time",
+                )
+            })?
     }
 
     /// Appends one record (a JSON line).
@@ -316,10 +327,10 @@ pub async fn record(State(state): State<AppState>, mut request: Request, next: N
     let slot = Slot::default();
     request.extensions_mut().insert(slot.clone());
     let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| request.uri().path().to_owned(), |m| m.as_str().to_owned());
+    let route = request.extensions().get::<MatchedPath>().map_or_else(
+        || request.uri().path().to_owned(),
+        |m| m.as_str().to_owned(),
+    );
     let request_id = request.extensions().get::<RequestId>().map(|r| r.0.clone());
     let route_op = Op::of_route(&method, &route);
     // A sink known to be broken refuses writes before they happen, rather than answering
@@ -339,10 +350,10 @@ pub async fn record(State(state): State<AppState>, mut request: Request, next: N
     {
         return response;
     }
-    let outcome = response
-        .extensions()
-        .get::<ErrorReport>()
-        .map_or_else(|| Code::for_status(status).to_string(), |r| r.code.to_string());
+    let outcome = response.extensions().get::<ErrorReport>().map_or_else(
+        || Code::for_status(status).to_string(),
+        |r| r.code.to_string(),
+    );
     let line = Line {
         audit: true,
         time: ucxl::envelope::rfc3339::format(chrono::Utc::now()),
@@ -364,7 +375,11 @@ pub async fn record(State(state): State<AppState>, mut request: Request, next: N
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "cannot encode an audit record");
-            return if must_record(operation) { unavailable() } else { response };
+            return if must_record(operation) {
+                unavailable()
+            } else {
+                response
+            };
         }
     };
     bytes.push(b'\n');

@@ -628,7 +628,9 @@ impl Sources {
             anonymous_rate_per_sec: p
                 .optional_number("anonymous_rate_per_sec", 1, 1_000_000)
                 .and_then(std::num::NonZeroU32::new),
-            audit_log: p.parse::<AuditSink>("audit_log", "").unwrap_or(AuditSink::Stdout),
+            audit_log: p
+                .parse::<AuditSink>("audit_log", "")
+                .unwrap_or(AuditSink::Stdout),
             tls_cert: p.path("tls_cert"),
             tls_key: p.path("tls_key"),
             bzzz_token: Some(p.text("bzzz_token"))
@@ -728,7 +730,10 @@ impl Config {
     /// The security rules: a listener beyond loopback needs a policy or an explicit
     /// `RUSTLE_AUTH=none`; `required` needs a policy; certificates come with their keys.
     fn check_security(&self, p: &mut Parse) {
-        let explicit = p.values.get("auth").is_some_and(|(_, v)| !v.trim().is_empty());
+        let explicit = p
+            .values
+            .get("auth")
+            .is_some_and(|(_, v)| !v.trim().is_empty());
         if p.ok(&["auth", "auth_policy"])
             && self.auth == AuthMode::Required
             && self.auth_policy.is_none()

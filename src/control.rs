@@ -82,8 +82,7 @@ pub async fn switch_mode(state: &AppState, mode: BackendMode) -> Result<BackendM
         // Opening reads (and after a crash repairs) the journal file: off the async workers.
         let shared = state.clone();
         let opened = tokio::task::spawn_blocking(move || shared.open_journal(&dir)).await?;
-        let recovery =
-            opened.map_err(|e| unavailable(format!("cannot open the journal: {e}")))?;
+        let recovery = opened.map_err(|e| unavailable(format!("cannot open the journal: {e}")))?;
         recovery.start(&state.background);
     }
     let backend = backend::for_mode(mode, state.parts()).map_err(|e| unavailable(e.reason))?;

@@ -298,20 +298,21 @@ impl IntoResponse for ApiError {
             Self::Unauthenticated(why) => {
                 // RFC 6750 §3: a challenge naming the error where one is defined.
                 let challenge = match why.rfc6750_error() {
-                    Some("invalid_request") => {
-                        r#"Bearer realm="rustle", error="invalid_request""#
-                    }
+                    Some("invalid_request") => r#"Bearer realm="rustle", error="invalid_request""#,
                     Some(_) => r#"Bearer realm="rustle", error="invalid_token""#,
                     None => r#"Bearer realm="rustle""#,
                 };
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
             }
             Self::Forbidden { .. } => {
                 response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(r#"Bearer realm="rustle", error="insufficient_scope""#),
+                    HeaderValue::from_static(
+                        r#"Bearer realm="rustle", error="insufficient_scope""#,
+                    ),
                 );
             }
             Self::TooManyRequests { retry_after: secs }
@@ -367,7 +368,10 @@ mod tests {
                 },
                 Code::Forbidden,
             ),
-            (ApiError::TooManyRequests { retry_after: 2 }, Code::TooManyRequests),
+            (
+                ApiError::TooManyRequests { retry_after: 2 },
+                Code::TooManyRequests,
+            ),
             (ApiError::not_found("x", json!({})), Code::NotFound),
             (
                 ApiError::InsufficientStorage { limit: 1 },
@@ -414,7 +418,10 @@ mod tests {
                 .expect("ascii")
                 .to_owned()
         };
-        assert_eq!(challenge(Unauthenticated::Missing), r#"Bearer realm="rustle""#);
+        assert_eq!(
+            challenge(Unauthenticated::Missing),
+            r#"Bearer realm="rustle""#
+        );
         assert!(challenge(Unauthenticated::Malformed).ends_with(r#"error="invalid_request""#));
         assert!(challenge(Unauthenticated::Invalid).ends_with(r#"error="invalid_token""#));
         let limited = ApiError::TooManyRequests { retry_after: 3 }.into_response();

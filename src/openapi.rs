@@ -115,11 +115,12 @@ fn finish(mut doc: Document) -> Document {
         .flatten()
         {
             if guarded {
-                operation.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new::<
-                    &str,
-                    [&str; 0],
-                    &str,
-                >(SECURITY_SCHEME, [])]);
+                operation.security =
+                    Some(vec![utoipa::openapi::security::SecurityRequirement::new::<
+                        &str,
+                        [&str; 0],
+                        &str,
+                    >(SECURITY_SCHEME, [])]);
             }
             let auth_errors = if guarded { &AUTH_ERRORS[..] } else { &[] };
             for &(status, description) in shared_errors.iter().chain(auth_errors) {
@@ -179,7 +180,9 @@ type ApiRouter = utoipa_axum::router::OpenApiRouter<crate::state::AppState>;
 
 /// The routes with their collected document; `guard` adds the layers of the routes that
 /// need a caller (data and admin).
-pub fn parts(guard: impl FnOnce(ApiRouter) -> ApiRouter) -> (axum::Router<crate::state::AppState>, Document) {
+pub fn parts(
+    guard: impl FnOnce(ApiRouter) -> ApiRouter,
+) -> (axum::Router<crate::state::AppState>, Document) {
     let (router, doc) = ApiRouter::with_openapi(ApiDoc::openapi())
         .merge(guard(routes::guarded()))
         .merge(routes::open())

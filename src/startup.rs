@@ -91,7 +91,10 @@ pub fn build_state(config: Config, options: Options) -> Result<AppState, Startup
     let mode = config.backend_mode;
     let auth = crate::auth::Auth::new(&config, &(options.env)()).map_err(StartupError::Policy)?;
     let audit = crate::audit::Audit::open(&config.audit_log).map_err(|e| {
-        StartupError::Environment(format!("cannot open the audit log {:?}: {e}", config.audit_log))
+        StartupError::Environment(format!(
+            "cannot open the audit log {:?}: {e}",
+            config.audit_log
+        ))
     })?;
     // The backend is chosen once the journal is open: start with the mock.
     let mock = Arc::new(crate::backend::mock::MockBackend::new(Arc::clone(&store)));

@@ -357,11 +357,8 @@ mod tests {
     #[test]
     fn fixed_grants_allow_their_operations_on_matching_addresses_only() {
         let grants = [
-            Grant::parse(
-                ops(&[Op::Read, Op::Search]),
-                "ucxl://any:any@bzzz:any/**",
-            )
-            .expect("grant"),
+            Grant::parse(ops(&[Op::Read, Op::Search]), "ucxl://any:any@bzzz:any/**")
+                .expect("grant"),
             Grant::parse(ops(&[Op::Write]), "ucxl://claude:architect@bzzz:any/**").expect("grant"),
         ];
         let n = name("architect-bot");
@@ -386,9 +383,11 @@ mod tests {
 
     #[test]
     fn variables_expand_to_the_callers_identity() {
-        let grant =
-            Grant::parse(ops(&[Op::Write]), "ucxl://${claim.agent}:${claim.role}@any:any/**")
-                .expect("grant");
+        let grant = Grant::parse(
+            ops(&[Op::Write]),
+            "ucxl://${claim.agent}:${claim.role}@any:any/**",
+        )
+        .expect("grant");
         let n = name("user-1");
         let claims = json!({"agent": "claude", "role": "architect"});
         let p = Principal::new(
@@ -402,8 +401,8 @@ mod tests {
         );
         assert!(p.allows(Op::Write, &address("ucxl://claude:architect@p:t/x")));
         assert!(!p.allows(Op::Write, &address("ucxl://gpt:architect@p:t/x")));
-        let own = Grant::parse(ops(&[Op::Read]), "ucxl://${principal}:any@any:any/**")
-            .expect("grant");
+        let own =
+            Grant::parse(ops(&[Op::Read]), "ucxl://${principal}:any@any:any/**").expect("grant");
         let p = Principal::new(
             Kind::ApiKey,
             Identity {
@@ -450,8 +449,8 @@ mod tests {
         }
         // A principal name that is no component cannot use ${principal} grants.
         let spaced = name("has space");
-        let own = Grant::parse(ops(&[Op::Read]), "ucxl://${principal}:any@any:any/**")
-            .expect("grant");
+        let own =
+            Grant::parse(ops(&[Op::Read]), "ucxl://${principal}:any@any:any/**").expect("grant");
         let p = Principal::new(
             Kind::ApiKey,
             Identity {

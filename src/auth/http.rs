@@ -28,7 +28,11 @@ pub struct PeerAddr(pub std::net::SocketAddr);
 
 /// The layer: authenticates the request (401), takes it from the caller's rate (429) and
 /// hands the principal to the routes.
-pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let principal = {
         let config = state.config.load();
         state.auth.authenticate(

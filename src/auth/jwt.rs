@@ -253,7 +253,10 @@ impl Verifier {
             }
             None => validation.validate_aud = false,
         }
-        validation.required_spec_claims = required.into_iter().map(str::to_owned).collect::<HashSet<_>>();
+        validation.required_spec_claims = required
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<HashSet<_>>();
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
             .map_err(|e| JwtError::Rejected(e.to_string()))?;
         let claims = data.claims;
@@ -326,7 +329,9 @@ impl Verifier {
                     tracing::info!(url = %url, keys = keys.0.len(), "JWKS refreshed");
                     this.fetched.store(Arc::new(keys));
                 }
-                Err(e) => tracing::warn!(url = %url, error = %e, "JWKS refresh failed; keeping the keys held"),
+                Err(e) => {
+                    tracing::warn!(url = %url, error = %e, "JWKS refresh failed; keeping the keys held")
+                }
             }
             let period = this.settings.jwks_refresh;
             drop(this);
@@ -442,7 +447,10 @@ mod tests {
         let v = verifier();
         let mut expired = claims();
         expired["exp"] = json!(now() - 60);
-        assert!(matches!(v.verify(&hs(&expired)), Err(JwtError::Rejected(_))));
+        assert!(matches!(
+            v.verify(&hs(&expired)),
+            Err(JwtError::Rejected(_))
+        ));
         let mut within_leeway = claims();
         within_leeway["exp"] = json!(now() - 2);
         assert!(v.verify(&hs(&within_leeway)).is_ok(), "leeway applies");
@@ -540,7 +548,10 @@ mod tests {
         assert!(JwkKeys::parse("not json").is_err());
         assert!(JwkKeys::parse(r#"{"keys": []}"#).is_err());
         let oct = r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "h"}]}"#;
-        assert!(JwkKeys::parse(oct).is_err(), "symmetric keys are never JWKS keys here");
+        assert!(
+            JwkKeys::parse(oct).is_err(),
+            "symmetric keys are never JWKS keys here"
+        );
         assert!(JwkKeys::parse(&" ".repeat(MAX_JWKS_BYTES + 1)).is_err());
     }
 
@@ -569,8 +580,14 @@ mod tests {
         let v = jwks_verifier(false);
         let rs = EncodingKey::from_rsa_pem(RS_KEY.as_bytes()).expect("rsa key");
         let es = EncodingKey::from_ec_pem(ES_KEY.as_bytes()).expect("ec key");
-        assert!(v.verify(&signed(Algorithm::RS256, Some("rsa-1"), &rs)).is_ok());
-        assert!(v.verify(&signed(Algorithm::ES256, Some("ec-1"), &es)).is_ok());
+        assert!(
+            v.verify(&signed(Algorithm::RS256, Some("rsa-1"), &rs))
+                .is_ok()
+        );
+        assert!(
+            v.verify(&signed(Algorithm::ES256, Some("ec-1"), &es))
+                .is_ok()
+        );
         // Without a kid, the only key of the algorithm is used.
         assert!(v.verify(&signed(Algorithm::RS256, None, &rs)).is_ok());
         // A kid bound to another algorithm is not used.
@@ -580,7 +597,10 @@ mod tests {
         ));
         // A key the JWKS lacks.
         let other = EncodingKey::from_rsa_pem(OTHER_RS_KEY.as_bytes()).expect("rsa key");
-        assert!(v.verify(&signed(Algorithm::RS256, Some("rsa-1"), &other)).is_err());
+        assert!(
+            v.verify(&signed(Algorithm::RS256, Some("rsa-1"), &other))
+                .is_err()
+        );
         assert!(matches!(
             v.verify(&signed(Algorithm::RS256, Some("rsa-2"), &other)),
             Err(JwtError::UnknownKey(_))
@@ -612,7 +632,10 @@ mod tests {
                 base64::engine::general_purpose::URL_SAFE_NO_PAD
                     .encode(r#"{"alg":"RS256","kid":"rsa-1"}"#)
             },
-            hs(&claims()).split_once('.').map(|(_, rest)| rest).unwrap_or_default()
+            hs(&claims())
+                .split_once('.')
+                .map(|(_, rest)| rest)
+                .unwrap_or_default()
         );
         assert!(jwks_verifier(true).verify(&hs_as_rs).is_err());
     }

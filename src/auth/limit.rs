@@ -53,11 +53,15 @@ impl<C: Clock + Clone> Limiter<C> {
                 Some((held, bucket)) if *held == rate => Arc::clone(bucket),
                 _ => {
                     if buckets.len() >= MAX_CALLERS {
-                        tracing::warn!(callers = buckets.len(), "rate buckets start afresh: too many callers");
+                        tracing::warn!(
+                            callers = buckets.len(),
+                            "rate buckets start afresh: too many callers"
+                        );
                         buckets.clear();
                     }
                     let quota = Quota::per_second(rate.per_sec).allow_burst(rate.burst);
-                    let bucket = Arc::new(RateLimiter::direct_with_clock(quota, self.clock.clone()));
+                    let bucket =
+                        Arc::new(RateLimiter::direct_with_clock(quota, self.clock.clone()));
                     buckets.insert(caller.to_owned(), (rate, Arc::clone(&bucket)));
                     bucket
                 }
@@ -99,7 +103,10 @@ mod tests {
         }
         let wait = limiter.check("noisy", r).expect_err("bucket empty");
         assert_eq!(wait, Duration::from_millis(500));
-        assert!(limiter.check("quiet", r).is_ok(), "another caller is untouched");
+        assert!(
+            limiter.check("quiet", r).is_ok(),
+            "another caller is untouched"
+        );
         clock.advance(Duration::from_millis(500));
         assert!(limiter.check("noisy", r).is_ok());
         assert!(limiter.check("noisy", r).is_err());

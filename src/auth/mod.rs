@@ -237,7 +237,10 @@ impl Auth {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = jsonwebtoken::get_current_timestamp();
         {
-            let cache = self.jwt_cache.lock().unwrap_or_else(PoisonError::into_inner);
+            let cache = self
+                .jwt_cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if let Some(hit) = cache.get(&digest)
                 && now <= hit.valid_until
             {
@@ -252,7 +255,10 @@ impl Auth {
         let valid_until = verified
             .expires
             .saturating_add(verifier.settings().leeway_seconds);
-        let mut cache = self.jwt_cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self
+            .jwt_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= JWT_CACHE_MAX {
             cache.clear();
         }
@@ -287,9 +293,10 @@ impl Auth {
 }
 
 fn anonymous_rate(config: &Config) -> Option<Rate> {
-    config
-        .anonymous_rate_per_sec
-        .map(|per_sec| Rate { per_sec, burst: per_sec })
+    config.anonymous_rate_per_sec.map(|per_sec| Rate {
+        per_sec,
+        burst: per_sec,
+    })
 }
 
 fn load(path: &Path, env: &HashMap<String, String>) -> Result<Current, Vec<String>> {
@@ -387,7 +394,11 @@ mod tests {
             "abc",
             "Bearer =abc",
         ] {
-            assert_eq!(bearer(&value(bad)), Err(Unauthenticated::Malformed), "{bad:?}");
+            assert_eq!(
+                bearer(&value(bad)),
+                Err(Unauthenticated::Malformed),
+                "{bad:?}"
+            );
         }
         let huge = format!("Bearer {}", "a".repeat(MAX_AUTHORIZATION_BYTES));
         assert_eq!(bearer(&value(&huge)), Err(Unauthenticated::Malformed));
@@ -404,7 +415,10 @@ mod tests {
         let name = ucxl::PrincipalName::parse("bot \"one\"").expect("name");
         let text = new_key_text(&name, &a);
         let policy_part = text.split("[[principals]]").nth(1).expect("policy lines");
-        assert!(!policy_part.contains(&a), "the policy lines never hold the key");
+        assert!(
+            !policy_part.contains(&a),
+            "the policy lines never hold the key"
+        );
         assert!(policy_part.contains(&hex::encode(policy::key_digest(&a))));
         let parsed: toml::Table = format!("[[principals]]{policy_part}")
             .parse()

@@ -88,7 +88,9 @@ impl FromStr for Op {
             .into_iter()
             .find(|op| op.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown operation {s:?} (expected read, search, write, delete, watch or admin)")
+                format!(
+                    "unknown operation {s:?} (expected read, search, write, delete, watch or admin)"
+                )
             })
     }
 }
@@ -101,10 +103,7 @@ impl Ops {
     /// Every operation but `admin`: what an anonymous caller may do when auth is off.
     #[must_use]
     pub fn data() -> Self {
-        Op::ALL
-            .into_iter()
-            .filter(|op| *op != Op::Admin)
-            .collect()
+        Op::ALL.into_iter().filter(|op| *op != Op::Admin).collect()
     }
 
     /// True when `op` is in the set.

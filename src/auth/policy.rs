@@ -149,8 +149,13 @@ impl Policy {
     ///
     /// # Errors
     /// Every problem, one line each.
-    pub fn parse(text: &str, base: &Path, env: &HashMap<String, String>) -> Result<Self, Vec<String>> {
-        let file: File = toml::from_str(text).map_err(|e| vec![format!("not a valid policy: {}", e.message())])?;
+    pub fn parse(
+        text: &str,
+        base: &Path,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, Vec<String>> {
+        let file: File = toml::from_str(text)
+            .map_err(|e| vec![format!("not a valid policy: {}", e.message())])?;
         let mut problems = Vec::new();
         let mut roles = HashMap::new();
         for (name, entry) in &file.roles {
@@ -172,7 +177,12 @@ impl Policy {
                     Err(e) => problems.push(format!("{what}: {e}")),
                 }
             }
-            let rate = rate(entry.rate_per_sec, entry.burst, &format!("roles.{name}"), &mut problems);
+            let rate = rate(
+                entry.rate_per_sec,
+                entry.burst,
+                &format!("roles.{name}"),
+                &mut problems,
+            );
             roles.insert(name.clone(), Role { grants, rate });
         }
         let mut keys = HashMap::new();
@@ -191,7 +201,9 @@ impl Policy {
             }
             for role in &entry.roles {
                 if !roles.contains_key(role) {
-                    problems.push(format!("{what}: role {role:?} is not defined under [roles]"));
+                    problems.push(format!(
+                        "{what}: role {role:?} is not defined under [roles]"
+                    ));
                 }
             }
             let digest = match hex::decode(entry.key_sha256.trim()) {
@@ -212,7 +224,9 @@ impl Policy {
                 continue;
             };
             if keys.contains_key(&digest) {
-                problems.push(format!("{what}: the same key is given to another principal"));
+                problems.push(format!(
+                    "{what}: the same key is given to another principal"
+                ));
                 continue;
             }
             let rate = own.or_else(|| best_rate(&roles, &entry.roles));
@@ -454,7 +468,11 @@ audience = "rustle"
         assert!(!bot.may(Op::Admin));
         let ops = p.by_key("key-two").expect("known key");
         assert!(ops.may(Op::Admin));
-        assert_eq!(ops.rate().map(|r| r.per_sec.get()), Some(5), "the role's rate");
+        assert_eq!(
+            ops.rate().map(|r| r.per_sec.get()),
+            Some(5),
+            "the role's rate"
+        );
         assert!(p.by_key("key-three").is_none());
         assert!(p.by_key("").is_none());
         assert!(p.has_admins());
@@ -545,8 +563,12 @@ hs256_secret_env = "SHORT"
         let env: HashMap<String, String> = [("SHORT".to_owned(), "tiny".to_owned())].into();
         let e = Policy::parse(short, Path::new("."), &env).expect_err("short secret");
         assert!(e[0].contains("shorter than 32 bytes"), "{e:?}");
-        assert!(policy("[jwt]\n").is_err(), "a [jwt] table needs a key source");
-        let e = policy("[jwt]\njwks_file = \"/nonexistent/jwks.json\"\n").expect_err("missing file");
+        assert!(
+            policy("[jwt]\n").is_err(),
+            "a [jwt] table needs a key source"
+        );
+        let e =
+            policy("[jwt]\njwks_file = \"/nonexistent/jwks.json\"\n").expect_err("missing file");
         assert!(e[0].contains("jwks_file"), "{e:?}");
         assert!(policy("").expect("an empty policy is valid").principals() == 0);
     }

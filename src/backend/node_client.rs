@@ -156,9 +156,13 @@ impl ClientSettings {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = &self.ca {
             let mut added = 0;
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| fail("RUSTLE_BZZZ_CA", path, &e))? {
+            for cert in
+                CertificateDer::pem_file_iter(path).map_err(|e| fail("RUSTLE_BZZZ_CA", path, &e))?
+            {
                 let cert = cert.map_err(|e| fail("RUSTLE_BZZZ_CA", path, &e))?;
-                roots.add(cert).map_err(|e| fail("RUSTLE_BZZZ_CA", path, &e))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| fail("RUSTLE_BZZZ_CA", path, &e))?;
                 added += 1;
             }
             if added == 0 {
@@ -178,13 +182,19 @@ impl ClientSettings {
                     .and_then(Iterator::collect::<Result<Vec<_>, _>>)
                     .map_err(|e| fail("RUSTLE_BZZZ_CLIENT_CERT", cert, &e))?;
                 if chain.is_empty() {
-                    return Err(fail("RUSTLE_BZZZ_CLIENT_CERT", cert, &"holds no certificate"));
+                    return Err(fail(
+                        "RUSTLE_BZZZ_CLIENT_CERT",
+                        cert,
+                        &"holds no certificate",
+                    ));
                 }
                 let key = PrivateKeyDer::from_pem_file(key)
                     .map_err(|e| fail("RUSTLE_BZZZ_CLIENT_KEY", key, &e))?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| ClientError(format!("the client certificate and key do not go together: {e}")))
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    ClientError(format!(
+                        "the client certificate and key do not go together: {e}"
+                    ))
+                })
             }
         }
     }
@@ -241,7 +251,9 @@ impl NodeClient {
             None => None,
             Some(token) => {
                 let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                    .map_err(|_| ClientError("RUSTLE_BZZZ_TOKEN is not a valid header value".into()))?;
+                    .map_err(|_| {
+                        ClientError("RUSTLE_BZZZ_TOKEN is not a valid header value".into())
+                    })?;
                 value.set_sensitive(true);
                 Some(value)
             }

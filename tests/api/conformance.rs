@@ -252,6 +252,41 @@ pub async fn history_lists_versions_oldest_first(b: Arc<dyn Backend>) {
     assert!(h.versions[0].created_at < h.versions[1].created_at);
 }
 
+/// The writer the gateway authenticated is stored with the version and returned by
+/// every read; the first write of an id keeps its writer when a retry names another.
+pub async fn writers_are_recorded(b: Arc<dyn Backend>) {
+    let a = format!("ucxl://claude:architect@{}:t/decisions/w.json", project());
+    let by = |name: &str| Some(ucxl::PrincipalName::parse(name).expect("name"));
+    let mut first = new(Some("w-1"), json!({"n": 1}));
+    first.written_by = by("architect-bot");
+    let written = b.put(&call(), &addr(&a), first).await.expect("put").value;
+    assert_eq!(written.envelope.written_by, by("architect-bot"));
+    let got = b.get(&call(), &addr(&a)).await.expect("get").value;
+    assert_eq!(got.written_by, by("architect-bot"));
+    // An anonymous write records nobody.
+    let second = put(&*b, &a, json!({"n": 2})).await;
+    assert_eq!(second.written_by, None);
+    // A retry of the first id by someone else changes nothing.
+    let mut retry = new(Some("w-1"), json!({"n": 1}));
+    retry.written_by = by("impostor");
+    let again = b.put(&call(), &addr(&a), retry).await.expect("retry").value;
+    assert!(!again.created);
+    assert_eq!(again.envelope.written_by, by("architect-bot"));
+    let history = b.history(&call(), &addr(&a)).await.expect("history").value;
+    let writers: Vec<_> = history
+        .versions
+        .iter()
+        .map(|v| v.written_by.clone())
+        .collect();
+    assert_eq!(writers, [by("architect-bot"), None]);
+    let first_version = b
+        .get(&call(), &addr(&a).with_temporal(ucxl::Temporal::First))
+        .await
+        .expect("get")
+        .value;
+    assert_eq!(first_version.written_by, by("architect-bot"));
+}
+
 #[allow(clippy::too_many_lines)]
 pub async fn search_matches_sorts_pages_and_filters(b: Arc<dyn Backend>) {
     let p = project();
@@ -443,6 +478,7 @@ macro_rules! conformance_suite {
                 history_lists_versions_oldest_first,
                 search_matches_sorts_pages_and_filters,
                 concurrent_writes_all_land_with_distinct_versions,
+                writers_are_recorded,
             );
         }
     };
@@ -480,6 +516,7 @@ pub async fn run_all(b: &Arc<dyn Backend>) {
     history_lists_versions_oldest_first(Arc::clone(b)).await;
     search_matches_sorts_pages_and_filters(Arc::clone(b)).await;
     concurrent_writes_all_land_with_distinct_versions(Arc::clone(b)).await;
+    writers_are_recorded(Arc::clone(b)).await;
 }
 
 mod cluster_backends {
@@ -497,16 +534,30 @@ mod cluster_backends {
     use crate::nodes::Cluster as Nodes;
     use crate::resilience::cluster_config;
 
+    /// The cluster token and swarm key of the closed clusters the suite runs against.
+    const TOKEN: &str = "conformance-cluster-token-0123456789";
+    const SWARM_KEY: &str = "5f1e0c6a8d2b4f7e9a3c1b0d8e6f4a2c7b9d1e3f5a7c9e0b2d4f6a8c0e2b4d6f";
+
+    /// Three nodes with an API token and a swarm key: the gateway must present the token.
+    async fn closed_nodes() -> Nodes {
+        Nodes::start_with(
+            3,
+            &[("BZZZ_API_TOKEN", TOKEN), ("BZZZ_SWARM_KEY", SWARM_KEY)],
+        )
+        .await
+    }
+
     fn cluster(nodes: &Nodes, mode: BackendMode) -> (Arc<Cluster>, Arc<LocalStore>) {
         let urls: Vec<String> = nodes.nodes.iter().map(|n| n.url("")).collect();
-        let config = cluster_config(&urls, mode);
+        let mut config = cluster_config(&urls, mode);
+        config.bzzz_token = Some(crate::admin::secret(TOKEN));
         let cluster = Cluster::new(&config, Jitters::default()).expect("client");
         (Arc::new(cluster), Arc::new(LocalStore::new(100_000)))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn real_backend_over_three_nodes() {
-        let nodes = Nodes::start(3).await;
+        let nodes = closed_nodes().await;
         let (cluster, store) = cluster(&nodes, BackendMode::Real);
         let backend: Arc<dyn Backend> = Arc::new(RealBackend::new(cluster, store));
         super::run_all(&backend).await;
@@ -514,7 +565,7 @@ mod cluster_backends {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn hybrid_backend_over_three_nodes() {
-        let nodes = Nodes::start(3).await;
+        let nodes = closed_nodes().await;
         let (cluster, store) = cluster(&nodes, BackendMode::Hybrid);
         let dir = tempfile::tempdir().expect("tempdir");
         let journal = Journal::open(dir.path()).expect("journal");

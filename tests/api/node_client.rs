@@ -20,7 +20,10 @@ struct Content {
 }
 
 async fn attempt(endpoint: &EndpointUrl, timeout: Duration) -> Result<Answer<Data>, AttemptError> {
-    let client = NodeClient::new(&rustle_gateway::backend::node_client::ClientSettings::plain(Duration::from_millis(250))).expect("client");
+    let client = NodeClient::new(
+        &rustle_gateway::backend::node_client::ClientSettings::plain(Duration::from_millis(250)),
+    )
+    .expect("client");
     let spec = AttemptSpec {
         endpoint,
         request_id: "test",

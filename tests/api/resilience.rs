@@ -606,3 +606,27 @@ async fn a_down_endpoint_that_passes_is_confirmed_without_waiting_a_whole_interv
         2
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_refuses_the_gateways_token_is_the_gateways_failure_not_the_clients() {
+    const TOKEN: &str = "the-right-cluster-token-0123";
+    let node = NodeProc::start("closed", &[], None, &[("BZZZ_API_TOKEN", TOKEN)]).await;
+    // Without the token: the node's 401 is no answer for the client (503, naming why).
+    let app = gateway_over(&node.url(""), BackendMode::Real).await;
+    let (status, body) = json(app.put(&format!("{A}closed"), json!({"content": 1})).await).await;
+    assert_error(status, &body, "UCXL-503-SERVICE_UNAVAILABLE");
+    let why = body["error"]["details"]["endpoints"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        why.contains("refused the gateway's credentials (401)"),
+        "{body}"
+    );
+    // With it: served.
+    let mut config = cluster_config(&[node.url("")], BackendMode::Real);
+    config.bzzz_token = Some(crate::admin::secret(TOKEN));
+    let app = gateway(config).await;
+    let response = app.put(&format!("{A}closed"), json!({"content": 1})).await;
+    assert_eq!(response.status(), 201);
+}

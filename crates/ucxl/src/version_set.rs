@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 
 use crate::address::Temporal;
 use crate::envelope::{
-    ContentHash, EnvelopeId, PrincipalName, Version, VersionSummary, content_digest, normalise_time,
-    rfc3339,
+    ContentHash, EnvelopeId, PrincipalName, Version, VersionSummary, content_digest,
+    normalise_time, rfc3339,
 };
 
 /// A delete: versions before it are no longer visible; a later put starts a new history.
