@@ -255,7 +255,7 @@ impl Application {
         tracing::info!(addr = %self.addr, mode = %self.state.active.load().mode, "listening");
         let app = router(self.state);
         let serve = ucxl_service::serve::serve(
-            self.listener,
+            ucxl_service::serve::Listener::plain(self.listener),
             app,
             ucxl_service::serve::Limits {
                 header_read_timeout,

@@ -174,7 +174,7 @@ impl Node {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let app = api::router(self.state);
         let served = ucxl_service::serve::serve(
-            self.listener,
+            ucxl_service::serve::Listener::plain(self.listener),
             app,
             ucxl_service::serve::Limits::default(),
             self.shutdown.clone().cancelled_owned(),

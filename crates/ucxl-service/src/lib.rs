@@ -14,6 +14,7 @@ pub mod observe;
 pub mod reply;
 pub mod request_id;
 pub mod serve;
+pub mod tls;
 
 pub use body::{BodyError, is_json, parse_json, query, read_json};
 pub use errors::{ErrorReport, Source};
