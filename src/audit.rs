@@ -298,7 +298,7 @@ fn flush(
         let _ = done.send(
             result
                 .as_ref()
-                .map(|()| ())
+                .copied()
                 .map_err(|e| io::Error::new(e.kind(), e.to_string())),
         );
     }

@@ -188,6 +188,15 @@ pub async fn reload(state: &AppState) -> Result<ReloadReport, ControlError> {
         });
         new.audit_log.clone_from(&old.audit_log);
     }
+    if let Some(tls) = &state.tls
+        && let Err(e) = tls.reload()
+    {
+        tracing::error!(error = %e, "TLS certificate not reloaded; the current one stays");
+        report.not_applied.push(NotApplied {
+            key: "tls_cert".into(),
+            reason: e.to_string(),
+        });
+    }
     if let Some(verifier) = state.auth.install(prepared, &new) {
         tokio::spawn(verifier.refresh_jwks(state.background.clone()));
     }

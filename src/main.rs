@@ -98,7 +98,11 @@ fn main() -> ExitCode {
         Err(p) => return config_error(&p.0),
     };
     if let Some(Command::Healthcheck) = cli.command {
-        return if ucxl_service::lifecycle::probe(config.listen_addr, "/ready") {
+        return if ucxl_service::lifecycle::probe(
+            config.listen_addr,
+            "/ready",
+            config.tls_cert.is_some(),
+        ) {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
@@ -142,7 +146,9 @@ async fn serve(
     };
     let app = match Application::build(config, options).await {
         Ok(app) => app,
-        Err(e @ StartupError::Mode(_)) => return config_error(&[e.to_string()]),
+        Err(e @ (StartupError::Mode(_) | StartupError::Tls(_))) => {
+            return config_error(&[e.to_string()]);
+        }
         Err(StartupError::Policy(problems)) => return config_error(&problems),
         Err(e @ (StartupError::Bind { .. } | StartupError::Environment(_))) => {
             tracing::error!(error = %e, "cannot start");

@@ -59,6 +59,9 @@ pub enum StartupError {
     /// The journal or the HTTP client could not be set up.
     #[error("{0}")]
     Environment(String),
+    /// The TLS certificate or key cannot be used.
+    #[error("RUSTLE_TLS_CERT/RUSTLE_TLS_KEY: {0}")]
+    Tls(#[from] ucxl_service::tls::TlsError),
     /// The policy file is invalid (one line per problem).
     #[error("{}", .0.join("\n"))]
     Policy(Vec<String>),
@@ -90,6 +93,16 @@ pub fn build_state(config: Config, options: Options) -> Result<AppState, Startup
             .exists();
     let mode = config.backend_mode;
     let auth = crate::auth::Auth::new(&config, &(options.env)()).map_err(StartupError::Policy)?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(ucxl_service::tls::ServerTls::load(
+            &ucxl_service::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: None,
+            },
+        )?),
+        _ => None,
+    };
     let audit = crate::audit::Audit::open(&config.audit_log).map_err(|e| {
         StartupError::Environment(format!(
             "cannot open the audit log {:?}: {e}",
@@ -116,6 +129,7 @@ pub fn build_state(config: Config, options: Options) -> Result<AppState, Startup
         admin_lock: tokio::sync::Mutex::new(()),
         auth,
         audit,
+        tls,
         started_at: Utc::now(),
         started: Instant::now(),
     });
@@ -253,9 +267,13 @@ impl Application {
             recovery.start(&background);
         }
         tracing::info!(addr = %self.addr, mode = %self.state.active.load().mode, "listening");
+        let listener = match self.state.tls.clone() {
+            Some(tls) => ucxl_service::serve::Listener::tls(self.listener, tls),
+            None => ucxl_service::serve::Listener::plain(self.listener),
+        };
         let app = router(self.state);
         let serve = ucxl_service::serve::serve(
-            ucxl_service::serve::Listener::plain(self.listener),
+            listener,
             app,
             ucxl_service::serve::Limits {
                 header_read_timeout,

@@ -69,6 +69,8 @@ pub struct Shared {
     pub auth: crate::auth::Auth,
     /// The audit log.
     pub audit: crate::audit::Audit,
+    /// The HTTPS certificate, when the API is served over TLS (re-read on reload).
+    pub tls: Option<ucxl_service::tls::ServerTls>,
     /// Wall-clock start time.
     pub started_at: DateTime<Utc>,
     /// Monotonic start time.

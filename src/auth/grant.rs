@@ -321,8 +321,8 @@ impl Principal {
 
 /// The roles a principal names, looked up in the policy's roles (a role the policy lacks
 /// grants nothing).
-pub fn grants_of<'a>(
-    roles: &'a HashMap<String, super::policy::Role>,
+pub fn grants_of<'a, H: std::hash::BuildHasher>(
+    roles: &'a HashMap<String, super::policy::Role, H>,
     names: &'a [String],
 ) -> impl Iterator<Item = &'a Grant> + 'a {
     names

@@ -22,10 +22,6 @@ use crate::state::AppState;
 #[derive(Debug, Clone)]
 pub struct Caller(pub Arc<Principal>);
 
-/// The client's address, when the server recorded it (anonymous rates are per address).
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub std::net::SocketAddr);
-
 /// The layer: authenticates the request (401), takes it from the caller's rate (429) and
 /// hands the principal to the routes.
 pub async fn authenticate(
@@ -50,7 +46,7 @@ pub async fn authenticate(
     }
     let peer = request
         .extensions()
-        .get::<PeerAddr>()
+        .get::<ucxl_service::serve::PeerAddr>()
         .map(|p| p.0.ip().to_string());
     let caller = peer.as_deref().unwrap_or(super::grant::ANONYMOUS);
     if let Err(retry_after) = state.auth.admit(&principal, caller) {

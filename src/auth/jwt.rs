@@ -110,14 +110,13 @@ impl JwkKeys {
     /// without a key id, the only key of that algorithm.
     fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<&DecodingKey> {
         let mut of_alg = self.0.iter().filter(|k| k.alg == alg);
-        match kid {
-            Some(kid) => of_alg
+        if let Some(kid) = kid {
+            of_alg
                 .find(|k| k.kid.as_deref() == Some(kid))
-                .map(|k| &k.key),
-            None => {
-                let first = of_alg.next()?;
-                of_alg.next().is_none().then_some(&first.key)
-            }
+                .map(|k| &k.key)
+        } else {
+            let first = of_alg.next()?;
+            of_alg.next().is_none().then_some(&first.key)
         }
     }
 }
@@ -229,13 +228,13 @@ impl Verifier {
                 .hs256
                 .as_ref()
                 .ok_or_else(|| JwtError::Algorithm("HS256".into()))?,
-            Algorithm::RS256 | Algorithm::ES256 => match keys.find(kid, header.alg) {
-                Some(key) => key,
-                None => {
+            Algorithm::RS256 | Algorithm::ES256 => {
+                let Some(key) = keys.find(kid, header.alg) else {
                     self.unknown_key();
                     return Err(JwtError::UnknownKey(kid.map(str::to_owned)));
-                }
-            },
+                };
+                key
+            }
             other => return Err(JwtError::Algorithm(format!("{other:?}"))),
         };
         let mut validation = Validation::new(header.alg);
@@ -330,7 +329,7 @@ impl Verifier {
                     this.fetched.store(Arc::new(keys));
                 }
                 Err(e) => {
-                    tracing::warn!(url = %url, error = %e, "JWKS refresh failed; keeping the keys held")
+                    tracing::warn!(url = %url, error = %e, "JWKS refresh failed; keeping the keys held");
                 }
             }
             let period = this.settings.jwks_refresh;

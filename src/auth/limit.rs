@@ -17,12 +17,14 @@ use super::grant::Rate;
 const MAX_CALLERS: usize = 65_536;
 
 type Bucket<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+/// Each caller's rate and bucket.
+type Buckets<C> = HashMap<String, (Rate, Arc<Bucket<C>>)>;
 
 /// One token bucket per caller.
 #[derive(Debug)]
 pub struct Limiter<C: Clock = DefaultClock> {
     clock: C,
-    buckets: Mutex<HashMap<String, (Rate, Arc<Bucket<C>>)>>,
+    buckets: Mutex<Buckets<C>>,
 }
 
 impl Default for Limiter<DefaultClock> {
@@ -123,7 +125,7 @@ mod tests {
     #[test]
     fn retry_after_rounds_up() {
         assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
-        assert_eq!(retry_after_secs(Duration::from_millis(1000)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(1)), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
         assert_eq!(retry_after_secs(Duration::ZERO), 1);
     }

@@ -247,12 +247,12 @@ impl Auth {
                 return Ok(Arc::clone(&hit.principal));
             }
         }
-        let verified = verifier.verify(token).map_err(|e| {
+        let claims = verifier.verify(token).map_err(|e| {
             tracing::info!(error = %e, "a JWT was refused");
             Unauthenticated::Invalid
         })?;
-        let principal = Arc::new(policy.jwt_principal(&verified));
-        let valid_until = verified
+        let principal = Arc::new(policy.jwt_principal(&claims));
+        let valid_until = claims
             .expires
             .saturating_add(verifier.settings().leeway_seconds);
         let mut cache = self

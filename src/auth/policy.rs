@@ -157,90 +157,8 @@ impl Policy {
         let file: File = toml::from_str(text)
             .map_err(|e| vec![format!("not a valid policy: {}", e.message())])?;
         let mut problems = Vec::new();
-        let mut roles = HashMap::new();
-        for (name, entry) in &file.roles {
-            let mut grants = Vec::new();
-            for (i, g) in entry.grants.iter().enumerate() {
-                let what = format!("roles.{name}.grants[{i}]");
-                let mut ops = Ops::default();
-                for op in &g.ops {
-                    match op.parse::<Op>() {
-                        Ok(op) => ops.insert(op),
-                        Err(e) => problems.push(format!("{what}: {e}")),
-                    }
-                }
-                if g.ops.is_empty() {
-                    problems.push(format!("{what}: ops is empty"));
-                }
-                match Grant::parse(ops, &g.pattern) {
-                    Ok(grant) => grants.push(grant),
-                    Err(e) => problems.push(format!("{what}: {e}")),
-                }
-            }
-            let rate = rate(
-                entry.rate_per_sec,
-                entry.burst,
-                &format!("roles.{name}"),
-                &mut problems,
-            );
-            roles.insert(name.clone(), Role { grants, rate });
-        }
-        let mut keys = HashMap::new();
-        let mut names = HashSet::new();
-        for (i, entry) in file.principals.iter().enumerate() {
-            let what = format!("principals[{i}] ({:?})", entry.name);
-            let name = match PrincipalName::parse(&entry.name) {
-                Ok(n) => Some(n),
-                Err(e) => {
-                    problems.push(format!("{what}: {e}"));
-                    None
-                }
-            };
-            if !names.insert(entry.name.clone()) {
-                problems.push(format!("{what}: the name is used twice"));
-            }
-            for role in &entry.roles {
-                if !roles.contains_key(role) {
-                    problems.push(format!(
-                        "{what}: role {role:?} is not defined under [roles]"
-                    ));
-                }
-            }
-            let digest = match hex::decode(entry.key_sha256.trim()) {
-                Ok(bytes) if bytes.len() == 32 => {
-                    let mut d = [0u8; 32];
-                    d.copy_from_slice(&bytes);
-                    Some(d)
-                }
-                _ => {
-                    problems.push(format!(
-                        "{what}: key_sha256 is not 64 hex digits (the SHA-256 of the key; `rustle-gateway auth new-key` prints it)"
-                    ));
-                    None
-                }
-            };
-            let own = rate(entry.rate_per_sec, entry.burst, &what, &mut problems);
-            let (Some(name), Some(digest)) = (name, digest) else {
-                continue;
-            };
-            if keys.contains_key(&digest) {
-                problems.push(format!(
-                    "{what}: the same key is given to another principal"
-                ));
-                continue;
-            }
-            let rate = own.or_else(|| best_rate(&roles, &entry.roles));
-            let principal = Principal::new(
-                Kind::ApiKey,
-                Identity {
-                    name: &name,
-                    claims: None,
-                },
-                grants_of(&roles, &entry.roles),
-                rate,
-            );
-            keys.insert(digest, Arc::new(principal));
-        }
+        let roles = parse_roles(&file.roles, &mut problems);
+        let keys = parse_principals(&file.principals, &roles, &mut problems);
         let jwt = file
             .jwt
             .as_ref()
@@ -304,6 +222,108 @@ impl Policy {
     pub fn principals(&self) -> usize {
         self.keys.len()
     }
+}
+
+/// The `[roles]` table, with a problem for each bad operation or pattern.
+fn parse_roles(
+    entries: &BTreeMap<String, RoleEntry>,
+    problems: &mut Vec<String>,
+) -> HashMap<String, Role> {
+    let mut roles = HashMap::new();
+    for (name, entry) in entries {
+        let mut grants = Vec::new();
+        for (i, g) in entry.grants.iter().enumerate() {
+            let what = format!("roles.{name}.grants[{i}]");
+            let mut ops = Ops::default();
+            for op in &g.ops {
+                match op.parse::<Op>() {
+                    Ok(op) => ops.insert(op),
+                    Err(e) => problems.push(format!("{what}: {e}")),
+                }
+            }
+            if g.ops.is_empty() {
+                problems.push(format!("{what}: ops is empty"));
+            }
+            match Grant::parse(ops, &g.pattern) {
+                Ok(grant) => grants.push(grant),
+                Err(e) => problems.push(format!("{what}: {e}")),
+            }
+        }
+        let rate = rate(
+            entry.rate_per_sec,
+            entry.burst,
+            &format!("roles.{name}"),
+            problems,
+        );
+        roles.insert(name.clone(), Role { grants, rate });
+    }
+    roles
+}
+
+/// The `[[principals]]`, keyed by the SHA-256 of their keys, with a problem for each bad
+/// name, digest, role or rate.
+fn parse_principals(
+    entries: &[PrincipalEntry],
+    roles: &HashMap<String, Role>,
+    problems: &mut Vec<String>,
+) -> HashMap<[u8; 32], Arc<Principal>> {
+    let mut keys = HashMap::new();
+    let mut names = HashSet::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let what = format!("principals[{i}] ({:?})", entry.name);
+        let name = match PrincipalName::parse(&entry.name) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                problems.push(format!("{what}: {e}"));
+                None
+            }
+        };
+        if !names.insert(entry.name.clone()) {
+            problems.push(format!("{what}: the name is used twice"));
+        }
+        for role in &entry.roles {
+            if !roles.contains_key(role) {
+                problems.push(format!(
+                    "{what}: role {role:?} is not defined under [roles]"
+                ));
+            }
+        }
+        let digest = match hex::decode(entry.key_sha256.trim()) {
+            Ok(bytes) if bytes.len() == 32 => {
+                let mut d = [0u8; 32];
+                d.copy_from_slice(&bytes);
+                Some(d)
+            }
+            _ => {
+                problems.push(format!(
+                        "{what}: key_sha256 is not 64 hex digits (the SHA-256 of the key; `rustle-gateway auth new-key` prints it)"
+                    ));
+                None
+            }
+        };
+        let own = rate(entry.rate_per_sec, entry.burst, &what, problems);
+        let (Some(name), Some(digest)) = (name, digest) else {
+            continue;
+        };
+        if keys.contains_key(&digest) {
+            problems.push(format!(
+                "{what}: the same key is given to another principal"
+            ));
+            continue;
+        }
+        let rate = own.or_else(|| best_rate(roles, &entry.roles));
+        let principal = Principal::new(
+            Kind::ApiKey,
+            Identity {
+                name: &name,
+                claims: None,
+            },
+            grants_of(roles, &entry.roles),
+            rate,
+        );
+        keys.insert(digest, Arc::new(principal));
+    }
+    keys
 }
 
 /// The highest rate among `names`' roles (unlimited when none sets one).

@@ -15,4 +15,5 @@ mod ops;
 mod process;
 mod resilience;
 mod search;
+mod tls;
 mod wire;

@@ -44,6 +44,9 @@ pub struct NodeConfig {
     /// `BZZZ_SWARM_KEY` or `BZZZ_SWARM_KEY_FILE`: the pre-shared key of a private libp2p
     /// network; peers without it cannot connect.
     pub swarm_key: Option<PreSharedKey>,
+    /// `BZZZ_TLS_CERT`, `BZZZ_TLS_KEY` and optionally `BZZZ_TLS_CLIENT_CA`: serve the API
+    /// over HTTPS (and require client certificates signed by the CA: mTLS).
+    pub tls: Option<ucxl_service::tls::TlsFiles>,
 }
 
 /// Shortest accepted API token: 16 characters (`openssl rand -hex 32` gives 64).
@@ -227,6 +230,7 @@ impl NodeConfig {
         let node_name = r.text("BZZZ_NODE_NAME", "bzzz");
         let api_token = r.api_token();
         let swarm_key = r.swarm_key();
+        let tls = r.tls();
         match (http_addr, p2p_addr) {
             (Some(http_addr), Some(p2p_addr)) if r.problems.is_empty() => Ok(Self {
                 http_addr,
@@ -241,6 +245,7 @@ impl NodeConfig {
                 log_json,
                 api_token,
                 swarm_key,
+                tls,
             }),
             _ => Err(r.problems),
         }
@@ -257,6 +262,41 @@ impl NodeConfig {
 struct Reader<'a> {
     env: &'a HashMap<String, String>,
     problems: Vec<String>,
+}
+
+impl Reader<'_> {
+    /// The TLS files: a certificate and key together, a client CA only with them.
+    fn tls(&mut self) -> Option<ucxl_service::tls::TlsFiles> {
+        let path = |key: &str| {
+            Some(self.text(key, ""))
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let (cert, key, ca) = (
+            path("BZZZ_TLS_CERT"),
+            path("BZZZ_TLS_KEY"),
+            path("BZZZ_TLS_CLIENT_CA"),
+        );
+        match (cert, key) {
+            (Some(cert), Some(key)) => Some(ucxl_service::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: ca,
+            }),
+            (None, None) => {
+                if ca.is_some() {
+                    self.problems
+                        .push("BZZZ_TLS_CLIENT_CA: needs BZZZ_TLS_CERT and BZZZ_TLS_KEY".into());
+                }
+                None
+            }
+            _ => {
+                self.problems
+                    .push("BZZZ_TLS_CERT, BZZZ_TLS_KEY: set together or not at all".into());
+                None
+            }
+        }
+    }
 }
 
 impl Reader<'_> {

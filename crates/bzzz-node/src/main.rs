@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         .is_some_and(|a| a == "--help" || a == "-h")
     {
         println!(
-            "bzzz-node [healthcheck]: configured by BZZZ_HTTP_ADDR, BZZZ_P2P_ADDR, BZZZ_BOOTSTRAP_PEERS, BZZZ_DATA_DIR, BZZZ_REPLICATION_FACTOR, BZZZ_NODE_NAME, BZZZ_MAX_BODY_BYTES, BZZZ_MAX_RECORD_BYTES, BZZZ_REQUEST_TIMEOUT_MS, BZZZ_LOG_FORMAT, BZZZ_API_TOKEN (bearer token for every route but /health and /metrics), BZZZ_SWARM_KEY or BZZZ_SWARM_KEY_FILE (pre-shared key of a private libp2p network; 64 hex characters or a swarm.key file), RUST_LOG (see the README)"
+            "bzzz-node [healthcheck]: configured by BZZZ_HTTP_ADDR, BZZZ_P2P_ADDR, BZZZ_BOOTSTRAP_PEERS, BZZZ_DATA_DIR, BZZZ_REPLICATION_FACTOR, BZZZ_NODE_NAME, BZZZ_MAX_BODY_BYTES, BZZZ_MAX_RECORD_BYTES, BZZZ_REQUEST_TIMEOUT_MS, BZZZ_LOG_FORMAT, BZZZ_API_TOKEN (bearer token for every route but /health and /metrics), BZZZ_SWARM_KEY or BZZZ_SWARM_KEY_FILE (pre-shared key of a private libp2p network; 64 hex characters or a swarm.key file), BZZZ_TLS_CERT and BZZZ_TLS_KEY (serve HTTPS; SIGHUP re-reads them), BZZZ_TLS_CLIENT_CA (require client certificates it signed), RUST_LOG (see the README)"
         );
         return ExitCode::SUCCESS;
     }
@@ -38,7 +38,8 @@ fn main() -> ExitCode {
     };
     if std::env::args().nth(1).is_some_and(|a| a == "healthcheck") {
         // A container healthcheck: this host's node answers /health with 200.
-        return if ucxl_service::lifecycle::probe(config.http_addr, "/health") {
+        return if ucxl_service::lifecycle::probe(config.http_addr, "/health", config.tls.is_some())
+        {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE

@@ -28,6 +28,9 @@ pub enum StartError {
     /// The network failed to start.
     #[error(transparent)]
     P2p(#[from] P2pError),
+    /// The TLS certificate, key or client CA cannot be used.
+    #[error("BZZZ_TLS_CERT/BZZZ_TLS_KEY/BZZZ_TLS_CLIENT_CA: {0}")]
+    Tls(#[from] ucxl_service::tls::TlsError),
     /// The HTTP listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Http {
@@ -79,6 +82,7 @@ fn metrics_handle() -> PrometheusHandle {
 #[derive(Debug)]
 pub struct Node {
     listener: TcpListener,
+    tls: Option<ucxl_service::tls::ServerTls>,
     http_addr: SocketAddr,
     p2p_addr: Multiaddr,
     state: NodeState,
@@ -95,6 +99,10 @@ impl Node {
         config: &NodeConfig,
         shutdown: CancellationToken,
     ) -> Result<Self, StartError> {
+        let tls = match &config.tls {
+            Some(files) => Some(ucxl_service::tls::ServerTls::load(files)?),
+            None => None,
+        };
         let store =
             NodeStore::open(&config.data_dir, config.max_record_bytes).map_err(|source| {
                 StartError::Store {
@@ -142,10 +150,12 @@ impl Node {
             // across nodes without the key being written anywhere.
             swarm_key_fingerprint = config.swarm_key.map(|k| k.fingerprint().to_string()),
             api_token = state.auth.is_some(),
+            tls = tls.is_some(),
             "ready"
         );
         Ok(Self {
             listener,
+            tls,
             http_addr,
             p2p_addr,
             state,
@@ -173,8 +183,15 @@ impl Node {
     /// When the HTTP server fails.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let app = api::router(self.state);
+        let listener = match self.tls {
+            Some(tls) => {
+                tokio::spawn(reload_on_hangup(tls.clone(), self.shutdown.clone()));
+                ucxl_service::serve::Listener::tls(self.listener, tls)
+            }
+            None => ucxl_service::serve::Listener::plain(self.listener),
+        };
         let served = ucxl_service::serve::serve(
-            ucxl_service::serve::Listener::plain(self.listener),
+            listener,
             app,
             ucxl_service::serve::Limits::default(),
             self.shutdown.clone().cancelled_owned(),
@@ -186,5 +203,34 @@ impl Node {
         }
         tracing::info!("stopped");
         served
+    }
+}
+
+/// Re-reads the certificate and key on every SIGHUP (a renewed certificate needs no
+/// restart); a broken pair is logged and the current one stays.
+async fn reload_on_hangup(tls: ucxl_service::tls::ServerTls, stop: CancellationToken) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                received = hangups.recv() => if received.is_none() { return },
+                () = stop.cancelled() => return,
+            }
+            match tls.reload() {
+                Ok(()) => tracing::info!(signal = "SIGHUP", "TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(signal = "SIGHUP", error = %e, "TLS certificate not reloaded; the current one stays");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (tls, stop);
     }
 }

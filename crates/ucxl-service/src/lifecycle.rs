@@ -42,17 +42,21 @@ pub fn prometheus_text(handle: &PrometheusHandle) -> Response {
 }
 
 /// The container healthcheck of a service listening on `listen`: true when
-/// `GET http://<host>:<port><path>` answers 200 within 2 s. An unspecified listen address
-/// (`0.0.0.0`, `::`) is probed on loopback. Needs no tool in the image besides the binary.
+/// `GET http(s)://<host>:<port><path>` answers 200 within 2 s. An unspecified listen
+/// address (`0.0.0.0`, `::`) is probed on loopback. Needs no tool in the image besides the
+/// binary. With `tls`, the probe speaks HTTPS without checking the certificate: it asks
+/// its own process on this host whether it serves, not whether its certificate is valid
+/// for a name.
 #[must_use]
-pub fn probe(listen: std::net::SocketAddr, path: &str) -> bool {
+pub fn probe(listen: std::net::SocketAddr, path: &str, tls: bool) -> bool {
     let host = match listen.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
         ip if ip.is_unspecified() => "[::1]".to_owned(),
         std::net::IpAddr::V4(ip) => ip.to_string(),
         std::net::IpAddr::V6(ip) => format!("[{ip}]"),
     };
-    let url = format!("http://{host}:{}{path}", listen.port());
+    let scheme = if tls { "https" } else { "http" };
+    let url = format!("{scheme}://{host}:{}{path}", listen.port());
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -62,6 +66,7 @@ pub fn probe(listen: std::net::SocketAddr, path: &str) -> bool {
     runtime.block_on(async {
         let Ok(client) = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(2))
+            .danger_accept_invalid_certs(tls)
             .build()
         else {
             return false;

@@ -95,6 +95,21 @@ impl Listener {
     }
 }
 
+/// The client's address, in every request's extensions (rates per client, logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+/// `request` with the client's address.
+fn with_peer<B>(
+    mut request: axum::http::Request<B>,
+    peer: Option<std::net::SocketAddr>,
+) -> axum::http::Request<B> {
+    if let Some(peer) = peer {
+        request.extensions_mut().insert(PeerAddr(peer));
+    }
+    request
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then waits for the open
 /// connections to finish their requests.
 ///
@@ -118,9 +133,9 @@ pub async fn serve(
     let handshakes = CancellationToken::new();
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok((stream, peer)) => (stream, peer),
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed; pausing");
@@ -142,8 +157,10 @@ pub async fn serve(
             ));
             continue;
         }
-        let connection =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let app = app
+            .clone()
+            .map_request(move |request| with_peer(request, Some(peer)));
+        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -217,8 +234,10 @@ impl TlsConnections {
             }
         };
         let served = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-            self.serve_http2(TokioIo::new(stream), app, watcher).await
+            self.serve_http2(TokioIo::new(stream), app, peer, watcher)
+                .await
         } else {
+            let app = app.map_request(move |request| with_peer(request, peer));
             let connection = self
                 .http1
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
@@ -236,6 +255,7 @@ impl TlsConnections {
         &self,
         io: TokioIo<tokio_rustls::server::TlsStream<TcpStream>>,
         app: Router,
+        peer: Option<std::net::SocketAddr>,
         watcher: Watcher,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let requested = Arc::new(AtomicBool::new(false));
@@ -243,7 +263,7 @@ impl TlsConnections {
             let requested = Arc::clone(&requested);
             move |request| {
                 requested.store(true, Ordering::Relaxed);
-                request
+                with_peer(request, peer)
             }
         });
         let connection = watcher.watch(

@@ -204,7 +204,9 @@ impl NodeProc {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.http, path)
+        let tls = self.extra.iter().any(|(k, _)| k == "BZZZ_TLS_CERT");
+        let scheme = if tls { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.http, path)
     }
 
     /// The node's API token (`BZZZ_API_TOKEN` of its environment), if any.
