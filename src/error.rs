@@ -13,7 +13,7 @@ use ucxl::{AddressError, Code};
 use ucxl_service::{BodyError, ErrorReport};
 
 use crate::backend::BackendError;
-use crate::backend::cluster::{ClusterFailure, FailureKind};
+use crate::upstream::cluster::{ClusterFailure, FailureKind};
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]

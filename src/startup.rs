@@ -13,12 +13,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::backend::cluster::{Cluster, Jitters};
-use crate::backend::local::LocalStore;
 use crate::backend::{self, ModeUnavailable};
 use crate::config::{BackendMode, Cli, Config};
 use crate::openapi;
 use crate::state::{Active, AppState, EnvSource, LogReload, Shared};
+use crate::store::local::LocalStore;
+use crate::upstream::cluster::{Cluster, Jitters};
 
 /// What the application needs besides its configuration.
 #[derive(Clone)]
@@ -88,9 +88,7 @@ pub fn build_state(config: Config, options: Options) -> Result<AppState, Startup
         .map_err(|e| StartupError::Environment(format!("cannot build the HTTP client: {e}")))?;
     let journal_dir = config.journal_dir.clone();
     let open_journal = config.backend_mode == BackendMode::Hybrid
-        || journal_dir
-            .join(crate::backend::journal::FILE_NAME)
-            .exists();
+        || journal_dir.join(crate::store::journal::FILE_NAME).exists();
     let mode = config.backend_mode;
     let auth = crate::auth::Auth::new(&config, &(options.env)()).map_err(StartupError::Policy)?;
     let tls = match (&config.tls_cert, &config.tls_key) {
@@ -168,7 +166,7 @@ pub fn router(state: AppState) -> Router {
         .config(utoipa_swagger_ui::Config::from("/openapi.json").validator_url("none"));
     let api = api.route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
-        crate::shed::shed_load,
+        crate::resilience::shed::shed_load,
     ));
     with_layers(api.merge(docs)).with_state(state)
 }

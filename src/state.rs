@@ -15,10 +15,10 @@ use std::sync::atomic::AtomicUsize;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::Backend;
-use crate::backend::cluster::Cluster;
 use crate::backend::hybrid::Recovery;
-use crate::backend::local::LocalStore;
 use crate::config::{BackendMode, Cli, Config};
+use crate::store::local::LocalStore;
+use crate::upstream::cluster::Cluster;
 
 /// Reads the environment as it is now (`POST /v1/admin/reload` re-reads it).
 pub type EnvSource = Arc<dyn Fn() -> HashMap<String, String> + Send + Sync>;
@@ -111,7 +111,7 @@ impl AppState {
         if let Some(recovery) = self.recovery.get() {
             return Ok(Arc::clone(recovery));
         }
-        let journal = crate::backend::journal::Journal::open(dir).map_err(|e| e.to_string())?;
+        let journal = crate::store::journal::Journal::open(dir).map_err(|e| e.to_string())?;
         let recovery = Recovery::new(
             journal,
             Arc::clone(&self.store),

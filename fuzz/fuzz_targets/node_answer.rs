@@ -14,7 +14,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rustle_gateway::backend::node_client::{Answer, decode};
+use rustle_gateway::upstream::ucxi::{Answer, decode};
 use serde::de::DeserializeOwned;
 use ucxl::{Envelope, History};
 

@@ -8,11 +8,11 @@ use async_trait::async_trait;
 use chrono::Utc;
 use ucxl::{Address, Envelope, EnvelopeId, History, NewVersion, PutOutcome};
 
-use super::local::{LocalStore, Retention};
 use super::{
     Backend, BackendError, BackendKind, BackendStatus, Call, Deleted, FallbackStatus,
     JournalStatus, SearchPage, SearchQuery, Served, Via, Written,
 };
+use crate::store::local::{LocalStore, Retention};
 
 /// The local store, serving as the backend.
 #[derive(Debug, Clone)]

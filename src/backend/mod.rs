@@ -1,12 +1,8 @@
 //! The `Backend` seam: what the routes call to store, fetch and search envelopes, whatever
 //! serves them (the local store, the BZZZ cluster, or the cluster with fallback).
 
-pub mod cluster;
 pub mod hybrid;
-pub mod journal;
-pub mod local;
 pub mod mock;
-pub mod node_client;
 pub mod real;
 
 use std::time::Duration;
@@ -182,18 +178,18 @@ pub enum BackendError {
     /// A node refused the request (4xx): its answer is passed on as is, with which node
     /// answered.
     #[error("a node refused: {0:?}")]
-    Refused(node_client::Refusal, Via),
+    Refused(crate::upstream::ucxi::Refusal, Via),
     /// The cluster could not answer (no endpoint, attempts or deadline exhausted, bad
     /// answers).
     #[error(transparent)]
-    Cluster(#[from] cluster::ClusterFailure),
+    Cluster(#[from] crate::upstream::cluster::ClusterFailure),
     /// In fallback, the local store does not hold what was asked.
     #[error("the cluster is unreachable and the local cache does not hold {address}")]
     NotCached {
         /// The address as requested.
         address: String,
         /// Why the cluster could not answer.
-        cause: Option<cluster::ClusterFailure>,
+        cause: Option<crate::upstream::cluster::ClusterFailure>,
     },
     /// The durable journal could not take a fallback write.
     #[error("the journal cannot take the write: {0}")]
@@ -374,9 +370,9 @@ pub struct ModeUnavailable {
 #[derive(Debug, Clone, Copy)]
 pub struct Parts<'a> {
     /// The local store.
-    pub store: &'a std::sync::Arc<local::LocalStore>,
+    pub store: &'a std::sync::Arc<crate::store::local::LocalStore>,
     /// The BZZZ endpoints.
-    pub cluster: &'a std::sync::Arc<cluster::Cluster>,
+    pub cluster: &'a std::sync::Arc<crate::upstream::cluster::Cluster>,
     /// The journal and fallback state, when the journal is open.
     pub recovery: Option<&'a std::sync::Arc<hybrid::Recovery>>,
 }

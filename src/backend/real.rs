@@ -14,13 +14,13 @@ use serde::Deserialize;
 use serde_json::json;
 use ucxl::{Address, Envelope, EnvelopeId, History, NewVersion, SearchItem};
 
-use super::cluster::{Cluster, Executed, FailureKind, NodeRequest};
-use super::local::LocalStore;
-use super::node_client::Answer;
 use super::{
     Backend, BackendError, BackendKind, BackendStatus, Call, Deleted, FallbackStatus,
     JournalStatus, SearchPage, SearchQuery, Served, Via, Written, encode_cursor,
 };
+use crate::store::local::LocalStore;
+use crate::upstream::cluster::{Cluster, Executed, FailureKind, NodeRequest};
+use crate::upstream::ucxi::Answer;
 
 /// `?name=value` with the value percent-encoded.
 fn query_pair(name: &str, value: &str) -> String {

@@ -5,3 +5,4 @@
 pub mod balance;
 pub mod breaker;
 pub mod retry;
+pub mod shed;

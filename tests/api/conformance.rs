@@ -496,7 +496,7 @@ macro_rules! conformance_suite {
 
 #[allow(clippy::unused_async)] // the suite awaits constructors: real backends start nodes
 async fn mock_backend() -> Arc<dyn Backend> {
-    let store = Arc::new(rustle_gateway::backend::local::LocalStore::new(10_000));
+    let store = Arc::new(rustle_gateway::store::local::LocalStore::new(10_000));
     Arc::new(rustle_gateway::backend::mock::MockBackend::new(store))
 }
 
@@ -523,12 +523,12 @@ mod cluster_backends {
     use std::sync::Arc;
 
     use rustle_gateway::backend::Backend;
-    use rustle_gateway::backend::cluster::{Cluster, Jitters};
     use rustle_gateway::backend::hybrid::{HybridBackend, Recovery};
-    use rustle_gateway::backend::journal::Journal;
-    use rustle_gateway::backend::local::LocalStore;
     use rustle_gateway::backend::real::RealBackend;
     use rustle_gateway::config::BackendMode;
+    use rustle_gateway::store::journal::Journal;
+    use rustle_gateway::store::local::LocalStore;
+    use rustle_gateway::upstream::cluster::{Cluster, Jitters};
     use tokio_util::sync::CancellationToken;
 
     use crate::nodes::Cluster as Nodes;

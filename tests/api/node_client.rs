@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use rustle_gateway::backend::node_client::{Answer, AttemptError, AttemptSpec, NodeClient};
 use rustle_gateway::config::EndpointUrl;
+use rustle_gateway::upstream::ucxi::{Answer, AttemptError, AttemptSpec, NodeClient};
 
 use super::wire::{Fault, server};
 
@@ -20,9 +20,9 @@ struct Content {
 }
 
 async fn attempt(endpoint: &EndpointUrl, timeout: Duration) -> Result<Answer<Data>, AttemptError> {
-    let client = NodeClient::new(
-        &rustle_gateway::backend::node_client::ClientSettings::plain(Duration::from_millis(250)),
-    )
+    let client = NodeClient::new(&rustle_gateway::upstream::ucxi::ClientSettings::plain(
+        Duration::from_millis(250),
+    ))
     .expect("client");
     let spec = AttemptSpec {
         endpoint,

@@ -529,7 +529,7 @@ async fn a_clients_tiny_deadline_never_counts_against_an_endpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_attempt_gives_its_slot_back() {
     use rustle_gateway::backend::Call;
-    use rustle_gateway::backend::cluster::{Cluster, Jitters, NodeRequest};
+    use rustle_gateway::upstream::cluster::{Cluster, Jitters, NodeRequest};
     let slow = FaultNode::start(Mode::Hang, None).await;
     let config = cluster_config(std::slice::from_ref(&slow.url), BackendMode::Real);
     let cluster = Cluster::new(&config, Jitters::default()).expect("client");

@@ -17,7 +17,7 @@ use ucxl::{
     VersionSummary,
 };
 
-use super::{BackendError, LocalStoreStatus, SearchQuery};
+use crate::backend::{BackendError, LocalStoreStatus, SearchQuery};
 
 /// Whether a write makes its record the only copy of its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -499,7 +499,7 @@ impl LocalStore {
             .then(|| {
                 items
                     .last()
-                    .map(|i| super::encode_cursor(i.address.canonical()))
+                    .map(|i| crate::backend::encode_cursor(i.address.canonical()))
             })
             .flatten();
         Ok((items, next_cursor))

@@ -20,10 +20,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::node_client::{
-    Answer, AttemptError, AttemptSpec, ClientError, ClientSettings, NodeClient,
-};
-use super::{BreakerStatus, Call, EndpointStatus};
+use super::ucxi::{Answer, AttemptError, AttemptSpec, ClientError, ClientSettings, NodeClient};
+use crate::backend::{BreakerStatus, Call, EndpointStatus};
 use crate::config::{BreakerConfig, Config, EndpointUrl, RetryConfig};
 use crate::resilience::balance::{Load, p2c};
 use crate::resilience::breaker::{self, Breaker, Permit, State, Transition};

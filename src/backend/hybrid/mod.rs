@@ -19,14 +19,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use ucxl::{Address, Envelope, EnvelopeId, History, NewVersion, PutOutcome};
 
-use super::cluster::{Cluster, ClusterFailure};
-use super::journal::{Entry, Journal, Op};
-use super::local::{LocalStore, Lookup, Retention};
-use super::real::RealBackend;
-use super::{
+use crate::backend::real::RealBackend;
+use crate::backend::{
     Backend, BackendError, BackendKind, BackendStatus, Call, Deleted, FallbackStatus,
     JournalStatus, SearchPage, SearchQuery, Served, Via, Written,
 };
+use crate::store::journal::{Entry, Journal, Op};
+use crate::store::local::{LocalStore, Lookup, Retention};
+use crate::upstream::cluster::{Cluster, ClusterFailure};
 
 /// Entries replayed per read of the journal.
 const REPLAY_BATCH: usize = 512;

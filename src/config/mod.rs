@@ -1237,7 +1237,7 @@ mod tests {
 
     #[test]
     fn readme_documents_every_setting() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         for s in SETTINGS {
             assert!(
                 readme.contains(&format!("`{}`", s.env)),

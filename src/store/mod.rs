@@ -1,0 +1,5 @@
+//! What the gateway keeps itself: the local store (the embedded backend's data, fallback
+//! data and the cache of cluster data) and the durable journal of fallback writes.
+
+pub mod journal;
+pub mod local;
