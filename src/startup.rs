@@ -248,7 +248,10 @@ impl Application {
         };
         let upkeep = tokio::spawn(metrics_upkeep(self.state.clone(), shutdown.clone()));
         let background = self.state.background.clone();
-        tokio::spawn(Arc::clone(&self.state.cluster).run_health_checks(background.clone()));
+        tokio::spawn(crate::resilience::health::run(
+            Arc::clone(&self.state.cluster),
+            background.clone(),
+        ));
         tokio::spawn(crate::control::reload_on_hangup(
             self.state.clone(),
             background.clone(),

@@ -19,8 +19,8 @@ use super::{
     JournalStatus, SearchPage, SearchQuery, Served, Via, Written, encode_cursor,
 };
 use crate::store::local::LocalStore;
-use crate::upstream::cluster::{Cluster, Executed, FailureKind, NodeRequest};
-use crate::upstream::ucxi::Answer;
+use crate::upstream::cluster::{Cluster, Executed, FailureKind};
+use crate::upstream::ucxi::{Answer, NodeRequest};
 
 /// `?name=value` with the value percent-encoded.
 fn query_pair(name: &str, value: &str) -> String {
@@ -195,7 +195,7 @@ impl RealBackend {
             body: Some(put_body(new)),
             ..self.about(axum::http::Method::PUT, "put", address)
         };
-        let executed = self.cluster.execute::<Envelope>(call, &request).await?;
+        let executed = self.cluster.execute::<Envelope>(call, request).await?;
         let (envelope, via, code) = data(executed)?;
         self.check_address(address, &envelope.address, &via)?;
         self.remember(&envelope);
@@ -234,7 +234,7 @@ impl RealBackend {
             headers,
             ..self.about(axum::http::Method::DELETE, "delete", address)
         };
-        let executed = self.cluster.execute::<Deleted>(call, &request).await?;
+        let executed = self.cluster.execute::<Deleted>(call, request).await?;
         let (deleted, via, _) = data(executed)?;
         self.wrote(address, &via);
         self.cache.observe_delete(
@@ -301,7 +301,7 @@ impl Backend for RealBackend {
 
     async fn get(&self, call: &Call, address: &Address) -> Result<Served<Envelope>, BackendError> {
         let request = self.about(axum::http::Method::GET, "get", address);
-        let executed = self.cluster.execute::<Envelope>(call, &request).await?;
+        let executed = self.cluster.execute::<Envelope>(call, request).await?;
         let (envelope, via, _) = data(executed)?;
         self.check_address(address, &envelope.address, &via)?;
         if address.temporal() == ucxl::Temporal::Latest {
@@ -331,7 +331,7 @@ impl Backend for RealBackend {
             list: true,
             ..self.about(axum::http::Method::GET, "history", address)
         };
-        let executed = self.cluster.execute::<History>(call, &request).await?;
+        let executed = self.cluster.execute::<History>(call, request).await?;
         let (history, via, _) = data(executed)?;
         self.check_address(address, &history.address, &via)?;
         Ok(Served {
@@ -366,7 +366,7 @@ impl Backend for RealBackend {
             prefer: None,
             list: true,
         };
-        let fan = self.cluster.fan_out::<Discovered>(call, &request).await;
+        let fan = self.cluster.fan_out::<Discovered>(call, request).await;
         let asked = u32::try_from(fan.results.len()).unwrap_or(u32::MAX);
         let mut failed = fan.skipped;
         let mut pages = Vec::new();

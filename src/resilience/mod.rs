@@ -4,5 +4,7 @@
 
 pub mod balance;
 pub mod breaker;
+pub mod budget;
+pub mod health;
 pub mod retry;
 pub mod shed;

@@ -1,23 +1,25 @@
 //! What may be retried, how long to wait, and how many retries the gateway can afford
-//! (SPEC §7).
+//! (SPEC §7): the one place that decides whether a failed attempt is tried again.
 //!
+//! - Retried elsewhere: connection errors, timeouts, 429, 502, 503, 504 and 507 (a node
+//!   that cannot store), and a node refusing the gateway's credentials (another node may
+//!   accept them). Never a node's definite 4xx answer, nor an unusable answer (it would
+//!   be as unusable again).
+//! - At most `max_retries` retries, inside the request deadline, within the budget.
 //! - Backoff: exponential from `backoff_base` with factor 2, capped at `backoff_max`
 //!   (the schedule comes from `backon`), with *full* jitter: each wait is uniform in
 //!   `[0, step]`, which spreads retries of many clients best.
-//! - Budget: retries may add `budget_percent` % of the request rate plus
-//!   `budget_min_per_sec` per second, counted over a 10 s sliding window; past it, a
-//!   request fails over without retrying, so retries cannot multiply an overload.
+//! - Budget (`budget`): how many retries the gateway can afford.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
 
-use crate::config::RetryConfig;
+use super::budget::RetryBudget;
+use crate::upstream::ucxi::AttemptError;
 
-/// The budget's window.
-pub const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+use crate::config::RetryConfig;
 
 /// Scales a backoff step to the wait actually used: `[0, 1)` × step for full jitter.
 pub type JitterFn = fn() -> f64;
@@ -32,6 +34,72 @@ pub fn full_jitter() -> f64 {
 #[must_use]
 pub fn no_jitter() -> f64 {
     1.0
+}
+
+/// Whether another attempt (elsewhere) may succeed after `e`.
+#[must_use]
+pub fn retryable(e: &AttemptError) -> bool {
+    match e {
+        AttemptError::Connect(_) | AttemptError::Timeout(_) | AttemptError::Credentials(_) => true,
+        AttemptError::Unavailable { status, .. } => {
+            matches!(status, 429 | 502 | 503 | 504 | 507)
+        }
+        AttemptError::BadAnswer(_) => false,
+    }
+}
+
+/// Why a request stops retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The failure would repeat anywhere.
+    Final,
+    /// The request deadline passed.
+    Deadline,
+    /// `max_retries` retries were made.
+    Limit,
+    /// The retry budget is spent.
+    BudgetSpent,
+}
+
+/// After failed attempt number `attempts` (1-based) with `e`: how long to wait before
+/// the next attempt, or why to stop. A `Retry-After` answer is retried elsewhere at once.
+///
+/// # Errors
+/// [`Stop`] when the request must not be retried.
+pub fn next(
+    e: &AttemptError,
+    attempts: u32,
+    config: &RetryConfig,
+    deadline: Instant,
+    now: Instant,
+    budget: &mut RetryBudget,
+    backoff: &mut Backoff,
+) -> Result<Duration, Stop> {
+    if !retryable(e) {
+        return Err(Stop::Final);
+    }
+    if deadline <= now {
+        return Err(Stop::Deadline);
+    }
+    if attempts > config.max_retries {
+        return Err(Stop::Limit);
+    }
+    if !budget.try_retry(now) {
+        metrics::counter!("rustle_retry_budget_exhausted_total").increment(1);
+        return Err(Stop::BudgetSpent);
+    }
+    let retry_after = matches!(
+        e,
+        AttemptError::Unavailable {
+            retry_after: Some(_),
+            ..
+        }
+    );
+    Ok(if retry_after {
+        Duration::ZERO
+    } else {
+        backoff.next_wait()
+    })
 }
 
 /// The waits before each retry of one request.
@@ -58,75 +126,6 @@ impl Backoff {
     pub fn next_wait(&mut self) -> Duration {
         let step = self.steps.next().unwrap_or_default();
         step.mul_f64((self.jitter)().clamp(0.0, 1.0))
-    }
-}
-
-/// Counts requests and retries per second over the budget window.
-#[derive(Debug)]
-pub struct RetryBudget {
-    percent: u32,
-    min_per_sec: u32,
-    /// (second index, requests, retries), oldest first.
-    buckets: VecDeque<(u64, u64, u64)>,
-    origin: Instant,
-}
-
-impl RetryBudget {
-    /// A budget with nothing spent.
-    #[must_use]
-    pub fn new(config: &RetryConfig, now: Instant) -> Self {
-        Self {
-            percent: config.budget_percent,
-            min_per_sec: config.budget_min_per_sec,
-            buckets: VecDeque::new(),
-            origin: now,
-        }
-    }
-
-    /// Applies reloaded budget settings; what was counted stays.
-    pub fn set_config(&mut self, config: &RetryConfig) {
-        self.percent = config.budget_percent;
-        self.min_per_sec = config.budget_min_per_sec;
-    }
-
-    fn bucket(&mut self, now: Instant) -> &mut (u64, u64, u64) {
-        let second = now.saturating_duration_since(self.origin).as_secs();
-        let window = BUDGET_WINDOW.as_secs();
-        while self
-            .buckets
-            .front()
-            .is_some_and(|(s, _, _)| s + window <= second)
-        {
-            self.buckets.pop_front();
-        }
-        if self.buckets.back().is_none_or(|(s, _, _)| *s != second) {
-            self.buckets.push_back((second, 0, 0));
-        }
-        // Just pushed or already present.
-        let last = self.buckets.len() - 1;
-        &mut self.buckets[last]
-    }
-
-    /// Counts a request (first attempts earn retry budget).
-    pub fn record_request(&mut self, now: Instant) {
-        self.bucket(now).1 += 1;
-    }
-
-    /// Spends one retry if the budget allows; false when exhausted.
-    pub fn try_retry(&mut self, now: Instant) -> bool {
-        self.bucket(now);
-        let (requests, retries) = self
-            .buckets
-            .iter()
-            .fold((0u64, 0u64), |(q, r), (_, bq, br)| (q + bq, r + br));
-        let allowed = u64::from(self.min_per_sec) * BUDGET_WINDOW.as_secs()
-            + requests * u64::from(self.percent) / 100;
-        if retries < allowed {
-            self.bucket(now).2 += 1;
-            true
-        } else {
-            false
-        }
     }
 }
 
@@ -162,43 +161,83 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_budget_allows_the_floor_plus_a_share_of_requests() {
-        let now = Instant::now();
-        let mut budget = RetryBudget::new(&config(), now);
-        // No traffic: the floor is 10/s over 10 s = 100 retries.
-        let granted = (0..150).filter(|_| budget.try_retry(now)).count();
-        assert_eq!(granted, 100);
-        // 1000 requests earn 20 % more.
-        for _ in 0..1000 {
-            budget.record_request(now);
+    #[test]
+    fn what_may_be_retried() {
+        assert!(retryable(&AttemptError::Connect("refused".into())));
+        assert!(retryable(&AttemptError::Timeout(10)));
+        assert!(retryable(&AttemptError::Credentials(401)));
+        assert!(!retryable(&AttemptError::BadAnswer("x".into())));
+        for status in [429, 502, 503, 504, 507] {
+            let e = AttemptError::Unavailable {
+                status,
+                retry_after: None,
+            };
+            assert!(retryable(&e), "{status}");
         }
-        let more = (0..500).filter(|_| budget.try_retry(now)).count();
-        assert_eq!(more, 200);
+        for status in [500, 501, 505] {
+            let e = AttemptError::Unavailable {
+                status,
+                retry_after: None,
+            };
+            assert!(!retryable(&e), "{status}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_budget_refills_as_the_window_slides() {
-        let start = Instant::now();
-        let mut budget = RetryBudget::new(&config(), start);
-        assert_eq!((0..200).filter(|_| budget.try_retry(start)).count(), 100);
-        tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(!budget.try_retry(Instant::now()), "still within the window");
-        tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(
-            budget.try_retry(Instant::now()),
-            "the old retries have left the window"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn reloaded_settings_apply_to_what_was_counted() {
+    async fn the_decision_stops_at_the_limit_the_deadline_and_the_budget() {
         let now = Instant::now();
+        let deadline = now + Duration::from_secs(5);
         let mut budget = RetryBudget::new(&config(), now);
-        assert_eq!((0..200).filter(|_| budget.try_retry(now)).count(), 100);
-        let mut more = config();
-        more.budget_min_per_sec = 15;
-        budget.set_config(&more);
-        assert_eq!((0..200).filter(|_| budget.try_retry(now)).count(), 50);
+        let mut backoff = Backoff::new(&config(), no_jitter);
+        let timeout = AttemptError::Timeout(1);
+        let mut next_after = |attempts, e: &AttemptError, deadline| {
+            next(
+                e,
+                attempts,
+                &config(),
+                deadline,
+                now,
+                &mut budget,
+                &mut backoff,
+            )
+        };
+        let millis = |r: Result<Duration, Stop>| r.map(|d| d.as_millis());
+        assert_eq!(millis(next_after(1, &timeout, deadline)), Ok(25));
+        assert_eq!(millis(next_after(2, &timeout, deadline)), Ok(50));
+        assert_eq!(next_after(3, &timeout, deadline), Err(Stop::Limit));
+        assert_eq!(next_after(1, &timeout, now), Err(Stop::Deadline));
+        assert_eq!(
+            next_after(1, &AttemptError::BadAnswer("x".into()), deadline),
+            Err(Stop::Final)
+        );
+        let asked = AttemptError::Unavailable {
+            status: 503,
+            retry_after: Some(Duration::from_secs(1)),
+        };
+        assert_eq!(
+            next_after(1, &asked, deadline),
+            Ok(Duration::ZERO),
+            "elsewhere at once"
+        );
+        let mut empty = RetryBudget::new(
+            &RetryConfig {
+                budget_min_per_sec: 0,
+                budget_percent: 0,
+                ..config()
+            },
+            now,
+        );
+        assert_eq!(
+            next(
+                &timeout,
+                1,
+                &config(),
+                deadline,
+                now,
+                &mut empty,
+                &mut Backoff::new(&config(), no_jitter)
+            ),
+            Err(Stop::BudgetSpent)
+        );
     }
 }

@@ -1,5 +1,9 @@
 //! Calling BZZZ nodes: the UCXI wire protocol and the validation of what nodes answer
-//! (`ucxi`), and the cluster that chooses an endpoint, attempts and retries (`cluster`).
+//! (`ucxi`), the transport seam that carries one exchange (`transport`), what the gateway
+//! knows of each node (`endpoint`), and the cluster that chooses an endpoint, attempts and
+//! retries (`cluster`).
 
 pub mod cluster;
+pub mod endpoint;
+pub mod transport;
 pub mod ucxi;

@@ -1,26 +1,17 @@
-//! Speaking the UCXI API of one BZZZ node, one attempt at a time, and classifying the
-//! outcome (SPEC §7, §12): what a node answers is validated before it is believed.
-//! Garbage, oversized, mistyped or mislabelled answers are the endpoint's failure (502),
-//! never a panic; a node's 4xx is a definite answer passed on to the client.
+//! The UCXI API of a BZZZ node (SPEC §9): what the gateway sends ([`NodeRequest`]) and how
+//! what a node answers is classified (SPEC §7, §12) before it is believed. Garbage,
+//! oversized, mistyped or mislabelled answers are the endpoint's failure (502), never a
+//! panic; a node's 4xx is a definite answer passed on to the client.
 
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use axum::http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use axum::http::Method;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use ucxl::{Code, Failure, Success};
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
-use crate::config::{EndpointUrl, Secret};
+use super::transport::{RawAnswer, TransportError};
 
 /// Longest `Retry-After` honoured.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -62,18 +53,6 @@ impl AttemptError {
             other => other.to_string(),
         }
     }
-
-    /// Whether another attempt (elsewhere) may succeed: connection errors, timeouts,
-    /// 502/503/504 and 429. Everything else would fail the same way again.
-    #[must_use]
-    pub fn retryable(&self) -> bool {
-        match self {
-            // Another node may hold the right token: a misconfigured one is avoided.
-            Self::Connect(_) | Self::Timeout(_) | Self::Credentials(_) => true,
-            Self::Unavailable { status, .. } => matches!(status, 429 | 502 | 503 | 504),
-            Self::BadAnswer(_) => false,
-        }
-    }
 }
 
 /// A node's definite refusal (4xx other than 429): passed on to the client as is.
@@ -101,309 +80,77 @@ pub enum Answer<T> {
     Refused(Refusal),
 }
 
-/// The connector of node connections: plain TCP for `http://` endpoints, rustls with the
-/// Mozilla roots (and `RUSTLE_BZZZ_CA`, and the client certificate for mTLS) for `https://`.
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+/// How much larger than an envelope answer a list answer (history, discover) may be.
+pub const LIST_ANSWER_FACTOR: usize = 8;
 
-/// How the gateway connects and proves itself to nodes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientSettings {
-    /// TCP connect timeout.
-    pub connect_timeout: Duration,
-    /// The cluster token, sent as `Authorization: Bearer`.
-    pub token: Option<Secret>,
-    /// Extra trusted CA certificates (PEM), besides the public roots.
-    pub ca: Option<PathBuf>,
-    /// Client certificate chain and key (PEM), for nodes that require mTLS.
-    pub client_cert: Option<(PathBuf, PathBuf)>,
-}
-
-impl ClientSettings {
-    /// The settings of `config`.
-    #[must_use]
-    pub fn of(config: &crate::config::Config) -> Self {
-        Self {
-            connect_timeout: config.connect_timeout,
-            token: config.bzzz_token.clone(),
-            ca: config.bzzz_ca.clone(),
-            client_cert: config
-                .bzzz_client_cert
-                .clone()
-                .zip(config.bzzz_client_key.clone()),
-        }
-    }
-
-    /// A bare client with `connect_timeout` (tests, tools).
-    #[must_use]
-    pub fn plain(connect_timeout: Duration) -> Self {
-        Self {
-            connect_timeout,
-            token: None,
-            ca: None,
-            client_cert: None,
-        }
-    }
-
-    /// The rustls client configuration: public roots plus the CA bundle, and the client
-    /// certificate when set.
-    fn tls(&self) -> Result<rustls::ClientConfig, ClientError> {
-        use rustls::pki_types::pem::PemObject as _;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let fail = |what: &str, path: &PathBuf, e: &dyn std::fmt::Display| {
-            ClientError(format!("{what} {}: {e}", path.display()))
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(path) = &self.ca {
-            let mut added = 0;
-            for cert in
-                CertificateDer::pem_file_iter(path).map_err(|e| fail("RUSTLE_BZZZ_CA", path, &e))?
-            {
-                let cert = cert.map_err(|e| fail("RUSTLE_BZZZ_CA", path, &e))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| fail("RUSTLE_BZZZ_CA", path, &e))?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err(fail("RUSTLE_BZZZ_CA", path, &"holds no certificate"));
-            }
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError(e.to_string()))?
-        .with_root_certificates(roots);
-        match &self.client_cert {
-            None => Ok(builder.with_no_client_auth()),
-            Some((cert, key)) => {
-                let chain = CertificateDer::pem_file_iter(cert)
-                    .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-                    .map_err(|e| fail("RUSTLE_BZZZ_CLIENT_CERT", cert, &e))?;
-                if chain.is_empty() {
-                    return Err(fail(
-                        "RUSTLE_BZZZ_CLIENT_CERT",
-                        cert,
-                        &"holds no certificate",
-                    ));
-                }
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| fail("RUSTLE_BZZZ_CLIENT_KEY", key, &e))?;
-                builder.with_client_auth_cert(chain, key).map_err(|e| {
-                    ClientError(format!(
-                        "the client certificate and key do not go together: {e}"
-                    ))
-                })
-            }
-        }
-    }
-}
-
-/// The HTTP client of all nodes: one connection pool, connect timeout, `TCP_NODELAY`, no
-/// redirects (hyper's client follows none).
-///
-/// Built on hyper-util's pooled client rather than reqwest: a request is one `http::Uri`
-/// parse and one hyper call, where reqwest parsed a `url::Url` (with IDNA host
-/// processing), converted it back to a `Uri` and wrapped the call in more futures; on the
-/// read path that was a fifth of the gateway's instructions.
+/// One request to a node, as sent (shared by every attempt).
 #[derive(Debug, Clone)]
-pub struct NodeClient {
-    http: Client<Connector, Full<Bytes>>,
-    /// `Bearer <cluster token>`, marked sensitive (never logged by hyper).
-    authorization: Option<HeaderValue>,
+pub struct NodeRequest {
+    /// The method.
+    pub method: Method,
+    /// Path and query, e.g. `/ucxi/v1/get?address=...`.
+    pub path: String,
+    /// Extra headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// The JSON body.
+    pub body: Option<Bytes>,
+    /// The endpoint to try first when it is available (the one that took the address's
+    /// last write, so a client reads its own writes even before every replica has them).
+    pub prefer: Option<String>,
+    /// Whether the answer is a list (history, discover), allowed [`LIST_ANSWER_FACTOR`]
+    /// times the size of an envelope answer.
+    pub list: bool,
 }
 
-/// The HTTP client could not be built (TLS set-up).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ClientError(String);
-
-/// The pieces of one attempt.
-#[derive(Debug, Clone, Copy)]
-pub struct AttemptSpec<'a> {
-    /// The node.
-    pub endpoint: &'a EndpointUrl,
-    /// The request id, forwarded as `X-Request-Id`.
-    pub request_id: &'a str,
-    /// Time allowed for this attempt; also forwarded as `X-Request-Timeout-Ms`.
-    pub timeout: Duration,
-    /// Largest answer body read; a larger one is a bad answer.
-    pub max_answer_bytes: usize,
-}
-
-impl NodeClient {
-    /// A client with `settings`.
-    ///
-    /// # Errors
-    /// When the TLS configuration cannot be built (unreadable CA or client certificate).
-    pub fn new(settings: &ClientSettings) -> Result<Self, ClientError> {
-        let mut tcp = HttpConnector::new();
-        tcp.set_connect_timeout(Some(settings.connect_timeout));
-        tcp.set_nodelay(true);
-        tcp.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(settings.tls()?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
-        let authorization = match &settings.token {
-            None => None,
-            Some(token) => {
-                let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                    .map_err(|_| {
-                        ClientError("RUSTLE_BZZZ_TOKEN is not a valid header value".into())
-                    })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-        };
-        let http = Client::builder(TokioExecutor::new())
-            // Below the nodes' header read timeout (`ucxl_service::serve`, 60 s), which also
-            // closes idle kept-alive connections: the client lets a connection go before the
-            // node does, so no request is sent on a socket the node is closing.
-            .pool_idle_timeout(ucxl_service::serve::DEFAULT_HEADER_READ_TIMEOUT / 2)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Ok(Self {
-            http,
-            authorization,
-        })
-    }
-
-    /// Sends one request and validates the answer.
-    ///
-    /// # Errors
-    /// [`AttemptError`], classified.
-    pub async fn call<T: DeserializeOwned>(
-        &self,
-        spec: AttemptSpec<'_>,
-        method: Method,
-        path_and_query: &str,
-        headers: &[(&str, String)],
-        body: Option<Bytes>,
-    ) -> Result<Answer<T>, AttemptError> {
-        let timeout_ms = spec.timeout.as_millis();
-        let limit = spec.max_answer_bytes;
-        let mut request = Self::request(spec, method, path_and_query, headers, body)?;
-        if let Some(authorization) = &self.authorization {
-            request
-                .headers_mut()
-                .insert(axum::http::header::AUTHORIZATION, authorization.clone());
+impl NodeRequest {
+    /// The largest answer believed when an envelope answer may be `max_answer_bytes`.
+    #[must_use]
+    pub fn answer_limit(&self, max_answer_bytes: usize) -> usize {
+        if self.list {
+            max_answer_bytes.saturating_mul(LIST_ANSWER_FACTOR)
+        } else {
+            max_answer_bytes
         }
-        let exchange = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|e| AttemptError::Connect(short(&e)))?;
-            Self::answer(response, limit).await
-        };
-        match tokio::time::timeout(spec.timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(AttemptError::Timeout(timeout_ms)),
-        }
-    }
-
-    fn request(
-        spec: AttemptSpec<'_>,
-        method: Method,
-        path_and_query: &str,
-        headers: &[(&str, String)],
-        body: Option<Bytes>,
-    ) -> Result<Request<Full<Bytes>>, AttemptError> {
-        let bad =
-            |e: &dyn std::error::Error| AttemptError::Connect(ucxl::error::excerpt(&e.to_string()));
-        let uri = Uri::try_from(format!("{}{path_and_query}", spec.endpoint.as_str()))
-            .map_err(|e| bad(&e))?;
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(&ucxl_service::request_id::X_REQUEST_ID, spec.request_id)
-            .header(
-                ucxl_service::headers::REQUEST_TIMEOUT,
-                spec.timeout.as_millis().max(1).to_string(),
-            );
-        for (name, value) in headers {
-            builder = builder.header(*name, value);
-        }
-        let body = match body {
-            Some(body) => {
-                builder =
-                    builder.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                Full::new(body)
-            }
-            None => Full::default(),
-        };
-        builder.body(body).map_err(|e| bad(&e))
-    }
-
-    /// Reads and validates an answer.
-    async fn answer<T: DeserializeOwned>(
-        response: Response<Incoming>,
-        limit: usize,
-    ) -> Result<Answer<T>, AttemptError> {
-        let status = response.status();
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(AttemptError::Credentials(status.as_u16()));
-        }
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            let retry_after = response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
-            return Err(AttemptError::Unavailable {
-                status: status.as_u16(),
-                retry_after,
-            });
-        }
-        let is_json = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(ucxl_service::is_json);
-        if !is_json {
-            return Err(AttemptError::BadAnswer(format!(
-                "{status} without a JSON body"
-            )));
-        }
-        let too_large = || AttemptError::BadAnswer("answer larger than the limit".into());
-        if response
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|n| n > limit as u64)
-        {
-            return Err(too_large());
-        }
-        let bytes = Limited::new(response.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<LengthLimitError>() {
-                    too_large()
-                } else {
-                    AttemptError::BadAnswer(short(&*e))
-                }
-            })?
-            .to_bytes();
-        decode(status.as_u16(), &bytes)
     }
 }
 
-/// A dependency's error text, shortened, for logs and status (never for clients).
-fn short(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
+/// Classifies an exchange: a believed answer (data or a definite refusal), or why the
+/// attempt failed.
+///
+/// # Errors
+/// [`AttemptError`], classified.
+pub fn classify<T: DeserializeOwned>(
+    exchanged: Result<RawAnswer, TransportError>,
+) -> Result<Answer<T>, AttemptError> {
+    let raw = match exchanged {
+        Ok(raw) => raw,
+        Err(TransportError::Connect(why)) => return Err(AttemptError::Connect(why)),
+        Err(TransportError::Timeout(ms)) => return Err(AttemptError::Timeout(ms)),
+        Err(TransportError::TooLarge) => {
+            return Err(AttemptError::BadAnswer(
+                "answer larger than the limit".into(),
+            ));
+        }
+        Err(TransportError::Body(why)) => return Err(AttemptError::BadAnswer(why)),
+    };
+    let status = raw.status;
+    if status == 401 || status == 403 {
+        return Err(AttemptError::Credentials(status));
     }
-    ucxl::error::excerpt(&text)
+    if status == 429 || status >= 500 {
+        return Err(AttemptError::Unavailable {
+            status,
+            retry_after: raw
+                .retry_after
+                .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER)),
+        });
+    }
+    if !raw.json {
+        return Err(AttemptError::BadAnswer(format!(
+            "{status} without a JSON body"
+        )));
+    }
+    decode(status, &raw.body)
 }
 
 /// Validates a 2xx/4xx answer body: the UCXL shape, a code whose status is the HTTP
@@ -503,33 +250,42 @@ mod tests {
         ] {
             let e = decode::<Data>(status, &body).expect_err("bad");
             assert!(matches!(e, AttemptError::BadAnswer(_)), "{status}: {e}");
-            assert!(!e.retryable());
         }
     }
 
     #[test]
-    fn retry_classification() {
-        assert!(AttemptError::Connect("refused".into()).retryable());
-        assert!(AttemptError::Timeout(10).retryable());
-        for status in [429, 502, 503, 504] {
-            assert!(
-                AttemptError::Unavailable {
-                    status,
-                    retry_after: None
-                }
-                .retryable(),
-                "{status}"
-            );
-        }
-        for status in [500, 501, 505] {
-            assert!(
-                !AttemptError::Unavailable {
-                    status,
-                    retry_after: None
-                }
-                .retryable(),
-                "{status}"
-            );
-        }
+    fn statuses_are_classified_before_bodies() {
+        let raw = |status, json, retry_after| -> Result<RawAnswer, TransportError> {
+            Ok(RawAnswer {
+                status,
+                json,
+                retry_after,
+                body: Bytes::new(),
+            })
+        };
+        assert_eq!(
+            classify::<Data>(raw(401, true, None)),
+            Err(AttemptError::Credentials(401))
+        );
+        assert_eq!(
+            classify::<Data>(raw(503, false, Some(60))),
+            Err(AttemptError::Unavailable {
+                status: 503,
+                retry_after: Some(MAX_RETRY_AFTER)
+            }),
+            "Retry-After is capped"
+        );
+        assert!(matches!(
+            classify::<Data>(raw(200, false, None)),
+            Err(AttemptError::BadAnswer(_))
+        ));
+        assert_eq!(
+            classify::<Data>(Err(TransportError::Timeout(7))),
+            Err(AttemptError::Timeout(7))
+        );
+        assert!(matches!(
+            classify::<Data>(Err(TransportError::TooLarge)),
+            Err(AttemptError::BadAnswer(_))
+        ));
     }
 }

@@ -1,10 +1,16 @@
-//! The node client against real servers that misbehave on purpose (`super::wire`): refuse,
-//! hang, 503 with Retry-After, garbage, wrong content type, oversized and truncated answers.
+//! The HTTP transport and the UCXI classification against real servers that misbehave on
+//! purpose (`super::wire`): refuse, hang, 503 with Retry-After, garbage, wrong content
+//! type, oversized and truncated answers.
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use rustle_gateway::config::EndpointUrl;
-use rustle_gateway::upstream::ucxi::{Answer, AttemptError, AttemptSpec, NodeClient};
+use rustle_gateway::resilience::retry::retryable;
+use rustle_gateway::upstream::transport::{ClientSettings, Exchange, HttpTransport};
+use rustle_gateway::upstream::ucxi::{self, Answer, AttemptError, NodeRequest};
+use tower::ServiceExt as _;
 
 use super::wire::{Fault, server};
 
@@ -20,25 +26,23 @@ struct Content {
 }
 
 async fn attempt(endpoint: &EndpointUrl, timeout: Duration) -> Result<Answer<Data>, AttemptError> {
-    let client = NodeClient::new(&rustle_gateway::upstream::ucxi::ClientSettings::plain(
-        Duration::from_millis(250),
-    ))
-    .expect("client");
-    let spec = AttemptSpec {
-        endpoint,
-        request_id: "test",
+    let transport = HttpTransport::boxed(&ClientSettings::plain(Duration::from_millis(250)))
+        .expect("transport");
+    let exchange = Exchange {
+        endpoint: endpoint.clone(),
+        request: Arc::new(NodeRequest {
+            method: reqwest::Method::GET,
+            path: "/ucxi/v1/get?address=x".into(),
+            headers: Vec::new(),
+            body: None,
+            prefer: None,
+            list: false,
+        }),
+        request_id: "test".into(),
         timeout,
         max_answer_bytes: 4 << 20,
     };
-    client
-        .call::<Data>(
-            spec,
-            reqwest::Method::GET,
-            "/ucxi/v1/get?address=x",
-            &[],
-            None,
-        )
-        .await
+    ucxi::classify::<Data>(transport.oneshot(exchange).await)
 }
 
 #[tokio::test]
@@ -66,7 +70,7 @@ async fn refused_connections_are_retryable_connect_errors() {
         .await
         .expect_err("refused");
     assert!(matches!(e, AttemptError::Connect(_)), "{e}");
-    assert!(e.retryable());
+    assert!(retryable(&e));
 }
 
 #[tokio::test]
@@ -96,7 +100,7 @@ async fn unavailable_carries_a_capped_retry_after() {
             retry_after: Some(Duration::from_secs(5)),
         }
     );
-    assert!(e.retryable());
+    assert!(retryable(&e));
 }
 
 #[tokio::test]

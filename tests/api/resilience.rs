@@ -529,7 +529,8 @@ async fn a_clients_tiny_deadline_never_counts_against_an_endpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_attempt_gives_its_slot_back() {
     use rustle_gateway::backend::Call;
-    use rustle_gateway::upstream::cluster::{Cluster, Jitters, NodeRequest};
+    use rustle_gateway::upstream::cluster::{Cluster, Jitters};
+    use rustle_gateway::upstream::ucxi::NodeRequest;
     let slow = FaultNode::start(Mode::Hang, None).await;
     let config = cluster_config(std::slice::from_ref(&slow.url), BackendMode::Real);
     let cluster = Cluster::new(&config, Jitters::default()).expect("client");
@@ -546,7 +547,7 @@ async fn an_abandoned_attempt_gives_its_slot_back() {
         list: false,
     };
     // The caller goes away (a client disconnect) while the attempt waits on the node.
-    let attempt = cluster.execute::<Value>(&call, &request);
+    let attempt = cluster.execute::<Value>(&call, request);
     let waited = tokio::time::timeout(Duration::from_millis(100), attempt).await;
     assert!(waited.is_err(), "the node never answers");
     assert_eq!(slow.api_hits(), 1);
