@@ -317,6 +317,15 @@ impl Principal {
     pub fn may(&self, op: Op) -> bool {
         self.grants.iter().any(|g| g.ops.contains(op))
     }
+
+    /// True when some grant allows `op` on every address (`ucxl://any:any@any:any/**`).
+    #[must_use]
+    pub fn may_everywhere(&self, op: Op) -> bool {
+        let everything = Pattern::everything();
+        self.grants
+            .iter()
+            .any(|g| g.ops.contains(op) && *g.pattern == everything)
+    }
 }
 
 /// The roles a principal names, looked up in the policy's roles (a role the policy lacks
@@ -378,6 +387,7 @@ mod tests {
         assert!(!p.allows(Op::Delete, &address("ucxl://claude:architect@bzzz:t/a")));
         assert!(p.may(Op::Search));
         assert!(!p.may(Op::Admin));
+        assert!(!p.may_everywhere(Op::Read), "bzzz only");
         assert_eq!(p.written_by(), Some(n));
     }
 
@@ -484,8 +494,22 @@ mod tests {
     fn anonymous_and_admin_token_principals() {
         let a = Principal::anonymous(None);
         assert!(a.allows(Op::Write, &address("ucxl://x:y@z:w/p")));
+        assert!(a.may_everywhere(Op::Search));
         assert!(!a.may(Op::Admin));
         assert_eq!(a.written_by(), None);
+        let wide = Grant::parse(ops(&[Op::Search]), "ucxl://*:any@any:*/**").expect("grant");
+        let n = name("wide");
+        let w = Principal::new(
+            Kind::ApiKey,
+            Identity {
+                name: &n,
+                claims: None,
+            },
+            [&wide],
+            None,
+        );
+        assert!(w.may_everywhere(Op::Search));
+        assert!(!w.may_everywhere(Op::Read));
         let t = Principal::admin_token();
         assert!(t.may(Op::Admin));
         assert!(!t.allows(Op::Read, &address("ucxl://x:y@z:w/p")));
