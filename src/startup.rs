@@ -251,6 +251,7 @@ impl Application {
         let upkeep = tokio::spawn(metrics_upkeep(self.state.clone(), shutdown.clone()));
         let background = self.state.background.clone();
         tokio::spawn(Arc::clone(&self.state.cluster).run_health_checks(background.clone()));
+        // The SIGHUP handler is installed here, before "listening" is logged.
         tokio::spawn(crate::control::reload_on_hangup(
             self.state.clone(),
             background.clone(),
