@@ -1266,6 +1266,80 @@ async fn sighup_reloads_the_policy_of_the_running_binary() {
     assert!(reloaded, "the new key works after SIGHUP");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_resume_once_the_audit_sink_takes_records_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(&policy_path, policy("")).expect("write policy");
+    let config_path = dir.path().join("rustle.toml");
+    let log = dir.path().join("audit.jsonl");
+    std::fs::write(&config_path, "audit_log = \"/dev/full\"\n").expect("write config");
+    let (policy_env, config_env) = (
+        policy_path.display().to_string(),
+        config_path.display().to_string(),
+    );
+    let (mut child, addr) = super::process::spawn_listening(&[
+        ("RUSTLE_AUTH_POLICY", policy_env.as_str()),
+        ("RUSTLE_CONFIG", config_env.as_str()),
+    ]);
+    let client = reqwest::Client::new();
+    let put = |path: String| {
+        let (client, url) = (
+            client.clone(),
+            format!("http://{addr}/v1/envelopes?address={}", enc(&path)),
+        );
+        async move {
+            client
+                .put(&url)
+                .bearer_auth(BROAD)
+                .json(&json!({"content": 1}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .ok()
+        }
+    };
+    for i in 0..2 {
+        assert_eq!(
+            put(format!("ucxl://claude:dev@alpha:t/broken-{i}")).await,
+            Some(503)
+        );
+    }
+    // The operator points the sink at a file and reloads, with no other request in
+    // between: writes resume without an admin call or a restart.
+    std::fs::write(
+        &config_path,
+        format!("audit_log = {}\n", json!(log.display().to_string())),
+    )
+    .expect("write config");
+    let pid = child.id().to_string();
+    let signalled = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(signalled.success());
+    let attempt = AtomicUsize::new(0);
+    let resumed = wait_until(Duration::from_secs(20), || async {
+        let n = attempt.fetch_add(1, Ordering::SeqCst);
+        put(format!("ucxl://claude:dev@alpha:t/after-{n}")).await == Some(201)
+    })
+    .await;
+    child.kill().expect("killed");
+    let _ = child.wait();
+    assert!(resumed, "writes stay refused after the sink was fixed");
+    // The refusal that found the sink healed is on record, then the write that went through.
+    let lines = audit_lines(&log);
+    let statuses: Vec<&Value> = lines.iter().map(|l| &l["status"]).collect();
+    assert_eq!(statuses.first(), Some(&&json!(503)), "{lines:?}");
+    assert_eq!(statuses.last(), Some(&&json!(201)), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["principal"] == "architect-bot" && l["operation"] == "write"),
+        "{lines:?}"
+    );
+}
+
 #[test]
 fn a_listener_beyond_loopback_needs_a_policy_or_auth_none() {
     let resolve = |pairs: &[(&str, &str)]| {
