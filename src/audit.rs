@@ -9,8 +9,9 @@
 //!
 //! Records of writes and deletes are appended before their answer leaves; a sink that
 //! cannot take them turns those answers into 503s (and refuses new writes up front while it
-//! stays broken), never a silent gap. One writer thread appends, several records per
-//! system call when requests arrive together.
+//! stays broken; those refusals are recorded too, and the first one appended finds the sink
+//! healed). One writer thread appends, several records per system call when requests
+//! arrive together.
 
 use std::io::{self, Write as _};
 use std::path::PathBuf;
@@ -310,15 +311,33 @@ fn must_record(op: Option<Op>) -> bool {
     matches!(op, Some(Op::Write | Op::Delete))
 }
 
-fn unavailable() -> Response {
-    metrics::counter!("rustle_audit_failures_total").increment(1);
+/// The answer to a write or delete the audit log cannot take a record of.
+fn refusal() -> ApiError {
     ApiError::Unavailable {
         message: "the audit log cannot take records: writes and deletes are refused until it can"
             .into(),
         details: json!({}),
         retry_after: Some(1),
     }
-    .into_response()
+}
+
+fn unavailable() -> Response {
+    metrics::counter!("rustle_audit_failures_total").increment(1);
+    refusal().into_response()
+}
+
+/// Refuses a write or delete before it happens while the sink is known to be broken,
+/// rather than answering 503 for a write that was made. The refusal is itself recorded
+/// (who, what, where), and that record is what finds the sink healed: once it is
+/// appended, writes go through again.
+///
+/// # Errors
+/// 503 while the last append failed.
+pub fn writable(state: &AppState, op: Op) -> Result<(), ApiError> {
+    if must_record(Some(op)) && !state.audit.healthy() {
+        return Err(refusal());
+    }
+    Ok(())
 }
 
 /// The layer: gives the request its [`Slot`], and appends a record when the answer is one
@@ -333,14 +352,6 @@ pub async fn record(State(state): State<AppState>, mut request: Request, next: N
     );
     let request_id = request.extensions().get::<RequestId>().map(|r| r.0.clone());
     let route_op = Op::of_route(&method, &route);
-    // A sink known to be broken refuses writes before they happen, rather than answering
-    // 503 for a write that was made.
-    if must_record(route_op) && !state.audit.healthy() {
-        let sink = state.config.load().audit_log.clone();
-        if state.audit.reopen(sink).await.is_err() || !state.audit.healthy() {
-            return unavailable();
-        }
-    }
     let response = next.run(request).await;
     let facts = slot.facts().clone();
     let operation = facts.operation.or(route_op);

@@ -222,34 +222,98 @@ pub async fn reload(state: &AppState) -> Result<ReloadReport, ControlError> {
 }
 
 /// Reloads on every SIGHUP until `stop` is cancelled (as `POST /v1/admin/reload` does).
-pub async fn reload_on_hangup(state: AppState, stop: tokio_util::sync::CancellationToken) {
+///
+/// The handler is installed when this is called, not when the returned task first runs:
+/// until then SIGHUP keeps its default action, which ends the process. Call it before the
+/// gateway says it listens.
+pub fn reload_on_hangup(
+    state: AppState,
+    stop: tokio_util::sync::CancellationToken,
+) -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
-        let Ok(mut hangups) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            tracing::warn!("cannot listen for SIGHUP: reload with POST /v1/admin/reload");
-            return;
-        };
-        loop {
-            tokio::select! {
-                received = hangups.recv() => if received.is_none() { return },
-                () = stop.cancelled() => return,
-            }
-            let _guard = state.admin_lock.lock().await;
-            match reload(&state).await {
-                Ok(_) => tracing::info!(signal = "SIGHUP", "reloaded"),
-                Err(ControlError::Invalid(problems)) => {
-                    for problem in &problems {
-                        tracing::error!(signal = "SIGHUP", problem = %problem, "reload refused: the configuration in force stays");
-                    }
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        {
+            let Ok(mut hangups) = hangups else {
+                tracing::warn!("cannot listen for SIGHUP: reload with POST /v1/admin/reload");
+                return;
+            };
+            loop {
+                tokio::select! {
+                    received = hangups.recv() => if received.is_none() { return },
+                    () = stop.cancelled() => return,
                 }
-                Err(e) => tracing::error!(signal = "SIGHUP", error = %e, "reload failed"),
+                let _guard = state.admin_lock.lock().await;
+                match reload(&state).await {
+                    Ok(_) => tracing::info!(signal = "SIGHUP", "reloaded"),
+                    Err(ControlError::Invalid(problems)) => {
+                        for problem in &problems {
+                            tracing::error!(signal = "SIGHUP", problem = %problem, "reload refused: the configuration in force stays");
+                        }
+                    }
+                    Err(e) => tracing::error!(signal = "SIGHUP", error = %e, "reload failed"),
+                }
             }
         }
+        #[cfg(not(unix))]
+        {
+            let _ = (state, stop);
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = (state, stop);
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use crate::config::{AuditSink, Config};
+    use crate::startup::{Options, build_state};
+
+    /// No other test of this binary listens for SIGHUP: without the handler, the signal
+    /// below would end the test process.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sighup_before_the_task_first_runs_reloads_rather_than_ends_the_process() {
+        let journal = tempfile::tempdir().expect("tempdir");
+        let config = Config {
+            audit_log: AuditSink::Off,
+            journal_dir: journal.path().to_path_buf(),
+            ..Config::default()
+        };
+        let env: HashMap<String, String> = [
+            ("RUSTLE_CACHE_MAX_ENTRIES", "7"),
+            ("RUSTLE_AUDIT_LOG", "off"),
+            ("RUSTLE_JOURNAL_DIR", &journal.path().display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let options = Options {
+            env: Arc::new(move || env.clone()),
+            ..Options::default()
+        };
+        let state = build_state(config, options).expect("state");
+        let stop = CancellationToken::new();
+        let task = super::reload_on_hangup(state.clone(), stop.clone());
+        let sent = std::process::Command::new("kill")
+            .args(["-HUP", &std::process::id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        let running = tokio::spawn(task);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while state.config.load().cache_max_entries != 7 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the signal was not taken as a reload"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        running.await.expect("the task ends");
     }
 }

@@ -252,6 +252,7 @@ impl Application {
             Arc::clone(&self.state.cluster),
             background.clone(),
         ));
+        // The SIGHUP handler is installed here, before "listening" is logged.
         tokio::spawn(crate::control::reload_on_hangup(
             self.state.clone(),
             background.clone(),

@@ -317,6 +317,15 @@ impl Principal {
     pub fn may(&self, op: Op) -> bool {
         self.grants.iter().any(|g| g.ops.contains(op))
     }
+
+    /// True when some grant allows `op` on every address (`ucxl://any:any@any:any/**`).
+    #[must_use]
+    pub fn may_everywhere(&self, op: Op) -> bool {
+        let everything = Pattern::everything();
+        self.grants
+            .iter()
+            .any(|g| g.ops.contains(op) && *g.pattern == everything)
+    }
 }
 
 /// The roles a principal names, looked up in the policy's roles (a role the policy lacks
@@ -378,6 +387,7 @@ mod tests {
         assert!(!p.allows(Op::Delete, &address("ucxl://claude:architect@bzzz:t/a")));
         assert!(p.may(Op::Search));
         assert!(!p.may(Op::Admin));
+        assert!(!p.may_everywhere(Op::Read), "bzzz only");
         assert_eq!(p.written_by(), Some(n));
     }
 
@@ -484,10 +494,169 @@ mod tests {
     fn anonymous_and_admin_token_principals() {
         let a = Principal::anonymous(None);
         assert!(a.allows(Op::Write, &address("ucxl://x:y@z:w/p")));
+        assert!(a.may_everywhere(Op::Search));
         assert!(!a.may(Op::Admin));
         assert_eq!(a.written_by(), None);
+        let wide = Grant::parse(ops(&[Op::Search]), "ucxl://*:any@any:*/**").expect("grant");
+        let n = name("wide");
+        let w = Principal::new(
+            Kind::ApiKey,
+            Identity {
+                name: &n,
+                claims: None,
+            },
+            [&wide],
+            None,
+        );
+        assert!(w.may_everywhere(Op::Search));
+        assert!(!w.may_everywhere(Op::Read));
         let t = Principal::admin_token();
         assert!(t.may(Op::Admin));
         assert!(!t.allows(Op::Read, &address("ucxl://x:y@z:w/p")));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Components of addresses, some looking like the wildcard.
+        const COMPONENTS: &[&str] = &["a", "claude", "ANY", "anyx"];
+        const SEGMENTS: &[&str] = &["x", "y"];
+        /// Principal names and claim values, valid components or not.
+        const VALUES: &[&str] = &["claude", "a", "any", "ANY", "*", "has space", "a/b", ""];
+
+        fn address() -> impl Strategy<Value = Address> {
+            (
+                prop::array::uniform4(prop::sample::select(COMPONENTS)),
+                prop::collection::vec(prop::sample::select(SEGMENTS), 0..3),
+            )
+                .prop_filter_map("a concrete address", |([a, r, p, t], path)| {
+                    let text = format!("ucxl://{a}:{r}@{p}:{t}/{}", path.join("/"));
+                    Address::parse(&text)
+                        .ok()
+                        .filter(|a| a.require_concrete().is_ok())
+                })
+        }
+
+        /// A component of a grant pattern: a wildcard, a literal or a variable.
+        fn template() -> impl Strategy<Value = &'static str> {
+            prop_oneof![
+                3 => Just("any"),
+                1 => Just("*"),
+                3 => prop::sample::select(COMPONENTS),
+                2 => Just("${principal}"),
+                1 => Just("${claim.agent}"),
+            ]
+        }
+
+        fn glob() -> impl Strategy<Value = &'static str> {
+            prop_oneof![
+                3 => Just("**"),
+                1 => Just("*"),
+                1 => Just("?"),
+                1 => Just("x*"),
+                2 => prop::sample::select(SEGMENTS),
+            ]
+        }
+
+        fn grant_text() -> impl Strategy<Value = String> {
+            (
+                prop::array::uniform4(template()),
+                prop::collection::vec(glob(), 0..3),
+            )
+                .prop_map(|([a, r, p, t], path)| {
+                    let mut text = format!("ucxl://{a}:{r}@{p}:{t}");
+                    for glob in path {
+                        text.push('/');
+                        text.push_str(glob);
+                    }
+                    text
+                })
+        }
+
+        fn op_set() -> impl Strategy<Value = Vec<Op>> {
+            prop::sample::subsequence(Op::ALL.to_vec(), 1..=Op::ALL.len())
+        }
+
+        /// What a variable may stand for, as the module documentation states it.
+        fn usable(value: &str) -> bool {
+            (1..=64).contains(&value.len())
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                && !value.eq_ignore_ascii_case("any")
+        }
+
+        /// The pattern a grant means for one caller, or `None` when a variable has no
+        /// usable value: written out by hand, then parsed alone.
+        fn meant(text: &str, name: &str, agent: Option<&str>) -> Option<Pattern> {
+            let mut text = text.to_owned();
+            if text.contains("${principal}") {
+                if !usable(name) {
+                    return None;
+                }
+                text = text.replace("${principal}", name);
+            }
+            if text.contains("${claim.agent}") {
+                let agent = agent.filter(|a| usable(a))?;
+                text = text.replace("${claim.agent}", agent);
+            }
+            Some(Pattern::parse(&text).expect("a pattern with usable values parses"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            #[test]
+            fn a_principal_is_allowed_exactly_what_one_of_its_grants_covers(
+                grants in prop::collection::vec((op_set(), grant_text()), 0..4),
+                name in prop::sample::select(VALUES),
+                agent in prop::option::of(prop::sample::select(VALUES)),
+                jwt in any::<bool>(),
+                addresses in prop::collection::vec(address(), 1..6),
+            ) {
+                let parsed: Vec<(Vec<Op>, &str, Grant)> = grants
+                    .iter()
+                    .map(|(ops, text)| {
+                        let grant = Grant::parse(ops.iter().copied().collect(), text)
+                            .expect("generated grants are valid");
+                        (ops.clone(), text.as_str(), grant)
+                    })
+                    .collect();
+                let name = PrincipalName::parse(name).unwrap_or_else(|_| PrincipalName::parse("p").expect("name"));
+                let claims = agent.map(|a| serde_json::json!({"agent": a}));
+                // API keys carry no claims; tokens may lack the claim.
+                let (kind, claims) = if jwt {
+                    (Kind::Jwt, claims.as_ref().and_then(Value::as_object))
+                } else {
+                    (Kind::ApiKey, None)
+                };
+                let agent = claims.and_then(|c| c.get("agent")).and_then(Value::as_str);
+                let principal = Principal::new(
+                    kind,
+                    Identity { name: &name, claims },
+                    parsed.iter().map(|(_, _, g)| g),
+                    None,
+                );
+                for address in &addresses {
+                    for op in Op::ALL {
+                        let covered = parsed.iter().any(|(ops, text, _)| {
+                            ops.contains(&op)
+                                && meant(text, name.as_str(), agent)
+                                    .is_some_and(|p| p.matches(address))
+                        });
+                        prop_assert_eq!(
+                            principal.allows(op, address),
+                            covered,
+                            "{} {} by {} with {:?}",
+                            op,
+                            address,
+                            name,
+                            grants
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -103,7 +103,8 @@ impl Operation for ToDelete {
 }
 
 /// The `?address=` parameter, valid, and the caller's permission to do `O` there
-/// (403 naming the operation and the address as sent, and nothing else).
+/// (403 naming the operation and the address as sent, and nothing else); writes and
+/// deletes also need an audit log that takes records (503).
 #[derive(Debug)]
 pub struct Permitted<O> {
     /// The address.
@@ -111,10 +112,13 @@ pub struct Permitted<O> {
     _op: PhantomData<O>,
 }
 
-impl<S: Send + Sync, O: Operation> FromRequestParts<S> for Permitted<O> {
+impl<O: Operation> FromRequestParts<AppState> for Permitted<O> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let ApiQuery(query) = ApiQuery::<AddressQuery>::from_request_parts(parts, state).await?;
         let address = Address::parse(&query.address)?;
         address.require_concrete()?;
@@ -127,6 +131,7 @@ impl<S: Send + Sync, O: Operation> FromRequestParts<S> for Permitted<O> {
                 target: query.address,
             });
         }
+        crate::audit::writable(state, O::OP)?;
         Ok(Self {
             address,
             _op: PhantomData,

@@ -123,7 +123,9 @@ const SCAN_LIMIT: usize = MAX_LIMIT;
 /// One page of the matches the caller may `search`. Pages the backend gives are filtered;
 /// while fewer than `limit` visible items are found and more exist, further pages are read
 /// (inside the request deadline), so the page size, the cursor (the last *visible*
-/// address) and the count say nothing about addresses the caller may not see.
+/// address) and the count say nothing about addresses the caller may not see. A cursor is
+/// given only when a further visible match exists: a last page of hidden matches would
+/// otherwise show up as an empty page.
 async fn visible_page(
     ctx: &Ctx,
     backend: &dyn Backend,
@@ -131,10 +133,10 @@ async fn visible_page(
 ) -> Result<Served<SearchPage>, Failed> {
     let limit = query.limit;
     let first = ctx.served(backend.search(&ctx.call, &query).await, backend)?;
-    let visible = |item: &SearchItem| ctx.caller.allows(Op::Search, &item.address);
-    if first.value.items.iter().all(visible) {
+    if ctx.caller.may_everywhere(Op::Search) {
         return Ok(first);
     }
+    let visible = |item: &SearchItem| ctx.caller.allows(Op::Search, &item.address);
     let mut via = first.via;
     let mut page = first.value;
     let mut items: Vec<SearchItem> = Vec::with_capacity(limit);
@@ -144,20 +146,18 @@ async fn visible_page(
         partial |= page.partial;
         failed.extend(page.failed_endpoints);
         let scanned_to = page.items.last().map(|i| i.address.canonical().to_owned());
-        let scanned = page.items.len();
-        let mut taken = 0;
+        let mut more_visible = false;
         for item in page.items {
-            taken += 1;
             if visible(&item) {
-                items.push(item);
                 if items.len() == limit {
+                    more_visible = true;
                     break;
                 }
+                items.push(item);
             }
         }
-        let more = page.next_cursor.is_some() || taken < scanned;
-        if items.len() == limit || !more {
-            let next_cursor = (more && items.len() == limit)
+        if more_visible || page.next_cursor.is_none() || scanned_to.is_none() {
+            let next_cursor = more_visible
                 .then(|| items.last().map(|i| encode_cursor(i.address.canonical())))
                 .flatten();
             return Ok(Served {

@@ -42,14 +42,22 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(test_config(), Options::default()).await
 }
 
-pub async fn spawn_app_with(mut config: Config, mut options: Options) -> TestApp {
+pub async fn spawn_app_with(config: Config, options: Options) -> TestApp {
+    spawn_app_with_env(config, options, HashMap::new()).await
+}
+
+/// A gateway whose environment (read at start and by every reload) holds `initial`.
+pub async fn spawn_app_with_env(
+    mut config: Config,
+    mut options: Options,
+    mut initial: HashMap<String, String>,
+) -> TestApp {
     // Never the default directory: tests run in parallel, and each journal is one file.
     let journal = (config.journal_dir == test_config_default_journal()).then(|| {
         let dir = tempfile::tempdir().expect("tempdir");
         config.journal_dir = dir.path().to_path_buf();
         dir
     });
-    let mut initial = HashMap::new();
     if let Some(dir) = &journal {
         // Reloads re-read the environment: they must find the same directory.
         initial.insert(

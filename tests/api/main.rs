@@ -2,6 +2,7 @@
 
 mod abuse;
 mod admin;
+mod auth;
 mod conformance;
 mod envelopes;
 mod errors;
