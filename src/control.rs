@@ -82,8 +82,8 @@ pub async fn switch_mode(state: &AppState, mode: BackendMode) -> Result<BackendM
         // Opening reads (and after a crash repairs) the journal file: off the async workers.
         let shared = state.clone();
         let opened = tokio::task::spawn_blocking(move || shared.open_journal(&dir)).await?;
-        let recovery = opened.map_err(|e| unavailable(format!("cannot open the journal: {e}")))?;
-        recovery.start(&state.background);
+        let fallback = opened.map_err(|e| unavailable(format!("cannot open the journal: {e}")))?;
+        fallback.start(&state.background);
     }
     let backend = backend::for_mode(mode, state.parts()).map_err(|e| unavailable(e.reason))?;
     state.active.store(Arc::new(Active { mode, backend }));
@@ -213,8 +213,8 @@ pub async fn reload(state: &AppState) -> Result<ReloadReport, ControlError> {
     new.journal_dir.clone_from(&old.journal_dir);
     new.client_header_timeout = old.client_header_timeout;
     state.store.set_max_entries(new.cache_max_entries);
-    if let Some(recovery) = state.recovery.get() {
-        recovery.set_request_timeout(new.request_timeout);
+    if let Some(fallback) = state.fallback.get() {
+        fallback.set_request_timeout(new.request_timeout);
     }
     state.config.store(Arc::new(new));
     tracing::info!(applied = ?report.applied, restart_required = ?report.restart_required, "configuration reloaded");

@@ -255,7 +255,7 @@ impl From<BackendError> for ApiError {
                 details: json!({}),
             },
             BackendError::Internal(cause) => Self::internal(std::io::Error::other(cause)),
-            BackendError::Refused(r, _) => Self::Node {
+            BackendError::Refused(r) => Self::Node {
                 code: r.code,
                 message: r.message,
                 details: r.details,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::audit::Slot;
 use crate::auth::Principal;
 use crate::auth::http::Caller;
-use crate::backend::{Backend, BackendError, Call, Served};
+use crate::backend::{Call, Outcome, Served};
 use crate::error::ApiError;
 use crate::reply::Failed;
 use crate::state::AppState;
@@ -44,22 +44,15 @@ impl Ctx {
     ///
     /// # Errors
     /// The backend's failure as an answer (with the `X-Rustle-*` headers of who failed).
-    pub fn served<T>(
-        &self,
-        result: Result<Served<T>, BackendError>,
-        backend: &dyn Backend,
-    ) -> Result<Served<T>, Failed> {
-        match result {
+    pub fn served<T>(&self, outcome: Outcome<T>) -> Result<Served<T>, Failed> {
+        match outcome {
             Ok(served) => {
                 self.audit.backend(served.via.backend);
                 Ok(served)
             }
-            Err(e) => {
-                let failed = Failed::backend(e, backend);
-                if let Some(via) = failed.via() {
-                    self.audit.backend(via.backend);
-                }
-                Err(failed)
+            Err(not_served) => {
+                self.audit.backend(not_served.via.backend);
+                Err(Failed::backend(not_served))
             }
         }
     }

@@ -5,7 +5,7 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use ucxl_service::Reply;
 
-use crate::backend::{Backend, BackendError, Via};
+use crate::backend::{NotServed, Via};
 use crate::error::ApiError;
 
 /// `X-Rustle-Backend`: `real`, `fallback` or `mock`.
@@ -56,13 +56,12 @@ pub struct Failed {
 }
 
 impl Failed {
-    /// The error answer of a backend call to `backend`.
+    /// The error answer of a backend call that did not serve.
     #[must_use]
-    pub fn backend(error: BackendError, backend: &dyn Backend) -> Self {
-        let via = error.via(backend.local_kind());
+    pub fn backend(not_served: NotServed) -> Self {
         Self {
-            error: error.into(),
-            via: Some(via),
+            error: not_served.error.into(),
+            via: Some(not_served.via),
         }
     }
 }

@@ -117,7 +117,7 @@ pub fn build_state(config: Config, options: Options) -> Result<AppState, Startup
         config: ArcSwap::from_pointee(config),
         store,
         cluster: Arc::new(cluster),
-        recovery: std::sync::OnceLock::new(),
+        fallback: std::sync::OnceLock::new(),
         background: CancellationToken::new(),
         in_flight: std::sync::atomic::AtomicUsize::new(0),
         metrics,
@@ -265,8 +265,8 @@ impl Application {
             tracing::warn!(addr = %self.addr, "RUSTLE_AUTH=none on an address beyond loopback: anyone who can reach it may read, overwrite and delete every envelope");
         }
         drop(config);
-        if let Some(recovery) = self.state.recovery.get() {
-            recovery.start(&background);
+        if let Some(fallback) = self.state.fallback.get() {
+            fallback.start(&background);
         }
         tracing::info!(addr = %self.addr, mode = %self.state.active.load().mode, "listening");
         let listener = match self.state.tls.clone() {

@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicUsize;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::Backend;
-use crate::backend::hybrid::Recovery;
+use crate::backend::hybrid::Fallback;
 use crate::config::{BackendMode, Cli, Config};
 use crate::store::local::LocalStore;
 use crate::upstream::cluster::Cluster;
@@ -50,7 +50,7 @@ pub struct Shared {
     /// The BZZZ endpoints and their resilience state (kept across mode switches).
     pub cluster: Arc<Cluster>,
     /// The journal and fallback state, once the journal is open.
-    pub recovery: OnceLock<Arc<Recovery>>,
+    pub fallback: OnceLock<Arc<Fallback>>,
     /// Cancelled when the application stops: background tasks end with it.
     pub background: CancellationToken,
     /// Requests in flight, bounded by `RUSTLE_MAX_IN_FLIGHT`.
@@ -99,26 +99,26 @@ impl AppState {
         crate::backend::Parts {
             store: &self.store,
             cluster: &self.cluster,
-            recovery: self.recovery.get(),
+            fallback: self.fallback.get(),
         }
     }
 
-    /// Opens the journal in `dir` (once); [`Recovery::start`] starts its replayer.
+    /// Opens the journal in `dir` (once); [`Fallback::start`] starts its replayer.
     ///
     /// # Errors
     /// When the journal cannot be opened.
-    pub fn open_journal(&self, dir: &std::path::Path) -> Result<Arc<Recovery>, String> {
-        if let Some(recovery) = self.recovery.get() {
-            return Ok(Arc::clone(recovery));
+    pub fn open_journal(&self, dir: &std::path::Path) -> Result<Arc<Fallback>, String> {
+        if let Some(fallback) = self.fallback.get() {
+            return Ok(Arc::clone(fallback));
         }
         let journal = crate::store::journal::Journal::open(dir).map_err(|e| e.to_string())?;
-        let recovery = Recovery::new(
+        let fallback = Fallback::new(
             journal,
             Arc::clone(&self.store),
             Arc::clone(&self.cluster),
             self.config.load().request_timeout,
         );
-        Ok(Arc::clone(self.recovery.get_or_init(|| recovery)))
+        Ok(Arc::clone(self.fallback.get_or_init(|| fallback)))
     }
 }
 

@@ -10,7 +10,7 @@ use ucxl::{Address, Envelope, EnvelopeId, History, NewVersion, PutOutcome};
 
 use super::{
     Backend, BackendError, BackendKind, BackendStatus, Call, Deleted, FallbackStatus,
-    JournalStatus, SearchPage, SearchQuery, Served, Via, Written,
+    JournalStatus, NotServed, Outcome, SearchPage, SearchQuery, Served, Via, Written,
 };
 use crate::store::local::{LocalStore, Retention};
 
@@ -33,17 +33,19 @@ impl MockBackend {
             via: Via::local(BackendKind::Mock),
         }
     }
+
+    fn not_served(error: impl Into<BackendError>) -> NotServed {
+        NotServed::new(error, Via::local(BackendKind::Mock))
+    }
 }
 
 #[async_trait]
 impl Backend for MockBackend {
-    async fn put(
-        &self,
-        _call: &Call,
-        address: &Address,
-        new: NewVersion,
-    ) -> Result<Served<Written>, BackendError> {
-        let outcome = self.store.put(address, new, Retention::Owned, Utc::now())?;
+    async fn put(&self, _call: &Call, address: &Address, new: NewVersion) -> Outcome<Written> {
+        let outcome = self
+            .store
+            .put(address, new, Retention::Owned, Utc::now())
+            .map_err(Self::not_served)?;
         let created = matches!(outcome, PutOutcome::Created { .. });
         let (version, stored) = outcome.parts();
         Ok(Self::served(Written {
@@ -52,25 +54,20 @@ impl Backend for MockBackend {
         }))
     }
 
-    async fn get(&self, _call: &Call, address: &Address) -> Result<Served<Envelope>, BackendError> {
-        let (version, stored) = self
-            .store
-            .get(address)
-            .ok_or_else(|| BackendError::NotFound {
+    async fn get(&self, _call: &Call, address: &Address) -> Outcome<Envelope> {
+        let (version, stored) = self.store.get(address).ok_or_else(|| {
+            Self::not_served(BackendError::NotFound {
                 address: address.to_string(),
-            })?;
+            })
+        })?;
         Ok(Self::served(Envelope::new(address, version, &stored)))
     }
 
-    async fn delete(
-        &self,
-        _call: &Call,
-        address: &Address,
-        id: EnvelopeId,
-    ) -> Result<Served<Deleted>, BackendError> {
+    async fn delete(&self, _call: &Call, address: &Address, id: EnvelopeId) -> Outcome<Deleted> {
         let outcome = self
             .store
-            .delete(address, id, Retention::Owned, Utc::now())?;
+            .delete(address, id, Retention::Owned, Utc::now())
+            .map_err(Self::not_served)?;
         let tombstone = outcome.tombstone();
         Ok(Self::served(Deleted {
             address: address.without_temporal(),
@@ -79,16 +76,12 @@ impl Backend for MockBackend {
         }))
     }
 
-    async fn history(
-        &self,
-        _call: &Call,
-        address: &Address,
-    ) -> Result<Served<History>, BackendError> {
+    async fn history(&self, _call: &Call, address: &Address) -> Outcome<History> {
         let versions = self.store.history(address);
         if versions.is_empty() {
-            return Err(BackendError::NotFound {
+            return Err(Self::not_served(BackendError::NotFound {
                 address: address.to_string(),
-            });
+            }));
         }
         Ok(Self::served(History {
             address: address.without_temporal(),
@@ -96,22 +89,18 @@ impl Backend for MockBackend {
         }))
     }
 
-    async fn search(
-        &self,
-        call: &Call,
-        query: &SearchQuery,
-    ) -> Result<Served<SearchPage>, BackendError> {
-        let (items, next_cursor) = self.store.search_page(call.deadline, query).await?;
+    async fn search(&self, call: &Call, query: &SearchQuery) -> Outcome<SearchPage> {
+        let (items, next_cursor) = self
+            .store
+            .search_page(call.deadline, query)
+            .await
+            .map_err(Self::not_served)?;
         Ok(Self::served(SearchPage {
             items,
             next_cursor,
             partial: false,
             failed_endpoints: Vec::new(),
         }))
-    }
-
-    fn local_kind(&self) -> BackendKind {
-        BackendKind::Mock
     }
 
     fn ready(&self) -> bool {

@@ -52,19 +52,36 @@ impl Call {
     pub fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
     }
+
+    /// The same call with `reserve` (at most half of what is left) kept back from its
+    /// deadline, for work that must still fit after it (journaling a write the cluster
+    /// could not take).
+    #[must_use]
+    pub fn reserving(&self, reserve: Duration) -> Self {
+        let keep = reserve.min(self.remaining() / 2);
+        Self {
+            request_id: self.request_id.clone(),
+            deadline: self.deadline - keep,
+        }
+    }
 }
 
-/// How a request was served (the `X-Rustle-*` headers).
+/// How a request was served, or how far it got: carried from where it is known (the
+/// cluster's attempts, the fallback's journal) to the answer's `X-Rustle-*` headers and
+/// code, never rebuilt afterwards.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Via {
-    /// Which backend answered.
+    /// Which backend answered (or failed).
     pub backend: BackendKind,
     /// The node that answered, for real answers.
     pub endpoint: Option<String>,
-    /// Attempts made (1 without retries).
+    /// Attempts made (1 without retries; 0 when no node was asked).
     pub attempts: u32,
     /// True when a fallback read may be out of date.
     pub stale: bool,
+    /// True when a write was accepted into the durable journal and reaches the cluster on
+    /// replay (answered 202).
+    pub journaled: bool,
 }
 
 impl Via {
@@ -76,33 +93,57 @@ impl Via {
             endpoint: None,
             attempts: 1,
             stale: false,
+            journaled: false,
+        }
+    }
+
+    /// Served by the fallback after `attempts` cluster attempts.
+    #[must_use]
+    pub fn fallback(attempts: u32) -> Self {
+        Self {
+            backend: BackendKind::Fallback,
+            endpoint: None,
+            attempts,
+            stale: false,
+            journaled: false,
+        }
+    }
+
+    /// Answered (or refused) by `endpoint` of the cluster after `attempts` attempts.
+    #[must_use]
+    pub fn real(endpoint: Option<String>, attempts: u32) -> Self {
+        Self {
+            backend: BackendKind::Real,
+            endpoint,
+            attempts,
+            stale: false,
+            journaled: false,
         }
     }
 }
 
-impl BackendError {
-    /// How the failed request was served, for the `X-Rustle-*` headers of the error
-    /// answer: `local` is what errors no node gave count as ([`Backend::local_kind`]).
+/// A backend call that did not serve: why, and how far it got.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotServed {
+    /// Why.
+    pub error: BackendError,
+    /// Who failed, after how many attempts.
+    pub via: Via,
+}
+
+impl NotServed {
+    /// `error` with `via`.
     #[must_use]
-    pub fn via(&self, local: BackendKind) -> Via {
-        let failed = |backend, attempts| Via {
-            backend,
-            endpoint: None,
-            attempts,
-            stale: false,
-        };
-        match self {
-            Self::Refused(_, via) => via.clone(),
-            Self::Cluster(failure) => failed(BackendKind::Real, failure.attempts),
-            Self::NotCached { cause, .. } => failed(
-                BackendKind::Fallback,
-                cause.as_ref().map_or(0, |c| c.attempts),
-            ),
-            Self::Journal(_) => failed(BackendKind::Fallback, 0),
-            _ => Via::local(local),
+    pub fn new(error: impl Into<BackendError>, via: Via) -> Self {
+        Self {
+            error: error.into(),
+            via,
         }
     }
 }
+
+/// What every backend call gives: the answer and how it was served, or why not.
+pub type Outcome<T> = Result<Served<T>, NotServed>;
 
 /// A backend's answer with how it was served.
 #[derive(Debug, Clone)]
@@ -134,6 +175,12 @@ pub struct Deleted {
     #[serde(with = "ucxl::envelope::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub deleted_at: DateTime<Utc>,
+}
+
+impl crate::upstream::ucxi::About for Deleted {
+    fn about(&self) -> Option<&Address> {
+        Some(&self.address)
+    }
 }
 
 pub use ucxl::SearchQuery;
@@ -175,10 +222,9 @@ pub enum BackendError {
         /// The configured limit.
         limit: usize,
     },
-    /// A node refused the request (4xx): its answer is passed on as is, with which node
-    /// answered.
+    /// A node refused the request (4xx): its answer is passed on as is.
     #[error("a node refused: {0:?}")]
-    Refused(crate::upstream::ucxi::Refusal, Via),
+    Refused(crate::upstream::ucxi::Refusal),
     /// The cluster could not answer (no endpoint, attempts or deadline exhausted, bad
     /// answers).
     #[error(transparent)]
@@ -194,6 +240,18 @@ pub enum BackendError {
     /// The durable journal could not take a fallback write.
     #[error("the journal cannot take the write: {0}")]
     Journal(String),
+}
+
+impl From<crate::store::local::StoreError> for BackendError {
+    fn from(e: crate::store::local::StoreError) -> Self {
+        use crate::store::local::StoreError;
+        match e {
+            StoreError::Write(w) => Self::Write(w),
+            StoreError::Full { limit } => Self::StoreFull { limit },
+            StoreError::Timeout => Self::Timeout,
+            StoreError::Task(cause) => Self::Internal(cause),
+        }
+    }
 }
 
 /// What `/v1/status` shows of the local store.
@@ -236,37 +294,17 @@ pub fn decode_cursor(cursor: &str) -> Option<String> {
 #[async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Stores a new version at `address`, or returns the existing one with the same id.
-    async fn put(
-        &self,
-        call: &Call,
-        address: &Address,
-        new: NewVersion,
-    ) -> Result<Served<Written>, BackendError>;
+    async fn put(&self, call: &Call, address: &Address, new: NewVersion) -> Outcome<Written>;
     /// Fetches the version `address`'s temporal segment selects.
-    async fn get(&self, call: &Call, address: &Address) -> Result<Served<Envelope>, BackendError>;
+    async fn get(&self, call: &Call, address: &Address) -> Outcome<Envelope>;
     /// Writes a tombstone at `address` (a no-op when a delete with this id exists).
-    async fn delete(
-        &self,
-        call: &Call,
-        address: &Address,
-        id: EnvelopeId,
-    ) -> Result<Served<Deleted>, BackendError>;
+    async fn delete(&self, call: &Call, address: &Address, id: EnvelopeId) -> Outcome<Deleted>;
     /// Lists the current versions of `address`.
-    async fn history(
-        &self,
-        call: &Call,
-        address: &Address,
-    ) -> Result<Served<History>, BackendError>;
+    async fn history(&self, call: &Call, address: &Address) -> Outcome<History>;
     /// One page of the latest version of each matching address.
-    async fn search(
-        &self,
-        call: &Call,
-        query: &SearchQuery,
-    ) -> Result<Served<SearchPage>, BackendError>;
+    async fn search(&self, call: &Call, query: &SearchQuery) -> Outcome<SearchPage>;
     /// Whether the backend can serve requests now (`/ready`).
     fn ready(&self) -> bool;
-    /// What answers that no node gave count as: `mock`, or `fallback` (the local store).
-    fn local_kind(&self) -> BackendKind;
     /// What `/v1/status` shows of this backend.
     fn status(&self) -> BackendStatus;
 }
@@ -374,7 +412,7 @@ pub struct Parts<'a> {
     /// The BZZZ endpoints.
     pub cluster: &'a std::sync::Arc<crate::upstream::cluster::Cluster>,
     /// The journal and fallback state, when the journal is open.
-    pub recovery: Option<&'a std::sync::Arc<hybrid::Recovery>>,
+    pub fallback: Option<&'a std::sync::Arc<hybrid::Fallback>>,
 }
 
 /// The backend that implements `mode`.
@@ -401,10 +439,10 @@ pub fn for_mode(
             Arc::clone(parts.store),
         )),
         BackendMode::Hybrid => {
-            let recovery = parts
-                .recovery
+            let fallback = parts
+                .fallback
                 .ok_or_else(|| unavailable("the journal is not open"))?;
-            Arc::new(hybrid::HybridBackend::new(Arc::clone(recovery)))
+            Arc::new(hybrid::HybridBackend::new(Arc::clone(fallback)))
         }
     })
 }

@@ -16,10 +16,11 @@ use ucxl::{Address, Envelope, EnvelopeId, History, NewVersion, SearchItem};
 
 use super::{
     Backend, BackendError, BackendKind, BackendStatus, Call, Deleted, FallbackStatus,
-    JournalStatus, SearchPage, SearchQuery, Served, Via, Written, encode_cursor,
+    JournalStatus, NotServed, Outcome, SearchPage, SearchQuery, Served, Via, Written,
+    encode_cursor,
 };
 use crate::store::local::LocalStore;
-use crate::upstream::cluster::{Cluster, Executed, FailureKind};
+use crate::upstream::cluster::{Cluster, ClusterFailure, Executed, FailureKind};
 use crate::upstream::ucxi::{Answer, NodeRequest};
 
 /// `?name=value` with the value percent-encoded.
@@ -67,6 +68,8 @@ struct Discovered {
     next_after: Option<String>,
 }
 
+impl crate::upstream::ucxi::About for Discovered {}
+
 /// The BZZZ cluster as a backend.
 #[derive(Debug, Clone)]
 pub struct RealBackend {
@@ -79,23 +82,19 @@ pub struct RealBackend {
 /// Addresses whose last writer is remembered; past this the memory starts afresh.
 const AFFINITY_MAX: usize = 65_536;
 
-fn via(executed_endpoint: String, attempts: u32) -> Via {
-    Via {
-        backend: BackendKind::Real,
-        endpoint: Some(executed_endpoint),
-        attempts,
-        stale: false,
-    }
-}
-
-/// The data of a definite answer, or the node's refusal as the error.
-fn data<T>(executed: Executed<T>) -> Result<(T, Via, ucxl::Code), BackendError> {
+/// The data of a definite answer, or the node's refusal; a cluster failure with its
+/// attempts.
+fn data<T>(
+    executed: Result<Executed<T>, ClusterFailure>,
+) -> Result<(T, Via, ucxl::Code), NotServed> {
+    let executed = executed.map_err(|failure| {
+        let via = Via::real(None, failure.attempts);
+        NotServed::new(failure, via)
+    })?;
+    let via = Via::real(Some(executed.endpoint), executed.attempts);
     match executed.answer {
-        Answer::Ok { code, data } => Ok((data, via(executed.endpoint, executed.attempts), code)),
-        Answer::Refused(refusal) => Err(BackendError::Refused(
-            refusal,
-            via(executed.endpoint, executed.attempts),
-        )),
+        Answer::Ok { code, data } => Ok((data, via, code)),
+        Answer::Refused(refusal) => Err(NotServed::new(BackendError::Refused(refusal), via)),
     }
 }
 
@@ -121,6 +120,7 @@ impl RealBackend {
             body: None,
             prefer: self.affinity(address),
             list: false,
+            about: Some(address.without_temporal()),
         }
     }
 
@@ -161,26 +161,6 @@ impl RealBackend {
         );
     }
 
-    /// A node's answer about another address than the one asked is a bad answer: nothing
-    /// of it is passed on or cached.
-    fn check_address(
-        &self,
-        asked: &Address,
-        answered: &Address,
-        via: &Via,
-    ) -> Result<(), BackendError> {
-        if asked.canonical() == answered.canonical() {
-            return Ok(());
-        }
-        let endpoint = via.endpoint.clone().unwrap_or_default();
-        tracing::warn!(%endpoint, asked = %asked, answered = %answered, "a node answered for another address");
-        Err(BackendError::Cluster(self.cluster.failure(
-            FailureKind::BadAnswer,
-            via.attempts,
-            vec![(endpoint, "answered for another address".into())],
-        )))
-    }
-
     /// Sends a put of `new` (also used by the journal replay).
     ///
     /// # Errors
@@ -190,14 +170,12 @@ impl RealBackend {
         call: &Call,
         address: &Address,
         new: &NewVersion,
-    ) -> Result<Served<Written>, BackendError> {
+    ) -> Outcome<Written> {
         let request = NodeRequest {
             body: Some(put_body(new)),
             ..self.about(axum::http::Method::PUT, "put", address)
         };
-        let executed = self.cluster.execute::<Envelope>(call, request).await?;
-        let (envelope, via, code) = data(executed)?;
-        self.check_address(address, &envelope.address, &via)?;
+        let (envelope, via, code) = data(self.cluster.execute::<Envelope>(call, request).await)?;
         self.remember(&envelope);
         self.wrote(address, &via);
         Ok(Served {
@@ -219,7 +197,7 @@ impl RealBackend {
         address: &Address,
         id: &EnvelopeId,
         deleted_at: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<Served<Deleted>, BackendError> {
+    ) -> Outcome<Deleted> {
         let mut headers = vec![(
             ucxl_service::headers::IDEMPOTENCY_KEY,
             id.as_str().to_owned(),
@@ -234,8 +212,7 @@ impl RealBackend {
             headers,
             ..self.about(axum::http::Method::DELETE, "delete", address)
         };
-        let executed = self.cluster.execute::<Deleted>(call, request).await?;
-        let (deleted, via, _) = data(executed)?;
+        let (deleted, via, _) = data(self.cluster.execute::<Deleted>(call, request).await)?;
         self.wrote(address, &via);
         self.cache.observe_delete(
             address,
@@ -290,20 +267,13 @@ fn merge_pages(pages: Vec<Discovered>, limit: usize) -> (Vec<SearchItem>, bool) 
 
 #[async_trait]
 impl Backend for RealBackend {
-    async fn put(
-        &self,
-        call: &Call,
-        address: &Address,
-        new: NewVersion,
-    ) -> Result<Served<Written>, BackendError> {
+    async fn put(&self, call: &Call, address: &Address, new: NewVersion) -> Outcome<Written> {
         self.send_put(call, address, &new).await
     }
 
-    async fn get(&self, call: &Call, address: &Address) -> Result<Served<Envelope>, BackendError> {
+    async fn get(&self, call: &Call, address: &Address) -> Outcome<Envelope> {
         let request = self.about(axum::http::Method::GET, "get", address);
-        let executed = self.cluster.execute::<Envelope>(call, request).await?;
-        let (envelope, via, _) = data(executed)?;
-        self.check_address(address, &envelope.address, &via)?;
+        let (envelope, via, _) = data(self.cluster.execute::<Envelope>(call, request).await)?;
         if address.temporal() == ucxl::Temporal::Latest {
             self.remember(&envelope);
         }
@@ -313,38 +283,23 @@ impl Backend for RealBackend {
         })
     }
 
-    async fn delete(
-        &self,
-        call: &Call,
-        address: &Address,
-        id: EnvelopeId,
-    ) -> Result<Served<Deleted>, BackendError> {
+    async fn delete(&self, call: &Call, address: &Address, id: EnvelopeId) -> Outcome<Deleted> {
         self.send_delete(call, address, &id, None).await
     }
 
-    async fn history(
-        &self,
-        call: &Call,
-        address: &Address,
-    ) -> Result<Served<History>, BackendError> {
+    async fn history(&self, call: &Call, address: &Address) -> Outcome<History> {
         let request = NodeRequest {
             list: true,
             ..self.about(axum::http::Method::GET, "history", address)
         };
-        let executed = self.cluster.execute::<History>(call, request).await?;
-        let (history, via, _) = data(executed)?;
-        self.check_address(address, &history.address, &via)?;
+        let (history, via, _) = data(self.cluster.execute::<History>(call, request).await)?;
         Ok(Served {
             value: history,
             via,
         })
     }
 
-    async fn search(
-        &self,
-        call: &Call,
-        query: &SearchQuery,
-    ) -> Result<Served<SearchPage>, BackendError> {
+    async fn search(&self, call: &Call, query: &SearchQuery) -> Outcome<SearchPage> {
         let mut path = format!(
             "/ucxi/v1/discover?{}&limit={}",
             query_pair("pattern", &query.pattern.to_string()),
@@ -365,6 +320,7 @@ impl Backend for RealBackend {
             body: None,
             prefer: None,
             list: true,
+            about: None,
         };
         let fan = self.cluster.fan_out::<Discovered>(call, request).await;
         let asked = u32::try_from(fan.results.len()).unwrap_or(u32::MAX);
@@ -377,7 +333,7 @@ impl Backend for RealBackend {
                 Ok(Answer::Ok { data, .. }) => pages.push(data),
                 Ok(Answer::Refused(r)) => {
                     errors.push((url.clone(), format!("refused: {}", r.code)));
-                    refusal.get_or_insert_with(|| (r, via(url.clone(), 1)));
+                    refusal.get_or_insert_with(|| (r, Via::real(Some(url.clone()), 1)));
                     failed.push(url);
                 }
                 Err(e) => {
@@ -389,7 +345,7 @@ impl Backend for RealBackend {
         if pages.is_empty() {
             // A refusal (a query the nodes reject) is the client's error, not an outage.
             if let Some((r, via)) = refusal {
-                return Err(BackendError::Refused(r, via));
+                return Err(NotServed::new(BackendError::Refused(r), via));
             }
             let kind = if call.remaining().is_zero() {
                 FailureKind::Deadline
@@ -399,8 +355,9 @@ impl Backend for RealBackend {
                 FailureKind::Exhausted
             };
             // The endpoints not asked are named with the reason they were skipped.
-            return Err(BackendError::Cluster(
+            return Err(NotServed::new(
                 self.cluster.failure(kind, asked, errors),
+                Via::real(None, asked),
             ));
         }
         let (items, more) = merge_pages(pages, query.limit);
@@ -419,17 +376,8 @@ impl Backend for RealBackend {
                 partial,
                 failed_endpoints: failed,
             },
-            via: Via {
-                backend: BackendKind::Real,
-                endpoint: None,
-                attempts: asked,
-                stale: false,
-            },
+            via: Via::real(None, asked),
         })
-    }
-
-    fn local_kind(&self) -> BackendKind {
-        BackendKind::Real
     }
 
     fn ready(&self) -> bool {

@@ -34,6 +34,7 @@ pub async fn run(cluster: Arc<Cluster>, stop: CancellationToken) {
         body: None,
         prefer: None,
         list: false,
+        about: None,
     });
     loop {
         let policy = cluster.policy();

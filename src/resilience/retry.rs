@@ -44,7 +44,7 @@ pub fn retryable(e: &AttemptError) -> bool {
         AttemptError::Unavailable { status, .. } => {
             matches!(status, 429 | 502 | 503 | 504 | 507)
         }
-        AttemptError::BadAnswer(_) => false,
+        AttemptError::BadAnswer(_) | AttemptError::WrongAddress(_) => false,
     }
 }
 

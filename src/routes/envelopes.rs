@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::http::{Permitted, ToDelete, ToRead, ToWrite};
-use crate::backend::{BackendKind, Deleted};
+use crate::backend::Deleted;
 use crate::error::ApiError;
 use crate::extract::{AddressQuery, ApiJson, Ctx, WriteAddressQuery};
 use ucxl_service::Reply;
@@ -228,17 +228,14 @@ async fn put_envelope(
     };
     ctx.audit.envelope(&new.id);
     let backend = Arc::clone(&state.active.load().backend);
-    let served = ctx.served(
-        backend.put(&ctx.call, &address, new).await,
-        backend.as_ref(),
-    )?;
+    let served = ctx.served(backend.put(&ctx.call, &address, new).await)?;
     let written = served.value;
-    let (code, message) = match (written.created, served.via.backend) {
-        (true, BackendKind::Fallback) => (
+    let (code, message) = match (written.created, served.via.journaled) {
+        (true, true) => (
             Code::Accepted,
             "accepted into the durable journal; it reaches the cluster when a node is back",
         ),
-        (true, _) => (Code::Created, "stored a new version"),
+        (true, false) => (Code::Created, "stored a new version"),
         (false, _) => (
             Code::Ok,
             "an envelope with this id already exists; nothing changed",
@@ -268,7 +265,7 @@ async fn get_envelope(
     Permitted { address, .. }: Permitted<ToRead>,
 ) -> Result<Reply<Envelope>, Failed> {
     let backend = Arc::clone(&state.active.load().backend);
-    let served = ctx.served(backend.get(&ctx.call, &address).await, backend.as_ref())?;
+    let served = ctx.served(backend.get(&ctx.call, &address).await)?;
     Ok(Reply::new(Code::Ok, "found", served.value, ctx.request_id()).via(served.via))
 }
 
@@ -301,11 +298,8 @@ async fn delete_envelope(
         .unwrap_or_else(EnvelopeId::generate);
     ctx.audit.envelope(&id);
     let backend = Arc::clone(&state.active.load().backend);
-    let served = ctx.served(
-        backend.delete(&ctx.call, &address, id).await,
-        backend.as_ref(),
-    )?;
-    let (code, message) = if served.via.backend == BackendKind::Fallback {
+    let served = ctx.served(backend.delete(&ctx.call, &address, id).await)?;
+    let (code, message) = if served.via.journaled {
         (Code::Accepted, "delete accepted into the durable journal")
     } else {
         (Code::Ok, "deleted")
@@ -331,7 +325,7 @@ async fn history(
     Permitted { address, .. }: Permitted<ToRead>,
 ) -> Result<Reply<History>, Failed> {
     let backend = Arc::clone(&state.active.load().backend);
-    let served = ctx.served(backend.history(&ctx.call, &address).await, backend.as_ref())?;
+    let served = ctx.served(backend.history(&ctx.call, &address).await)?;
     let message = format!("{} versions", served.value.versions.len());
     Ok(Reply::new(Code::Ok, message, served.value, ctx.request_id()).via(served.via))
 }

@@ -132,7 +132,7 @@ async fn visible_page(
     mut query: SearchQuery,
 ) -> Result<Served<SearchPage>, Failed> {
     let limit = query.limit;
-    let first = ctx.served(backend.search(&ctx.call, &query).await, backend)?;
+    let first = ctx.served(backend.search(&ctx.call, &query).await)?;
     if ctx.caller.may_everywhere(Op::Search) {
         return Ok(first);
     }
@@ -193,7 +193,7 @@ async fn visible_page(
         }
         query.after = scanned_to;
         query.limit = SCAN_LIMIT;
-        let next = ctx.served(backend.search(&ctx.call, &query).await, backend)?;
+        let next = ctx.served(backend.search(&ctx.call, &query).await)?;
         via.attempts = via.attempts.saturating_add(next.via.attempts);
         page = next.value;
     }

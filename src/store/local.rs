@@ -17,7 +17,27 @@ use ucxl::{
     VersionSummary,
 };
 
-use crate::backend::{BackendError, LocalStoreStatus, SearchQuery};
+use crate::backend::{LocalStoreStatus, SearchQuery};
+
+/// Why the local store could not do what was asked.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    /// The version set refused the write (id reuse, hash mismatch, nothing to delete).
+    #[error(transparent)]
+    Write(#[from] ucxl::WriteError),
+    /// Data the store must keep (the only copy) fills it.
+    #[error("the local store is full ({limit} versions)")]
+    Full {
+        /// The configured bound.
+        limit: usize,
+    },
+    /// A search ran past its deadline.
+    #[error("the search deadline passed")]
+    Timeout,
+    /// A search task failed (a bug).
+    #[error("a search task failed: {0}")]
+    Task(String),
+}
 
 /// Whether a write makes its record the only copy of its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,11 +155,11 @@ impl Inner {
         retention: Retention,
         growth: Option<usize>,
         change: impl FnOnce(&mut VersionSet) -> T,
-    ) -> Result<(T, u64), BackendError> {
+    ) -> Result<(T, u64), StoreError> {
         let key = address.canonical();
         let mut evicted = 0;
         if let Some(growth) = growth.filter(|g| *g > 0) {
-            evicted = self.make_room(growth, key).ok_or(BackendError::StoreFull {
+            evicted = self.make_room(growth, key).ok_or(StoreError::Full {
                 limit: self.max_entries,
             })?;
         }
@@ -225,14 +245,14 @@ impl LocalStore {
     /// Stores a new version (or finds the existing one with the same id).
     ///
     /// # Errors
-    /// Write refusals of the version set, or [`BackendError::StoreFull`].
+    /// Write refusals of the version set, or [`StoreError::Full`].
     pub fn put(
         &self,
         address: &Address,
         new: NewVersion,
         retention: Retention,
         now: DateTime<Utc>,
-    ) -> Result<PutOutcome, BackendError> {
+    ) -> Result<PutOutcome, StoreError> {
         let mut inner = self.write();
         let exists = inner
             .records
@@ -259,14 +279,14 @@ impl LocalStore {
     /// Writes a tombstone (or finds the existing one with the same id).
     ///
     /// # Errors
-    /// Nothing to delete, an id that names a version, or [`BackendError::StoreFull`].
+    /// Nothing to delete, an id that names a version, or [`StoreError::Full`].
     pub fn delete(
         &self,
         address: &Address,
         id: EnvelopeId,
         retention: Retention,
         now: DateTime<Utc>,
-    ) -> Result<DeleteOutcome, BackendError> {
+    ) -> Result<DeleteOutcome, StoreError> {
         let mut inner = self.write();
         if !inner.records.contains_key(address.canonical()) {
             return Err(ucxl::WriteError::NotFound.into());
@@ -283,13 +303,13 @@ impl LocalStore {
     /// of an address only the cluster holds): the cluster decides on replay.
     ///
     /// # Errors
-    /// An id that names a version, or [`BackendError::StoreFull`].
+    /// An id that names a version, or [`StoreError::Full`].
     pub fn delete_blind(
         &self,
         address: &Address,
         id: EnvelopeId,
         now: DateTime<Utc>,
-    ) -> Result<DeleteOutcome, BackendError> {
+    ) -> Result<DeleteOutcome, StoreError> {
         let mut inner = self.write();
         let known = inner
             .records
@@ -459,19 +479,19 @@ impl LocalStore {
     /// One page of matches, sorted by canonical address, plus whether more follow.
     ///
     /// Scans only the address range the pattern's literal prefix allows, and gives up with
-    /// [`BackendError::Timeout`] once `deadline` has passed.
+    /// [`StoreError::Timeout`] once `deadline` has passed.
     ///
     /// # Errors
-    /// [`BackendError::Timeout`].
+    /// [`StoreError::Timeout`].
     pub fn search(
         &self,
         query: &SearchQuery,
         deadline: Instant,
-    ) -> Result<(Vec<SearchItem>, bool), BackendError> {
+    ) -> Result<(Vec<SearchItem>, bool), StoreError> {
         let inner = self.read();
         let (mut items, more) = query
             .scan(&inner.records, |r| (&r.address, &r.set), deadline)
-            .map_err(|_| BackendError::Timeout)?;
+            .map_err(|_| StoreError::Timeout)?;
         for item in &mut items {
             let offset = inner.offset(&item.address);
             item.version = item.version.saturating_add(offset);
@@ -483,18 +503,18 @@ impl LocalStore {
     /// CPU-bound) and within the request deadline.
     ///
     /// # Errors
-    /// [`BackendError::Timeout`], or [`BackendError::Internal`] if the scan panicked.
+    /// [`StoreError::Timeout`], or [`StoreError::Task`] if the scan panicked.
     pub async fn search_page(
         self: &Arc<Self>,
         deadline: tokio::time::Instant,
         query: &SearchQuery,
-    ) -> Result<(Vec<SearchItem>, Option<String>), BackendError> {
+    ) -> Result<(Vec<SearchItem>, Option<String>), StoreError> {
         let store = Arc::clone(self);
         let owned = query.clone();
         let deadline = deadline.into_std();
         let (items, more) = tokio::task::spawn_blocking(move || store.search(&owned, deadline))
             .await
-            .map_err(|e| BackendError::Internal(e.to_string()))??;
+            .map_err(|e| StoreError::Task(e.to_string()))??;
         let next_cursor = more
             .then(|| {
                 items
@@ -567,7 +587,7 @@ mod tests {
             .put(&addr("ucxl://a:b@c:d/2"), new("2"), Retention::Owned, now)
             .expect("fits");
         let full = store.put(&addr("ucxl://a:b@c:d/3"), new("3"), Retention::Owned, now);
-        assert_eq!(full.err(), Some(BackendError::StoreFull { limit: 2 }));
+        assert_eq!(full.err(), Some(StoreError::Full { limit: 2 }));
         // retrying an existing id needs no room
         assert!(
             store
@@ -620,7 +640,7 @@ mod tests {
             .expect("fits");
         assert_eq!(store.status().owned_entries, 2);
         let full = store.put(&addr("ucxl://a:b@c:d/y"), new("3"), Retention::Cached, now);
-        assert_eq!(full.err(), Some(BackendError::StoreFull { limit: 2 }));
+        assert_eq!(full.err(), Some(StoreError::Full { limit: 2 }));
     }
 
     #[test]
@@ -759,7 +779,7 @@ mod tests {
             .unwrap_or_else(Instant::now);
         assert_eq!(
             store.search(&everything(1000), past).err(),
-            Some(BackendError::Timeout)
+            Some(StoreError::Timeout)
         );
     }
 
@@ -869,7 +889,7 @@ mod tests {
             .expect("fits");
         assert_eq!(
             store.delete_blind(&a, id("v1"), Utc::now()).err(),
-            Some(BackendError::Write(ucxl::WriteError::IdIsVersion(id("v1"))))
+            Some(StoreError::Write(ucxl::WriteError::IdIsVersion(id("v1"))))
         );
     }
 

@@ -23,7 +23,7 @@ use super::endpoint::{Endpoint, Unrecorded, outcome_label};
 use super::transport::{
     ClientError, ClientSettings, Exchange, HttpTransport, Transport, TransportFactory,
 };
-use super::ucxi::{self, Answer, AttemptError, NodeRequest};
+use super::ucxi::{self, About, Answer, AttemptError, NodeRequest};
 use crate::backend::{Call, EndpointStatus};
 use crate::config::{BreakerConfig, Config, RetryConfig};
 use crate::resilience::balance::{Load, p2c};
@@ -421,7 +421,7 @@ impl Cluster {
     }
 
     /// One attempt on `endpoint` (admitted by `permit`), recorded on it.
-    async fn attempt<T: DeserializeOwned>(
+    async fn attempt<T: DeserializeOwned + About>(
         &self,
         endpoint: &Endpoint,
         permit: Permit,
@@ -447,7 +447,8 @@ impl Cluster {
         };
         let attempt_timeout = policy.attempt_timeout;
         drop(policy);
-        let result = ucxi::classify::<T>(self.transport().oneshot(exchange).await);
+        let result = ucxi::classify::<T>(self.transport().oneshot(exchange).await)
+            .and_then(|answer| ucxi::check_about(answer, request.about.as_ref()));
         // A timeout shorter than the attempt timeout is the client's own deadline running
         // out: it says nothing about the endpoint, so a client cannot trip breakers by
         // sending tiny deadlines.
@@ -469,7 +470,7 @@ impl Cluster {
     ///
     /// # Errors
     /// [`ClusterFailure`] when no endpoint answered definitely.
-    pub async fn execute<T: DeserializeOwned>(
+    pub async fn execute<T: DeserializeOwned + About>(
         &self,
         call: &Call,
         request: NodeRequest,
@@ -555,7 +556,7 @@ impl Cluster {
 
     /// Sends `request` once to every available endpoint in parallel, each inside the
     /// deadline; returns each endpoint's result, and the endpoints not asked (unavailable).
-    pub async fn fan_out<T: DeserializeOwned + Send + 'static>(
+    pub async fn fan_out<T: DeserializeOwned + About + Send + 'static>(
         &self,
         call: &Call,
         request: NodeRequest,

@@ -93,7 +93,7 @@ pub fn outcome_label(e: &AttemptError) -> &'static str {
         AttemptError::Timeout(_) => "timeout",
         AttemptError::Unavailable { status: 429, .. } => "too_many_requests",
         AttemptError::Unavailable { .. } => "unavailable",
-        AttemptError::BadAnswer(_) => "bad_answer",
+        AttemptError::BadAnswer(_) | AttemptError::WrongAddress(_) => "bad_answer",
         AttemptError::Credentials(_) => "credentials_refused",
     }
 }

@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::http::Method;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use ucxl::{Code, Failure, Success};
+use ucxl::{Address, Code, Failure, Success};
 
 use super::transport::{RawAnswer, TransportError};
 
@@ -36,6 +36,9 @@ pub enum AttemptError {
     /// The answer is not a valid UCXL answer of the expected shape.
     #[error("invalid answer: {0}")]
     BadAnswer(String),
+    /// A valid answer about another address than the one asked (a confused or lying node).
+    #[error("answered for another address ({0})")]
+    WrongAddress(String),
     /// The node refused the gateway's own credentials (401 or 403): its cluster token
     /// (`RUSTLE_BZZZ_TOKEN`) or client certificate is wrong. Not the client's doing, so
     /// never passed on as the client's 401.
@@ -50,6 +53,7 @@ impl AttemptError {
         match self {
             Self::Connect(_) => "cannot connect".into(),
             Self::BadAnswer(_) => "answered with an invalid UCXI answer".into(),
+            Self::WrongAddress(_) => "answered for another address".into(),
             other => other.to_string(),
         }
     }
@@ -100,6 +104,51 @@ pub struct NodeRequest {
     /// Whether the answer is a list (history, discover), allowed [`LIST_ANSWER_FACTOR`]
     /// times the size of an envelope answer.
     pub list: bool,
+    /// The address the request is about: an answer about another one is the endpoint's
+    /// failure, decided before its outcome is recorded.
+    pub about: Option<Address>,
+}
+
+/// The address an answer's data is about, when its shape names one.
+pub trait About {
+    /// The address, if any.
+    fn about(&self) -> Option<&Address> {
+        None
+    }
+}
+
+impl About for ucxl::Envelope {
+    fn about(&self) -> Option<&Address> {
+        Some(&self.address)
+    }
+}
+
+impl About for ucxl::History {
+    fn about(&self) -> Option<&Address> {
+        Some(&self.address)
+    }
+}
+
+impl About for Value {}
+
+/// `answer` when it is about the address `asked` (or names none).
+///
+/// # Errors
+/// [`AttemptError::WrongAddress`] for data about another address.
+pub fn check_about<T: About>(
+    answer: Answer<T>,
+    asked: Option<&Address>,
+) -> Result<Answer<T>, AttemptError> {
+    if let (Answer::Ok { data, .. }, Some(asked)) = (&answer, asked)
+        && let Some(answered) = data.about()
+        && answered.canonical() != asked.canonical()
+    {
+        tracing::warn!(asked = %asked, answered = %answered, "a node answered for another address");
+        return Err(AttemptError::WrongAddress(ucxl::error::excerpt(
+            answered.canonical(),
+        )));
+    }
+    Ok(answer)
 }
 
 impl NodeRequest {

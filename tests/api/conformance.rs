@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustle_gateway::backend::{Backend, BackendError, Call, SearchQuery};
+use rustle_gateway::backend::{Backend, Call, NotServed, SearchQuery};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use ucxl::{Address, Code, EnvelopeId, NewVersion, Pattern, content_digest};
@@ -23,10 +23,10 @@ pub fn call() -> Call {
 
 /// The UCXL code a client would get for a backend's error (backends over a cluster pass a
 /// node's refusal on; the local backend has its own error values): `None` on success.
-pub fn code<T>(result: Result<T, BackendError>) -> Option<Code> {
+pub fn code<T>(result: Result<T, NotServed>) -> Option<Code> {
     result
         .err()
-        .map(|e| rustle_gateway::error::ApiError::from(e).code())
+        .map(|e| rustle_gateway::error::ApiError::from(e.error).code())
 }
 
 pub fn addr(s: &str) -> Address {
@@ -523,7 +523,7 @@ mod cluster_backends {
     use std::sync::Arc;
 
     use rustle_gateway::backend::Backend;
-    use rustle_gateway::backend::hybrid::{HybridBackend, Recovery};
+    use rustle_gateway::backend::hybrid::{Fallback, HybridBackend};
     use rustle_gateway::backend::real::RealBackend;
     use rustle_gateway::config::BackendMode;
     use rustle_gateway::store::journal::Journal;
@@ -569,15 +569,15 @@ mod cluster_backends {
         let (cluster, store) = cluster(&nodes, BackendMode::Hybrid);
         let dir = tempfile::tempdir().expect("tempdir");
         let journal = Journal::open(dir.path()).expect("journal");
-        let recovery = Recovery::new(
+        let fallback = Fallback::new(
             Arc::clone(&journal),
             store,
             cluster,
             std::time::Duration::from_secs(5),
         );
         let stop = CancellationToken::new();
-        recovery.start(&stop);
-        let backend: Arc<dyn Backend> = Arc::new(HybridBackend::new(recovery));
+        fallback.start(&stop);
+        let backend: Arc<dyn Backend> = Arc::new(HybridBackend::new(fallback));
         super::run_all(&backend).await;
         assert_eq!(journal.pending(), 0, "the cluster served every write");
         stop.cancel();

@@ -37,6 +37,7 @@ async fn attempt(endpoint: &EndpointUrl, timeout: Duration) -> Result<Answer<Dat
             body: None,
             prefer: None,
             list: false,
+            about: None,
         }),
         request_id: "test".into(),
         timeout,

@@ -545,6 +545,7 @@ async fn an_abandoned_attempt_gives_its_slot_back() {
         body: None,
         prefer: None,
         list: false,
+        about: None,
     };
     // The caller goes away (a client disconnect) while the attempt waits on the node.
     let attempt = cluster.execute::<Value>(&call, request);
@@ -568,6 +569,11 @@ async fn an_answer_about_another_address_is_502_and_not_cached() {
     );
     let local = &gateway_status(&app).await["local_store"];
     assert_eq!(local["entries"], 0, "{local}");
+    // The answer is judged before the endpoint's outcome is recorded: a failure, not a
+    // success, for its breaker.
+    let s = status_of(&app, &liar.url).await;
+    assert_eq!(s["breaker"]["consecutive_failures"], 1, "{s}");
+    assert_eq!(s["last_error"], "answered for another address", "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -630,4 +636,54 @@ async fn a_node_that_refuses_the_gateways_token_is_the_gateways_failure_not_the_
     let app = gateway(config).await;
     let response = app.put(&format!("{A}closed"), json!({"content": 1})).await;
     assert_eq!(response.status(), 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_attempts_hang_to_the_deadline_is_journaled_and_answered_202() {
+    let hung = FaultNode::start(Mode::Hang, None).await;
+    let app = gateway_over(&hung.url, BackendMode::Hybrid).await;
+    let started = std::time::Instant::now();
+    let response = app
+        .request(
+            Method::PUT,
+            &format!(
+                "/v1/envelopes?address={}",
+                super::helpers::enc(&format!("{A}hung"))
+            ),
+        )
+        .header("x-request-timeout-ms", "1000")
+        .json(&json!({"content": "kept"}))
+        .send()
+        .await
+        .expect("answered");
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), 202, "journaled, not a 504");
+    assert_eq!(header(&response, "x-rustle-backend"), "fallback");
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "inside its deadline: {elapsed:?}"
+    );
+    let s = gateway_status(&app).await;
+    assert_eq!(s["journal"]["pending"], 1, "{s}");
+    assert_eq!(
+        s["fallback"]["active"], true,
+        "the fallback state agrees with the journal: {s}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_answer_reports_the_attempts_the_cluster_made() {
+    let node = NodeProc::start("solo", &[], None, &[]).await;
+    let proxy = FaultNode::start(Mode::Healthy, Some(node.url(""))).await;
+    let app = gateway_over(&proxy.url, BackendMode::Hybrid).await;
+    let a = format!("{A}gone");
+    assert_eq!(app.put(&a, json!({"content": 1})).await.status(), 201);
+    assert_eq!(app.delete(&a).await.status(), 200);
+    proxy.set(Mode::Unavailable);
+    // The cluster is asked (three attempts), then the fallback knows the address is
+    // deleted: a 404 that says how many attempts were made, not 1.
+    let response = app.get(&a).await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(header(&response, "x-rustle-backend"), "fallback");
+    assert_eq!(header(&response, "x-rustle-attempts"), "3");
 }
