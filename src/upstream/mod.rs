@@ -7,3 +7,6 @@ pub mod cluster;
 pub mod endpoint;
 pub mod transport;
 pub mod ucxi;
+
+#[cfg(test)]
+mod tests;
