@@ -239,12 +239,12 @@ impl From<BackendError> for ApiError {
                     message: err.to_string(),
                     details: json!({}),
                 },
-                ucxl::WriteError::IdIsTombstone(_) | ucxl::WriteError::IdIsVersion(_) => {
-                    Self::Conflict {
-                        message: err.to_string(),
-                        details: json!({"header": "Idempotency-Key"}),
-                    }
-                }
+                ucxl::WriteError::IdIsTombstone(_)
+                | ucxl::WriteError::IdIsVersion(_)
+                | ucxl::WriteError::IdOfFreedVersion(_) => Self::Conflict {
+                    message: err.to_string(),
+                    details: json!({"header": "Idempotency-Key"}),
+                },
                 ucxl::WriteError::NotFound => {
                     Self::not_found("nothing to delete at this address", json!({}))
                 }

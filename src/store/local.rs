@@ -48,10 +48,85 @@ pub enum Retention {
     Cached,
 }
 
+/// Most freed ids one record remembers; past this the oldest are forgotten.
+pub const FREED_MAX: usize = 4096;
+
+/// What a delete freed, remembered by id so that a late retry of the same write stays a
+/// no-op instead of bringing the deleted content back (a node keeps every version; the
+/// only copy drops what reads cannot see).
+#[derive(Debug, Clone)]
+enum Freed {
+    /// A version: its number in its history, and its fields without the content.
+    Version(u32, Arc<Version>),
+    /// A delete.
+    Tombstone(ucxl::Tombstone),
+}
+
+/// Freed ids of one record, oldest first.
+#[derive(Debug, Default)]
+struct FreedIds {
+    by_id: std::collections::HashMap<EnvelopeId, Freed>,
+    order: std::collections::VecDeque<EnvelopeId>,
+}
+
+impl FreedIds {
+    fn remember(&mut self, dropped: Vec<(u32, ucxl::Entry)>) {
+        for (number, entry) in dropped {
+            let id = entry.id().clone();
+            let freed = match entry {
+                ucxl::Entry::Version(v) => Freed::Version(
+                    number,
+                    Arc::new(Version {
+                        content: Arc::new(serde_json::Value::Null),
+                        ..(*v).clone()
+                    }),
+                ),
+                ucxl::Entry::Tombstone(t) => Freed::Tombstone(t),
+            };
+            if self.by_id.insert(id.clone(), freed).is_none() {
+                self.order.push_back(id);
+            }
+            while self.order.len() > FREED_MAX {
+                if let Some(old) = self.order.pop_front() {
+                    self.by_id.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// A put of a freed id: the version as it was when the content is the same (the same
+    /// write retried), else a conflict; a freed delete's id is a tombstone's.
+    fn put(&self, new: &NewVersion) -> Option<Result<PutOutcome, StoreError>> {
+        Some(match self.by_id.get(&new.id)? {
+            Freed::Version(number, ghost) => match ucxl::content_digest(&new.content) {
+                Ok((hash, _)) if hash == ghost.hash => Ok(PutOutcome::Existing {
+                    version: *number,
+                    stored: Arc::new(Version {
+                        content: Arc::clone(&new.content),
+                        ..(**ghost).clone()
+                    }),
+                }),
+                _ => Err(ucxl::WriteError::IdOfFreedVersion(new.id.clone()).into()),
+            },
+            Freed::Tombstone(t) => Err(ucxl::WriteError::IdIsTombstone(t.id.clone()).into()),
+        })
+    }
+
+    /// A delete with a freed id: a no-op when it named a delete, a conflict when a version.
+    fn delete(&self, id: &EnvelopeId) -> Option<Result<DeleteOutcome, StoreError>> {
+        Some(match self.by_id.get(id)? {
+            Freed::Tombstone(t) => Ok(DeleteOutcome::AlreadyDeleted(t.clone())),
+            Freed::Version(..) => Err(ucxl::WriteError::IdIsVersion(id.clone()).into()),
+        })
+    }
+}
+
 #[derive(Debug)]
 struct Record {
     address: Address,
     set: VersionSet,
+    /// Ids a delete freed (owned records only).
+    freed: FreedIds,
     owned: bool,
     /// LRU tick of the last access (cached records only are in the LRU index).
     touched: u64,
@@ -169,6 +244,7 @@ impl Inner {
             .or_insert_with(|| Record {
                 address: address.without_temporal(),
                 set: VersionSet::default(),
+                freed: FreedIds::default(),
                 owned: false,
                 touched: 0,
                 offset: 0,
@@ -187,8 +263,10 @@ impl Inner {
             record.offset = 0;
         }
         if retention == Retention::Owned {
-            // The only copy: what reads cannot see any more is dropped, not kept.
-            record.set.compact();
+            // The only copy: what reads cannot see any more is dropped, not kept; its ids
+            // are remembered.
+            let dropped = record.set.compact();
+            record.freed.remember(dropped);
         }
         let after = record.set.len();
         if retention == Retention::Owned && changed && !record.owned {
@@ -200,7 +278,7 @@ impl Inner {
             self.owned_entries = self.owned_entries + after - before;
         }
         self.entries = self.entries + after - before;
-        if after == 0 {
+        if after == 0 && record.freed.by_id.is_empty() {
             self.records.remove(key);
         } else {
             self.touch(key);
@@ -254,6 +332,13 @@ impl LocalStore {
         now: DateTime<Utc>,
     ) -> Result<PutOutcome, StoreError> {
         let mut inner = self.write();
+        if let Some(freed) = inner
+            .records
+            .get(address.canonical())
+            .and_then(|r| r.freed.put(&new))
+        {
+            return freed;
+        }
         let exists = inner
             .records
             .get(address.canonical())
@@ -288,8 +373,13 @@ impl LocalStore {
         now: DateTime<Utc>,
     ) -> Result<DeleteOutcome, StoreError> {
         let mut inner = self.write();
-        if !inner.records.contains_key(address.canonical()) {
-            return Err(ucxl::WriteError::NotFound.into());
+        match inner.records.get(address.canonical()) {
+            None => return Err(ucxl::WriteError::NotFound.into()),
+            Some(record) => {
+                if let Some(freed) = record.freed.delete(&id) {
+                    return freed;
+                }
+            }
         }
         // A delete is never refused for space: it makes a record smaller or keeps it.
         let (outcome, evicted) =
@@ -311,6 +401,13 @@ impl LocalStore {
         now: DateTime<Utc>,
     ) -> Result<DeleteOutcome, StoreError> {
         let mut inner = self.write();
+        if let Some(freed) = inner
+            .records
+            .get(address.canonical())
+            .and_then(|r| r.freed.delete(&id))
+        {
+            return freed;
+        }
         let known = inner
             .records
             .get(address.canonical())
@@ -918,6 +1015,56 @@ mod tests {
             store.lookup(&a),
             Lookup::Missing,
             "the tombstone is still held"
+        );
+    }
+
+    #[test]
+    fn a_late_retry_of_a_deleted_write_changes_nothing() {
+        let store = LocalStore::new(10);
+        let a = addr("ucxl://a:b@c:d/x");
+        let now = Utc::now();
+        let first = store.put(&a, new("k"), Retention::Owned, now).expect("put");
+        assert!(matches!(first, PutOutcome::Created { .. }));
+        store
+            .delete(&a, id("del"), Retention::Owned, now)
+            .expect("delete");
+        // The retry of the same write: 200 with what was stored, and still deleted.
+        let again = store
+            .put(&a, new("k"), Retention::Owned, now)
+            .expect("retry");
+        assert!(matches!(again, PutOutcome::Existing { version: 1, .. }));
+        assert_eq!(again.parts().1.hash, first.parts().1.hash);
+        assert_eq!(again.parts().1.content, first.parts().1.content);
+        assert!(store.get(&a).is_none(), "the address stays deleted");
+        // The same id with other content cannot be answered with what was stored.
+        let mut other = new("k");
+        other.content = Arc::new(serde_json::json!("something else"));
+        assert_eq!(
+            store.put(&a, other, Retention::Owned, now).err(),
+            Some(StoreError::Write(ucxl::WriteError::IdOfFreedVersion(id(
+                "k"
+            ))))
+        );
+        // A later write, then a replayed old delete, stay no-ops.
+        store
+            .put(&a, new("k2"), Retention::Owned, now)
+            .expect("put");
+        store
+            .delete(&a, id("del2"), Retention::Owned, now)
+            .expect("delete");
+        assert!(matches!(
+            store.delete(&a, id("del"), Retention::Owned, now),
+            Ok(DeleteOutcome::AlreadyDeleted(_))
+        ));
+        assert!(matches!(
+            store.delete_blind(&a, id("del"), now),
+            Ok(DeleteOutcome::AlreadyDeleted(_))
+        ));
+        assert!(store.get(&a).is_none());
+        assert_eq!(
+            store.status().owned_entries,
+            1,
+            "only the tombstone is held"
         );
     }
 }

@@ -252,6 +252,40 @@ pub async fn history_lists_versions_oldest_first(b: Arc<dyn Backend>) {
     assert!(h.versions[0].created_at < h.versions[1].created_at);
 }
 
+/// A late retry of a write (same id) after its address was deleted changes nothing: 200
+/// with what was stored, and the address stays deleted. (A node keeps every version; the
+/// local store keeps the ids of what a delete freed.)
+pub async fn a_late_retry_after_a_delete_does_not_bring_content_back(b: Arc<dyn Backend>) {
+    let a = format!("ucxl://a:r@{}:t/retried", project());
+    let first = b
+        .put(&call(), &addr(&a), new(Some("late-k"), json!({"v": 1})))
+        .await
+        .expect("put")
+        .value;
+    assert!(first.created);
+    b.delete(&call(), &addr(&a), id("late-del"))
+        .await
+        .expect("delete");
+    let again = b
+        .put(&call(), &addr(&a), new(Some("late-k"), json!({"v": 1})))
+        .await
+        .expect("the retry is answered")
+        .value;
+    assert!(!again.created, "nothing was created");
+    assert_eq!(again.envelope.id, first.envelope.id);
+    assert_eq!(again.envelope.hash, first.envelope.hash);
+    assert_eq!(code(b.get(&call(), &addr(&a)).await), Some(Code::NotFound));
+    assert_eq!(
+        code(b.history(&call(), &addr(&a)).await),
+        Some(Code::NotFound)
+    );
+    // The delete replayed is a no-op too.
+    b.delete(&call(), &addr(&a), id("late-del"))
+        .await
+        .expect("replayed delete");
+    assert_eq!(code(b.get(&call(), &addr(&a)).await), Some(Code::NotFound));
+}
+
 /// The writer the gateway authenticated is stored with the version and returned by
 /// every read; the first write of an id keeps its writer when a retry names another.
 pub async fn writers_are_recorded(b: Arc<dyn Backend>) {
@@ -479,6 +513,7 @@ macro_rules! conformance_suite {
                 search_matches_sorts_pages_and_filters,
                 concurrent_writes_all_land_with_distinct_versions,
                 writers_are_recorded,
+                a_late_retry_after_a_delete_does_not_bring_content_back,
             );
         }
     };
@@ -517,6 +552,7 @@ pub async fn run_all(b: &Arc<dyn Backend>) {
     search_matches_sorts_pages_and_filters(Arc::clone(b)).await;
     concurrent_writes_all_land_with_distinct_versions(Arc::clone(b)).await;
     writers_are_recorded(Arc::clone(b)).await;
+    a_late_retry_after_a_delete_does_not_bring_content_back(Arc::clone(b)).await;
 }
 
 mod cluster_backends {

@@ -104,9 +104,9 @@ impl NodeError {
                 WriteError::HashMismatch { .. }
                 | WriteError::SizeMismatch { .. }
                 | WriteError::Digest(_) => (Code::InvalidPayload, json!({})),
-                WriteError::IdIsTombstone(_) | WriteError::IdIsVersion(_) => {
-                    (Code::Conflict, json!({}))
-                }
+                WriteError::IdIsTombstone(_)
+                | WriteError::IdIsVersion(_)
+                | WriteError::IdOfFreedVersion(_) => (Code::Conflict, json!({})),
                 WriteError::NotFound => (Code::NotFound, json!({})),
             },
             Self::Store(StoreError::TooLarge { limit }) => {

@@ -141,6 +141,10 @@ pub enum WriteError {
     /// A delete of an address that has no live version.
     #[error("the address has no version to delete")]
     NotFound,
+    /// A put reused the id of a version that a delete freed here, with other content: the
+    /// store kept the id (so a retry stays a no-op) but not the content to answer with.
+    #[error("id {0} names a deleted version whose content differs; use a new id")]
+    IdOfFreedVersion(EnvelopeId),
     /// The content has no canonical JSON form.
     #[error(transparent)]
     Digest(#[from] crate::envelope::DigestError),
@@ -355,12 +359,16 @@ impl VersionSet {
 
     /// Drops what reads can no longer see: versions and tombstones before the last
     /// tombstone. Only for the sole copy of a record (replicas must keep the whole set to
-    /// merge by union). Returns how many entries were dropped.
-    pub fn compact(&mut self) -> usize {
+    /// merge by union). Returns the dropped entries, each version with its number within
+    /// its own history (a caller that must stay idempotent remembers their ids).
+    pub fn compact(&mut self) -> Vec<(u32, Entry)> {
         let start = self.generation_start();
         let drop = start.saturating_sub(1);
-        self.entries.drain(..drop);
-        drop
+        let numbers: Vec<u32> = (0..drop).map(|i| self.number_at(i)).collect();
+        numbers
+            .into_iter()
+            .zip(self.entries.drain(..drop))
+            .collect()
     }
 
     /// Stores a new version unless its id exists (then a no-op returning that version).
@@ -623,17 +631,19 @@ mod tests {
         put(&mut set, "a", 1);
         put(&mut set, "b", 2);
         set.delete(id("d1"), None, t(3)).expect("delete");
-        assert_eq!(set.compact(), 2);
+        let dropped = set.compact();
+        let ids: Vec<(u32, &str)> = dropped.iter().map(|(n, e)| (*n, e.id().as_str())).collect();
+        assert_eq!(ids, [(1, "a"), (2, "b")], "versions keep their numbers");
         assert_eq!(set.len(), 1, "the tombstone stays");
         assert!(!set.is_live());
         put(&mut set, "c", 4);
-        assert_eq!(set.compact(), 0);
+        assert!(set.compact().is_empty());
         assert_eq!(
             set.latest().map(|(n, v)| (n, v.id.as_str())),
             Some((1, "c"))
         );
         let mut fresh = VersionSet::default();
-        assert_eq!(fresh.compact(), 0);
+        assert!(fresh.compact().is_empty());
     }
 
     #[test]
