@@ -34,6 +34,8 @@ pub fn handle() -> PrometheusHandle {
             // Counters alerts watch exist from the start at 0 (see `Gauges::new`).
             metrics::counter!("rustle_retry_budget_exhausted_total").increment(0);
             metrics::counter!("rustle_load_shed_total").increment(0);
+            metrics::counter!("rustle_rate_limited_total").increment(0);
+            metrics::counter!("rustle_audit_failures_total").increment(0);
             handle
         })
         .clone()
@@ -63,12 +65,20 @@ fn describe() {
         "Retries refused because the retry budget was spent"
     );
     describe_gauge!(
+        "rustle_breaker_state",
+        "Breaker state per endpoint: 0 closed, 1 half-open, 2 open"
+    );
+    describe_counter!(
+        "rustle_breaker_transitions_total",
+        "Breaker state changes, by endpoint, from and to"
+    );
+    describe_gauge!(
         "rustle_circuit_state",
-        "Circuit breaker state per endpoint: 0 closed, 1 half-open, 2 open"
+        "Deprecated: the old name of rustle_breaker_state (removed in the next release)"
     );
     describe_counter!(
         "rustle_circuit_transitions_total",
-        "Circuit breaker state changes, by endpoint, from and to"
+        "Deprecated: the old name of rustle_breaker_transitions_total (removed in the next release)"
     );
     describe_gauge!(
         "rustle_endpoint_up",
@@ -102,6 +112,14 @@ fn describe() {
     describe_counter!(
         "rustle_load_shed_total",
         "Requests refused with 503 because RUSTLE_MAX_IN_FLIGHT were in flight"
+    );
+    describe_counter!(
+        "rustle_rate_limited_total",
+        "Requests refused with 429 because their principal's rate was spent"
+    );
+    describe_counter!(
+        "rustle_audit_failures_total",
+        "Audit records that could not be written (writes and deletes were answered 503)"
     );
     describe_counter!(
         "rustle_local_store_evictions_total",

@@ -353,7 +353,7 @@ pub struct EndpointStatus {
     pub up: bool,
     /// Whether it would take a request now (up, breaker admitting, no Retry-After).
     pub available: bool,
-    /// Its circuit breaker.
+    /// Its breaker.
     pub breaker: BreakerStatus,
     /// Peak-EWMA latency, in milliseconds.
     pub ewma_latency_ms: f64,

@@ -1,4 +1,4 @@
-//! The circuit breaker of one endpoint (SPEC §7): a small state machine fed by classified
+//! The breaker (circuit breaker) of one endpoint (SPEC §7): a small state machine fed by classified
 //! outcomes.
 //!
 //! - `closed`: every call is admitted. It opens after `consecutive_failures` failures in a
@@ -44,7 +44,7 @@ impl State {
         }
     }
 
-    /// The `rustle_circuit_state` gauge value: 0 closed, 1 half-open, 2 open.
+    /// The `rustle_breaker_state` gauge value: 0 closed, 1 half-open, 2 open.
     #[must_use]
     pub fn gauge(self) -> u8 {
         match self {
@@ -55,7 +55,7 @@ impl State {
     }
 }
 
-/// A change of state, for logs and `rustle_circuit_transitions_total`.
+/// A change of state, for logs and `rustle_breaker_transitions_total`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
     /// The state before.

@@ -1,5 +1,5 @@
 //! Resilience policies, each a small, separately tested piece (SPEC §7): per-endpoint
-//! circuit breakers, retry backoff and budget, latency-aware balancing. The real backend
+//! breakers, retry backoff and budget, latency-aware balancing. The real backend
 //! composes them; handlers never see them.
 
 pub mod balance;

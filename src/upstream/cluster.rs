@@ -2,7 +2,7 @@
 //! through [`Cluster::execute`] (one request, retried elsewhere) or
 //! [`Cluster::fan_out`] (one call per available endpoint). They apply the request
 //! deadline, the per-attempt timeout, the retry policy (`resilience::retry`), the retry
-//! budget, `Retry-After`, the per-endpoint circuit breakers and P2C peak-EWMA balancing,
+//! budget, `Retry-After`, the per-endpoint breakers and P2C peak-EWMA balancing,
 //! and speak to nodes only through the transport seam (`transport`). The health checker
 //! (`resilience::health`) runs beside them. Handlers never see any of it.
 //!

@@ -1,4 +1,4 @@
-//! One BZZZ node and what the gateway knows of it: its circuit breaker, its load (peak
+//! One BZZZ node and what the gateway knows of it: its breaker, its load (peak
 //! EWMA latency, requests in flight), its health, a `Retry-After` it asked for, its last
 //! error, and its gauges. Every change is made under the endpoint's lock and published to
 //! the gauges at once; transitions are logged and counted.
@@ -46,6 +46,9 @@ pub struct Endpoint {
 /// `gauge!` with labels built the key and looked it up on every request.
 #[derive(Debug)]
 struct Gauges {
+    breaker_state: metrics::Gauge,
+    /// `rustle_circuit_state`: the deprecated name of `rustle_breaker_state`, kept one
+    /// release so dashboards and alerts can move.
     circuit_state: metrics::Gauge,
     up: metrics::Gauge,
     latency_ewma: metrics::Gauge,
@@ -56,16 +59,22 @@ impl Gauges {
         // The transitions into `open` exist from the start at 0: Prometheus's `increase()`
         // takes a series' first sample as its baseline, so a series born at 1 would hide the
         // first opening from the flapping alert.
-        for from in ["closed", "half_open"] {
-            metrics::counter!(
-                "rustle_circuit_transitions_total",
-                "endpoint" => url.to_owned(),
-                "from" => from,
-                "to" => "open"
-            )
-            .increment(0);
+        for name in [
+            "rustle_breaker_transitions_total",
+            "rustle_circuit_transitions_total",
+        ] {
+            for from in ["closed", "half_open"] {
+                metrics::counter!(
+                    name,
+                    "endpoint" => url.to_owned(),
+                    "from" => from,
+                    "to" => "open"
+                )
+                .increment(0);
+            }
         }
         Self {
+            breaker_state: metrics::gauge!("rustle_breaker_state", "endpoint" => url.to_owned()),
             circuit_state: metrics::gauge!("rustle_circuit_state", "endpoint" => url.to_owned()),
             up: metrics::gauge!("rustle_endpoint_up", "endpoint" => url.to_owned()),
             latency_ewma: metrics::gauge!(
@@ -288,7 +297,7 @@ impl Endpoint {
             "skipped (Retry-After)".to_owned()
         } else if !s.breaker.available(now) {
             format!(
-                "circuit {}: {}",
+                "breaker {}: {}",
                 s.breaker.state().as_str(),
                 s.breaker.reason()
             )
@@ -310,8 +319,9 @@ impl Endpoint {
     /// The gauges of this endpoint.
     fn publish(&self, state: &EndpointState) {
         let g = &self.gauges;
-        g.circuit_state
-            .set(f64::from(state.breaker.state().gauge()));
+        let breaker = f64::from(state.breaker.state().gauge());
+        g.breaker_state.set(breaker);
+        g.circuit_state.set(breaker);
         g.up.set(if state.up { 1.0 } else { 0.0 });
         g.latency_ewma.set(state.load.ewma().as_secs_f64());
     }
@@ -323,21 +333,27 @@ impl Endpoint {
             from = t.from.as_str(),
             to = t.to.as_str(),
             reason = %t.reason,
-            "circuit breaker changed state"
+            "breaker changed state"
         );
-        metrics::counter!(
+        for name in [
+            "rustle_breaker_transitions_total",
             "rustle_circuit_transitions_total",
-            "endpoint" => self.url().to_owned(),
-            "from" => t.from.as_str(),
-            "to" => t.to.as_str()
-        )
-        .increment(1);
+        ] {
+            metrics::counter!(
+                name,
+                "endpoint" => self.url().to_owned(),
+                "from" => t.from.as_str(),
+                "to" => t.to.as_str()
+            )
+            .increment(1);
+        }
     }
 
     /// Marks its gauges gone (NaN) when a reload removes it.
     pub(crate) fn retire(&self) {
         let url = self.url().to_owned();
         for name in [
+            "rustle_breaker_state",
             "rustle_circuit_state",
             "rustle_endpoint_up",
             "rustle_endpoint_latency_ewma_seconds",

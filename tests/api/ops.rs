@@ -226,11 +226,11 @@ async fn counters_that_alerts_watch_exist_from_the_start() {
         "rustle_load_shed_total ".to_owned(),
         "rustle_retry_budget_exhausted_total ".to_owned(),
         format!(
-            "rustle_circuit_transitions_total{{endpoint=\"{}\",from=\"closed\",to=\"open\"}}",
+            "rustle_breaker_transitions_total{{endpoint=\"{}\",from=\"closed\",to=\"open\"}}",
             endpoint.url
         ),
         format!(
-            "rustle_circuit_transitions_total{{endpoint=\"{}\",from=\"half_open\",to=\"open\"}}",
+            "rustle_breaker_transitions_total{{endpoint=\"{}\",from=\"half_open\",to=\"open\"}}",
             endpoint.url
         ),
     ] {

@@ -266,8 +266,17 @@ async fn a_breaker_opens_probes_after_a_health_pass_and_closes() {
     assert_eq!(s["breaker"]["state"], "closed", "{s}");
     assert_eq!(s["breaker"]["reason"], "3 probes succeeded");
     let metrics = app.get_path("/metrics").await.text().await.expect("text");
-    let gauge = format!("rustle_circuit_state{{endpoint=\"{}\"}} 0", flaky.url);
+    let gauge = format!("rustle_breaker_state{{endpoint=\"{}\"}} 0", flaky.url);
     assert!(metrics.contains(&gauge), "the closed state is emitted too");
+    assert!(metrics.contains(&format!(
+        "rustle_breaker_transitions_total{{endpoint=\"{}\",from=\"closed\",to=\"open\"}} 1",
+        flaky.url
+    )));
+    // The deprecated names stay one release, with the same values.
+    assert!(metrics.contains(&format!(
+        "rustle_circuit_state{{endpoint=\"{}\"}} 0",
+        flaky.url
+    )));
     assert!(metrics.contains(&format!(
         "rustle_circuit_transitions_total{{endpoint=\"{}\",from=\"closed\",to=\"open\"}} 1",
         flaky.url
