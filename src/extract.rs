@@ -108,10 +108,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// One agent, role, project or task of a concrete address: `[A-Za-z0-9_-]{1,64}`, not `any`.
+/// One agent, role, project or task of an address: `[A-Za-z0-9_-]{1,64}`. `any` is one of
+/// them, a literal (an exact key, as in BZZZ); `*` is not (it belongs to patterns).
 macro_rules! component {
     () => {
-        r"(?!any(?:[:@/]|$))[A-Za-z0-9_-]{1,64}"
+        r"[A-Za-z0-9_-]{1,64}"
     };
 }
 /// A temporal segment's N: a decimal integer 0..=4294967295 (leading zeros allowed).
@@ -142,8 +143,9 @@ macro_rules! authority {
     };
 }
 
-/// The grammar of a concrete address as an ECMA-262 regex (with the 1024-byte limit as
-/// `maxLength`), so the `OpenAPI` document says exactly which addresses are accepted (SPEC §2).
+/// The grammar of an address as an ECMA-262 regex (with the 1024-byte limit as `maxLength`),
+/// so the `OpenAPI` document says exactly which addresses are accepted (SPEC §2). It needs
+/// no lookaround, so the tests run it with the `regex` crate against the parser.
 pub const ADDRESS_PATTERN: &str = concat!(
     authority!(),
     r"(?:/+(?:\*\^|\*~(?:",
@@ -233,5 +235,164 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             (config.max_body_bytes, config.request_timeout)
         };
         Ok(Self(ucxl_service::read_json(req, limit, timeout).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ADDRESS_PATTERN, WRITE_ADDRESS_PATTERN};
+    use proptest::prelude::*;
+    use std::sync::LazyLock;
+    use ucxl::Address;
+    use ucxl::address::MAX_ADDRESS_BYTES;
+
+    /// What the `OpenAPI` schema admits: the pattern within `minLength`/`maxLength` (the
+    /// input is ASCII whenever the pattern matches, so bytes are characters).
+    fn admits(pattern: &regex::Regex, input: &str) -> bool {
+        (1..=MAX_ADDRESS_BYTES).contains(&input.len()) && pattern.is_match(input)
+    }
+
+    /// The two documented patterns, compiled once.
+    static PATTERNS: LazyLock<(regex::Regex, regex::Regex)> = LazyLock::new(|| {
+        let compile = |p| regex::Regex::new(p).expect("the documented pattern compiles");
+        (compile(ADDRESS_PATTERN), compile(WRITE_ADDRESS_PATTERN))
+    });
+
+    /// Checks both documented patterns against the parser (and, for writes, `require_latest`).
+    fn agree(input: &str) -> Result<(), String> {
+        let (read, write) = &*PATTERNS;
+        let parsed = Address::parse(input);
+        let readable = parsed.is_ok();
+        let writable = parsed.is_ok_and(|a| a.require_latest().is_ok());
+        if admits(read, input) != readable {
+            return Err(format!("ADDRESS_PATTERN admits {input:?}: {}", !readable));
+        }
+        if admits(write, input) != writable {
+            return Err(format!(
+                "WRITE_ADDRESS_PATTERN admits {input:?}: {}",
+                !writable
+            ));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_documented_patterns_agree_with_the_parser_on_chosen_cases() {
+        let long_path = format!("ucxl://a:b@c:d/{}", "x".repeat(MAX_ADDRESS_BYTES - 15));
+        let too_long = format!("{long_path}y");
+        let cases = [
+            "ucxl://any:any@BZZZ:RUSTLE-testing/shared/ctx",
+            "ucxl://claude:any@p:t/x",
+            "ucxl://any:r@p:any",
+            "ucxl://ANY:Any@p:t/x",
+            "ucxl://anyone:r@p:t/x",
+            "ucxl://*:r@p:t/x",
+            "ucxl://a:*@p:t/x",
+            "ucxl://a:r@*:t",
+            "ucxl://a:r@p:*",
+            "UCXL://a:r@p:t/x",
+            "ucxl://a:r@p:t",
+            "ucxl://a:r@p:t/",
+            "ucxl://a:r@p:t//x///y/",
+            "ucxl://a:r@p:t/*^",
+            "ucxl://a:r@p:t/*^/x",
+            "ucxl://a:r@p:t/*~/x",
+            "ucxl://a:r@p:t/*~0/x",
+            "ucxl://a:r@p:t/*~4294967295/x",
+            "ucxl://a:r@p:t/*~4294967296/x",
+            "ucxl://a:r@p:t/*~0004294967295",
+            "ucxl://a:r@p:t/~~0",
+            "ucxl://a:r@p:t/^^12/x",
+            "ucxl://a:r@p:t/~~/x",
+            "ucxl://a:r@p:t/*/x",
+            "ucxl://a:r@p:t/x/*^",
+            "ucxl://a:r@p:t/./x",
+            "ucxl://a:r@p:t/../x",
+            "ucxl://a:r@p:t/.../.x/..x/x..",
+            "ucxl://a:r@p:t/x?q=1",
+            "ucxl://a:r@p:t/x#f",
+            "ucxl://a:r@p:t/x%20y",
+            "ucxl://a b:r@p:t",
+            "ucxl://a:r@p:t:u",
+            "ucxl://a@p:t",
+            "ucxl://a:r@p",
+            "ucxl://:r@p:t",
+            "http://a:r@p:t",
+            "",
+            &format!("ucxl://{}:r@p:t", "a".repeat(64)),
+            &format!("ucxl://{}:r@p:t", "a".repeat(65)),
+            &long_path,
+            &too_long,
+        ];
+        for case in cases {
+            assert_eq!(agree(case), Ok(()));
+        }
+    }
+
+    /// Near-valid address text: well-formed pieces and the usual mistakes, mixed.
+    fn near_address() -> impl Strategy<Value = String> {
+        let scheme = prop_oneof![
+            4 => Just("ucxl://".to_owned()),
+            1 => Just("UcXl://".to_owned()),
+            1 => Just("ucxl:/".to_owned()),
+            1 => Just("http://".to_owned()),
+        ];
+        let component = prop_oneof![
+            4 => "[A-Za-z0-9_-]{1,8}",
+            2 => Just("any".to_owned()),
+            1 => Just("ANY".to_owned()),
+            1 => Just("*".to_owned()),
+            1 => Just(String::new()),
+            1 => Just("a".repeat(64)),
+            1 => Just("a".repeat(65)),
+            1 => "[a-z.:@ %*~^?#/]{1,3}",
+        ];
+        let temporal = prop_oneof![
+            4 => Just(String::new()),
+            1 => Just("/*^".to_owned()),
+            1 => Just("/*~".to_owned()),
+            1 => r"/(\*~|~~|\^\^)[0-9]{1,11}",
+            1 => "/[*~^]{1,3}[0-9a-z]{0,2}",
+        ];
+        let segment = prop_oneof![
+            4 => "[A-Za-z0-9_.-]{1,6}",
+            1 => Just(".".to_owned()),
+            1 => Just("..".to_owned()),
+            1 => Just(String::new()),
+            1 => "[A-Za-z0-9_.*?#% ~^-]{1,4}",
+            1 => "[a-z]{200,400}",
+        ];
+        (
+            scheme,
+            [
+                component.clone(),
+                component.clone(),
+                component.clone(),
+                component,
+            ],
+            prop_oneof![
+                6 => Just((':', '@', ':')),
+                1 => Just(('@', ':', ':')),
+                1 => Just((':', ':', '@')),
+            ],
+            temporal,
+            proptest::collection::vec(segment, 0..6),
+        )
+            .prop_map(|(scheme, [a, r, p, t], (s1, s2, s3), temporal, path)| {
+                let mut text = format!("{scheme}{a}{s1}{r}{s2}{p}{s3}{t}{temporal}");
+                for segment in path {
+                    text.push('/');
+                    text.push_str(&segment);
+                }
+                text
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+        #[test]
+        fn the_documented_patterns_admit_exactly_what_the_parser_accepts(text in near_address()) {
+            prop_assert_eq!(agree(&text), Ok(()));
+        }
     }
 }

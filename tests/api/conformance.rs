@@ -464,6 +464,76 @@ pub async fn search_matches_sorts_pages_and_filters(b: Arc<dyn Backend>) {
     assert!(none.items.is_empty());
 }
 
+/// `any` in an address is a literal component and an exact key (BZZZ keeps context for any
+/// agent and role at `ucxl://any:any@...`); in a search pattern it stays the wildcard.
+pub async fn literal_any_addresses_are_exact_keys(b: Arc<dyn Backend>) {
+    let p = project();
+    let shared = format!("ucxl://any:any@{p}:t/shared/ctx");
+    let claude = format!("ucxl://claude:any@{p}:t/shared/ctx");
+    put(&*b, &shared, json!("for anyone")).await;
+    put(&*b, &shared, json!("for anyone, again")).await;
+    put(&*b, &claude, json!("for claude")).await;
+
+    let got = |a: &str| {
+        let b = Arc::clone(&b);
+        let a = addr(a);
+        async move { b.get(&call(), &a).await.map(|s| (*s.value.content).clone()) }
+    };
+    assert_eq!(got(&shared).await, Ok(json!("for anyone, again")));
+    assert_eq!(got(&claude).await, Ok(json!("for claude")));
+    let history = b
+        .history(&call(), &addr(&shared))
+        .await
+        .expect("history")
+        .value;
+    assert_eq!(history.address.to_string(), shared);
+    assert_eq!(history.versions.len(), 2);
+    let history = b
+        .history(&call(), &addr(&claude))
+        .await
+        .expect("history")
+        .value;
+    assert_eq!(history.versions.len(), 1);
+
+    let search = |pattern: String| {
+        let b = Arc::clone(&b);
+        async move {
+            let query = SearchQuery {
+                pattern: Pattern::parse(&pattern).expect("valid pattern"),
+                limit: 10,
+                after: None,
+                content_type: None,
+            };
+            let page = b.search(&call(), &query).await.expect("search").value;
+            page.items
+                .into_iter()
+                .map(|i| i.address.to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    // Canonical addresses sort bytewise: `any:` before `claude:`.
+    assert_eq!(
+        search(format!("ucxl://any:any@{p}:any/**")).await,
+        [shared.clone(), claude.clone()]
+    );
+    assert_eq!(
+        search(format!("ucxl://claude:any@{p}:any/**")).await,
+        std::slice::from_ref(&claude),
+        "a stored any is not a wildcard"
+    );
+
+    b.delete(&call(), &addr(&shared), EnvelopeId::generate())
+        .await
+        .expect("delete");
+    assert_eq!(code(got(&shared).await), Some(Code::NotFound));
+    assert_eq!(
+        got(&claude).await,
+        Ok(json!("for claude")),
+        "the other stays"
+    );
+    assert_eq!(search(format!("ucxl://any:any@{p}:any/**")).await, [claude]);
+}
+
 pub async fn concurrent_writes_all_land_with_distinct_versions(b: Arc<dyn Backend>) {
     let a = format!("ucxl://a:r@{}:t/hot", project());
     let tasks: Vec<_> = (0..64)
@@ -514,6 +584,7 @@ macro_rules! conformance_suite {
                 concurrent_writes_all_land_with_distinct_versions,
                 writers_are_recorded,
                 a_late_retry_after_a_delete_does_not_bring_content_back,
+                literal_any_addresses_are_exact_keys,
             );
         }
     };
@@ -553,6 +624,7 @@ pub async fn run_all(b: &Arc<dyn Backend>) {
     concurrent_writes_all_land_with_distinct_versions(Arc::clone(b)).await;
     writers_are_recorded(Arc::clone(b)).await;
     a_late_retry_after_a_delete_does_not_bring_content_back(Arc::clone(b)).await;
+    literal_any_addresses_are_exact_keys(Arc::clone(b)).await;
 }
 
 mod cluster_backends {

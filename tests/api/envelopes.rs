@@ -317,3 +317,67 @@ async fn history_lists_versions_without_content() {
         }
     }
 }
+
+/// BZZZ keeps context for any agent and role at `ucxl://any:any@...`: on the envelope routes
+/// `any` is a literal component, an exact key, not a wildcard.
+#[tokio::test]
+async fn literal_any_addresses_are_stored_read_and_deleted() {
+    let app = spawn_app().await;
+    let shared = "ucxl://any:any@BZZZ:RUSTLE-testing/notes/x";
+    let claude = "ucxl://claude:any@BZZZ:RUSTLE-testing/notes/x";
+    let (status, body) = json(app.put(shared, json!({"content": "for anyone"})).await).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(assert_success(&body, "UCXL-201-CREATED")["address"], shared);
+    let (status, body) = json(app.put(shared, json!({"content": "again"})).await).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        app.put(claude, json!({"content": "for claude"}))
+            .await
+            .status(),
+        201
+    );
+
+    let (status, body) = json(app.get(shared).await).await;
+    assert_eq!(status, 200, "{body}");
+    let data = assert_success(&body, "UCXL-200-OK");
+    assert_eq!(
+        (&data["content"], &data["version"]),
+        (&json!("again"), &json!(2))
+    );
+    let (_, body) = json(
+        app.get("ucxl://any:any@BZZZ:RUSTLE-testing/*~/notes/x")
+            .await,
+    )
+    .await;
+    assert_eq!(
+        assert_success(&body, "UCXL-200-OK")["content"],
+        "for anyone"
+    );
+    let (status, body) = json(app.get("ucxl://ANY:any@BZZZ:RUSTLE-testing/notes/x").await).await;
+    assert_error(status, &body, "UCXL-404-NOT_FOUND");
+
+    let (status, body) = json(
+        app.get_path(&format!(
+            "/v1/envelopes/history?address={}",
+            super::helpers::enc(shared)
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let history = assert_success(&body, "UCXL-200-OK");
+    assert_eq!(history["address"], shared);
+    assert_eq!(history["versions"].as_array().map(Vec::len), Some(2));
+
+    let (status, body) = json(app.delete(shared).await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(assert_success(&body, "UCXL-200-OK")["address"], shared);
+    let (status, body) = json(app.get(shared).await).await;
+    assert_error(status, &body, "UCXL-404-NOT_FOUND");
+    let (status, body) = json(app.get(claude).await).await;
+    assert_eq!(status, 200, "the other address stays: {body}");
+    assert_eq!(
+        assert_success(&body, "UCXL-200-OK")["content"],
+        "for claude"
+    );
+}

@@ -181,18 +181,16 @@ async fn invalid_addresses_name_the_component() {
 }
 
 #[tokio::test]
-async fn wildcard_components_are_refused_on_envelope_routes() {
+async fn star_components_are_refused_on_envelope_routes() {
     let app = spawn_app().await;
-    let (status, body) = json(app.put("ucxl://any:r@p:t/x", json!({"content": 1})).await).await;
+    let (status, body) = json(app.put("ucxl://*:r@p:t/x", json!({"content": 1})).await).await;
     let e = assert_error(status, &body, "UCXL-400-INVALID_ADDRESS");
     assert_eq!(e["details"]["field"], "agent");
-    let (status, body) = json(app.get("ucxl://a:r@p:any/x").await).await;
+    let (status, body) = json(app.get("ucxl://a:r@p:*/x").await).await;
     let e = assert_error(status, &body, "UCXL-400-INVALID_ADDRESS");
     assert_eq!(e["details"]["field"], "task");
     assert!(
-        e["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("/v1/search")),
+        e["message"].as_str().is_some_and(|m| m.contains("search")),
         "{e}"
     );
 }

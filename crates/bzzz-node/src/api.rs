@@ -190,7 +190,7 @@ struct AddressQuery {
     address: String,
 }
 
-/// The `?address=` parameter, validated.
+/// The `?address=` parameter, validated. A literal `any` component is an exact key.
 #[derive(Debug)]
 pub struct AddressParam(pub Address);
 
@@ -200,7 +200,6 @@ impl<S: Send + Sync> FromRequestParts<S> for AddressParam {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let q: AddressQuery = query(parts)?;
         let address = Address::parse(&q.address)?;
-        address.require_concrete()?;
         Ok(Self(address))
     }
 }

@@ -609,10 +609,6 @@ pub fn verify_digests<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Resul
 pub fn decode(value: &[u8]) -> Result<DhtValue, StoreError> {
     let value: DhtValue =
         serde_json::from_slice(value).map_err(|e| StoreError::Undecodable(e.to_string()))?;
-    value
-        .address
-        .require_concrete()
-        .map_err(|e| StoreError::Undecodable(e.to_string()))?;
     if value.address.temporal() != ucxl::Temporal::Latest {
         return Err(StoreError::Undecodable(
             "a record address must not have a temporal segment".into(),
@@ -731,6 +727,31 @@ mod tests {
             two.merge_dht(&key, b"garbage"),
             Err(StoreError::Undecodable(_))
         ));
+    }
+
+    /// A record at a literal-`any` address replicates like any other: `any` is an exact
+    /// key, kept apart from the record of a concrete agent at the same path.
+    #[tokio::test]
+    async fn literal_any_records_replicate_as_exact_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let one = NodeStore::open(&dir.path().join("one"), 1 << 20).expect("opens");
+        let two = NodeStore::open(&dir.path().join("two"), 1 << 20).expect("opens");
+        let shared = addr("ucxl://any:any@BZZZ:RUSTLE-testing/shared/ctx");
+        let claude = addr("ucxl://claude:any@BZZZ:RUSTLE-testing/shared/ctx");
+        one.put(&shared, new("1", json!("for anyone")), Utc::now())
+            .await
+            .expect("put");
+        let key = dht_key(&shared);
+        assert_ne!(key, dht_key(&claude));
+        let value = one.dht_value(&key).expect("held");
+        assert!(
+            two.merge_dht(&key, value.as_slice())
+                .expect("decodes")
+                .await
+                .expect("merges")
+        );
+        assert_eq!(two.get(&shared).expect("held").address, shared);
+        assert!(two.get(&claude).is_none());
     }
 
     #[tokio::test]

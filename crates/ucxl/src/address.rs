@@ -14,7 +14,9 @@ use crate::error::{AddressError, ErrorKind, Field};
 pub const MAX_ADDRESS_BYTES: usize = 1024;
 /// Longest accepted agent, role, project or task, in characters.
 pub const MAX_COMPONENT_CHARS: usize = 64;
-/// The literal that stands for "any value" in a component.
+/// The literal that stands for "any value" in a component of a search pattern. In an
+/// address it is an ordinary value and an exact key, as in BZZZ (whose documentation keeps
+/// shared context at `ucxl://any:any@...`); only the lower-case spelling is special.
 pub const ANY: &str = "any";
 
 pub(crate) const EXPECT_COMPONENT: &str = "[A-Za-z0-9_-]{1,64} or any";
@@ -187,8 +189,13 @@ pub(crate) fn check_component(
     let fail = |reason: &str| {
         AddressError::new(ErrorKind::Invalid, field, value, EXPECT_COMPONENT, reason)
     };
-    if allow_star && value == "*" {
-        return Ok(());
+    if value == "*" {
+        if allow_star {
+            return Ok(());
+        }
+        return Err(fail(
+            "* is a wildcard of search patterns: an address names one record, so search with a pattern",
+        ));
     }
     if value.is_empty() {
         return Err(fail("empty"));
@@ -336,30 +343,6 @@ impl Address {
     #[must_use]
     pub fn without_temporal(&self) -> Self {
         self.clone().with_temporal(Temporal::Latest)
-    }
-
-    /// Refuses `any` in a component: it is the wildcard, so an address holding it names
-    /// no single record (use a search pattern instead).
-    ///
-    /// # Errors
-    /// `UCXL-400-INVALID_ADDRESS` naming the first wildcard component.
-    pub fn require_concrete(&self) -> Result<(), AddressError> {
-        let components = [
-            (Field::Agent, &self.agent),
-            (Field::Role, &self.role),
-            (Field::Project, &self.project),
-            (Field::Task, &self.task),
-        ];
-        match components.into_iter().find(|(_, v)| v.as_str() == ANY) {
-            None => Ok(()),
-            Some((field, value)) => Err(AddressError::new(
-                ErrorKind::Invalid,
-                field,
-                value,
-                "a concrete [A-Za-z0-9_-]{1,64} value",
-                "any is the wildcard: it matches many addresses, so use GET /v1/search with a pattern",
-            )),
-        }
     }
 
     /// Refuses a temporal segment that selects a past version: writes and deletes address
@@ -510,21 +493,39 @@ mod tests {
     }
 
     #[test]
-    fn any_parses_but_is_not_concrete() {
+    fn any_is_an_ordinary_component_of_an_address() {
         let a = parse("ucxl://any:any@any:any/x");
-        assert_eq!(a.agent(), ANY);
-        assert_eq!(a.require_concrete().map_err(|e| e.field), Err(Field::Agent));
-        let b = parse("ucxl://claude:any@p:t/x");
-        assert_eq!(b.require_concrete().map_err(|e| e.field), Err(Field::Role));
-        assert!(
-            parse("ucxl://claude:anyone@p:t/x")
-                .require_concrete()
-                .is_ok()
+        assert_eq!(
+            [a.agent(), a.role(), a.project(), a.task()],
+            [ANY, ANY, ANY, ANY]
         );
-        assert!(
-            parse("ucxl://claude:ANY@p:t/x").require_concrete().is_ok(),
-            "case matters"
+        assert_eq!(a.canonical(), "ucxl://any:any@any:any/x");
+        assert_eq!(parse(&a.to_string()), a);
+        let b = parse("ucxl://claude:any@BZZZ:RUSTLE-testing/*~2/shared/ctx");
+        assert_eq!(b.role(), ANY);
+        assert_eq!(
+            b.canonical(),
+            "ucxl://claude:any@BZZZ:RUSTLE-testing/shared/ctx"
         );
+        assert_ne!(
+            parse("ucxl://ANY:r@p:t/x"),
+            parse("ucxl://any:r@p:t/x"),
+            "case matters: ANY is another key"
+        );
+    }
+
+    #[test]
+    fn star_is_refused_in_every_component_of_an_address() {
+        for (input, field) in [
+            ("ucxl://*:r@p:t/x", Field::Agent),
+            ("ucxl://a:*@p:t/x", Field::Role),
+            ("ucxl://a:r@*:t/x", Field::Project),
+            ("ucxl://a:r@p:*/x", Field::Task),
+        ] {
+            let e = fails(input);
+            assert_eq!((e.kind, e.field), (ErrorKind::Invalid, field), "{input}");
+            assert!(e.reason.contains("search"), "{}", e.reason);
+        }
     }
 
     #[test]

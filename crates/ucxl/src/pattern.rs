@@ -275,6 +275,34 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_any_is_not_a_wildcard() {
+        let shared = "ucxl://any:any@p:t/shared/ctx";
+        assert!(
+            !matches("ucxl://claude:any@p:t/**", shared),
+            "a literal component does not match a stored any"
+        );
+        assert!(!matches("ucxl://claude:architect@p:t/shared/ctx", shared));
+        assert!(!matches("ucxl://any:architect@p:t/**", shared));
+        assert!(
+            !matches("ucxl://ANY:any@p:t/**", shared),
+            "ANY is a literal, not the wildcard"
+        );
+        assert!(matches("ucxl://any:any@p:t/**", shared));
+        assert!(matches("ucxl://*:*@*:*/**", shared));
+        assert!(matches(
+            "ucxl://claude:any@p:t/**",
+            "ucxl://claude:any@p:t/shared/ctx"
+        ));
+        assert!(
+            matches(
+                "ucxl://any:any@p:t/shared/ctx",
+                "ucxl://claude:dev@p:t/shared/ctx"
+            ),
+            "in a pattern any stays the wildcard"
+        );
+    }
+
+    #[test]
     fn path_globs() {
         let a = "ucxl://a:b@c:d/decisions/protocol.json";
         assert!(matches("ucxl://a:b@c:d/decisions/protocol.json", a));

@@ -4,8 +4,12 @@
 use proptest::prelude::*;
 use ucxl::{Address, Pattern, Temporal};
 
+/// A component: sometimes the literal `any` (an ordinary value in an address).
 fn component() -> impl Strategy<Value = String> {
-    "[A-Za-z0-9_-]{1,64}"
+    prop_oneof![
+        1 => Just(ucxl::address::ANY.to_owned()),
+        9 => "[A-Za-z0-9_-]{1,64}",
+    ]
 }
 
 fn segment() -> impl Strategy<Value = String> {
@@ -74,13 +78,25 @@ proptest! {
         let _ = Pattern::parse(&mangled);
     }
 
+    /// An address read as a pattern matches the addresses that agree on its path and on
+    /// every component, except that its `any` components (a literal in the address) are
+    /// wildcards in the pattern; a literal component never matches a stored `any`.
     #[test]
     fn exact_pattern_matches_only_its_address(text in address_text(), other in address_text()) {
         let a = Address::parse(&text).expect("valid");
         let b = Address::parse(&other).expect("valid");
         let pattern = Pattern::parse(a.canonical()).expect("an address is a pattern");
         prop_assert!(pattern.matches(&a));
-        prop_assert_eq!(pattern.matches(&b), a.canonical() == b.canonical());
+        let components = |x: &Address| [x.agent().to_owned(), x.role().to_owned(), x.project().to_owned(), x.task().to_owned()];
+        let agree = components(&a)
+            .iter()
+            .zip(components(&b))
+            .all(|(want, have)| want == ucxl::address::ANY || *want == have);
+        prop_assert_eq!(pattern.matches(&b), agree && a.segments() == b.segments());
+        let concrete = [a.agent(), a.role(), a.project(), a.task()].iter().all(|c| *c != ucxl::address::ANY);
+        if concrete {
+            prop_assert_eq!(pattern.matches(&b), a.canonical() == b.canonical());
+        }
     }
 
     #[test]
