@@ -121,6 +121,8 @@ impl RealBackend {
             prefer: self.affinity(address),
             list: false,
             about: Some(address.without_temporal()),
+            // Every request about an address is idempotent (reads, and writes by id).
+            hedge: true,
         }
     }
 
@@ -321,6 +323,7 @@ impl Backend for RealBackend {
             prefer: None,
             list: true,
             about: None,
+            hedge: false,
         };
         let fan = self.cluster.fan_out::<Discovered>(call, request).await;
         let asked = u32::try_from(fan.results.len()).unwrap_or(u32::MAX);

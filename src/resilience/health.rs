@@ -35,6 +35,7 @@ pub async fn run(cluster: Arc<Cluster>, stop: CancellationToken) {
         prefer: None,
         list: false,
         about: None,
+        hedge: false,
     });
     loop {
         let policy = cluster.policy();

@@ -366,7 +366,7 @@ impl Cluster {
         while !candidates.is_empty() {
             let loads: Vec<Load> = endpoints.iter().map(|e| e.load()).collect();
             let pick = self.jitters.pick;
-            let chosen = p2c(&candidates, &loads, &mut |n| pick(n))?;
+            let chosen = p2c(&candidates, &loads, now, &mut |n| pick(n))?;
             if let Some(permit) = endpoints[chosen].admit(now) {
                 return Some((Arc::clone(&endpoints[chosen]), permit));
             }
@@ -430,13 +430,15 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<Answer<T>, AttemptError> {
         endpoint.start();
-        // Until the outcome is recorded, dropping this (the request was abandoned) frees
-        // the permit and the in-flight count without counting anything.
+        let started = Instant::now();
+        // Until the outcome is recorded, dropping this (the request was abandoned, or
+        // another endpoint answered first) frees the permit and the in-flight count
+        // without counting a failure.
         let mut pending = Unrecorded {
             endpoint,
             permit: Some(permit),
+            started,
         };
-        let started = Instant::now();
         let policy = self.policy.load();
         let exchange = Exchange {
             endpoint: endpoint.endpoint_url().clone(),
@@ -468,6 +470,11 @@ impl Cluster {
     /// Sends `request` to one endpoint after another until one answers definitely, within
     /// the deadline, the retry limit and the retry budget.
     ///
+    /// A hedgeable request still unanswered when its endpoint's answers are late
+    /// ([`Endpoint::late_after`]) is also sent to another endpoint (once, within the retry
+    /// budget): the first answer wins and the other attempt is cancelled, so a slow or hung
+    /// node costs a read its hedge delay, not its attempt timeout.
+    ///
     /// # Errors
     /// [`ClusterFailure`] when no endpoint answered definitely.
     pub async fn execute<T: DeserializeOwned + About>(
@@ -475,6 +482,7 @@ impl Cluster {
         call: &Call,
         request: NodeRequest,
     ) -> Result<Executed<T>, ClusterFailure> {
+        use futures_util::StreamExt as _;
         let request = Arc::new(request);
         let policy = self.policy.load_full();
         self.lock_budget().record_request(Instant::now());
@@ -482,33 +490,72 @@ impl Cluster {
         let mut tried: Vec<String> = Vec::new();
         let mut errors: Vec<(String, String)> = Vec::new();
         let mut attempts = 0u32;
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        // When the attempt alone in flight gets a hedge; at most one hedge per request.
+        let mut hedge_at: Option<Instant> = None;
+        let mut hedged = false;
         loop {
-            let remaining = call.remaining();
-            if remaining.is_zero() {
-                return Err(self.failure(FailureKind::Deadline, attempts, errors));
-            }
-            let Some((endpoint, permit)) =
-                self.choose(&tried, request.prefer.as_deref(), Instant::now())
-            else {
-                let kind = if attempts == 0 {
-                    FailureKind::NoneAvailable
-                } else {
-                    FailureKind::Exhausted
+            if running.is_empty() {
+                let remaining = call.remaining();
+                if remaining.is_zero() {
+                    return Err(self.failure(FailureKind::Deadline, attempts, errors));
+                }
+                let Some((endpoint, permit)) =
+                    self.choose(&tried, request.prefer.as_deref(), Instant::now())
+                else {
+                    let kind = if attempts == 0 {
+                        FailureKind::NoneAvailable
+                    } else {
+                        FailureKind::Exhausted
+                    };
+                    return Err(self.failure(kind, attempts, errors));
                 };
-                return Err(self.failure(kind, attempts, errors));
+                attempts += 1;
+                tried.push(endpoint.url().to_owned());
+                hedge_at =
+                    (request.hedge && !hedged).then(|| Instant::now() + endpoint.late_after());
+                let launch = Launch {
+                    endpoint,
+                    permit,
+                    number: attempts,
+                    hedge: false,
+                    timeout: policy.attempt_timeout.min(remaining),
+                };
+                running.push(self.traced_attempt::<T>(launch, call, &request));
+            }
+            let alone = running.len() == 1;
+            let hedge_due = async {
+                match hedge_at {
+                    Some(at) if alone => tokio::time::sleep_until(at).await,
+                    _ => std::future::pending().await,
+                }
             };
-            attempts += 1;
-            tried.push(endpoint.url().to_owned());
-            let timeout = policy.attempt_timeout.min(remaining);
-            let span =
-                tracing::debug_span!("attempt", endpoint = endpoint.url(), attempt = attempts);
-            let result = tracing::Instrument::instrument(
-                self.attempt::<T>(&endpoint, permit, call, &request, timeout),
-                span,
-            )
-            .await;
+            let (endpoint, was_hedge, result) = tokio::select! {
+                Some(done) = running.next() => done,
+                () = hedge_due => {
+                    hedge_at = None;
+                    if let Some((endpoint, permit)) = self.hedge_target(&tried) {
+                        hedged = true;
+                        attempts += 1;
+                        tried.push(endpoint.url().to_owned());
+                        let launch = Launch {
+                            endpoint,
+                            permit,
+                            number: attempts,
+                            hedge: true,
+                            timeout: policy.attempt_timeout.min(call.remaining()),
+                        };
+                        running.push(self.traced_attempt::<T>(launch, call, &request));
+                    }
+                    continue;
+                }
+            };
             let e = match result {
                 Ok(answer) => {
+                    if hedged {
+                        let outcome = if was_hedge { "won" } else { "lost" };
+                        metrics::counter!("rustle_hedges_total", "outcome" => outcome).increment(1);
+                    }
                     return Ok(Executed {
                         answer,
                         endpoint: endpoint.url().to_owned(),
@@ -519,39 +566,117 @@ impl Cluster {
             };
             tracing::debug!(endpoint = endpoint.url(), attempt = attempts, error = %e, "attempt failed");
             errors.push((endpoint.url().to_owned(), e.public()));
-            let now = Instant::now();
-            let wait = match retry::next(
-                &e,
-                attempts,
-                &policy.retry,
-                call.deadline,
-                now,
-                &mut self.lock_budget(),
-                &mut backoff,
-            ) {
-                Ok(wait) => wait,
-                Err(stop) => {
-                    if stop == Stop::BudgetSpent {
-                        tracing::warn!(
-                            endpoint = endpoint.url(),
-                            "retry budget exhausted: not retrying"
-                        );
-                    }
-                    return Err(self.failure(stop.into(), attempts, errors));
-                }
-            };
-            metrics::counter!(
-                "rustle_retries_total",
-                "endpoint" => endpoint.url().to_owned(),
-                "reason" => outcome_label(&e)
-            )
-            .increment(1);
-            if now + wait >= call.deadline {
-                tokio::time::sleep_until(call.deadline).await;
-                return Err(self.failure(FailureKind::Deadline, attempts, errors));
+            if !running.is_empty() {
+                // The other attempt of a hedge race is still running: wait for it.
+                continue;
             }
-            tokio::time::sleep(wait).await;
+            if let Err(kind) = self
+                .before_retry(&e, &endpoint, attempts, &policy, call, &mut backoff)
+                .await
+            {
+                return Err(self.failure(kind, attempts, errors));
+            }
         }
+    }
+
+    /// After the last running attempt failed with `e`: waits the backoff before the next
+    /// attempt, or says why the request stops.
+    async fn before_retry(
+        &self,
+        e: &AttemptError,
+        endpoint: &Endpoint,
+        attempts: u32,
+        policy: &Policy,
+        call: &Call,
+        backoff: &mut Backoff,
+    ) -> Result<(), FailureKind> {
+        let now = Instant::now();
+        let next = retry::next(
+            e,
+            attempts,
+            &policy.retry,
+            call.deadline,
+            now,
+            &mut self.lock_budget(),
+            backoff,
+        );
+        let wait = match next {
+            Ok(wait) => wait,
+            Err(stop) => {
+                if stop == Stop::BudgetSpent {
+                    tracing::warn!(
+                        endpoint = endpoint.url(),
+                        "retry budget exhausted: not retrying"
+                    );
+                }
+                return Err(stop.into());
+            }
+        };
+        metrics::counter!(
+            "rustle_retries_total",
+            "endpoint" => endpoint.url().to_owned(),
+            "reason" => outcome_label(e)
+        )
+        .increment(1);
+        if now + wait >= call.deadline {
+            tokio::time::sleep_until(call.deadline).await;
+            return Err(FailureKind::Deadline);
+        }
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
+    /// An attempt in its span, yielding its endpoint and whether it was the hedge.
+    async fn traced_attempt<T: DeserializeOwned + About>(
+        &self,
+        launch: Launch,
+        call: &Call,
+        request: &Arc<NodeRequest>,
+    ) -> (Arc<Endpoint>, bool, Result<Answer<T>, AttemptError>) {
+        let Launch {
+            endpoint,
+            permit,
+            number,
+            hedge,
+            timeout,
+        } = launch;
+        let span = tracing::debug_span!(
+            "attempt",
+            endpoint = endpoint.url(),
+            attempt = number,
+            hedge
+        );
+        let result = tracing::Instrument::instrument(
+            self.attempt::<T>(&endpoint, permit, call, request, timeout),
+            span,
+        )
+        .await;
+        (endpoint, hedge, result)
+    }
+
+    /// Another endpoint for a hedge, when one is available and the retry budget allows a
+    /// second request.
+    fn hedge_target(&self, tried: &[String]) -> Option<(Arc<Endpoint>, Permit)> {
+        let now = Instant::now();
+        let endpoints = self.endpoints.load();
+        let fresh = endpoints
+            .iter()
+            .any(|e| !tried.iter().any(|t| t == e.url()) && e.available(now));
+        if !fresh {
+            metrics::counter!("rustle_hedges_total", "outcome" => "no_endpoint").increment(1);
+            return None;
+        }
+        if !self.lock_budget().try_retry(now) {
+            metrics::counter!("rustle_hedges_total", "outcome" => "budget").increment(1);
+            return None;
+        }
+        let target = self
+            .choose(tried, None, now)
+            .filter(|(e, _)| !tried.iter().any(|t| t == e.url()));
+        if target.is_none() {
+            metrics::counter!("rustle_hedges_total", "outcome" => "no_endpoint").increment(1);
+        }
+        target
     }
 
     /// Sends `request` once to every available endpoint in parallel, each inside the
@@ -605,6 +730,15 @@ impl From<Stop> for FailureKind {
             Stop::Limit | Stop::BudgetSpent => Self::Exhausted,
         }
     }
+}
+
+/// One attempt about to start: where, admitted how, which one, for how long.
+struct Launch {
+    endpoint: Arc<Endpoint>,
+    permit: Permit,
+    number: u32,
+    hedge: bool,
+    timeout: Duration,
 }
 
 /// What a fan-out produced.

@@ -181,11 +181,19 @@ impl Endpoint {
         self.lock().load.start();
     }
 
-    /// Gives back a permit whose call never completed (the request was abandoned).
-    pub(crate) fn release(&self, permit: Permit) {
+    /// Gives back a permit whose call never completed (the request was abandoned, or
+    /// another endpoint answered first) after `waited`.
+    pub(crate) fn release(&self, permit: Permit, waited: Duration) {
         let mut state = self.lock();
         state.breaker.release(permit);
-        state.load.cancel();
+        state.load.cancel(waited, Instant::now());
+        self.publish(&state);
+    }
+
+    /// When an answer of this endpoint is late: a request still waiting then is hedged.
+    #[must_use]
+    pub fn late_after(&self) -> Duration {
+        self.lock().load.late_after()
     }
 
     /// Records an attempt's outcome; true when its breaker closed again.
@@ -213,7 +221,7 @@ impl Endpoint {
             rtt
         };
         let mut state = self.lock();
-        state.load.finish(sample, now);
+        state.load.finish(sample, now, outcome.is_ok());
         let before = state.breaker.state();
         let transition = state.breaker.record(permit, outcome.is_err(), now);
         if let Err(e) = outcome {
@@ -381,7 +389,7 @@ impl Endpoint {
                 next_open_ms: u64::try_from(s.breaker.next_open_period().as_millis())
                     .unwrap_or(u64::MAX),
             },
-            ewma_latency_ms: s.load.ewma().as_secs_f64() * 1e3,
+            ewma_latency_ms: s.load.ewma_at(now).as_secs_f64() * 1e3,
             in_flight: s.load.in_flight(),
             last_error: s.last_error.clone(),
             last_error_at: s.last_error_at,
@@ -393,17 +401,19 @@ impl Endpoint {
     }
 }
 
-/// An admitted attempt whose outcome is not recorded yet; dropped unrecorded, it gives
-/// its permit back as if the call never happened.
+/// An admitted attempt whose outcome is not recorded yet; dropped unrecorded (abandoned,
+/// or another endpoint answered first), it gives its permit back and counts as no failure,
+/// but how long it waited still tells the balancer the endpoint is at least that slow.
 pub(crate) struct Unrecorded<'a> {
     pub(crate) endpoint: &'a Endpoint,
     pub(crate) permit: Option<Permit>,
+    pub(crate) started: Instant,
 }
 
 impl Drop for Unrecorded<'_> {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
-            self.endpoint.release(permit);
+            self.endpoint.release(permit, self.started.elapsed());
         }
     }
 }

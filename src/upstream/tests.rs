@@ -161,6 +161,7 @@ fn get(prefer: Option<&str>) -> NodeRequest {
         prefer: prefer.map(str::to_owned),
         list: false,
         about: Some(ucxl::Address::parse(ADDRESS).expect("address")),
+        hedge: true,
     }
 }
 
@@ -188,7 +189,7 @@ async fn a_failed_attempt_is_retried_on_another_endpoint() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_hung_endpoint_costs_one_attempt_timeout_then_the_next_answers() {
+async fn without_hedging_a_hung_endpoint_costs_one_attempt_timeout() {
     let s = script(&[
         (A, Behaviour::Hang),
         (B, Behaviour::Envelope(Duration::from_millis(3))),
@@ -196,8 +197,12 @@ async fn a_hung_endpoint_costs_one_attempt_timeout_then_the_next_answers() {
     let cfg = config(&[A, B]);
     let c = cluster(&cfg, &s);
     let started = Instant::now();
+    let request = NodeRequest {
+        hedge: false,
+        ..get(Some(A))
+    };
     let executed = c
-        .execute::<Value>(&call(Duration::from_secs(5)), get(Some(A)))
+        .execute::<Value>(&call(Duration::from_secs(5)), request)
         .await
         .expect("served");
     assert_eq!(executed.endpoint, B);
@@ -211,6 +216,62 @@ async fn a_hung_endpoint_costs_one_attempt_timeout_then_the_next_answers() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_late_answer_is_hedged_to_another_endpoint_and_the_first_answer_wins() {
+    let s = script(&[
+        (A, Behaviour::Hang),
+        (B, Behaviour::Envelope(Duration::from_millis(3))),
+    ]);
+    let c = cluster(&config(&[A, B]), &s);
+    let started = Instant::now();
+    let executed = c
+        .execute::<Value>(&call(Duration::from_secs(5)), get(Some(A)))
+        .await
+        .expect("served");
+    assert_eq!((executed.endpoint.as_str(), executed.attempts), (B, 2));
+    // No samples yet: late after the floor; then B's 3 ms.
+    assert_eq!(
+        started.elapsed(),
+        crate::resilience::balance::HEDGE_MIN + Duration::from_millis(3)
+    );
+    let status = c.status();
+    let a = endpoint(&status, A);
+    assert_eq!(a.in_flight, 0, "the losing attempt was cancelled");
+    assert_eq!(
+        a.breaker.consecutive_failures, 0,
+        "losing a race is no failure"
+    );
+    assert!(
+        a.ewma_latency_ms >= 20.0,
+        "but A looks at least as slow as it was: {}",
+        a.ewma_latency_ms
+    );
+    // With A looking slow, the next request goes to B first: no hedge needed.
+    let next = c
+        .execute::<Value>(&call(Duration::from_secs(5)), get(None))
+        .await
+        .expect("served");
+    assert_eq!((next.endpoint.as_str(), next.attempts), (B, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_needs_the_retry_budget() {
+    let s = script(&[(A, Behaviour::Envelope(Duration::from_millis(100)))]);
+    let mut cfg = config(&[A, B]);
+    cfg.retry.budget_min_per_sec = 0;
+    cfg.retry.budget_percent = 0;
+    let c = cluster(&cfg, &s);
+    let executed = c
+        .execute::<Value>(&call(Duration::from_secs(5)), get(Some(A)))
+        .await
+        .expect("served");
+    assert_eq!(
+        (executed.endpoint.as_str(), executed.attempts),
+        (A, 1),
+        "no hedge"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn every_endpoint_hung_ends_exactly_at_the_deadline() {
     let s = script(&[(A, Behaviour::Hang), (B, Behaviour::Hang)]);
     let c = cluster(&config(&[A, B]), &s);
@@ -221,12 +282,14 @@ async fn every_endpoint_hung_ends_exactly_at_the_deadline() {
         .expect_err("nobody answers");
     assert_eq!(failure.kind, FailureKind::Deadline);
     assert_eq!(started.elapsed(), Duration::from_secs(2));
-    assert_eq!(failure.attempts, 2, "1.5 s, then the rest of the deadline");
-    // The second attempt's timeout was the client's remaining deadline, not the node's
-    // fault: only the first counts against its endpoint.
+    // The first attempt, its hedge 20 ms later (both time out at 1.5 s), then a retry
+    // with what is left of the deadline.
+    assert_eq!(failure.attempts, 3);
+    // The retry's timeout was the client's remaining deadline, not a node's fault: only
+    // the two full attempt timeouts count against their endpoints.
     let status = c.status();
     let failures: u32 = status.iter().map(|e| e.breaker.consecutive_failures).sum();
-    assert_eq!(failures, 1);
+    assert_eq!(failures, 2);
 }
 
 #[tokio::test(start_paused = true)]

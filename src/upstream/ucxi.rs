@@ -107,6 +107,9 @@ pub struct NodeRequest {
     /// The address the request is about: an answer about another one is the endpoint's
     /// failure, decided before its outcome is recorded.
     pub about: Option<Address>,
+    /// Whether a late answer may be raced by the same request to another endpoint (the
+    /// request must be idempotent: every read is, and every write carries its id).
+    pub hedge: bool,
 }
 
 /// The address an answer's data is about, when its shape names one.

@@ -38,6 +38,7 @@ async fn attempt(endpoint: &EndpointUrl, timeout: Duration) -> Result<Answer<Dat
             prefer: None,
             list: false,
             about: None,
+            hedge: false,
         }),
         request_id: "test".into(),
         timeout,

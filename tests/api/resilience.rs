@@ -555,6 +555,7 @@ async fn an_abandoned_attempt_gives_its_slot_back() {
         prefer: None,
         list: false,
         about: None,
+        hedge: false,
     };
     // The caller goes away (a client disconnect) while the attempt waits on the node.
     let attempt = cluster.execute::<Value>(&call, request);
