@@ -396,14 +396,7 @@ impl NodeClient {
 
 /// A dependency's error text, shortened, for logs and status (never for clients).
 fn short(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    ucxl::error::excerpt(&text)
+    ucxl::error::excerpt(&ucxl::error::Chain(e).to_string())
 }
 
 /// Validates a 2xx/4xx answer body: the UCXL shape, a code whose status is the HTTP
