@@ -111,7 +111,8 @@ impl AppState {
         if let Some(recovery) = self.recovery.get() {
             return Ok(Arc::clone(recovery));
         }
-        let journal = crate::store::journal::Journal::open(dir).map_err(|e| e.to_string())?;
+        let journal = crate::store::journal::Journal::open(dir)
+            .map_err(|e| ucxl::error::Chain(&e).to_string())?;
         let recovery = Recovery::new(
             journal,
             Arc::clone(&self.store),

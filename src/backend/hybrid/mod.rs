@@ -327,7 +327,7 @@ impl HybridBackend {
         // later, the replay of a write the client retried is a no-op (same id).
         match tokio::time::timeout_at(call.deadline, self.recovery.journal.append(&entry)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(BackendError::Journal(e.to_string())),
+            Ok(Err(e)) => Err(BackendError::Journal(ucxl::error::Chain(&e).to_string())),
             Err(_) => Err(BackendError::Timeout),
         }
     }
