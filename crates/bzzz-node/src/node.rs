@@ -18,7 +18,10 @@ use crate::store::{NodeStore, StoreError};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The record store failed to open.
-    #[error("cannot open the record store in {dir}: {source}")]
+    #[error(
+        "cannot open the record store in {dir}: {}",
+        ucxl::error::Chain(source)
+    )]
     Store {
         /// The data directory.
         dir: String,
