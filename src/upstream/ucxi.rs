@@ -64,13 +64,15 @@ impl AttemptError {
     }
 
     /// Whether another attempt (elsewhere) may succeed: connection errors, timeouts,
-    /// 502/503/504 and 429. Everything else would fail the same way again.
+    /// 502/503/504, 429 and 507. Everything else would fail the same way again.
     #[must_use]
     pub fn retryable(&self) -> bool {
         match self {
             // Another node may hold the right token: a misconfigured one is avoided.
             Self::Connect(_) | Self::Timeout(_) | Self::Credentials(_) => true,
-            Self::Unavailable { status, .. } => matches!(status, 429 | 502 | 503 | 504),
+            // 507: that node's disk is full or failing and it stored nothing; another
+            // node's disk is not that one.
+            Self::Unavailable { status, .. } => matches!(status, 429 | 502 | 503 | 504 | 507),
             Self::BadAnswer(_) => false,
         }
     }
@@ -504,7 +506,7 @@ mod tests {
     fn retry_classification() {
         assert!(AttemptError::Connect("refused".into()).retryable());
         assert!(AttemptError::Timeout(10).retryable());
-        for status in [429, 502, 503, 504] {
+        for status in [429, 502, 503, 504, 507] {
             assert!(
                 AttemptError::Unavailable {
                     status,
