@@ -64,7 +64,7 @@ pub struct Entry {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JournalError {
     /// The journal directory cannot be created.
-    #[error("cannot create the journal directory {}", path.display())]
+    #[error("journal {}: cannot create the directory", path.display())]
     Directory {
         /// The directory.
         path: PathBuf,
@@ -73,7 +73,7 @@ pub enum JournalError {
         source: Arc<std::io::Error>,
     },
     /// The journal file cannot be opened or read at start.
-    #[error("cannot open the journal {}", path.display())]
+    #[error("journal {}: cannot open", path.display())]
     Open {
         /// The file.
         path: PathBuf,
