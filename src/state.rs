@@ -111,7 +111,8 @@ impl AppState {
         if let Some(fallback) = self.fallback.get() {
             return Ok(Arc::clone(fallback));
         }
-        let journal = crate::store::journal::Journal::open(dir).map_err(|e| e.to_string())?;
+        let journal = crate::store::journal::Journal::open(dir)
+            .map_err(|e| ucxl::error::Chain(&e).to_string())?;
         let fallback = Fallback::new(
             journal,
             Arc::clone(&self.store),

@@ -121,8 +121,10 @@ impl RealBackend {
             prefer: self.affinity(address),
             list: false,
             about: Some(address.without_temporal()),
-            // Every request about an address is idempotent (reads, and writes by id).
-            hedge: true,
+            // Reads are hedged. Writes are not, although idempotent by id: a hedge could
+            // find the write its slower twin already replicated and answer "existed"
+            // (200) for a write this very request created.
+            hedge: method == axum::http::Method::GET,
         }
     }
 

@@ -3,14 +3,15 @@
 //! its 202, so an acknowledged write survives a crash or SIGKILL of the gateway. The replay
 //! sends them to the cluster in order and removes each once the cluster has it.
 //!
-//! One writer thread owns all write transactions and commits whatever has queued up in one
-//! transaction (group commit): concurrent fallback writes share one fsync instead of
-//! queueing for one each.
+//! Appends and removals go to one writer thread ([`redb_commit::GroupCommit`], shared with
+//! the node's record store), which commits whatever has queued up in one transaction
+//! (group commit): concurrent fallback writes share one fsync instead of queueing for one
+//! each.
 //!
 //! A failed commit (a full or failing disk) refuses every write of its batch, none of which
-//! was acknowledged. redb refuses all further use of a database after an I/O error, so the
-//! journal then closes the file and reopens it (reloading its state from disk) at the next
-//! write: once the disk works again, so does the journal, without a restart.
+//! was acknowledged. The writer then closes the file and reopens it (reloading the pending
+//! counts and the next sequence number from disk) for the next write: once the disk works
+//! again, so does the journal, without a restart.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,19 +19,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb_commit::{Batch, CommitError, GroupCommit, Opener, Settings};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use ucxl::{Address, EnvelopeId, Version};
 
 /// The journal's file name in `RUSTLE_JOURNAL_DIR`.
 pub const FILE_NAME: &str = "journal.redb";
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
-/// Most commands committed in one transaction.
-const MAX_BATCH: usize = 512;
-/// Extra attempts to reopen the database after a disk error, 10 ms apart.
-const REOPEN_TRIES: u32 = 10;
 
 /// What a journaled write does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,20 +61,48 @@ pub struct Entry {
 }
 
 /// Why the journal failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("journal {path}: {message}")]
-pub struct JournalError {
-    path: String,
-    message: String,
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JournalError {
+    /// The journal directory cannot be created.
+    #[error("journal {}: cannot create the directory", path.display())]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The journal file cannot be opened or read at start.
+    #[error("journal {}: cannot open", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: CommitError,
+    },
+    /// An entry cannot be encoded.
+    #[error("cannot encode a journal entry")]
+    Encode(#[source] Arc<serde_json::Error>),
+    /// A commit or a read failed: the storage is full or unwritable, the file is closed
+    /// until the writer reopens it, or the writer has stopped.
+    #[error(transparent)]
+    Storage(#[from] CommitError),
 }
 
-enum Command {
-    /// Entry bytes, canonical address, ack.
-    Append(Vec<u8>, String, oneshot::Sender<Result<u64, String>>),
-    /// Sequence number, ack (true when no entry for its address is left).
-    Remove(u64, oneshot::Sender<Result<bool, String>>),
-    /// Reopen the database if a disk error closed it (a reader found it closed).
-    Reopen,
+/// A write for the writer thread.
+enum Job {
+    Append {
+        bytes: Vec<u8>,
+        /// The canonical address, for the pending counts.
+        address: String,
+        answer: oneshot::Sender<Result<u64, CommitError>>,
+    },
+    Remove {
+        seq: u64,
+        /// True when no entry for its address is left.
+        answer: oneshot::Sender<Result<bool, CommitError>>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -89,6 +115,11 @@ struct Pending {
 impl Pending {
     fn count(&self) -> u64 {
         self.addresses.len() as u64
+    }
+
+    fn add(&mut self, seq: u64, address: String) {
+        *self.per_address.entry(address.clone()).or_default() += 1;
+        self.addresses.insert(seq, address);
     }
 
     /// Forgets a removed entry; true when it was the last of its address.
@@ -108,81 +139,19 @@ impl Pending {
     }
 }
 
-/// Opens the database: at start, and again after a disk error.
-type Opener = Box<dyn Fn() -> Result<Database, String> + Send + Sync>;
-
-/// The open database, shared by the writer thread and readers; empty after a disk error
-/// until the writer reopens it.
-struct Store {
-    open: Opener,
-    db: Mutex<Option<Arc<Database>>>,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("open", &self.slot().is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Store {
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<Database>>> {
-        self.db.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The open database, for readers.
-    fn current(&self) -> Result<Arc<Database>, String> {
-        self.slot().clone().ok_or_else(|| {
-            "the journal is closed after a disk error; the next write reopens it".into()
-        })
-    }
-
-    /// Opens the database (creating its table) and publishes it. A reader that still holds
-    /// the closed database keeps its file locked for a moment: the open is retried briefly.
-    fn reopen(&self) -> Result<Arc<Database>, String> {
-        let mut slot = self.slot();
-        if let Some(db) = slot.as_ref() {
-            return Ok(Arc::clone(db));
-        }
-        let mut tries = 0;
-        let db = loop {
-            match (self.open)() {
-                Ok(db) => break db,
-                Err(e) if tries >= REOPEN_TRIES => return Err(e),
-                Err(_) => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-            }
-        };
-        let txn = db.begin_write().map_err(|e| e.to_string())?;
-        txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
-        txn.commit().map_err(|e| e.to_string())?;
-        let db = Arc::new(db);
-        *slot = Some(Arc::clone(&db));
-        Ok(db)
-    }
-
-    fn close(&self) {
-        *self.slot() = None;
-    }
-}
-
 /// What the journal holds: the pending entries and the next sequence number.
-fn load(db: &Database) -> Result<(Pending, u64), String> {
+fn load(db: &Database) -> Result<(Pending, u64), CommitError> {
     let mut pending = Pending::default();
     let mut next = 1;
-    let read = db.begin_read().map_err(|e| e.to_string())?;
-    let table = read.open_table(ENTRIES).map_err(|e| e.to_string())?;
-    for row in table.iter().map_err(|e| e.to_string())? {
-        let (seq, bytes) = row.map_err(|e| e.to_string())?;
+    let read = db.begin_read()?;
+    let table = read.open_table(ENTRIES)?;
+    for row in table.iter()? {
+        let (seq, bytes) = row?;
         let seq = seq.value();
         next = seq + 1;
         let address = serde_json::from_slice::<Entry>(bytes.value())
             .map_or_else(|_| String::new(), |e| e.address.canonical().to_owned());
-        *pending.per_address.entry(address.clone()).or_default() += 1;
-        pending.addresses.insert(seq, address);
+        pending.add(seq, address);
     }
     Ok((pending, next))
 }
@@ -190,9 +159,7 @@ fn load(db: &Database) -> Result<(Pending, u64), String> {
 /// The journal: a redb file in `RUSTLE_JOURNAL_DIR`.
 #[derive(Debug)]
 pub struct Journal {
-    path: PathBuf,
-    store: Arc<Store>,
-    commands: mpsc::UnboundedSender<Command>,
+    writer: GroupCommit<Job>,
     pending: Arc<Mutex<Pending>>,
     /// Woken by every append (the replayer waits on it).
     appended: Notify,
@@ -204,11 +171,8 @@ fn set_pending_gauge(count: u64) {
     metrics::gauge!("rustle_journal_pending").set(count as f64);
 }
 
-fn fail(path: &Path, e: impl std::fmt::Display) -> JournalError {
-    JournalError {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    }
+fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    pending.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Journal {
@@ -218,51 +182,40 @@ impl Journal {
     /// # Errors
     /// When the directory or file cannot be created or read.
     pub fn open(dir: &Path) -> Result<Arc<Self>, JournalError> {
-        std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| JournalError::Directory {
+            path: dir.to_owned(),
+            source: Arc::new(e),
+        })?;
         let path = dir.join(FILE_NAME);
         let file = path.clone();
-        Self::start(
-            path,
-            Box::new(move || Database::create(&file).map_err(|e| e.to_string())),
-        )
+        Self::start(&path, Box::new(move || Database::create(&file)))
     }
 
     /// Opens the journal with `open` (the file, or a test's storage) and starts its writer.
-    fn start(path: PathBuf, open: Opener) -> Result<Arc<Self>, JournalError> {
-        let store = Arc::new(Store {
-            open,
-            db: Mutex::new(None),
-        });
-        let db = store.reopen().map_err(|e| fail(&path, e))?;
-        let (pending, next) = load(&db).map_err(|e| fail(&path, e))?;
-        let (commands, rx) = mpsc::unbounded_channel();
-        set_pending_gauge(pending.count());
-        if pending.count() > 0 {
-            tracing::warn!(pending = pending.count(), path = %path.display(), "journal holds writes not yet replayed");
-        }
-        let pending = Arc::new(Mutex::new(pending));
-        let writer = Writer {
-            store: Arc::clone(&store),
-            db: Some(db),
-            next,
+    fn start(path: &Path, open: Opener) -> Result<Arc<Self>, JournalError> {
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let batch = Writes {
+            next: 1,
+            staged: Vec::new(),
             pending: Arc::clone(&pending),
         };
-        std::thread::Builder::new()
-            .name("rustle-journal".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| fail(&path, e))?;
+        let writer =
+            GroupCommit::start(Settings::new("rustle-journal"), open, batch).map_err(|source| {
+                JournalError::Open {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
+        let count = lock(&pending).count();
+        if count > 0 {
+            tracing::warn!(pending = count, path = %path.display(), "journal holds writes not yet replayed");
+        }
         Ok(Arc::new(Self {
-            path,
-            store,
-            commands,
+            writer,
             pending,
             appended: Notify::new(),
             replayed: AtomicU64::new(0),
         }))
-    }
-
-    fn pending_lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Appends `entry` durably (committed and fsynced when this returns `Ok`).
@@ -270,16 +223,14 @@ impl Journal {
     /// # Errors
     /// When the entry could not be committed.
     pub async fn append(&self, entry: &Entry) -> Result<u64, JournalError> {
-        let bytes = serde_json::to_vec(entry).map_err(|e| fail(&self.path, e))?;
-        let address = entry.address.canonical().to_owned();
-        let (ack, done) = oneshot::channel();
-        self.commands
-            .send(Command::Append(bytes, address, ack))
-            .map_err(|_| fail(&self.path, "the journal writer has stopped"))?;
-        let seq = done
-            .await
-            .map_err(|_| fail(&self.path, "the journal writer has stopped"))?
-            .map_err(|e| fail(&self.path, e))?;
+        let bytes = serde_json::to_vec(entry).map_err(|e| JournalError::Encode(Arc::new(e)))?;
+        let (answer, done) = oneshot::channel();
+        self.writer.submit(Job::Append {
+            bytes,
+            address: entry.address.canonical().to_owned(),
+            answer,
+        })?;
+        let seq = done.await.map_err(|_| CommitError::Stopped)??;
         self.appended.notify_waiters();
         Ok(seq)
     }
@@ -289,36 +240,27 @@ impl Journal {
     /// # Errors
     /// When the removal could not be committed.
     pub async fn remove(&self, seq: u64) -> Result<bool, JournalError> {
-        let (ack, done) = oneshot::channel();
-        self.commands
-            .send(Command::Remove(seq, ack))
-            .map_err(|_| fail(&self.path, "the journal writer has stopped"))?;
-        let last_for_address = done
-            .await
-            .map_err(|_| fail(&self.path, "the journal writer has stopped"))?
-            .map_err(|e| fail(&self.path, e))?;
+        let (answer, done) = oneshot::channel();
+        self.writer.submit(Job::Remove { seq, answer })?;
+        let last_for_address = done.await.map_err(|_| CommitError::Stopped)??;
         self.replayed.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("rustle_journal_replayed_total").increment(1);
         Ok(last_for_address)
     }
 
     /// The oldest entries, up to `limit`, in order. An entry that cannot be decoded (it
-    /// was never written by this gateway) is returned as `Err` so the replay can drop it.
+    /// was never written by this gateway) is returned as `None` so the replay can drop it.
     ///
     /// # Errors
-    /// When the file cannot be read.
+    /// When the file cannot be read, or is closed after a failed commit (the writer is then
+    /// asked to reopen it, so the replay resumes without waiting for a client's write).
     pub fn oldest(&self, limit: usize) -> Result<Vec<(u64, Option<Entry>)>, JournalError> {
-        let db = self.store.current().map_err(|e| {
-            // Only the writer reopens; ask it to, so the replay resumes without waiting for
-            // a client's write.
-            let _ = self.commands.send(Command::Reopen);
-            fail(&self.path, e)
-        })?;
-        let read = db.begin_read().map_err(|e| fail(&self.path, e))?;
-        let table = read.open_table(ENTRIES).map_err(|e| fail(&self.path, e))?;
+        let db = self.writer.database()?;
+        let read = db.begin_read().map_err(CommitError::from)?;
+        let table = read.open_table(ENTRIES).map_err(CommitError::from)?;
         let mut out = Vec::new();
-        for row in table.iter().map_err(|e| fail(&self.path, e))?.take(limit) {
-            let (seq, bytes) = row.map_err(|e| fail(&self.path, e))?;
+        for row in table.iter().map_err(CommitError::from)?.take(limit) {
+            let (seq, bytes) = row.map_err(CommitError::from)?;
             out.push((seq.value(), serde_json::from_slice(bytes.value()).ok()));
         }
         Ok(out)
@@ -327,13 +269,13 @@ impl Journal {
     /// Entries not yet replayed.
     #[must_use]
     pub fn pending(&self) -> u64 {
-        self.pending_lock().count()
+        lock(&self.pending).count()
     }
 
     /// True when writes to `address` wait in the journal.
     #[must_use]
     pub fn pending_for(&self, address: &Address) -> bool {
-        self.pending_lock()
+        lock(&self.pending)
             .per_address
             .contains_key(address.canonical())
     }
@@ -350,121 +292,123 @@ impl Journal {
     }
 }
 
-/// The writer thread's state.
-struct Writer {
-    store: Arc<Store>,
-    /// The open database; none after a disk error until the next batch reopens it.
-    db: Option<Arc<Database>>,
+/// A change of the batch being committed, in arrival order.
+enum Staged {
+    Insert(u64, Vec<u8>),
+    Remove(u64),
+}
+
+/// An applied write waiting for its batch's commit.
+enum Settle {
+    Append {
+        seq: u64,
+        address: String,
+        answer: oneshot::Sender<Result<u64, CommitError>>,
+    },
+    Remove {
+        seq: u64,
+        answer: oneshot::Sender<Result<bool, CommitError>>,
+    },
+}
+
+/// The journal's side of the writer thread.
+struct Writes {
+    /// The next sequence number. A failed batch does not give its numbers back: the reload
+    /// after the reopen does, from what the disk holds.
     next: u64,
+    staged: Vec<Staged>,
     pending: Arc<Mutex<Pending>>,
 }
 
-impl Writer {
-    /// Commits queued commands in batches, one fsync per batch, until every sender is
-    /// gone; the pending counts change with each commit, before anyone is answered.
-    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
-        while let Some(first) = rx.blocking_recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(c) => batch.push(c),
-                    Err(_) => break,
-                }
-            }
-            let writes = batch.iter().any(|c| !matches!(c, Command::Reopen));
-            let result = self.database().and_then(|db| {
-                if !writes {
-                    return Ok(());
-                }
-                let start = self.next;
-                commit(&db, &batch, &mut self.next).inspect_err(|e| {
-                    // Nothing of the batch is durable: its sequence numbers may be used
-                    // again, and the database must be reopened before further use.
-                    tracing::error!(error = %e, writes = batch.len(), "a journal commit failed; its writes were refused");
-                    self.next = start;
-                    self.db = None;
-                    self.store.close();
-                })
-            });
-            self.answer(batch, &result);
-        }
-    }
+impl Batch for Writes {
+    type Job = Job;
+    type Pending = Settle;
 
-    /// The open database, reopened (and the state reloaded from it) after a disk error.
-    fn database(&mut self) -> Result<Arc<Database>, String> {
-        if let Some(db) = &self.db {
-            return Ok(Arc::clone(db));
-        }
-        let db = self.store.reopen()?;
-        let (pending, next) = match load(&db) {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                self.store.close();
-                return Err(e);
-            }
-        };
-        tracing::warn!(
-            pending = pending.count(),
-            "journal reopened after a disk error"
-        );
+    fn load(&mut self, db: &Database) -> Result<(), CommitError> {
+        let txn = db.begin_write()?;
+        txn.open_table(ENTRIES)?;
+        txn.commit()?;
+        let (pending, next) = load(db)?;
         set_pending_gauge(pending.count());
-        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = pending;
+        *lock(&self.pending) = pending;
         self.next = next;
-        self.db = Some(Arc::clone(&db));
-        Ok(db)
+        Ok(())
     }
 
-    fn answer(&self, batch: Vec<Command>, result: &Result<(), String>) {
-        // Sequence numbers of the batch's appends, in order, from where the commit began.
-        let appends = batch
-            .iter()
-            .filter(|c| matches!(c, Command::Append(..)))
-            .count() as u64;
-        let mut seq = self.next - if result.is_ok() { appends } else { 0 };
-        let mut counts = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        for command in batch {
-            match command {
-                Command::Append(_, address, ack) => {
-                    if result.is_ok() {
-                        *counts.per_address.entry(address.clone()).or_default() += 1;
-                        counts.addresses.insert(seq, address);
-                    }
-                    let _ = ack.send(result.clone().map(|()| seq));
-                    seq += 1;
+    fn apply(&mut self, job: Job) -> Option<Settle> {
+        Some(match job {
+            Job::Append {
+                bytes,
+                address,
+                answer,
+            } => {
+                let seq = self.next;
+                self.next += 1;
+                self.staged.push(Staged::Insert(seq, bytes));
+                Settle::Append {
+                    seq,
+                    address,
+                    answer,
                 }
-                Command::Remove(removed, ack) => {
-                    let last = result.is_ok() && counts.forget(removed);
-                    let _ = ack.send(result.clone().map(|()| last));
+            }
+            Job::Remove { seq, answer } => {
+                self.staged.push(Staged::Remove(seq));
+                Settle::Remove { seq, answer }
+            }
+        })
+    }
+
+    fn dirty(&self) -> bool {
+        !self.staged.is_empty()
+    }
+
+    fn write(&mut self, txn: &WriteTransaction) -> Result<(), CommitError> {
+        let mut table = txn.open_table(ENTRIES)?;
+        for change in &self.staged {
+            match change {
+                Staged::Insert(seq, bytes) => {
+                    table.insert(seq, bytes.as_slice())?;
                 }
-                Command::Reopen => {}
+                Staged::Remove(seq) => {
+                    table.remove(seq)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The pending counts change with the commit: each write is counted before it is
+    /// answered.
+    fn committed(&mut self, settled: Vec<Settle>) {
+        self.staged.clear();
+        let mut counts = lock(&self.pending);
+        for settle in settled {
+            match settle {
+                Settle::Append {
+                    seq,
+                    address,
+                    answer,
+                } => {
+                    counts.add(seq, address);
+                    let _ = answer.send(Ok(seq));
+                }
+                Settle::Remove { seq, answer } => {
+                    let _ = answer.send(Ok(counts.forget(seq)));
+                }
             }
         }
         set_pending_gauge(counts.count());
     }
-}
 
-fn commit(db: &Database, batch: &[Command], next: &mut u64) -> Result<(), String> {
-    let mut txn = db.begin_write().map_err(|e| e.to_string())?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(|e| e.to_string())?;
-    {
-        let mut table = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
-        for command in batch {
-            match command {
-                Command::Append(bytes, _, _) => {
-                    table
-                        .insert(*next, bytes.as_slice())
-                        .map_err(|e| e.to_string())?;
-                    *next += 1;
-                }
-                Command::Remove(seq, _) => {
-                    table.remove(*seq).map_err(|e| e.to_string())?;
-                }
-                Command::Reopen => {}
+    fn failed(&mut self, settled: Vec<Settle>, error: &CommitError) {
+        self.staged.clear();
+        for settle in settled {
+            match settle {
+                Settle::Append { answer, .. } => drop(answer.send(Err(error.clone()))),
+                Settle::Remove { answer, .. } => drop(answer.send(Err(error.clone()))),
             }
         }
     }
-    txn.commit().map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -533,67 +477,23 @@ mod tests {
         assert!(!journal.pending_for(&entry("y", 0).address));
     }
 
-    /// Storage in memory that fails every write and flush while `fail` is set (a full or
-    /// failing disk).
-    #[derive(Debug)]
-    struct Flaky {
-        memory: StdArc<redb::backends::InMemoryBackend>,
-        fail: StdArc<std::sync::atomic::AtomicBool>,
-    }
-
-    impl Flaky {
-        fn check(&self) -> Result<(), std::io::Error> {
-            if self.fail.load(Ordering::SeqCst) {
-                Err(std::io::Error::other("no space left on device"))
-            } else {
-                Ok(())
-            }
-        }
-    }
-
-    impl redb::StorageBackend for Flaky {
-        fn len(&self) -> Result<u64, std::io::Error> {
-            self.memory.len()
-        }
-        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-            self.memory.read(offset, out)
-        }
-        fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-            self.check()?;
-            self.memory.set_len(len)
-        }
-        fn sync_data(&self) -> Result<(), std::io::Error> {
-            self.check()?;
-            self.memory.sync_data()
-        }
-        fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-            self.check()?;
-            self.memory.write(offset, data)
-        }
-    }
-
     #[tokio::test]
     async fn a_failed_commit_refuses_its_writes_and_the_journal_recovers_with_the_disk() {
-        let memory = StdArc::new(redb::backends::InMemoryBackend::new());
-        let fail = StdArc::new(std::sync::atomic::AtomicBool::new(false));
-        let (m, f) = (StdArc::clone(&memory), StdArc::clone(&fail));
+        let storage = redb_commit::testing::FillableStorage::new();
+        let disk = storage.clone();
         let journal = Journal::start(
-            PathBuf::from("memory"),
-            Box::new(move || {
-                Database::builder()
-                    .create_with_backend(Flaky {
-                        memory: StdArc::clone(&m),
-                        fail: StdArc::clone(&f),
-                    })
-                    .map_err(|e| e.to_string())
-            }),
+            Path::new("memory"),
+            Box::new(move || Database::builder().create_with_backend(disk.clone())),
         )
         .expect("open");
         let first = journal.append(&entry("x", 1)).await.expect("append");
 
-        fail.store(true, Ordering::SeqCst);
+        storage.fill_after(0);
         let refused = journal.append(&entry("x", 2)).await;
-        assert!(refused.is_err(), "a write the disk did not take is refused");
+        assert!(
+            matches!(&refused, Err(JournalError::Storage(e)) if e.is_unwritable()),
+            "a write the disk did not take is refused: {refused:?}"
+        );
         assert_eq!(journal.pending(), 1, "and not counted");
         assert!(
             journal.remove(first).await.is_err(),
@@ -602,7 +502,7 @@ mod tests {
         assert!(journal.oldest(10).is_err(), "closed until reopened");
         assert_eq!(journal.pending(), 1);
 
-        fail.store(false, Ordering::SeqCst);
+        storage.grow();
         // A reader finding the journal closed asks the writer to reopen it: the replay
         // resumes without waiting for a client's write.
         let until = std::time::Instant::now() + std::time::Duration::from_secs(10);

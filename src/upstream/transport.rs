@@ -367,12 +367,5 @@ async fn read(response: Response<Incoming>, limit: usize) -> Result<RawAnswer, T
 
 /// A dependency's error text, shortened, for logs and status (never for clients).
 fn short(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    ucxl::error::excerpt(&text)
+    ucxl::error::excerpt(&ucxl::error::Chain(e).to_string())
 }

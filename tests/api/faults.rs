@@ -29,6 +29,8 @@ pub enum Mode {
     Hang = 5,
     /// A valid envelope, of another address than the one asked.
     OtherAddress = 6,
+    /// 507 with `Retry-After: 1`, as a node whose disk is full answers a write.
+    Full = 7,
 }
 
 impl Mode {
@@ -40,6 +42,7 @@ impl Mode {
             4 => Self::NotFound,
             5 => Self::Hang,
             6 => Self::OtherAddress,
+            7 => Self::Full,
             _ => Self::Healthy,
         }
     }
@@ -136,6 +139,12 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {
         )
             .into_response(),
         Mode::Hang => std::future::pending().await,
+        Mode::Full => (
+            StatusCode::INSUFFICIENT_STORAGE,
+            [("content-type", "application/json"), ("retry-after", "1")],
+            r#"{"error":{"code":"UCXL-507-INSUFFICIENT_STORAGE","message":"this node cannot store writes now: its storage is full or unwritable; nothing was stored","details":{},"source":"bzzz-node","path":"/","request_id":"r","timestamp":"2026-11-24T10:00:00Z"}}"#,
+        )
+            .into_response(),
         Mode::OtherAddress => (
             StatusCode::OK,
             [("content-type", "application/json")],

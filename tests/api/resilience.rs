@@ -177,6 +177,28 @@ async fn retry_after_skips_the_endpoint_and_the_retry_goes_elsewhere_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_is_full_is_skipped_and_the_write_goes_to_another_node() {
+    let node = NodeProc::start("solo", &[], None, &[]).await;
+    let good = FaultNode::start(Mode::Healthy, Some(node.url(""))).await;
+    let full = FaultNode::start(Mode::Full, None).await;
+    let config = cluster_config(&[full.url.clone(), good.url.clone()], BackendMode::Real);
+    let app = gateway(config).await;
+    for i in 0..10 {
+        let response = app.put(&format!("{A}{i}"), json!({"content": i})).await;
+        assert_eq!(response.status(), 201, "no client sees the full disk");
+        assert_eq!(header(&response, "x-rustle-endpoint"), good.url);
+    }
+    assert!(full.api_hits() >= 1, "P2C tried the full node");
+    let s = status_of(&app, &full.url).await;
+    assert!(
+        s["last_error"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("answered 507")),
+        "counted against the full node: {s}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_covers_every_attempt_and_ends_in_504() {
     let hanging = FaultNode::start(Mode::Hang, None).await;
     let app = gateway_over(&hanging.url, BackendMode::Real).await;

@@ -112,6 +112,23 @@ impl NodeError {
             Self::Store(StoreError::TooLarge { limit }) => {
                 (Code::PayloadTooLarge, json!({"limit_bytes": limit}))
             }
+            // Never a 500: the gateway sends the write to another node instead of failing
+            // it. The writer thread has logged the cause.
+            Self::Store(StoreError::Storage(e)) => {
+                let (code, why) = if e.is_unwritable() {
+                    (
+                        Code::InsufficientStorage,
+                        "its storage is full or unwritable",
+                    )
+                } else {
+                    (Code::ServiceUnavailable, "its storage failed")
+                };
+                return ErrorReport::new(
+                    code,
+                    format!("this node cannot store writes now: {why}; nothing was stored"),
+                    json!({}),
+                );
+            }
             Self::Store(other) => return ErrorReport::internal(other),
             Self::NotReplicated(e) => (
                 Code::ServiceUnavailable,
@@ -131,7 +148,9 @@ impl IntoResponse for NodeError {
     fn into_response(self) -> Response {
         let mut response = self.report().into_response();
         match self {
-            Self::NotReplicated(_) => {
+            // The store reopens its database for the next write: a second is enough to
+            // know whether the disk has room again.
+            Self::NotReplicated(_) | Self::Store(StoreError::Storage(_)) => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(1));
@@ -576,4 +595,34 @@ async fn status(State(state): State<NodeState>, Rid(rid): Rid) -> Reply<NodeStat
 
 async fn metrics_text(State(state): State<NodeState>) -> Response {
     ucxl_service::lifecycle::prometheus_text(&state.metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb_commit::CommitError;
+
+    fn answer(e: CommitError) -> (u16, Option<HeaderValue>, Code) {
+        let error = NodeError::Store(StoreError::Storage(e));
+        let code = error.report().code;
+        let response = error.into_response();
+        let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+        (response.status().as_u16(), retry_after, code)
+    }
+
+    #[test]
+    fn a_write_the_node_cannot_store_is_507_or_503_with_retry_after_never_500() {
+        let full = CommitError::from(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert_eq!(
+            answer(full),
+            (507, Some(HeaderValue::from(1)), Code::InsufficientStorage)
+        );
+        let corrupted = CommitError::from(redb::StorageError::Corrupted("bad page".into()));
+        for other in [corrupted, CommitError::Closed, CommitError::Stopped] {
+            assert_eq!(
+                answer(other),
+                (503, Some(HeaderValue::from(1)), Code::ServiceUnavailable)
+            );
+        }
+    }
 }

@@ -18,7 +18,10 @@ use crate::store::{NodeStore, StoreError};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The record store failed to open.
-    #[error("cannot open the record store in {dir}: {source}")]
+    #[error(
+        "cannot open the record store in {dir}: {}",
+        ucxl::error::Chain(source)
+    )]
     Store {
         /// The data directory.
         dir: String,
@@ -99,10 +102,6 @@ impl Node {
         config: &NodeConfig,
         shutdown: CancellationToken,
     ) -> Result<Self, StartError> {
-        let tls = match &config.tls {
-            Some(files) => Some(ucxl_service::tls::ServerTls::load(files)?),
-            None => None,
-        };
         let store =
             NodeStore::open(&config.data_dir, config.max_record_bytes).map_err(|source| {
                 StartError::Store {
@@ -110,6 +109,23 @@ impl Node {
                     source,
                 }
             })?;
+        Self::start_with_store(config, store, shutdown).await
+    }
+
+    /// Starts the network and binds the HTTP listener over `store`, opened by the caller
+    /// (on other storage than `BZZZ_DATA_DIR`'s file, say).
+    ///
+    /// # Errors
+    /// [`StartError`].
+    pub async fn start_with_store(
+        config: &NodeConfig,
+        store: NodeStore,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StartError> {
+        let tls = match &config.tls {
+            Some(files) => Some(ucxl_service::tls::ServerTls::load(files)?),
+            None => None,
+        };
         let store = Arc::new(store);
         metrics::gauge!("bzzz_records").set(u32::try_from(store.len()).unwrap_or(u32::MAX));
         let (p2p, p2p_addr, network) =

@@ -2,6 +2,11 @@
 //! reads and in redb on disk (committed before a write is acknowledged), so a restarted
 //! node keeps everything.
 //!
+//! When the disk fills (or fails), the writes of the failing batch are refused with
+//! [`CommitError::Unwritable`] (the API answers 507) and the store reopens its database
+//! for the next batch, reloading its records from disk: once the disk has room again, the
+//! node stores writes again without a restart. Reads never touch the disk.
+//!
 //! The same records are the node's Kademlia records: key = SHA-256 of the canonical
 //! address, value = [`DhtValue`] (the address and its version set). Every write, local or
 //! from a peer, merges by set union.
@@ -12,11 +17,14 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition, WriteTransaction,
+};
+use redb_commit::{Batch, CommitError, GroupCommit, Opener, Settings};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use ucxl::{
     Address, DeleteOutcome, Entry, EnvelopeId, NewVersion, PutOutcome, SearchItem, SearchQuery,
     VersionSet, WriteError, content_digest,
@@ -61,43 +69,14 @@ pub enum StoreError {
     /// A record that does not decode.
     #[error("record does not decode: {0}")]
     Undecodable(String),
-    /// The disk store failed (the whole batch of writes it was committing failed).
-    #[error("storage failed: {0}")]
-    Disk(String),
-    /// The writer thread has stopped (the node is shutting down).
-    #[error("the store is closed")]
-    Closed,
-}
-
-impl From<redb::Error> for StoreError {
-    fn from(e: redb::Error) -> Self {
-        Self::Disk(e.to_string())
-    }
-}
-impl From<redb::DatabaseError> for StoreError {
-    fn from(e: redb::DatabaseError) -> Self {
-        Self::Disk(e.to_string())
-    }
-}
-impl From<redb::TransactionError> for StoreError {
-    fn from(e: redb::TransactionError) -> Self {
-        Self::Disk(e.to_string())
-    }
-}
-impl From<redb::TableError> for StoreError {
-    fn from(e: redb::TableError) -> Self {
-        Self::Disk(e.to_string())
-    }
-}
-impl From<redb::StorageError> for StoreError {
-    fn from(e: redb::StorageError) -> Self {
-        Self::Disk(e.to_string())
-    }
-}
-impl From<redb::CommitError> for StoreError {
-    fn from(e: redb::CommitError) -> Self {
-        Self::Disk(e.to_string())
-    }
+    /// The data directory cannot be created.
+    #[error("cannot create the data directory")]
+    Directory(#[source] Arc<std::io::Error>),
+    /// The disk store failed: the storage is full or unwritable, the database failed
+    /// otherwise, or the writer has stopped (the node is shutting down). Every write of the
+    /// batch being committed failed with it; none was acknowledged.
+    #[error(transparent)]
+    Storage(#[from] CommitError),
 }
 
 /// One address and its version set.
@@ -129,9 +108,6 @@ impl Published {
     }
 }
 
-/// Most changes one disk commit carries.
-const MAX_BATCH: usize = 512;
-
 /// Where the outcome of a change goes.
 type Answer<T> = oneshot::Sender<Result<(T, Arc<Record>), StoreError>>;
 
@@ -162,16 +138,15 @@ struct Job {
 /// The node's durable record store.
 ///
 /// Reads are served from memory and never wait for the disk. Every change goes to one
-/// writer thread, which applies whatever has queued up (up to [`MAX_BATCH`] changes, in
-/// arrival order, each on top of the previous ones) and commits them to disk in one
-/// transaction before it publishes the new records and answers their callers (group
-/// commit). A change is therefore durable before anyone sees it, and a burst of writes,
-/// local or from peers, costs one disk flush instead of one each.
+/// writer thread ([`GroupCommit`]), which applies whatever has queued up (in arrival
+/// order, each on top of the previous ones) and commits them to disk in one transaction
+/// before it publishes the new records and answers their callers (group commit). A change
+/// is therefore durable before anyone sees it, and a burst of writes, local or from peers,
+/// costs one disk flush instead of one each.
 #[derive(Debug)]
 pub struct NodeStore {
     published: Arc<Published>,
-    jobs: Option<mpsc::UnboundedSender<Job>>,
-    writer: Option<std::thread::JoinHandle<()>>,
+    writer: GroupCommit<Job>,
 }
 
 impl std::fmt::Debug for Job {
@@ -182,75 +157,42 @@ impl std::fmt::Debug for Job {
     }
 }
 
-impl Drop for NodeStore {
-    fn drop(&mut self) {
-        // Closing the queue lets the writer finish what it holds and release the file.
-        self.jobs = None;
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
-    }
-}
-
 impl NodeStore {
     /// Opens (or creates) the store in `dir`, loads every record and starts the writer.
     ///
     /// # Errors
     /// When the database cannot be opened or the writer thread cannot start.
     pub fn open(dir: &Path, max_record_bytes: usize) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Disk(e.to_string()))?;
-        let db = Database::create(dir.join("records.redb"))?;
-        // Make sure the table exists, so reads of a fresh store work.
-        let txn = db.begin_write()?;
-        txn.open_table(RECORDS)?;
-        txn.commit()?;
-        let mut records = Records::default();
-        let read = db.begin_read()?;
-        let table = read.open_table(RECORDS)?;
-        for row in table.iter()? {
-            let (key, value) = row?;
-            // A row that does not decode (written by a later release, say) is reported and
-            // skipped: the node still serves everything else, and peers refill it.
-            let decoded = Address::parse(key.value())
-                .map_err(|e| e.to_string())
-                .and_then(|a| {
-                    serde_json::from_slice::<VersionSet>(value.value())
-                        .map(|s| (a, s))
-                        .map_err(|e| e.to_string())
-                });
-            let (address, set) = match decoded {
-                Ok(row) => row,
-                Err(e) => {
-                    tracing::error!(key = key.value(), error = %e, "skipped a stored record that does not decode");
-                    continue;
-                }
-            };
-            records
-                .by_key
-                .insert(dht_key(&address), address.canonical().to_owned());
-            records.by_address.insert(
-                address.canonical().to_owned(),
-                Arc::new(Record { address, set }),
-            );
-        }
-        drop(table);
-        drop(read);
-        let published = Arc::new(Published(RwLock::new(records)));
-        let (jobs, queue) = mpsc::unbounded_channel();
-        let writer = Writer {
-            db,
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Directory(Arc::new(e)))?;
+        let file = dir.join("records.redb");
+        Self::start(Box::new(move || Database::create(&file)), max_record_bytes)
+    }
+
+    /// Opens (or creates) the store on `storage` instead of a file: each open of the
+    /// database (at start, and again after a failed commit) takes a clone, so clones must
+    /// share the same bytes.
+    ///
+    /// # Errors
+    /// When the database cannot be opened or the writer thread cannot start.
+    pub fn open_with_backend<S: StorageBackend + Clone>(
+        storage: S,
+        max_record_bytes: usize,
+    ) -> Result<Self, StoreError> {
+        Self::start(
+            Box::new(move || Database::builder().create_with_backend(storage.clone())),
+            max_record_bytes,
+        )
+    }
+
+    fn start(open: Opener, max_record_bytes: usize) -> Result<Self, StoreError> {
+        let published = Arc::new(Published::default());
+        let changes = Changes {
             published: Arc::clone(&published),
             max_record_bytes,
+            staged: Staged::new(),
         };
-        let writer = std::thread::Builder::new()
-            .name("bzzz-store".into())
-            .spawn(move || writer.run(queue))
-            .map_err(|e| StoreError::Disk(format!("cannot start the writer thread: {e}")))?;
-        Ok(Self {
-            published,
-            jobs: Some(jobs),
-            writer: Some(writer),
-        })
+        let writer = GroupCommit::start(Settings::new("bzzz-store"), open, changes)?;
+        Ok(Self { published, writer })
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Records> {
@@ -314,10 +256,8 @@ impl NodeStore {
             change,
         };
         // When the writer has stopped the job (and its answer) is dropped: the caller's
-        // receiver reports the store closed.
-        if let Some(jobs) = &self.jobs {
-            let _ = jobs.send(job);
-        }
+        // receiver reports the store stopped.
+        let _ = self.writer.submit(job);
     }
 
     /// Stores a new version (or finds the one with the same id); resolves once durable.
@@ -332,7 +272,7 @@ impl NodeStore {
     ) -> Result<(PutOutcome, Arc<Record>), StoreError> {
         let (answer, outcome) = oneshot::channel();
         self.submit(address, Change::Put { new, now, answer });
-        outcome.await.map_err(|_| StoreError::Closed)?
+        outcome.await.map_err(|_| CommitError::Stopped)?
     }
 
     /// Writes a tombstone (or finds the one with the same id); resolves once durable.
@@ -356,7 +296,7 @@ impl NodeStore {
                 answer,
             },
         );
-        outcome.await.map_err(|_| StoreError::Closed)?
+        outcome.await.map_err(|_| CommitError::Stopped)?
     }
 
     /// Merges a replica's set (set union). The returned future (which does not borrow the
@@ -374,7 +314,7 @@ impl NodeStore {
         async move {
             outcome
                 .await
-                .map_err(|_| StoreError::Closed)?
+                .map_err(|_| CommitError::Stopped)?
                 .map(|(changed, _)| changed)
         }
     }
@@ -411,62 +351,135 @@ impl NodeStore {
 }
 
 /// A change applied to the batch, waiting for its commit.
-type Settle = Box<dyn FnOnce(&Result<(), StoreError>) + Send>;
+type Settle = Box<dyn FnOnce(Result<(), &CommitError>) + Send>;
 
 /// Builds the settlement of an applied change: its outcome once the batch is durable, the
 /// batch's failure otherwise.
 fn settle<T: Send + 'static>(answer: Answer<T>, outcome: T, record: Arc<Record>) -> Settle {
     Box::new(move |committed| {
-        let _ = answer.send(committed.clone().map(|()| (outcome, record)));
+        let _ = answer.send(
+            committed
+                .map(|()| (outcome, record))
+                .map_err(|e| StoreError::Storage(e.clone())),
+        );
     })
-}
-
-/// The writer thread: owns every write transaction.
-struct Writer {
-    db: Database,
-    published: Arc<Published>,
-    max_record_bytes: usize,
 }
 
 /// The records a batch changed: canonical address → (record, its encoding).
 type Staged = HashMap<String, (Arc<Record>, Vec<u8>)>;
 
-impl Writer {
-    fn run(self, mut queue: mpsc::UnboundedReceiver<Job>) {
-        while let Some(first) = queue.blocking_recv() {
-            let mut staged = Staged::new();
-            let mut settles = Vec::new();
-            self.apply(first, &mut staged, &mut settles);
-            while settles.len() < MAX_BATCH {
-                let Ok(job) = queue.try_recv() else { break };
-                self.apply(job, &mut staged, &mut settles);
+/// Every record on disk. A row that does not decode (written by a later release, say) is
+/// reported and skipped: the node still serves everything else, and peers refill it.
+fn load(db: &Database) -> Result<Records, CommitError> {
+    let mut records = Records::default();
+    let read = db.begin_read()?;
+    let table = read.open_table(RECORDS)?;
+    for row in table.iter()? {
+        let (key, value) = row?;
+        let decoded = Address::parse(key.value())
+            .map_err(|e| e.to_string())
+            .and_then(|a| {
+                serde_json::from_slice::<VersionSet>(value.value())
+                    .map(|s| (a, s))
+                    .map_err(|e| e.to_string())
+            });
+        let (address, set) = match decoded {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::error!(key = key.value(), error = %e, "skipped a stored record that does not decode");
+                continue;
             }
-            let committed = if staged.is_empty() {
-                Ok(())
-            } else {
-                self.commit(&staged)
-            };
-            match &committed {
-                Ok(()) => self.publish(staged),
-                Err(e) => {
-                    tracing::error!(error = %e, changes = settles.len(), "a store commit failed; its writes were refused");
-                }
-            }
-            for settle in settles {
-                settle(&committed);
-            }
+        };
+        records
+            .by_key
+            .insert(dht_key(&address), address.canonical().to_owned());
+        records.by_address.insert(
+            address.canonical().to_owned(),
+            Arc::new(Record { address, set }),
+        );
+    }
+    Ok(records)
+}
+
+/// The store's side of the writer thread.
+struct Changes {
+    published: Arc<Published>,
+    max_record_bytes: usize,
+    /// What the batch so far changed.
+    staged: Staged,
+}
+
+impl Batch for Changes {
+    type Job = Job;
+    type Pending = Settle;
+
+    /// Publishes every record on disk: at start, and after the reopen that follows a failed
+    /// commit (a commit reported failed may still have reached the disk; what the disk holds
+    /// is what the node serves).
+    fn load(&mut self, db: &Database) -> Result<(), CommitError> {
+        // Make sure the table exists, so reads of a fresh store work.
+        let txn = db.begin_write()?;
+        txn.open_table(RECORDS)?;
+        txn.commit()?;
+        let records = load(db)?;
+        let count = records.by_address.len();
+        *self
+            .published
+            .0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = records;
+        metrics::gauge!("bzzz_records").set(u32::try_from(count).unwrap_or(u32::MAX));
+        Ok(())
+    }
+
+    fn apply(&mut self, job: Job) -> Option<Settle> {
+        self.apply_change(job)
+    }
+
+    fn dirty(&self) -> bool {
+        !self.staged.is_empty()
+    }
+
+    fn write(&mut self, txn: &WriteTransaction) -> Result<(), CommitError> {
+        let mut table = txn.open_table(RECORDS)?;
+        for (canonical, (_, bytes)) in &self.staged {
+            table.insert(canonical.as_str(), bytes.as_slice())?;
+        }
+        Ok(())
+    }
+
+    fn committed(&mut self, settled: Vec<Settle>) {
+        let staged = std::mem::take(&mut self.staged);
+        self.publish(staged);
+        for settle in settled {
+            settle(Ok(()));
         }
     }
 
+    fn failed(&mut self, settled: Vec<Settle>, error: &CommitError) {
+        self.staged.clear();
+        for settle in settled {
+            settle(Err(error));
+        }
+    }
+}
+
+impl Changes {
     /// Applies one change on top of the batch so far. Refusals are answered at once; an
     /// applied change is settled after the commit.
-    fn apply(&self, job: Job, staged: &mut Staged, settles: &mut Vec<Settle>) {
+    fn apply_change(&mut self, job: Job) -> Option<Settle> {
+        let Self {
+            published,
+            max_record_bytes,
+            staged,
+        } = self;
+        let max_record_bytes = *max_record_bytes;
         let Job { address, change } = job;
         let canonical = address.canonical();
         let current = staged
             .get(canonical)
             .map(|(r, _)| Arc::clone(r))
-            .or_else(|| self.published.get(canonical));
+            .or_else(|| published.get(canonical));
         let mut set = current.as_ref().map(|r| r.set.clone()).unwrap_or_default();
         let before = set.len();
         let mut record = |set: VersionSet| -> Result<Arc<Record>, StoreError> {
@@ -481,9 +494,9 @@ impl Writer {
             }
             let bytes =
                 serde_json::to_vec(&set).map_err(|e| StoreError::Undecodable(e.to_string()))?;
-            if bytes.len() > self.max_record_bytes {
+            if bytes.len() > max_record_bytes {
                 return Err(StoreError::TooLarge {
-                    limit: self.max_record_bytes,
+                    limit: max_record_bytes,
                 });
             }
             let record = Arc::new(Record {
@@ -496,7 +509,7 @@ impl Writer {
         match change {
             Change::Put { new, now, answer } => match set.put(new, now) {
                 Ok(outcome) => match record(set) {
-                    Ok(r) => settles.push(settle(answer, outcome, r)),
+                    Ok(r) => return Some(settle(answer, outcome, r)),
                     Err(e) => drop(answer.send(Err(e))),
                 },
                 Err(e) => drop(answer.send(Err(e.into()))),
@@ -508,7 +521,7 @@ impl Writer {
                 answer,
             } => match set.delete(id, created_at, now) {
                 Ok(outcome) => match record(set) {
-                    Ok(r) => settles.push(settle(answer, outcome, r)),
+                    Ok(r) => return Some(settle(answer, outcome, r)),
                     Err(e) => drop(answer.send(Err(e))),
                 },
                 Err(e) => drop(answer.send(Err(e.into()))),
@@ -517,27 +530,16 @@ impl Writer {
                 // Only what is new here is checked: the rest was checked when it came.
                 if let Err(e) = verify_digests(set.missing_from(&other)) {
                     drop(answer.send(Err(e)));
-                    return;
+                    return None;
                 }
                 let changed = set.merge(&other);
                 match record(set) {
-                    Ok(r) => settles.push(settle(answer, changed, r)),
+                    Ok(r) => return Some(settle(answer, changed, r)),
                     Err(e) => drop(answer.send(Err(e))),
                 }
             }
         }
-    }
-
-    fn commit(&self, staged: &Staged) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(RECORDS)?;
-            for (canonical, (_, bytes)) in staged {
-                table.insert(canonical.as_str(), bytes.as_slice())?;
-            }
-        }
-        txn.commit()?;
-        Ok(())
+        None
     }
 
     fn publish(&self, staged: Staged) {
@@ -752,6 +754,51 @@ mod tests {
         );
         assert_eq!(two.get(&shared).expect("held").address, shared);
         assert!(two.get(&claude).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_refuses_writes_keeps_reads_and_the_store_recovers_with_room() {
+        let storage = redb_commit::testing::FillableStorage::new();
+        let store = NodeStore::open_with_backend(storage.clone(), 1 << 20).expect("opens");
+        let (a, b) = (addr("ucxl://a:r@p:t/a"), addr("ucxl://a:r@p:t/b"));
+        store
+            .put(&a, new("1", json!(1)), Utc::now())
+            .await
+            .expect("put");
+
+        storage.fill_after(0);
+        let refused = futures::future::join_all(
+            (0..5).map(|n| store.put(&b, new(&format!("b{n}"), json!(n)), Utc::now())),
+        )
+        .await;
+        for outcome in refused {
+            let e = outcome.expect_err("the disk is full");
+            assert!(
+                matches!(&e, StoreError::Storage(c) if c.is_unwritable()),
+                "{e}"
+            );
+        }
+        assert!(
+            store.get(&b).is_none(),
+            "nothing of a refused write is seen"
+        );
+        assert_eq!(store.get(&a).expect("readable").set.len(), 1);
+        let held = store.get(&a).expect("held").set.clone();
+        assert!(
+            !store.merge(&a, held).await.expect("needs no disk"),
+            "a replica adding nothing is answered without the disk"
+        );
+
+        storage.grow();
+        let (outcome, _) = store
+            .put(&b, new("b0", json!(0)), Utc::now())
+            .await
+            .expect("stored once the disk has room");
+        assert!(matches!(outcome, PutOutcome::Created { .. }));
+        drop(store);
+        let reopened = NodeStore::open_with_backend(storage, 1 << 20).expect("reopens");
+        assert_eq!(reopened.len(), 2, "a and b, durable");
+        assert_eq!(reopened.get(&b).expect("kept").set.len(), 1);
     }
 
     #[tokio::test]

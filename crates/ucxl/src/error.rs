@@ -121,6 +121,23 @@ impl AddressError {
     }
 }
 
+/// An error and its causes on one line (`a: b: c`), for logs and operators' messages
+/// (never for clients: causes carry dependencies' text).
+#[derive(Debug, Clone, Copy)]
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
 /// Shortens `input` to at most [`MAX_ECHO`] bytes on a character boundary.
 #[must_use]
 pub fn excerpt(input: &str) -> String {
@@ -137,6 +154,21 @@ pub fn excerpt(input: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chain_shows_every_cause() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot open the journal")]
+        struct Open(#[source] std::io::Error);
+        let e = Open(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "permission denied",
+        ));
+        assert_eq!(
+            Chain(&e).to_string(),
+            "cannot open the journal: permission denied"
+        );
+    }
 
     #[test]
     fn excerpt_keeps_short_input_and_cuts_long_input_on_a_char_boundary() {

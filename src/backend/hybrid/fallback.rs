@@ -167,7 +167,7 @@ impl Fallback {
                 self.enter(reason.label);
                 Ok(())
             }
-            Ok(Err(e)) => Err(BackendError::Journal(e.to_string())),
+            Ok(Err(e)) => Err(BackendError::Journal(ucxl::error::Chain(&e).to_string())),
             Err(_) => Err(BackendError::Timeout),
         }
     }
