@@ -113,6 +113,7 @@ impl RealBackend {
     /// A request about `address` to the node API's `verb`, preferring the endpoint that
     /// took the address's last write.
     fn about(&self, method: axum::http::Method, verb: &str, address: &Address) -> NodeRequest {
+        let read = method == axum::http::Method::GET;
         NodeRequest {
             method,
             path: address_path(verb, address),
@@ -124,7 +125,7 @@ impl RealBackend {
             // Reads are hedged. Writes are not, although idempotent by id: a hedge could
             // find the write its slower twin already replicated and answer "existed"
             // (200) for a write this very request created.
-            hedge: method == axum::http::Method::GET,
+            hedge: read,
         }
     }
 
