@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::bootstrap::Bootstrap;
 use super::catch_up::CatchUp;
 use super::kademlia::PendingFetch;
-use super::quorum::PendingWrite;
+use super::quorum::Writes;
 use super::replication::{INBOUND_MIN_CAP, Merging, Outgoing, Pushed, PushedItem};
 use super::swarm::{Behaviour, BehaviourEvent, is_loopback};
 use super::{Command, PeerView};
@@ -44,8 +44,7 @@ pub(super) struct Network {
     pub(super) puts: HashMap<OutboundRequestId, (PeerId, Vec<PushedItem>)>,
     /// Largest push in bytes (a single larger record still goes, alone).
     pub(super) push_bytes: usize,
-    pub(super) writes: HashMap<u64, PendingWrite>,
-    pub(super) next_write: u64,
+    pub(super) writes: Writes,
     pub(super) gets: HashMap<QueryId, PendingFetch>,
     pub(super) catch_up: CatchUp,
     /// Catch-up records queued or in flight.
@@ -82,8 +81,7 @@ impl Network {
                 .collect(),
             replication_factor: config.replication_factor,
             puts: HashMap::new(),
-            writes: HashMap::new(),
-            next_write: 0,
+            writes: Writes::default(),
             gets: HashMap::new(),
             catch_up: CatchUp::default(),
             catch_up_in_flight: 0,
@@ -131,7 +129,7 @@ impl Network {
                 }
                 _ = tick.tick() => {
                     self.dial_bootstraps();
-                    self.acknowledge_slow_writes();
+                    self.writes.acknowledge_slow();
                 }
             }
             self.pump_catch_up();

@@ -11,11 +11,10 @@ use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::sync::oneshot;
 
 use super::ReplicateError;
 use super::network::Network;
-use super::quorum::PendingWrite;
+use super::quorum::{self, WriteReply};
 use crate::store::{self, DhtKey};
 
 /// The replication protocol: a push of one record, answered once it is durable.
@@ -75,16 +74,11 @@ impl Network {
 
     /// Pushes a write to the closest connected peers; `reply` hears once a majority stored
     /// it, or that it did not.
-    pub(super) fn replicate(
-        &mut self,
-        key: DhtKey,
-        value: &RawValue,
-        reply: oneshot::Sender<Result<usize, ReplicateError>>,
-    ) {
+    pub(super) fn replicate(&mut self, key: DhtKey, value: &RawValue, reply: WriteReply) {
         let record_key = RecordKey::new(&key);
         let targets =
             self.closest_connected(&record_key, self.replication_factor.saturating_sub(1));
-        let need = (self.replication_factor / 2).min(self.replication_factor.saturating_sub(1));
+        let need = quorum::peers_needed(self.replication_factor);
         if need == 0 {
             let _ = reply.send(Ok(0));
             return;
@@ -98,8 +92,7 @@ impl Network {
         }
         // One push per target, so every target's outcome is known: a target that
         // misses the write gets it again through catch-up.
-        let write = self.next_write;
-        self.next_write += 1;
+        let write = self.writes.start(need, targets.len(), reply);
         for peer in &targets {
             self.outbox.entry(*peer).or_default().push(Outgoing {
                 write: Some(write),
@@ -107,16 +100,6 @@ impl Network {
                 record: value.to_owned(),
             });
         }
-        self.writes.insert(
-            write,
-            PendingWrite {
-                need,
-                acked: 0,
-                outstanding: targets.len(),
-                reply: Some(reply),
-                quorum_at: None,
-            },
-        );
     }
 
     /// Sends what is queued for each peer: live writes first, in pushes of at most
@@ -261,7 +244,11 @@ impl Network {
         for (i, (write, key)) in items.into_iter().enumerate() {
             let stored = stored.get(i).copied().unwrap_or(false);
             if let Some(write) = write {
-                self.push_ended(write, peer, key, stored);
+                if !stored {
+                    // The peer missed it: it gets the record again through catch-up.
+                    self.catch_up.push((peer, key));
+                }
+                self.writes.push_ended(write, stored);
             } else {
                 self.catch_up_in_flight = self.catch_up_in_flight.saturating_sub(1);
                 if !stored {
