@@ -47,8 +47,6 @@ pub(super) struct Network {
     pub(super) writes: Writes,
     pub(super) gets: HashMap<QueryId, PendingFetch>,
     pub(super) catch_up: CatchUp,
-    /// Catch-up records queued or in flight.
-    pub(super) catch_up_in_flight: usize,
     /// Pushes from peers being merged: answered once durable.
     pub(super) merges: FuturesUnordered<Merging>,
     /// Bytes of inbound pushes being merged; past [`Network::inbound_cap`] pushes are
@@ -84,7 +82,6 @@ impl Network {
             writes: Writes::default(),
             gets: HashMap::new(),
             catch_up: CatchUp::default(),
-            catch_up_in_flight: 0,
             outbox: HashMap::new(),
             push_bytes: config.max_record_bytes,
             merges: FuturesUnordered::new(),

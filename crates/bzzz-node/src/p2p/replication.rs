@@ -55,6 +55,30 @@ pub(super) type Merging = BoxFuture<'static, (ResponseChannel<Pushed>, Vec<bool>
 /// What a push carried, per record: the write it belongs to (none for catch-up), and key.
 pub(super) type PushedItem = (Option<u64>, DhtKey);
 
+/// How one record of a push of ours ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Delivery {
+    /// The peer merged it and it is on the peer's disk.
+    Stored,
+    /// The peer refused it (it does not decode, is too large, ...): sent again, it would be
+    /// refused again.
+    Refused,
+    /// The peer was busy or did not answer: it may take the record later.
+    Missed,
+}
+
+impl Delivery {
+    /// How record `i` of a push ended, given the answer's `stored` (empty when the push
+    /// failed) and `again` (the peer was busy or did not answer).
+    fn of(stored: &[bool], i: usize, again: bool) -> Self {
+        match stored.get(i) {
+            Some(true) => Self::Stored,
+            _ if again => Self::Missed,
+            _ => Self::Refused,
+        }
+    }
+}
+
 /// A record queued for a peer: for a write being replicated, or for catch-up (`None`).
 pub(super) struct Outgoing {
     pub(super) write: Option<u64>,
@@ -235,29 +259,49 @@ impl Network {
     }
 
     /// A push of ours was answered (`stored` per record) or failed (empty: none stored).
-    /// `again`: the peer was busy or did not answer, so catch-up records not stored are
-    /// queued again (a record the peer refused is not).
+    /// `again`: the peer was busy or did not answer, so what it did not store may be sent
+    /// again.
     fn push_answered(&mut self, id: OutboundRequestId, stored: &[bool], again: bool) {
         let Some((peer, items)) = self.puts.remove(&id) else {
             return;
         };
         for (i, (write, key)) in items.into_iter().enumerate() {
-            let stored = stored.get(i).copied().unwrap_or(false);
+            let delivery = Delivery::of(stored, i, again);
             if let Some(write) = write {
-                if !stored {
+                if delivery != Delivery::Stored {
                     // The peer missed it: it gets the record again through catch-up.
                     self.catch_up.push((peer, key));
                 }
-                self.writes.push_ended(write, stored);
+                self.writes.push_ended(write, delivery == Delivery::Stored);
             } else {
-                self.catch_up_in_flight = self.catch_up_in_flight.saturating_sub(1);
-                if !stored {
-                    tracing::debug!(%peer, again, "a catch-up record was not stored");
-                    if again && self.swarm.is_connected(&peer) {
-                        self.catch_up.push((peer, key));
-                    }
-                }
+                let connected = self.swarm.is_connected(&peer);
+                self.catch_up.settled(peer, key, delivery, connected);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_is_stored_only_when_the_answer_says_so() {
+        let answer = [true, false];
+        let delivered: Vec<Delivery> = (0..3).map(|i| Delivery::of(&answer, i, false)).collect();
+        assert_eq!(
+            delivered,
+            [Delivery::Stored, Delivery::Refused, Delivery::Refused],
+            "a record the answer leaves out was not stored"
+        );
+        let busy: Vec<Delivery> = (0..2)
+            .map(|i| Delivery::of(&[false, false], i, true))
+            .collect();
+        assert_eq!(busy, [Delivery::Missed, Delivery::Missed]);
+        assert_eq!(
+            Delivery::of(&[], 0, true),
+            Delivery::Missed,
+            "a failed push"
+        );
     }
 }
