@@ -22,7 +22,7 @@ use super::bootstrap::Bootstrap;
 use super::catch_up::CatchUp;
 use super::kademlia::PendingFetch;
 use super::quorum::Writes;
-use super::replication::{INBOUND_MIN_CAP, Merging, Outgoing, Pushed, PushedItem};
+use super::replication::{InboundBudget, Merging, Outgoing, Pushed, PushedItem};
 use super::swarm::{Behaviour, BehaviourEvent, is_loopback};
 use super::{Command, PeerView};
 use crate::config::NodeConfig;
@@ -49,10 +49,9 @@ pub(super) struct Network {
     pub(super) catch_up: CatchUp,
     /// Pushes from peers being merged: answered once durable.
     pub(super) merges: FuturesUnordered<Merging>,
-    /// Bytes of inbound pushes being merged; past [`Network::inbound_cap`] pushes are
-    /// answered busy at once rather than queued.
-    pub(super) inbound_bytes: usize,
-    pub(super) inbound_cap: usize,
+    /// Bytes of inbound pushes being merged; past its cap pushes are answered busy at
+    /// once rather than queued.
+    pub(super) inbound: InboundBudget,
     pub(super) first_listen: Option<oneshot::Sender<Multiaddr>>,
     /// The Kademlia bootstrap query in progress.
     pub(super) bootstrapping: Option<QueryId>,
@@ -85,11 +84,7 @@ impl Network {
             outbox: HashMap::new(),
             push_bytes: config.max_record_bytes,
             merges: FuturesUnordered::new(),
-            inbound_bytes: 0,
-            inbound_cap: config
-                .max_record_bytes
-                .saturating_mul(4)
-                .max(INBOUND_MIN_CAP),
+            inbound: InboundBudget::new(config.max_record_bytes),
             first_listen: Some(first_listen),
             bootstrapping: None,
         }
@@ -115,7 +110,7 @@ impl Network {
                 }
                 event = self.swarm.select_next_some() => self.event(event),
                 Some((channel, stored, size)) = self.merges.next(), if !self.merges.is_empty() => {
-                    self.inbound_bytes = self.inbound_bytes.saturating_sub(size);
+                    self.inbound.release(size);
                     // Answer in the order merges settle; the pusher matches by request.
                     // The pusher may have gone; it gets the record through catch-up.
                     let _ = self

@@ -15,17 +15,17 @@ use serde_json::value::RawValue;
 use super::ReplicateError;
 use super::network::Network;
 use super::quorum::{self, WriteReply};
-use crate::store::{self, DhtKey};
+use crate::store::{self, DhtKey, NodeStore};
 
 /// The replication protocol: a push of one record, answered once it is durable.
 pub const REPLICATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/bzzz/replicate/1.0.0");
 /// Most records one push carries.
-pub(super) const PUSH_RECORDS: usize = 256;
+const PUSH_RECORDS: usize = 256;
 /// Replication streams one connection carries at once, each way.
 pub(super) const REPLICATION_STREAMS: usize = 256;
 /// Bytes of inbound pushes a node merges at once, at least (4 × the largest record, when
 /// that is more).
-pub(super) const INBOUND_MIN_CAP: usize = 64 << 20;
+const INBOUND_MIN_CAP: usize = 64 << 20;
 /// Bytes of one catch-up push, at most (a single larger record still goes, alone).
 const CATCH_UP_PUSH_BYTES: usize = 1 << 20;
 /// How long a push may wait for its answer.
@@ -86,14 +86,137 @@ pub(super) struct Outgoing {
     pub(super) record: Box<RawValue>,
 }
 
+/// One push to send: its records and, per record, what it carried.
+#[derive(Debug, Default)]
+struct Batch {
+    records: Vec<Box<RawValue>>,
+    items: Vec<PushedItem>,
+}
+
+/// Splits what is queued for a peer into pushes: live writes first, in pushes of at most
+/// [`PUSH_RECORDS`] records and `push_bytes` bytes, then catch-up records in pushes of
+/// their own (at most [`CATCH_UP_PUSH_BYTES`]), so a write's acknowledgement never
+/// waits for a catch-up's merge. A record larger than the limit goes alone.
+fn batches(queued: Vec<Outgoing>, push_bytes: usize) -> Vec<Batch> {
+    let (live, catch_up): (Vec<Outgoing>, Vec<Outgoing>) =
+        queued.into_iter().partition(|o| o.write.is_some());
+    let mut batches = Vec::new();
+    chunk(live, push_bytes, &mut batches);
+    chunk(catch_up, push_bytes.min(CATCH_UP_PUSH_BYTES), &mut batches);
+    batches
+}
+
+/// Appends `queued` to `batches` in pushes of at most [`PUSH_RECORDS`] records and
+/// `max_bytes` bytes, in order.
+fn chunk(queued: Vec<Outgoing>, max_bytes: usize, batches: &mut Vec<Batch>) {
+    let mut batch = Batch::default();
+    let mut bytes = 0;
+    for out in queued {
+        let size = out.record.get().len();
+        if !batch.records.is_empty()
+            && (batch.records.len() == PUSH_RECORDS || bytes + size > max_bytes)
+        {
+            batches.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += size;
+        batch.records.push(out.record);
+        batch.items.push((out.write, out.key));
+    }
+    if !batch.records.is_empty() {
+        batches.push(batch);
+    }
+}
+
+/// The peers closest to `key` by Kademlia distance, nearest first, at most `n`.
+fn closest(peers: impl Iterator<Item = PeerId>, key: &RecordKey, n: usize) -> Vec<PeerId> {
+    let target = KBucketKey::new(key.clone());
+    let mut peers: Vec<PeerId> = peers.collect();
+    peers.sort_by_key(|p| KBucketKey::from(*p).distance(&target));
+    peers.truncate(n);
+    peers
+}
+
+/// Bytes of inbound pushes being merged, and how many may be at once.
+#[derive(Debug)]
+pub(super) struct InboundBudget {
+    bytes: usize,
+    cap: usize,
+}
+
+impl InboundBudget {
+    /// The budget of a node whose records are at most `max_record_bytes`: 4 × that, at
+    /// least [`INBOUND_MIN_CAP`].
+    pub(super) fn new(max_record_bytes: usize) -> Self {
+        Self {
+            bytes: 0,
+            cap: max_record_bytes.saturating_mul(4).max(INBOUND_MIN_CAP),
+        }
+    }
+
+    /// Takes `size` bytes for a push, unless too much is being merged already. A push
+    /// arriving when nothing is being merged is always taken, however large.
+    fn try_take(&mut self, size: usize) -> bool {
+        if self.bytes > 0 && self.bytes.saturating_add(size) > self.cap {
+            return false;
+        }
+        self.bytes += size;
+        true
+    }
+
+    /// A push of `size` bytes taken earlier has been merged.
+    pub(super) fn release(&mut self, size: usize) {
+        self.bytes = self.bytes.saturating_sub(size);
+    }
+}
+
+/// Merges the records of a push from `peer` into `store`. The future (which does not
+/// borrow the store) resolves once every merge is durable or refused: per record, in
+/// order, whether it is now on disk.
+fn merge_push(
+    store: &NodeStore,
+    peer: PeerId,
+    push: &Push,
+) -> impl Future<Output = Vec<bool>> + Send + use<> {
+    let merges: Vec<_> = push
+        .records
+        .iter()
+        .map(|record| {
+            let merging = store::decode(record.get().as_bytes())
+                .map(|value| store.merge(&value.address, value.set));
+            async move {
+                match merging {
+                    Ok(merging) => merging.await,
+                    Err(e) => Err(e),
+                }
+            }
+        })
+        .collect();
+    async move {
+        futures::future::join_all(merges)
+            .await
+            .into_iter()
+            .map(|merged| match merged {
+                Ok(changed) => {
+                    if changed {
+                        tracing::debug!(%peer, "merged a replica from a peer");
+                    }
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "refused a record from a peer");
+                    metrics::counter!("bzzz_records_refused_total").increment(1);
+                    false
+                }
+            })
+            .collect()
+    }
+}
+
 impl Network {
     /// The connected peers closest to `key`, at most `n`.
     fn closest_connected(&self, key: &RecordKey, n: usize) -> Vec<PeerId> {
-        let target = KBucketKey::new(key.clone());
-        let mut peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-        peers.sort_by_key(|p| KBucketKey::from(*p).distance(&target));
-        peers.truncate(n);
-        peers
+        closest(self.swarm.connected_peers().copied(), key, n)
     }
 
     /// Pushes a write to the closest connected peers; `reply` hears once a majority stored
@@ -126,43 +249,17 @@ impl Network {
         }
     }
 
-    /// Sends what is queued for each peer: live writes first, in pushes of at most
-    /// [`PUSH_RECORDS`] records and `push_bytes` bytes, then catch-up records in pushes of
-    /// their own (at most [`CATCH_UP_PUSH_BYTES`]), so a write's acknowledgement never
-    /// waits for a catch-up's merge.
+    /// Sends what is queued for each peer (see [`batches`]).
     pub(super) fn flush(&mut self) {
         for (peer, queued) in std::mem::take(&mut self.outbox) {
-            let (live, catch_up): (Vec<Outgoing>, Vec<Outgoing>) =
-                queued.into_iter().partition(|o| o.write.is_some());
-            self.send_chunked(peer, live, self.push_bytes);
-            self.send_chunked(peer, catch_up, self.push_bytes.min(CATCH_UP_PUSH_BYTES));
-        }
-    }
-
-    fn send_chunked(&mut self, peer: PeerId, queued: Vec<Outgoing>, max_bytes: usize) {
-        let mut records = Vec::new();
-        let mut items = Vec::new();
-        let mut bytes = 0;
-        for out in queued {
-            let size = out.record.get().len();
-            if !records.is_empty() && (records.len() == PUSH_RECORDS || bytes + size > max_bytes) {
-                self.send_push(
-                    peer,
-                    std::mem::take(&mut records),
-                    std::mem::take(&mut items),
-                );
-                bytes = 0;
+            for batch in batches(queued, self.push_bytes) {
+                self.send_push(peer, batch);
             }
-            bytes += size;
-            records.push(out.record);
-            items.push((out.write, out.key));
-        }
-        if !records.is_empty() {
-            self.send_push(peer, records, items);
         }
     }
 
-    fn send_push(&mut self, peer: PeerId, records: Vec<Box<RawValue>>, items: Vec<PushedItem>) {
+    fn send_push(&mut self, peer: PeerId, batch: Batch) {
+        let Batch { records, items } = batch;
         let id = self
             .swarm
             .behaviour_mut()
@@ -208,7 +305,7 @@ impl Network {
     /// A peer pushed records: merge them, answer once every merge is durable (or refused).
     fn pushed_to_us(&mut self, peer: PeerId, push: &Push, channel: ResponseChannel<Pushed>) {
         let size: usize = push.records.iter().map(|r| r.get().len()).sum();
-        if self.inbound_bytes > 0 && self.inbound_bytes.saturating_add(size) > self.inbound_cap {
+        if !self.inbound.try_take(size) {
             // Too much is being merged already (a slow disk): refuse at once rather than
             // queue without bound; the pusher sends it again later.
             metrics::counter!("bzzz_pushes_busy_total").increment(1);
@@ -221,41 +318,9 @@ impl Network {
             );
             return;
         }
-        self.inbound_bytes += size;
-        let merges: Vec<_> = push
-            .records
-            .iter()
-            .map(|record| {
-                let merging = store::decode(record.get().as_bytes())
-                    .map(|value| self.store.merge(&value.address, value.set));
-                async move {
-                    match merging {
-                        Ok(merging) => merging.await,
-                        Err(e) => Err(e),
-                    }
-                }
-            })
-            .collect();
-        self.merges.push(Box::pin(async move {
-            let stored = futures::future::join_all(merges)
-                .await
-                .into_iter()
-                .map(|merged| match merged {
-                    Ok(changed) => {
-                        if changed {
-                            tracing::debug!(%peer, "merged a replica from a peer");
-                        }
-                        true
-                    }
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "refused a record from a peer");
-                        metrics::counter!("bzzz_records_refused_total").increment(1);
-                        false
-                    }
-                })
-                .collect();
-            (channel, stored, size)
-        }));
+        let merging = merge_push(&self.store, peer, push);
+        self.merges
+            .push(Box::pin(async move { (channel, merging.await, size) }));
     }
 
     /// A push of ours was answered (`stored` per record) or failed (empty: none stored).
@@ -283,7 +348,193 @@ impl Network {
 
 #[cfg(test)]
 mod tests {
+    use chrono::Utc;
+    use ucxl::{Address, EnvelopeId, NewVersion, VersionSet};
+
     use super::*;
+    use crate::store::DhtValue;
+
+    /// A record of exactly `bytes` bytes (a JSON string), for write `write` or catch-up.
+    fn out(write: Option<u64>, n: u8, bytes: usize) -> Outgoing {
+        let json = format!("\"{}\"", "x".repeat(bytes.saturating_sub(2)));
+        Outgoing {
+            write,
+            key: [n; 32],
+            record: RawValue::from_string(json).expect("a JSON string"),
+        }
+    }
+
+    /// Per push, per record: (write, first key byte, size).
+    fn shape(batches: &[Batch]) -> Vec<Vec<(Option<u64>, u8, usize)>> {
+        batches
+            .iter()
+            .map(|b| {
+                assert_eq!(b.records.len(), b.items.len());
+                b.items
+                    .iter()
+                    .zip(&b.records)
+                    .map(|((write, key), record)| (*write, key[0], record.get().len()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn live_writes_leave_first_in_pushes_of_their_own_and_order_is_kept() {
+        let queued = vec![
+            out(None, 1, 10),
+            out(Some(7), 2, 10),
+            out(None, 3, 10),
+            out(Some(8), 4, 10),
+        ];
+        assert_eq!(
+            shape(&batches(queued, 1 << 20)),
+            [
+                vec![(Some(7), 2, 10), (Some(8), 4, 10)],
+                vec![(None, 1, 10), (None, 3, 10)],
+            ]
+        );
+        assert!(
+            batches(Vec::new(), 1 << 20).is_empty(),
+            "nothing queued, no push"
+        );
+    }
+
+    #[test]
+    fn pushes_are_cut_at_the_byte_limit_and_a_larger_record_goes_alone() {
+        let queued = vec![
+            out(Some(1), 1, 40),
+            out(Some(1), 2, 60),
+            out(Some(1), 3, 2),
+            out(Some(1), 4, 150),
+            out(Some(1), 5, 30),
+        ];
+        let sizes: Vec<Vec<usize>> = shape(&batches(queued, 100))
+            .into_iter()
+            .map(|push| push.into_iter().map(|(_, _, size)| size).collect())
+            .collect();
+        assert_eq!(sizes, [vec![40, 60], vec![2], vec![150], vec![30]]);
+    }
+
+    #[test]
+    fn a_push_carries_at_most_a_bounded_number_of_records() {
+        let queued = (0..600).map(|i| out(Some(i), 0, 2)).collect();
+        let counts: Vec<usize> = batches(queued, usize::MAX)
+            .iter()
+            .map(|b| b.records.len())
+            .collect();
+        assert_eq!(counts, [PUSH_RECORDS, PUSH_RECORDS, 600 - 2 * PUSH_RECORDS]);
+    }
+
+    #[test]
+    fn catch_up_pushes_stay_small_when_records_may_be_large() {
+        let record = 600 << 10;
+        let mut queued: Vec<Outgoing> = (0..3).map(|n| out(None, n, record)).collect();
+        queued.extend((0..3).map(|n| out(Some(1), n, record)));
+        let counts: Vec<(bool, usize)> = batches(queued, 4 << 20)
+            .iter()
+            .map(|b| (b.items[0].0.is_some(), b.records.len()))
+            .collect();
+        // Three live records fit one push of 4 MiB; catch-up pushes stop at 1 MiB.
+        assert_eq!(counts, [(true, 3), (false, 1), (false, 1), (false, 1)]);
+        // A node whose pushes are smaller than that keeps its own limit for both.
+        let queued = (0..4).map(|n| out(None, n, 40)).collect();
+        assert_eq!(batches(queued, 100).len(), 2);
+    }
+
+    #[test]
+    fn a_write_goes_to_the_peers_nearest_its_key() {
+        let peers: Vec<PeerId> = (0..20).map(|_| PeerId::random()).collect();
+        let key = RecordKey::new(&[7u8; 32]);
+        let target = KBucketKey::new(key.clone());
+        let distance = |p: &PeerId| KBucketKey::from(*p).distance(&target);
+        let chosen = closest(peers.iter().copied(), &key, 4);
+        assert_eq!(chosen.len(), 4);
+        assert!(
+            chosen
+                .windows(2)
+                .all(|w| distance(&w[0]) <= distance(&w[1])),
+            "nearest first"
+        );
+        let farthest_chosen = distance(&chosen[3]);
+        for peer in peers.iter().filter(|p| !chosen.contains(p)) {
+            assert!(
+                distance(peer) >= farthest_chosen,
+                "a nearer peer was left out"
+            );
+        }
+        assert_eq!(closest(peers.iter().copied().take(2), &key, 4).len(), 2);
+    }
+
+    #[test]
+    fn inbound_pushes_are_refused_past_the_cap_until_merges_settle() {
+        let mut budget = InboundBudget::new(1024);
+        assert_eq!(budget.cap, INBOUND_MIN_CAP, "the floor");
+        assert_eq!(
+            InboundBudget::new(32 << 20).cap,
+            128 << 20,
+            "4 × the largest record"
+        );
+        assert!(budget.try_take(INBOUND_MIN_CAP - 10));
+        assert!(budget.try_take(10), "exactly the cap");
+        assert!(!budget.try_take(1), "past the cap");
+        budget.release(10);
+        assert!(!budget.try_take(11));
+        assert!(budget.try_take(10));
+    }
+
+    #[test]
+    fn a_push_larger_than_the_cap_is_taken_when_nothing_else_is_merging() {
+        let mut budget = InboundBudget::new(1024);
+        assert!(budget.try_take(INBOUND_MIN_CAP * 2));
+        assert!(!budget.try_take(1));
+        budget.release(INBOUND_MIN_CAP * 2);
+        assert!(budget.try_take(1));
+    }
+
+    fn replica(address: &str, id: &str) -> (Address, Box<RawValue>) {
+        let address = Address::parse(address).expect("an address");
+        let mut set = VersionSet::default();
+        set.put(
+            NewVersion::json(EnvelopeId::parse(id).expect("an id"), serde_json::json!(id)),
+            Utc::now(),
+        )
+        .expect("a version");
+        let value = DhtValue {
+            address: address.clone(),
+            set,
+        };
+        (
+            address,
+            serde_json::value::to_raw_value(&value).expect("encodes"),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_push_to_us_answers_per_record_in_order_once_merged() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = NodeStore::open(dir.path(), 1 << 20).expect("a store");
+        let (a, first) = replica("ucxl://a:r@p:t/one", "1");
+        let (b, second) = replica("ucxl://a:r@p:t/two", "2");
+        let (_, temporal) = replica("ucxl://a:r@p:t/~~1/three", "3");
+        let push = Push {
+            records: vec![
+                first,
+                RawValue::from_string("\"not a record\"".into()).expect("JSON"),
+                second,
+                temporal,
+            ],
+        };
+        let stored = merge_push(&store, PeerId::random(), &push).await;
+        assert_eq!(stored, [true, false, true, false]);
+        assert!(store.get(&a).is_some() && store.get(&b).is_some());
+        assert_eq!(store.len(), 2);
+        // The same push again: nothing new, still stored.
+        assert_eq!(
+            merge_push(&store, PeerId::random(), &push).await,
+            [true, false, true, false]
+        );
+    }
 
     #[test]
     fn a_record_is_stored_only_when_the_answer_says_so() {
