@@ -13,12 +13,12 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use libp2p::kad::{self, InboundRequest, QueryId};
 use libp2p::request_response::OutboundRequestId;
-use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::bootstrap::Bootstrap;
+use super::bootstrap::Bootstraps;
 use super::catch_up::CatchUp;
 use super::kademlia::PendingFetch;
 use super::quorum::Writes;
@@ -36,7 +36,7 @@ pub(super) struct Network {
     pub(super) swarm: Swarm<Behaviour>,
     pub(super) store: Arc<NodeStore>,
     pub(super) view: Arc<PeerView>,
-    pub(super) bootstraps: Vec<Bootstrap>,
+    pub(super) bootstraps: Bootstraps,
     pub(super) replication_factor: usize,
     /// Records queued per peer, sent at the end of the network task's turn.
     pub(super) outbox: HashMap<PeerId, Vec<Outgoing>>,
@@ -70,12 +70,7 @@ impl Network {
             swarm,
             store,
             view,
-            bootstraps: config
-                .bootstrap
-                .iter()
-                .cloned()
-                .map(Bootstrap::new)
-                .collect(),
+            bootstraps: Bootstraps::new(config.bootstrap.iter().cloned()),
             replication_factor: config.replication_factor,
             puts: HashMap::new(),
             writes: Writes::default(),
@@ -120,7 +115,7 @@ impl Network {
                         .send_response(channel, Pushed { stored, busy: false });
                 }
                 _ = tick.tick() => {
-                    self.dial_bootstraps();
+                    self.bootstraps.dial_due(&mut self.swarm);
                     self.writes.acknowledge_slow();
                 }
             }
@@ -158,15 +153,7 @@ impl Network {
         endpoint: &libp2p::core::ConnectedPoint,
         num_established: u32,
     ) {
-        if let Some(b) = self
-            .bootstraps
-            .iter_mut()
-            .find(|b| b.pending == Some(connection_id))
-        {
-            b.pending = None;
-            b.peer = Some(peer_id);
-            b.reset();
-        }
+        self.bootstraps.connected(connection_id, peer_id);
         if endpoint.is_dialer() {
             let addr = endpoint.get_remote_address().clone();
             self.kad().add_address(&peer_id, addr);
@@ -216,34 +203,13 @@ impl Network {
             } => {
                 tracing::info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "peer disconnected");
                 self.set_connected(peer_id, false);
-                for b in self
-                    .bootstraps
-                    .iter_mut()
-                    .filter(|b| b.peer == Some(peer_id))
-                {
-                    b.reset();
-                }
+                self.bootstraps.disconnected(peer_id);
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
                 error,
                 ..
-            } => {
-                if let Some(b) = self
-                    .bootstraps
-                    .iter_mut()
-                    .find(|b| b.pending == Some(connection_id))
-                {
-                    b.pending = None;
-                    if matches!(error, DialError::LocalPeerId { .. }) {
-                        tracing::info!(addr = %b.addr, "bootstrap address is this node; not dialling it again");
-                        b.is_self = true;
-                    } else {
-                        tracing::debug!(addr = %b.addr, error = %error, "bootstrap dial failed; retrying with backoff");
-                        b.schedule();
-                    }
-                }
-            }
+            } => self.bootstraps.dial_failed(connection_id, &error),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 connection,
