@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::bootstrap::Bootstraps;
 use super::catch_up::CatchUp;
-use super::kademlia::PendingFetch;
+use super::kademlia::Lookup;
 use super::quorum::Writes;
 use super::replication::{InboundBudget, Merging, Outgoing, Pushed, PushedItem};
 use super::swarm::{Behaviour, BehaviourEvent, is_loopback};
@@ -45,7 +45,7 @@ pub(super) struct Network {
     /// Largest push in bytes (a single larger record still goes, alone).
     pub(super) push_bytes: usize,
     pub(super) writes: Writes,
-    pub(super) gets: HashMap<QueryId, PendingFetch>,
+    pub(super) gets: HashMap<QueryId, Lookup>,
     pub(super) catch_up: CatchUp,
     /// Pushes from peers being merged: answered once durable.
     pub(super) merges: FuturesUnordered<Merging>,
