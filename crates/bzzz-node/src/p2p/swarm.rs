@@ -191,3 +191,185 @@ pub(super) fn build(
         })?;
     Ok((swarm, peer_id))
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use libp2p::swarm::{SwarmEvent, dummy};
+
+    use super::*;
+
+    #[test]
+    fn loopback_addresses_are_recognised() {
+        for (addr, loopback) in [
+            ("/ip4/127.0.0.1/tcp/4001", true),
+            ("/ip4/127.8.9.10/tcp/4001", true),
+            ("/ip6/::1/tcp/4001", true),
+            ("/ip4/10.0.0.2/tcp/4001", false),
+            ("/ip4/0.0.0.0/tcp/4001", false),
+            ("/ip6/fe80::1/tcp/4001", false),
+            ("/dns4/localhost/tcp/4001", false),
+        ] {
+            let parsed: Multiaddr = addr.parse().expect("a multiaddr");
+            assert_eq!(is_loopback(&parsed), loopback, "{addr}");
+        }
+    }
+
+    #[test]
+    fn the_node_key_is_created_once_and_kept() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let data = dir.path().join("data");
+        let first = load_or_create_key(&data).expect("created");
+        let again = load_or_create_key(&data).expect("read back");
+        assert_eq!(
+            first.public(),
+            again.public(),
+            "the peer id survives restarts"
+        );
+        assert!(!data.join("node.key.tmp").exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(data.join("node.key"))
+                .expect("the key file")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "readable by the node's user only");
+        }
+    }
+
+    #[test]
+    fn a_node_key_that_does_not_decode_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::write(dir.path().join("node.key"), b"not a key").expect("written");
+        match load_or_create_key(dir.path()) {
+            Err(P2pError::Key { path, .. }) => assert!(path.ends_with("node.key"), "{path}"),
+            other => panic!("expected a key error, got {other:?}"),
+        }
+    }
+
+    fn psk(byte: u8) -> PreSharedKey {
+        PreSharedKey::new([byte; 32])
+    }
+
+    /// A swarm with the node's transport and nothing else on top.
+    fn swarm(swarm_key: Option<PreSharedKey>) -> Swarm<dummy::Behaviour> {
+        libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_other_transport(|key| tcp_transport(key, swarm_key))
+            .expect("a transport")
+            .with_behaviour(|_| dummy::Behaviour)
+            .expect("a behaviour")
+            .build()
+    }
+
+    /// A swarm with `listener_key` listening on loopback, and its address.
+    async fn listening(listener_key: Option<PreSharedKey>) -> (Swarm<dummy::Behaviour>, Multiaddr) {
+        let mut listener = swarm(listener_key);
+        listener
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("a multiaddr"))
+            .expect("listening");
+        loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = listener.select_next_some().await {
+                return (listener, address);
+            }
+        }
+    }
+
+    /// Whether a node with `dialer_key` reaches one with `listener_key`: waits until the
+    /// connection is established or fails.
+    async fn connects(
+        listener_key: Option<PreSharedKey>,
+        dialer_key: Option<PreSharedKey>,
+    ) -> bool {
+        let (mut listener, addr) = listening(listener_key).await;
+        let mut dialer = swarm(dialer_key);
+        dialer.dial(addr).expect("dialling");
+        loop {
+            tokio::select! {
+                event = dialer.select_next_some() => match event {
+                    SwarmEvent::ConnectionEstablished { .. } => return true,
+                    SwarmEvent::OutgoingConnectionError { .. } => return false,
+                    _ => {}
+                },
+                _ = listener.select_next_some() => {}
+            }
+        }
+    }
+
+    /// Whether an outsider with `outsider_key` joins a node with `listener_key`. A key
+    /// mismatch can stall a handshake (garbage read as a frame length) rather than fail it,
+    /// so the outsider's dial is not waited for: a control node with the listener's key
+    /// dials once the listener has taken the outsider's connection, and when the control
+    /// is in, the outsider, with the same handshake and a head start, had every chance.
+    async fn outsider_joins(
+        listener_key: Option<PreSharedKey>,
+        outsider_key: Option<PreSharedKey>,
+    ) -> bool {
+        let (mut listener, addr) = listening(listener_key).await;
+        let mut outsider = swarm(outsider_key);
+        let mut control = swarm(listener_key);
+        let outsider_id = *outsider.local_peer_id();
+        outsider.dial(addr.clone()).expect("dialling");
+        let mut control_dialled = false;
+        let mut joined = false;
+        loop {
+            tokio::select! {
+                event = listener.select_next_some() => match event {
+                    SwarmEvent::IncomingConnection { .. } if !control_dialled => {
+                        control.dial(addr.clone()).expect("dialling");
+                        control_dialled = true;
+                    }
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == outsider_id => {
+                        joined = true;
+                    }
+                    _ => {}
+                },
+                event = outsider.select_next_some() => {
+                    if matches!(event, SwarmEvent::ConnectionEstablished { .. }) {
+                        joined = true;
+                    }
+                }
+                event = control.select_next_some() => match event {
+                    SwarmEvent::ConnectionEstablished { .. } => return joined,
+                    SwarmEvent::OutgoingConnectionError { error, .. } => {
+                        panic!("the control did not connect: {error}")
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// Fails a test that hangs instead (no outcome is waited for this long).
+    async fn guarded<T>(test: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(30), test)
+            .await
+            .expect("settled long before the guard")
+    }
+
+    #[tokio::test]
+    async fn nodes_with_the_same_swarm_key_connect() {
+        assert!(guarded(connects(Some(psk(7)), Some(psk(7)))).await);
+    }
+
+    #[tokio::test]
+    async fn nodes_without_a_swarm_key_connect() {
+        assert!(guarded(connects(None, None)).await);
+    }
+
+    #[tokio::test]
+    async fn a_node_with_another_swarm_key_never_joins() {
+        assert!(!guarded(outsider_joins(Some(psk(7)), Some(psk(8)))).await);
+    }
+
+    #[tokio::test]
+    async fn a_node_without_the_swarm_key_never_joins() {
+        assert!(!guarded(outsider_joins(Some(psk(7)), None)).await);
+    }
+
+    #[tokio::test]
+    async fn a_node_with_a_swarm_key_never_joins_an_open_network() {
+        assert!(!guarded(outsider_joins(None, Some(psk(7)))).await);
+    }
+}
