@@ -57,6 +57,17 @@ pub(super) struct Network {
     pub(super) bootstrapping: Option<QueryId>,
 }
 
+/// The addresses a peer announced that Kademlia should learn, given this node's own. A
+/// peer's loopback address is this host's own unless the cluster runs on loopback, so
+/// loopback addresses count only when this node listens there alone.
+fn addresses_to_learn(own: &[Multiaddr], announced: Vec<Multiaddr>) -> Vec<Multiaddr> {
+    let local_only = own.iter().all(is_loopback);
+    announced
+        .into_iter()
+        .filter(|addr| local_only || !is_loopback(addr))
+        .collect()
+}
+
 impl Network {
     /// The network task's state for `swarm`; `first_listen` hears the first listen address.
     pub(super) fn new(
@@ -225,13 +236,9 @@ impl Network {
                 info,
                 ..
             })) => {
-                // A peer's loopback address is this host's own unless the cluster runs on
-                // loopback, so loopback addresses count only when this node listens there.
-                let local_only = self.view.listen_addrs().iter().all(is_loopback);
-                for addr in info.listen_addrs {
-                    if local_only || !is_loopback(&addr) {
-                        self.kad().add_address(&peer_id, addr);
-                    }
+                let own = self.view.listen_addrs();
+                for addr in addresses_to_learn(&own, info.listen_addrs) {
+                    self.kad().add_address(&peer_id, addr);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Replicate(event)) => self.replication(event),
@@ -253,5 +260,38 @@ impl Network {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<Multiaddr> {
+        list.iter()
+            .map(|a| a.parse().expect("a multiaddr"))
+            .collect()
+    }
+
+    #[test]
+    fn a_node_on_a_network_learns_no_loopback_addresses_of_its_peers() {
+        let own = addrs(&["/ip4/127.0.0.1/tcp/4001", "/ip4/10.0.0.1/tcp/4001"]);
+        let announced = addrs(&[
+            "/ip4/127.0.0.1/tcp/4001",
+            "/ip4/10.0.0.2/tcp/4001",
+            "/ip6/::1/tcp/4001",
+            "/dns4/bzzz-2/tcp/4001",
+        ]);
+        assert_eq!(
+            addresses_to_learn(&own, announced),
+            addrs(&["/ip4/10.0.0.2/tcp/4001", "/dns4/bzzz-2/tcp/4001"])
+        );
+    }
+
+    #[test]
+    fn a_node_on_loopback_alone_learns_every_address_of_its_peers() {
+        let own = addrs(&["/ip4/127.0.0.1/tcp/4001"]);
+        let announced = addrs(&["/ip4/127.0.0.1/tcp/4002", "/ip4/10.0.0.2/tcp/4001"]);
+        assert_eq!(addresses_to_learn(&own, announced.clone()), announced);
     }
 }
