@@ -101,6 +101,15 @@ pub struct PeerView {
 }
 
 impl PeerView {
+    fn new(peer_id: PeerId) -> Self {
+        Self {
+            peer_id,
+            connected: RwLock::new(BTreeSet::new()),
+            listen: RwLock::new(Vec::new()),
+            ever_connected: AtomicBool::new(false),
+        }
+    }
+
     /// The connected peers.
     #[must_use]
     pub fn connected(&self) -> Vec<PeerId> {
@@ -220,12 +229,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<(P2p, Multiaddr, tokio::task::JoinHandle<()>), P2pError> {
     let (swarm, peer_id) = swarm::build(config, &store)?;
-    let view = Arc::new(PeerView {
-        peer_id,
-        connected: RwLock::new(BTreeSet::new()),
-        listen: RwLock::new(Vec::new()),
-        ever_connected: AtomicBool::new(false),
-    });
+    let view = Arc::new(PeerView::new(peer_id));
     let (commands, rx) = mpsc::channel(1024);
     let (first_listen, listening) = oneshot::channel();
     let network = Network::new(swarm, store, Arc::clone(&view), config, first_listen);
@@ -245,4 +249,84 @@ pub async fn start(
         clustered: !config.bootstrap.is_empty(),
     };
     Ok((handle, addr, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handle on no network task: `commands` receives what it sends.
+    fn handle(clustered: bool) -> (P2p, mpsc::Receiver<Command>) {
+        let (commands, rx) = mpsc::channel(4);
+        let p2p = P2p {
+            commands,
+            view: Arc::new(PeerView::new(PeerId::random())),
+            peers_needed: 1,
+            clustered,
+        };
+        (p2p, rx)
+    }
+
+    #[test]
+    fn a_standalone_node_needs_no_peers_until_one_has_connected() {
+        let (p2p, _rx) = handle(false);
+        assert_eq!(p2p.peers_needed(), 0);
+        p2p.view.ever_connected.store(true, Ordering::Relaxed);
+        assert_eq!(
+            p2p.peers_needed(),
+            1,
+            "a peer has joined: writes need a majority"
+        );
+    }
+
+    #[test]
+    fn a_clustered_node_needs_a_majority_from_the_start() {
+        let (p2p, _rx) = handle(true);
+        assert_eq!(p2p.peers_needed(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_write_reaches_the_network_task_and_hears_its_outcome() {
+        let (p2p, mut rx) = handle(true);
+        let task = tokio::spawn(async move {
+            let Some(Command::Replicate { key, reply, .. }) = rx.recv().await else {
+                panic!("a replicate command");
+            };
+            assert_eq!(key, [1; 32]);
+            let _ = reply.send(Ok(2));
+        });
+        let value = RawValue::from_string("1".into()).expect("JSON");
+        assert_eq!(p2p.replicate([1; 32], value).await, Ok(2));
+        task.await.expect("the task ran");
+    }
+
+    #[tokio::test]
+    async fn a_stopped_network_fails_writes_and_finds_nothing() {
+        let (p2p, rx) = handle(true);
+        drop(rx);
+        let value = RawValue::from_string("1".into()).expect("JSON");
+        assert_eq!(
+            p2p.replicate([1; 32], value).await,
+            Err(ReplicateError::Stopped)
+        );
+        assert!(p2p.fetch([1; 32]).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_network_task_that_drops_a_command_stops_the_caller_waiting() {
+        let (p2p, mut rx) = handle(true);
+        let task = tokio::spawn(async move {
+            // Take two commands and answer neither.
+            for _ in 0..2 {
+                drop(rx.recv().await);
+            }
+        });
+        let value = RawValue::from_string("1".into()).expect("JSON");
+        assert_eq!(
+            p2p.replicate([1; 32], value).await,
+            Err(ReplicateError::Stopped)
+        );
+        assert!(p2p.fetch([1; 32]).await.is_empty());
+        task.await.expect("the task ran");
+    }
 }
