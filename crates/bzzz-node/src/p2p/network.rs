@@ -35,8 +35,8 @@ const COMMANDS_PER_TURN: usize = 256;
 pub(super) struct Network {
     pub(super) swarm: Swarm<Behaviour>,
     pub(super) store: Arc<NodeStore>,
-    pub(super) view: Arc<PeerView>,
-    pub(super) bootstraps: Bootstraps,
+    view: Arc<PeerView>,
+    bootstraps: Bootstraps,
     pub(super) replication_factor: usize,
     /// Records queued per peer, sent at the end of the network task's turn.
     pub(super) outbox: HashMap<PeerId, Vec<Outgoing>>,
@@ -52,7 +52,7 @@ pub(super) struct Network {
     /// Bytes of inbound pushes being merged; past its cap pushes are answered busy at
     /// once rather than queued.
     pub(super) inbound: InboundBudget,
-    pub(super) first_listen: Option<oneshot::Sender<Multiaddr>>,
+    first_listen: Option<oneshot::Sender<Multiaddr>>,
     /// The Kademlia bootstrap query in progress.
     pub(super) bootstrapping: Option<QueryId>,
 }
