@@ -537,6 +537,26 @@ mod tests {
     }
 
     #[test]
+    fn the_wire_format_of_pushes_and_answers() {
+        let push = Push {
+            records: vec![RawValue::from_string(r#"{"a":1}"#.into()).expect("JSON")],
+        };
+        assert_eq!(
+            serde_json::to_string(&push).expect("encodes"),
+            r#"{"records":[{"a":1}]}"#
+        );
+        let answer: Pushed = serde_json::from_str(r#"{"stored":[true,false]}"#).expect("decodes");
+        assert_eq!(
+            (answer.stored, answer.busy),
+            (vec![true, false], false),
+            "an answer without busy is not busy"
+        );
+        let busy: Pushed =
+            serde_json::from_str(r#"{"stored":[false],"busy":true}"#).expect("decodes");
+        assert!(busy.busy);
+    }
+
+    #[test]
     fn a_record_is_stored_only_when_the_answer_says_so() {
         let answer = [true, false];
         let delivered: Vec<Delivery> = (0..3).map(|i| Delivery::of(&answer, i, false)).collect();
