@@ -14,6 +14,8 @@ mod node_client;
 mod nodes;
 mod ops;
 mod process;
+#[path = "../../crates/ucxl-service/tests/support/raw_http.rs"]
+mod raw_http;
 mod resilience;
 mod search;
 mod tls;

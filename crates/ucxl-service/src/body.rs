@@ -1,7 +1,5 @@
 //! Request bodies and query strings, with errors that say exactly what is wrong.
 
-use std::time::Duration;
-
 use axum::extract::{Query, Request};
 use axum::http::Uri;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -10,6 +8,7 @@ use serde_json::{Value, json};
 use ucxl::Code;
 
 use crate::errors::ErrorReport;
+use crate::headers::Deadline;
 
 /// Why a JSON body was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -82,7 +81,7 @@ pub fn is_json(content_type: &str) -> bool {
     })
 }
 
-/// Reads and parses a JSON body of at most `limit` bytes, arriving within `timeout`.
+/// Reads and parses a JSON body of at most `limit` bytes, arriving by `deadline`.
 ///
 /// # Errors
 /// 415 for another content type, 413 over the limit (declared or streamed), 408 when the
@@ -90,7 +89,7 @@ pub fn is_json(content_type: &str) -> bool {
 pub async fn read_json<T: DeserializeOwned>(
     req: Request,
     limit: usize,
-    timeout: Duration,
+    deadline: Deadline,
 ) -> Result<T, BodyError> {
     let headers = req.headers();
     let content_type = headers
@@ -110,10 +109,10 @@ pub async fn read_json<T: DeserializeOwned>(
     }
     let read = axum::body::to_bytes(req.into_body(), limit);
     // A client that stops sending mid-body must not hold the handler forever.
-    let read = tokio::time::timeout(timeout, read)
+    let read = tokio::time::timeout_at(deadline.at, read)
         .await
         .map_err(|_| BodyError::Timeout {
-            timeout_ms: timeout.as_millis(),
+            timeout_ms: deadline.budget.as_millis(),
         })?;
     let bytes = read.map_err(|e| {
         let too_large = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
