@@ -221,7 +221,8 @@ impl utoipa::IntoParams for WriteAddressQuery {
 /// A JSON body deserialised into `T`, within `RUSTLE_MAX_BODY_BYTES` and the request's
 /// deadline.
 ///
-/// Wrong content type: 415. Too large: 413. Not arrived by the deadline: 408. Malformed or mistyped JSON: 400
+/// Wrong content type: 415. Too large: 413 (after discarding the rest of the body, within
+/// bounds). Not arrived by the deadline: 408. Malformed or mistyped JSON: 400
 /// `INVALID_PAYLOAD` with the line, column and field path of the problem.
 #[derive(Debug, Clone)]
 pub struct ApiJson<T>(pub T);

@@ -242,13 +242,37 @@ async fn a_stalled_body_is_answered_by_the_deadline_the_client_set() {
         .await
         .expect("connects");
     let path = format!("/v1/envelopes?address={}", enc("ucxl://a:r@p:t/x"));
-    let mut request = raw_http::head(&path, 100, &["x-request-timeout-ms: 500"]);
+    let mut request = raw_http::head(
+        &path,
+        raw_http::Framing::Length(100),
+        &["x-request-timeout-ms: 500"],
+    );
     request.push_str(r#"{"content""#);
     stream.write_all(request.as_bytes()).await.expect("writes");
     let answer = raw_http::read_answer(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("UCXL-408-REQUEST_TIMEOUT"), "{answer}");
     assert!(answer.contains(r#""timeout_ms":500"#), "{answer}");
+}
+
+#[tokio::test]
+async fn a_client_that_writes_a_too_large_body_before_reading_gets_the_413() {
+    const LIMIT: usize = 1 << 20;
+    let mut config = test_config();
+    config.max_body_bytes = LIMIT;
+    let app = spawn_app_with(config, rustle_gateway::startup::Options::default()).await;
+    let path = format!("/v1/envelopes?address={}", enc("ucxl://a:r@p:t/x"));
+    for framing in [
+        raw_http::Framing::Length(2 * LIMIT),
+        raw_http::Framing::Chunked,
+    ] {
+        let answer = raw_http::put_whole_then_read(app.addr, &path, framing, 2 * LIMIT).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{framing:?}: {answer}");
+        assert!(
+            answer.contains("UCXL-413-PAYLOAD_TOO_LARGE"),
+            "{framing:?}: {answer}"
+        );
+    }
 }
 
 #[tokio::test]

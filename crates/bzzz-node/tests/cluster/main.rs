@@ -7,6 +7,7 @@ mod bodies;
 mod closed;
 mod harness;
 #[path = "../../../ucxl-service/tests/support/raw_http.rs"]
+#[allow(dead_code)] // the service's own tests use the rest
 mod raw_http;
 
 use std::time::Duration;
