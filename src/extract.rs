@@ -5,8 +5,8 @@
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
-use tokio::time::Instant;
 use ucxl::EnvelopeId;
+use ucxl_service::headers::Deadline;
 
 use std::sync::Arc;
 
@@ -70,8 +70,9 @@ impl FromRequestParts<AppState> for Ctx {
             message: r.message,
             details: r.details,
         };
-        let budget = ucxl_service::headers::request_budget(
+        let deadline = Deadline::of(
             &parts.headers,
+            &parts.extensions,
             state.config.load().request_timeout,
         )
         .map_err(report)?;
@@ -82,7 +83,7 @@ impl FromRequestParts<AppState> for Ctx {
         Ok(Self {
             call: Call {
                 request_id,
-                deadline: Instant::now() + budget,
+                deadline: deadline.at,
             },
             idempotency_key,
             caller,
@@ -219,9 +220,11 @@ impl utoipa::IntoParams for WriteAddressQuery {
     }
 }
 
-/// A JSON body deserialised into `T`, within `RUSTLE_MAX_BODY_BYTES`.
+/// A JSON body deserialised into `T`, within `RUSTLE_MAX_BODY_BYTES` and the request's
+/// deadline.
 ///
-/// Wrong content type: 415. Too large: 413. Malformed or mistyped JSON: 400
+/// Wrong content type: 415. Too large: 413 (after discarding the rest of the body, within
+/// bounds). Not arrived by the deadline: 408. Malformed or mistyped JSON: 400
 /// `INVALID_PAYLOAD` with the line, column and field path of the problem.
 #[derive(Debug, Clone)]
 pub struct ApiJson<T>(pub T);
@@ -234,7 +237,15 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             let config = state.config.load();
             (config.max_body_bytes, config.request_timeout)
         };
-        Ok(Self(ucxl_service::read_json(req, limit, timeout).await?))
+        // The request's deadline, as `Ctx` has it: a body that stops arriving is answered
+        // by then, not at the configured timeout.
+        let deadline = Deadline::of(req.headers(), req.extensions(), timeout).map_err(|r| {
+            ApiError::BadRequest {
+                message: r.message,
+                details: r.details,
+            }
+        })?;
+        Ok(Self(ucxl_service::read_json(req, limit, deadline).await?))
     }
 }
 

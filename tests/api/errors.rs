@@ -4,6 +4,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::helpers::{assert_error, enc, json, project, spawn_app, spawn_app_with, test_config};
+use super::raw_http;
 
 #[tokio::test]
 async fn unknown_route_is_404() {
@@ -226,6 +227,50 @@ async fn a_stalled_body_times_out_with_408() {
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("UCXL-408-REQUEST_TIMEOUT"), "{text}");
+}
+
+#[tokio::test]
+async fn a_stalled_body_is_answered_by_the_deadline_the_client_set() {
+    use tokio::io::AsyncWriteExt;
+    let mut config = test_config();
+    // Longer than `read_answer` waits: an answer at the configured deadline fails the test.
+    config.request_timeout = std::time::Duration::from_secs(120);
+    let app = spawn_app_with(config, rustle_gateway::startup::Options::default()).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connects");
+    let path = format!("/v1/envelopes?address={}", enc("ucxl://a:r@p:t/x"));
+    let mut request = raw_http::head(
+        &path,
+        raw_http::Framing::Length(100),
+        &["x-request-timeout-ms: 500"],
+    );
+    request.push_str(r#"{"content""#);
+    stream.write_all(request.as_bytes()).await.expect("writes");
+    let answer = raw_http::read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("UCXL-408-REQUEST_TIMEOUT"), "{answer}");
+    assert!(answer.contains(r#""timeout_ms":500"#), "{answer}");
+}
+
+#[tokio::test]
+async fn a_client_that_writes_a_too_large_body_before_reading_gets_the_413() {
+    const LIMIT: usize = 1 << 20;
+    let mut config = test_config();
+    config.max_body_bytes = LIMIT;
+    let app = spawn_app_with(config, rustle_gateway::startup::Options::default()).await;
+    let path = format!("/v1/envelopes?address={}", enc("ucxl://a:r@p:t/x"));
+    for framing in [
+        raw_http::Framing::Length(2 * LIMIT),
+        raw_http::Framing::Chunked,
+    ] {
+        let answer = raw_http::put_whole_then_read(app.addr, &path, framing, 2 * LIMIT).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{framing:?}: {answer}");
+        assert!(
+            answer.contains("UCXL-413-PAYLOAD_TOO_LARGE"),
+            "{framing:?}: {answer}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -14,6 +14,9 @@ mod node_client;
 mod nodes;
 mod ops;
 mod process;
+#[path = "../../crates/ucxl-service/tests/support/raw_http.rs"]
+#[allow(dead_code)] // the service's own tests use the rest
+mod raw_http;
 mod resilience;
 mod search;
 mod tls;

@@ -20,6 +20,7 @@ use ucxl::{
     Address, AddressError, Code, ContentHash, Envelope, EnvelopeId, History, NewVersion, Pattern,
     PutOutcome, SearchItem, SearchQuery, WriteError,
 };
+use ucxl_service::headers::Deadline;
 use ucxl_service::{BodyError, ErrorReport, Reply, Rid};
 
 use crate::auth::{self, Refusal, TokenGuard};
@@ -186,14 +187,14 @@ impl FromRequestParts<NodeState> for Ctx {
     ) -> Result<Self, Self::Rejection> {
         let Ok(Rid(request_id)) = Rid::from_request_parts(parts, state).await;
         let report = |r: ErrorReport| NodeError::Rejected(r.message, r.details);
-        let budget = ucxl_service::headers::request_budget(&parts.headers, state.request_timeout)
+        let deadline = Deadline::of(&parts.headers, &parts.extensions, state.request_timeout)
             .map_err(report)?;
         let idempotency_key =
             ucxl_service::headers::idempotency_key(&parts.headers).map_err(report)?;
         tracing::debug!(request_id = %request_id, "request");
         Ok(Self {
             request_id,
-            deadline: Instant::now() + budget,
+            deadline: deadline.at,
             idempotency_key,
         })
     }
@@ -246,7 +247,8 @@ pub struct PutBody {
     _version: Option<Value>,
 }
 
-/// A JSON body within the node's limit.
+/// A JSON body within the node's limit, arriving by the request's deadline (as [`Ctx`]
+/// has it).
 #[derive(Debug)]
 pub struct Json<T>(pub T);
 
@@ -254,8 +256,10 @@ impl<T: serde::de::DeserializeOwned> FromRequest<NodeState> for Json<T> {
     type Rejection = NodeError;
 
     async fn from_request(req: Request, state: &NodeState) -> Result<Self, Self::Rejection> {
+        let deadline = Deadline::of(req.headers(), req.extensions(), state.request_timeout)
+            .map_err(|r| NodeError::Rejected(r.message, r.details))?;
         Ok(Self(
-            ucxl_service::read_json(req, state.max_body_bytes, state.request_timeout).await?,
+            ucxl_service::read_json(req, state.max_body_bytes, deadline).await?,
         ))
     }
 }

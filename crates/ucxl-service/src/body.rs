@@ -1,15 +1,20 @@
-//! Request bodies and query strings, with errors that say exactly what is wrong.
+//! Request bodies and query strings, with errors that say exactly what is wrong; a body over
+//! the limit is read on and discarded, within bounds, before its 413.
 
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{Query, Request};
-use axum::http::Uri;
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
+use axum::http::{HeaderMap, Uri};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 use ucxl::Code;
 
 use crate::errors::ErrorReport;
+use crate::headers::Deadline;
 
 /// Why a JSON body was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -82,7 +87,26 @@ pub fn is_json(content_type: &str) -> bool {
     })
 }
 
-/// Reads and parses a JSON body of at most `limit` bytes, arriving within `timeout`.
+/// At most this much of a too-large body is read and thrown away before the 413.
+///
+/// A client that writes its whole body before reading the answer (Python's `urllib`, many
+/// SDKs) gets a broken pipe, not the 413, when the server closes while it is still sending:
+/// closing a socket with unread data resets it. So the rest of a too-large body is read and
+/// discarded first, as nginx's lingering close does (`lingering_time` 30 s,
+/// `lingering_timeout` 5 s there). Ours is tighter: a lingering request holds its task and,
+/// in the gateway, an in-flight slot. 8 MiB arrive in well under [`LINGER_TIME`] on any
+/// link a service client uses; a body that does not end within both bounds is cut, the
+/// connection closed after the 413. Nothing is kept: each chunk is dropped on arrival.
+pub const LINGER_BYTES: usize = 8 << 20;
+
+/// At most this long is spent discarding a too-large body (and never past the request's
+/// deadline), so lingering cannot hold a connection or a task longer. See [`LINGER_BYTES`].
+pub const LINGER_TIME: Duration = Duration::from_secs(1);
+
+/// Reads and parses a JSON body of at most `limit` bytes, arriving by `deadline`.
+///
+/// A body over the limit is read on and discarded up to [`LINGER_BYTES`] within
+/// [`LINGER_TIME`] before the 413, so a client still sending it receives the answer.
 ///
 /// # Errors
 /// 415 for another content type, 413 over the limit (declared or streamed), 408 when the
@@ -90,7 +114,7 @@ pub fn is_json(content_type: &str) -> bool {
 pub async fn read_json<T: DeserializeOwned>(
     req: Request,
     limit: usize,
-    timeout: Duration,
+    deadline: Deadline,
 ) -> Result<T, BodyError> {
     let headers = req.headers();
     let content_type = headers
@@ -105,26 +129,61 @@ pub async fn read_json<T: DeserializeOwned>(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
+    if let Some(declared) = declared.filter(|len| *len > limit as u64) {
+        if lingers(headers, declared) {
+            linger(req.into_body(), deadline).await;
+        }
         return Err(BodyError::TooLarge { limit });
     }
-    let read = axum::body::to_bytes(req.into_body(), limit);
+    let mut body = req.into_body();
+    let read = Limited::new(&mut body, limit).collect();
     // A client that stops sending mid-body must not hold the handler forever.
-    let read = tokio::time::timeout(timeout, read)
+    let read = tokio::time::timeout_at(deadline.at, read)
         .await
         .map_err(|_| BodyError::Timeout {
-            timeout_ms: timeout.as_millis(),
+            timeout_ms: deadline.budget.as_millis(),
         })?;
-    let bytes = read.map_err(|e| {
-        let too_large = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
-            .any(<dyn std::error::Error + 'static>::is::<http_body_util::LengthLimitError>);
-        if too_large {
-            BodyError::TooLarge { limit }
-        } else {
-            BodyError::Unreadable
+    match read {
+        Ok(collected) => parse_json(&collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => {
+            linger(body, deadline).await;
+            Err(BodyError::TooLarge { limit })
         }
-    })?;
-    parse_json(&bytes)
+        Err(_) => Err(BodyError::Unreadable),
+    }
+}
+
+/// Whether to read on after a declared length over the limit. Not for a client waiting for
+/// `100 Continue`: it has sent nothing yet, and reading would invite the body. Not for a
+/// body beyond [`LINGER_BYTES`]: it would be cut anyway, so both sides are spared the wait.
+fn lingers(headers: &HeaderMap, declared: u64) -> bool {
+    let expects_continue = headers
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    !expects_continue && declared <= LINGER_BYTES as u64
+}
+
+/// Reads and discards what is left of a too-large body: [`LINGER_BYTES`] at most, within
+/// [`LINGER_TIME`] and the request's deadline.
+async fn linger(mut body: Body, deadline: Deadline) {
+    let until = deadline.at.min(Instant::now() + LINGER_TIME);
+    let drain = async {
+        let mut left = LINGER_BYTES;
+        while let Some(Ok(frame)) = body.frame().await {
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            let Some(rest) = left.checked_sub(data.len()) else {
+                return false;
+            };
+            left = rest;
+        }
+        true
+    };
+    let ended = tokio::time::timeout_at(until, drain).await.unwrap_or(false);
+    if !ended {
+        tracing::debug!("a too-large body did not end within the linger bounds; closing");
+    }
 }
 
 /// Parses JSON, reporting where it went wrong.
@@ -239,6 +298,18 @@ mod tests {
             panic!("wrong variant")
         };
         assert_eq!(details["category"], "eof");
+    }
+
+    #[test]
+    fn only_a_declared_body_within_the_bound_and_already_on_its_way_is_read_on() {
+        let plain = HeaderMap::new();
+        let mut expecting = HeaderMap::new();
+        expecting.insert(EXPECT, "100-Continue".parse().expect("header value"));
+        let bound = LINGER_BYTES as u64;
+        assert!(lingers(&plain, 2 << 20));
+        assert!(lingers(&plain, bound));
+        assert!(!lingers(&plain, bound + 1));
+        assert!(!lingers(&expecting, 2 << 20));
     }
 
     #[test]

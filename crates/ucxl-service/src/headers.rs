@@ -1,10 +1,11 @@
-//! The request headers every UCXL service reads: `X-Request-Timeout-Ms` and
-//! `Idempotency-Key`.
+//! The request headers every UCXL service reads: `X-Request-Timeout-Ms` (the request's
+//! [`Deadline`]) and `Idempotency-Key`.
 
 use std::time::Duration;
 
-use axum::http::HeaderMap;
+use axum::http::{Extensions, HeaderMap};
 use serde_json::json;
+use tokio::time::Instant;
 use ucxl::{Code, EnvelopeId};
 
 use crate::errors::ErrorReport;
@@ -42,6 +43,44 @@ pub fn request_budget(headers: &HeaderMap, default: Duration) -> Result<Duration
                 json!({"header": "X-Request-Timeout-Ms", "expected": "a positive integer of milliseconds"}),
             )
         })
+}
+
+/// When the answer to a request is due. Everything the request waits for, its body
+/// included, waits until then at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    /// When the answer is due.
+    pub at: Instant,
+    /// The time the request was given (what a timeout reports).
+    pub budget: Duration,
+}
+
+impl Deadline {
+    /// `budget` from now.
+    #[must_use]
+    pub fn after(budget: Duration) -> Self {
+        Self {
+            at: Instant::now() + budget,
+            budget,
+        }
+    }
+
+    /// The request's deadline: the one in its `extensions` when a layer has set it, else
+    /// `default` from now, lowered by `X-Request-Timeout-Ms` ([`request_budget`]). The
+    /// request context and the body reader both take it from here, so they agree.
+    ///
+    /// # Errors
+    /// 400 when `X-Request-Timeout-Ms` is not a positive integer.
+    pub fn of(
+        headers: &HeaderMap,
+        extensions: &Extensions,
+        default: Duration,
+    ) -> Result<Self, ErrorReport> {
+        if let Some(deadline) = extensions.get::<Self>() {
+            return Ok(*deadline);
+        }
+        request_budget(headers, default).map(Self::after)
+    }
 }
 
 /// The client's `Idempotency-Key`, if any.
@@ -104,6 +143,23 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_is_the_header_s_budget_unless_the_request_carries_one() {
+        let default = Duration::from_secs(5);
+        let header = headers(&[(REQUEST_TIMEOUT, "500")]);
+        let mut extensions = Extensions::new();
+        let lowered = Deadline::of(&header, &extensions, default).expect("valid header");
+        assert_eq!(lowered.budget, Duration::from_millis(500));
+        assert_eq!(lowered.at, Instant::now() + Duration::from_millis(500));
+        assert!(
+            Deadline::of(&headers(&[(REQUEST_TIMEOUT, "soon")]), &extensions, default).is_err()
+        );
+        let carried = Deadline::after(Duration::from_millis(20));
+        extensions.insert(carried);
+        tokio::time::advance(Duration::from_millis(5)).await;
+        assert_eq!(Deadline::of(&header, &extensions, default), Ok(carried));
     }
 
     #[test]

@@ -3,8 +3,12 @@
 //! their "ready" log line, which is the readiness signal; conditions that take time are
 //! polled with a deadline.
 
+mod bodies;
 mod closed;
 mod harness;
+#[path = "../../../ucxl-service/tests/support/raw_http.rs"]
+#[allow(dead_code)] // the service's own tests use the rest
+mod raw_http;
 
 use std::time::Duration;
 
