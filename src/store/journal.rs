@@ -14,6 +14,7 @@
 //! again, so does the journal, without a restart.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -96,6 +97,9 @@ enum Job {
         bytes: Vec<u8>,
         /// The canonical address, for the pending counts.
         address: String,
+        /// Set by a caller that gave up waiting: a job not yet taken into a batch is then
+        /// skipped, so the caller's failure answer is the truth.
+        abandoned: Arc<std::sync::atomic::AtomicBool>,
         answer: oneshot::Sender<Result<u64, CommitError>>,
     },
     Remove {
@@ -223,16 +227,49 @@ impl Journal {
     /// # Errors
     /// When the entry could not be committed.
     pub async fn append(&self, entry: &Entry) -> Result<u64, JournalError> {
+        self.append_unless(entry, std::future::pending())
+            .await?
+            .ok_or(JournalError::Storage(CommitError::Stopped))
+    }
+
+    /// Appends `entry` durably, unless `give_up` resolves before the writer has taken it
+    /// into a batch: then nothing is written and the answer is `Ok(None)`. Once taken, the
+    /// append is waited for whatever `give_up` says (one commit at most), so an answer is
+    /// never a failure for an entry the journal holds.
+    ///
+    /// # Errors
+    /// When the entry could not be committed.
+    pub async fn append_unless(
+        &self,
+        entry: &Entry,
+        give_up: impl Future<Output = ()>,
+    ) -> Result<Option<u64>, JournalError> {
         let bytes = serde_json::to_vec(entry).map_err(|e| JournalError::Encode(Arc::new(e)))?;
-        let (answer, done) = oneshot::channel();
+        let (answer, mut done) = oneshot::channel();
+        let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
         self.writer.submit(Job::Append {
             bytes,
             address: entry.address.canonical().to_owned(),
+            abandoned: Arc::clone(&abandoned),
             answer,
         })?;
-        let seq = done.await.map_err(|_| CommitError::Stopped)??;
-        self.appended.notify_waiters();
-        Ok(seq)
+        let settled = tokio::select! {
+            settled = &mut done => settled,
+            () = give_up => {
+                abandoned.store(true, Ordering::SeqCst);
+                done.await
+            }
+        };
+        match settled {
+            Ok(Ok(seq)) => {
+                self.appended.notify_waiters();
+                Ok(Some(seq))
+            }
+            Ok(Err(e)) => Err(e.into()),
+            // Dropped unanswered: the writer skipped it (abandoned) or stopped.
+            Err(_) if abandoned.load(Ordering::SeqCst) => Ok(None),
+            Err(_) => Err(CommitError::Stopped.into()),
+        }
     }
 
     /// Removes a replayed entry. Returns true when no entry for its address is left.
@@ -340,8 +377,14 @@ impl Batch for Writes {
             Job::Append {
                 bytes,
                 address,
+                abandoned,
                 answer,
             } => {
+                if abandoned.load(Ordering::SeqCst) {
+                    // Its caller has answered a failure: it must not be written.
+                    drop(answer);
+                    return None;
+                }
                 let seq = self.next;
                 self.next += 1;
                 self.staged.push(Staged::Insert(seq, bytes));
@@ -529,5 +572,104 @@ mod tests {
         assert!(!journal.remove(first).await.expect("remove"));
         assert!(journal.remove(third).await.expect("remove"));
         assert_eq!(journal.pending(), 0);
+    }
+
+    /// In-memory storage whose fsync waits while its gate is closed: holds the writer in
+    /// the middle of a commit, so appends queue behind it.
+    #[derive(Debug, Clone, Default)]
+    struct GatedStorage {
+        memory: StdArc<redb::backends::InMemoryBackend>,
+        gate: StdArc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+        /// True while an fsync waits at the closed gate.
+        held: StdArc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl GatedStorage {
+        fn set_closed(&self, closed: bool) {
+            let (lock, wake) = &*self.gate;
+            *lock.lock().expect("gate") = closed;
+            wake.notify_all();
+        }
+    }
+
+    impl redb::StorageBackend for GatedStorage {
+        fn len(&self) -> Result<u64, std::io::Error> {
+            self.memory.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+            self.memory.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+            self.memory.set_len(len)
+        }
+        fn sync_data(&self) -> Result<(), std::io::Error> {
+            let (lock, wake) = &*self.gate;
+            let mut closed = lock.lock().expect("gate");
+            while *closed {
+                self.held.store(true, Ordering::SeqCst);
+                closed = wake.wait(closed).expect("gate");
+            }
+            self.held.store(false, Ordering::SeqCst);
+            drop(closed);
+            self.memory.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+            self.memory.write(offset, data)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_given_up_before_the_writer_took_it_is_not_written() {
+        let storage = GatedStorage::default();
+        let disk = storage.clone();
+        let journal = Journal::start(
+            Path::new("memory"),
+            Box::new(move || Database::builder().create_with_backend(disk.clone())),
+        )
+        .expect("open");
+        storage.set_closed(true);
+        // The first append is taken into a batch and held in its fsync...
+        let first = {
+            let journal = StdArc::clone(&journal);
+            tokio::spawn(async move {
+                journal
+                    .append_unless(&entry("a", 1), std::future::pending())
+                    .await
+            })
+        };
+        // ...(wait until the writer is inside that commit)...
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !storage.held.load(Ordering::SeqCst) {
+            assert!(
+                std::time::Instant::now() < until,
+                "the writer never committed"
+            );
+            tokio::task::yield_now().await;
+        }
+        // ...so the second waits in the queue, and its caller gives up at once.
+        let second = {
+            let journal = StdArc::clone(&journal);
+            tokio::spawn(async move {
+                journal
+                    .append_unless(&entry("b", 2), std::future::ready(()))
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        storage.set_closed(false);
+        let first = first.await.expect("joins").expect("append");
+        let second = second.await.expect("joins").expect("append");
+        // Whichever way the race went, the answer is the truth: an append that returned
+        // a number is in the journal, one given up is not.
+        let held: Vec<u64> = journal
+            .oldest(10)
+            .expect("read")
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
+        assert_eq!(second, None, "queued behind a commit and given up: skipped");
+        let first = first.expect("taken and committed");
+        assert_eq!(held, [first], "the given-up append was not written");
+        assert_eq!(journal.pending(), 1);
     }
 }

@@ -504,6 +504,45 @@ impl LocalStore {
         inner.touch(key);
     }
 
+    /// Takes back a version this request stored as the only copy, when its journal append
+    /// failed: the store must not show a write the client is told failed.
+    pub fn undo_put(&self, address: &Address, id: &EnvelopeId) {
+        let mut inner = self.write();
+        let key = address.canonical();
+        let Some(record) = inner.records.get_mut(key) else {
+            return;
+        };
+        if !record.set.remove(id) {
+            return;
+        }
+        let owned = record.owned;
+        let empty = record.set.is_empty() && record.freed.by_id.is_empty();
+        inner.entries -= 1;
+        if owned {
+            inner.owned_entries -= 1;
+        }
+        if empty {
+            inner.records.remove(key);
+        }
+    }
+
+    /// Forgets what the store holds of `address` (a delete whose journal append failed:
+    /// the versions it hid are gone from the only copy, so the record cannot be restored;
+    /// reads then go to the cluster, or answer "not held"). The journal keeps whatever it
+    /// holds for the address.
+    pub fn discard(&self, address: &Address) {
+        let mut inner = self.write();
+        let key = address.canonical();
+        if let Some(record) = inner.records.remove(key) {
+            inner.entries -= record.set.len();
+            if record.owned {
+                inner.owned_entries -= record.set.len();
+            } else {
+                inner.lru.remove(&record.touched);
+            }
+        }
+    }
+
     /// Runs `read` on the record at `address`, if any (marking it recently used).
     fn with_record<T>(&self, address: &Address, read: impl FnOnce(&Record) -> T) -> Option<T> {
         let key = address.canonical();
@@ -1066,5 +1105,35 @@ mod tests {
             1,
             "only the tombstone is held"
         );
+    }
+
+    #[test]
+    fn a_write_taken_back_leaves_the_store_as_it_was() {
+        let store = LocalStore::new(10);
+        let a = addr("ucxl://a:b@c:d/x");
+        let now = Utc::now();
+        store
+            .put(&a, new("v1"), Retention::Owned, now)
+            .expect("put");
+        store
+            .put(&a, new("v2"), Retention::Owned, now)
+            .expect("put");
+        store.undo_put(&a, &id("v2"));
+        let (n, latest) = store.get(&a).expect("still there");
+        assert_eq!((n, latest.id.as_str()), (1, "v1"));
+        assert_eq!(store.status().entries, 1);
+        assert_eq!(store.status().owned_entries, 1);
+        store.undo_put(&a, &id("v1"));
+        assert!(store.get(&a).is_none());
+        assert_eq!(store.status().addresses, 0, "an emptied record is gone");
+        // A delete cannot be taken back on the only copy: the record is forgotten.
+        store
+            .put(&a, new("v3"), Retention::Owned, now)
+            .expect("put");
+        store.delete_blind(&a, id("d"), now).expect("delete");
+        store.discard(&a);
+        assert_eq!(store.lookup(&a), Lookup::NotHeld);
+        assert_eq!(store.status().entries, 0);
+        assert_eq!(store.status().owned_entries, 0);
     }
 }

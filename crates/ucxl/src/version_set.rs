@@ -339,6 +339,18 @@ impl VersionSet {
         other.entries.iter().filter(move |e| !mine.contains(e.id()))
     }
 
+    /// Removes the entry with this id (a write taken back because its journal append
+    /// failed); true when there was one.
+    pub fn remove(&mut self, id: &EnvelopeId) -> bool {
+        match self.position(id) {
+            Some(i) => {
+                self.entries.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// True when an entry (version or tombstone) has this id.
     #[must_use]
     pub fn contains(&self, id: &EnvelopeId) -> bool {

@@ -160,15 +160,17 @@ impl Fallback {
             op,
             request_id: call.request_id.clone(),
         };
-        // A stalled disk must not hold the request past its deadline; if the commit lands
-        // later, the replay of a write the client retried is a no-op (same id).
-        match tokio::time::timeout_at(call.deadline, self.journal.append(&entry)).await {
-            Ok(Ok(_)) => {
+        // A stalled disk must not hold the request past its deadline: an append the writer
+        // has not taken by then is dropped (the 504 is the truth); one it has taken is
+        // waited for (one commit), so a write the journal holds is never answered as failed.
+        let deadline = tokio::time::sleep_until(call.deadline);
+        match self.journal.append_unless(&entry, deadline).await {
+            Ok(Some(_)) => {
                 self.enter(reason.label);
                 Ok(())
             }
-            Ok(Err(e)) => Err(BackendError::Journal(ucxl::error::Chain(&e).to_string())),
-            Err(_) => Err(BackendError::Timeout),
+            Ok(None) => Err(BackendError::Timeout),
+            Err(e) => Err(BackendError::Journal(ucxl::error::Chain(&e).to_string())),
         }
     }
 
@@ -194,9 +196,14 @@ impl Fallback {
             let op = Op::Put {
                 version: (**stored).clone(),
             };
-            self.journal_write(call, address, op, &reason)
-                .await
-                .map_err(|e| NotServed::new(e, via.clone()))?;
+            if let Err(e) = self.journal_write(call, address, op, &reason).await {
+                // Not journaled: the store must not show it (a retry with the same id
+                // stores and journals it again).
+                if created {
+                    self.store.undo_put(address, &stored.id);
+                }
+                return Err(NotServed::new(e, via));
+            }
         }
         Ok(Served {
             value: Written {
@@ -229,9 +236,10 @@ impl Fallback {
                 id: tombstone.id.clone(),
                 deleted_at: tombstone.created_at,
             };
-            self.journal_write(call, address, op, &reason)
-                .await
-                .map_err(|e| NotServed::new(e, via.clone()))?;
+            if let Err(e) = self.journal_write(call, address, op, &reason).await {
+                self.store.discard(address);
+                return Err(NotServed::new(e, via));
+            }
         }
         Ok(Served {
             value: Deleted {
