@@ -351,8 +351,12 @@ pub struct EndpointStatus {
     pub url: String,
     /// Whether health checks pass (2 in a row mark it up, 2 failures down).
     pub up: bool,
-    /// Whether it would take a request now (up, breaker admitting, no Retry-After).
+    /// Whether it would take a request now (up, breaker admitting, no Retry-After, not
+    /// stalled).
     pub available: bool,
+    /// Requests are in flight and it has answered nothing for longer than it should (a
+    /// hung node): new requests go elsewhere.
+    pub stalled: bool,
     /// Its breaker.
     pub breaker: BreakerStatus,
     /// Peak-EWMA latency, in milliseconds.

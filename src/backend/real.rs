@@ -75,12 +75,18 @@ impl crate::upstream::ucxi::About for Discovered {}
 pub struct RealBackend {
     cluster: Arc<Cluster>,
     cache: Arc<LocalStore>,
-    /// Canonical address → the endpoint that took its last write.
-    affinity: Arc<Mutex<HashMap<String, String>>>,
+    /// Canonical address → the endpoint that took its last write, and when.
+    affinity: Arc<Mutex<HashMap<String, (String, tokio::time::Instant)>>>,
 }
 
 /// Addresses whose last writer is remembered; past this the memory starts afresh.
 const AFFINITY_MAX: usize = 65_536;
+/// How long after a write its address's reads prefer the endpoint that took it. A node
+/// acknowledges a write once every reachable replica holds it, or a majority does and
+/// 100 ms have passed; a replica that was behind catches up within about a second. After
+/// this window any replica answers the write, so reads go wherever latency says, and a
+/// node that turned slow does not keep the reads of the addresses it once wrote.
+pub const AFFINITY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The data of a definite answer, or the node's refusal; a cluster failure with its
 /// attempts.
@@ -130,11 +136,13 @@ impl RealBackend {
     }
 
     fn affinity(&self, address: &Address) -> Option<String> {
+        let now = tokio::time::Instant::now();
         self.affinity
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(address.canonical())
-            .cloned()
+            .filter(|(_, at)| now.saturating_duration_since(*at) < AFFINITY_WINDOW)
+            .map(|(endpoint, _)| endpoint.clone())
     }
 
     /// Remembers which endpoint took a write: later reads of the address go there first,
@@ -147,7 +155,10 @@ impl RealBackend {
         if map.len() >= AFFINITY_MAX && !map.contains_key(address.canonical()) {
             map.clear();
         }
-        map.insert(address.canonical().to_owned(), endpoint.clone());
+        map.insert(
+            address.canonical().to_owned(),
+            (endpoint.clone(), tokio::time::Instant::now()),
+        );
     }
 
     /// The cluster.
@@ -484,5 +495,22 @@ mod tests {
         let (items, more) = merge_pages(vec![c, d], 1);
         assert_eq!(items.len(), 1);
         assert!(more);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_prefer_the_writer_only_for_a_while_after_the_write() {
+        let mut config = crate::config::Sources::default()
+            .resolve()
+            .expect("defaults");
+        config.bzzz_endpoints = vec!["http://a.test:1".parse().expect("url")];
+        let cluster = Arc::new(
+            Cluster::new(&config, crate::upstream::cluster::Jitters::default()).expect("cluster"),
+        );
+        let real = RealBackend::new(cluster, Arc::new(LocalStore::new(10)));
+        let a = Address::parse("ucxl://a:b@c:d/x").expect("address");
+        real.wrote(&a, &Via::real(Some("http://a.test:1".into()), 1));
+        assert_eq!(real.affinity(&a).as_deref(), Some("http://a.test:1"));
+        tokio::time::advance(AFFINITY_WINDOW).await;
+        assert_eq!(real.affinity(&a), None, "any replica has it by now");
     }
 }

@@ -31,6 +31,13 @@ use crate::resilience::breaker::{self, Permit};
 use crate::resilience::budget::RetryBudget;
 use crate::resilience::retry::{self, Backoff, Stop};
 
+/// How much costlier than the cheapest candidate a preferred endpoint may be and still be
+/// preferred: twice the cost, or [`PREFER_MARGIN`] more (costs of idle endpoints decay
+/// towards zero, so a ratio alone would drop the preference of a healthy writer).
+pub const PREFER_SLACK: f64 = 2.0;
+/// See [`PREFER_SLACK`].
+pub const PREFER_MARGIN: Duration = Duration::from_millis(10);
+
 /// The resilience settings that a reload may change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -352,11 +359,18 @@ impl Cluster {
         if candidates.iter().any(fresh) {
             candidates.retain(fresh);
         }
+        // A preference (the endpoint that took the address's last write) counts only while
+        // that endpoint is not much slower than the others: read-your-writes, not pinning.
+        let cheapest = candidates
+            .iter()
+            .map(|i| endpoints[*i].load().cost(now))
+            .fold(f64::INFINITY, f64::min);
         if let Some(i) = prefer.and_then(|p| {
-            candidates
-                .iter()
-                .copied()
-                .find(|i| endpoints[*i].url() == p)
+            candidates.iter().copied().find(|i| {
+                endpoints[*i].url() == p
+                    && endpoints[*i].load().cost(now)
+                        <= (PREFER_SLACK * cheapest).max(cheapest + PREFER_MARGIN.as_secs_f64())
+            })
         }) {
             if let Some(permit) = endpoints[i].admit(now) {
                 return Some((Arc::clone(&endpoints[i]), permit));

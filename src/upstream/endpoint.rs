@@ -17,6 +17,13 @@ use crate::resilience::breaker::{self, Breaker, Permit, State, Transition};
 
 /// Consecutive health results that flip an endpoint up or down (hysteresis).
 pub const HEALTH_THRESHOLD: u32 = 2;
+/// An endpoint with requests in flight and no answer for this long (at least; more for
+/// a slow one: [`STALL_FACTOR`] times when its answers are late) is stalled: a hung node
+/// (a paused VM, a stalled disk) accepts connections and never answers, and neither
+/// health checks (every interval) nor timeouts (per attempt) notice it as soon.
+pub const STALL_MIN: Duration = Duration::from_millis(250);
+/// See [`STALL_MIN`].
+pub const STALL_FACTOR: u32 = 8;
 
 /// What an endpoint knows of itself.
 #[derive(Debug)]
@@ -32,6 +39,9 @@ pub(crate) struct EndpointState {
     pub(crate) last_error: Option<String>,
     pub(crate) last_error_at: Option<DateTime<Utc>>,
     pub(crate) last_health: Option<DateTime<Utc>>,
+    /// When the endpoint last made progress: answered (or failed) an attempt, or got its
+    /// first request in flight after being idle.
+    pub(crate) progress: Instant,
 }
 
 /// One BZZZ node and what the gateway knows of it.
@@ -124,6 +134,7 @@ impl Endpoint {
                 last_error: None,
                 last_error_at: None,
                 last_health: None,
+                progress: Instant::now(),
             }),
         };
         endpoint.publish(&endpoint.lock());
@@ -149,7 +160,17 @@ impl Endpoint {
     }
 
     pub(crate) fn available_in(state: &EndpointState, now: Instant) -> bool {
-        state.up && state.skip_until.is_none_or(|t| now >= t) && state.breaker.available(now)
+        state.up
+            && state.skip_until.is_none_or(|t| now >= t)
+            && state.breaker.available(now)
+            && !Self::stalled_in(state, now)
+    }
+
+    /// True when requests are in flight and nothing was answered for longer than the
+    /// stall time: new requests go elsewhere until it answers or its attempts time out.
+    fn stalled_in(state: &EndpointState, now: Instant) -> bool {
+        let stall_after = (state.load.late_after() * STALL_FACTOR).max(STALL_MIN);
+        state.load.in_flight() > 0 && now.saturating_duration_since(state.progress) > stall_after
     }
 
     /// Whether it would take a request now (up, breaker admitting, no `Retry-After`).
@@ -178,7 +199,11 @@ impl Endpoint {
 
     /// Counts an admitted call as started (in flight).
     pub(crate) fn start(&self) {
-        self.lock().load.start();
+        let mut state = self.lock();
+        if state.load.in_flight() == 0 {
+            state.progress = Instant::now();
+        }
+        state.load.start();
     }
 
     /// Gives back a permit whose call never completed (the request was abandoned, or
@@ -222,6 +247,7 @@ impl Endpoint {
         };
         let mut state = self.lock();
         state.load.finish(sample, now, outcome.is_ok());
+        state.progress = now;
         let before = state.breaker.state();
         let transition = state.breaker.record(permit, outcome.is_err(), now);
         if let Err(e) = outcome {
@@ -301,6 +327,12 @@ impl Endpoint {
         let s = self.lock();
         let why = if !s.up {
             "down (health checks failing)".to_owned()
+        } else if Self::stalled_in(&s, now) {
+            format!(
+                "stalled ({} requests in flight, no answer for {} ms)",
+                s.load.in_flight(),
+                now.saturating_duration_since(s.progress).as_millis()
+            )
         } else if s.skip_until.is_some_and(|t| t > now) {
             "skipped (Retry-After)".to_owned()
         } else if !s.breaker.available(now) {
@@ -381,6 +413,7 @@ impl Endpoint {
             url: self.url().to_owned(),
             up: s.up,
             available: Self::available_in(&s, now),
+            stalled: Self::stalled_in(&s, now),
             breaker: BreakerStatus {
                 state: s.breaker.state().as_str().to_owned(),
                 reason: s.breaker.reason().to_owned(),

@@ -332,12 +332,11 @@ async fn retry_after_sends_the_retry_elsewhere_at_once_and_skips_the_endpoint() 
         .expect("served");
     assert_eq!((again.endpoint.as_str(), again.attempts), (B, 1));
     tokio::time::advance(Duration::from_secs(2)).await;
-    s.lock().expect("script").api.remove(A);
-    let after = c
-        .execute::<Value>(&call(Duration::from_secs(5)), get(Some(A)))
-        .await
-        .expect("served");
-    assert_eq!(after.endpoint, A, "the skip ended with its Retry-After");
+    let a = endpoint(&c.status(), A).clone();
+    assert!(
+        a.available && a.skipped_until.is_none(),
+        "the skip ended with its Retry-After: {a:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -426,4 +425,79 @@ async fn health_checks_mark_an_endpoint_down_and_confirm_a_recovery_early() {
     );
     stop.cancel();
     checker.await.expect("the checker ends when stopped");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_endpoint_is_stalled_and_new_requests_go_elsewhere() {
+    let s = script(&[(A, Behaviour::Hang)]);
+    let c = cluster(&config(&[A, B]), &s);
+    let write = |prefer| NodeRequest {
+        method: Method::PUT,
+        hedge: false,
+        ..get(prefer)
+    };
+    let hung = {
+        let c = Arc::clone(&c);
+        let request = write(Some(A));
+        tokio::spawn(async move {
+            c.execute::<Value>(&call(Duration::from_secs(5)), request)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!endpoint(&c.status(), A).stalled, "not yet");
+    tokio::time::sleep(crate::upstream::endpoint::STALL_MIN).await;
+    let a = endpoint(&c.status(), A).clone();
+    assert!(a.stalled && !a.available, "{a:?}");
+    // A request preferring A goes to B at once.
+    let started = Instant::now();
+    let other = c
+        .execute::<Value>(&call(Duration::from_secs(5)), write(Some(A)))
+        .await
+        .expect("served");
+    assert_eq!((other.endpoint.as_str(), other.attempts), (B, 1));
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    // The hung attempt times out and is retried on B; A is no longer stalled (nothing in
+    // flight), it failed once.
+    let served = hung.await.expect("joins").expect("retried elsewhere");
+    assert_eq!(served.endpoint, B);
+    let a = endpoint(&c.status(), A).clone();
+    assert!(!a.stalled, "{a:?}");
+    assert_eq!(a.breaker.consecutive_failures, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_preferred_endpoint_that_is_much_slower_is_not_preferred() {
+    let s = script(&[(A, Behaviour::Envelope(Duration::from_millis(150)))]);
+    let c = cluster(&config(&[A, B]), &s);
+    let unhedged = |prefer| NodeRequest {
+        hedge: false,
+        ..get(prefer)
+    };
+    // A answers, slowly: its latency is known.
+    let first = c
+        .execute::<Value>(&call(Duration::from_secs(5)), unhedged(Some(A)))
+        .await
+        .expect("served");
+    assert_eq!(first.endpoint, A);
+    // B answers fast (its latency is known too).
+    c.execute::<Value>(&call(Duration::from_secs(5)), unhedged(Some(B)))
+        .await
+        .expect("served");
+    let preferring_a = c
+        .execute::<Value>(&call(Duration::from_secs(5)), unhedged(Some(A)))
+        .await
+        .expect("served");
+    assert_eq!(
+        preferring_a.endpoint, B,
+        "150 ms against ~0: not much slower? no"
+    );
+    // A preference within the margin still counts.
+    s.lock().expect("script").api.remove(A);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let recovered = c
+        .execute::<Value>(&call(Duration::from_secs(5)), unhedged(Some(A)))
+        .await
+        .expect("served");
+    assert_eq!(recovered.endpoint, A, "its old slowness has decayed away");
 }
