@@ -117,6 +117,13 @@ def counters(samples, name):
     return out
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds `pid` has used (its threads included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Node:
     def __init__(self, bin_dir, name, root, peers_p2p):
         self.bin = os.path.join(bin_dir, "bzzz-node")
