@@ -15,9 +15,10 @@ scenario starts its own cluster in a fresh directory:
             first with no delay (the baseline), then with node 3 slow. A ninth client
             writes then reads its own address (read-your-writes).
   hung      node 3 SIGSTOPped (the kernel accepts its connections, nothing answers) 4 s
-            into 15 s of open-loop mixed load (200 req/s, 70% reads, 30% writes of seeded
-            addresses), SIGCONT at the end. Nodes behind no-delay proxies, to see when the
-            gateway stopped sending to node 3.
+            into 15 s of open-loop mixed load (200 req/s, 70% reads, 30% writes of ~300
+            seeded addresses, a third of them last written through node 3), SIGCONT at the
+            end. Every node behind a proxy with no delay, to see when the gateway stopped
+            sending to node 3.
   all-hung  every node SIGSTOPped for 10 s under writes (16 clients, 10 new addresses a
             second each, X-Request-Timeout-Ms: 3000), SIGCONT, the journal drained, then
             every write read back from the nodes: each acknowledged one present, each
@@ -27,8 +28,9 @@ scenario starts its own cluster in a fresh directory:
             addresses a second; then the 20,000 read back from the nodes.
 
 Usage: scripts/gray.py [slow|hung|all-hung|recovery|all] [--bin-dir DIR] [--keep]
+       (--help for each scenario's knobs: delay, readers, rate, deadline, journal size)
 Build first: cargo build --release -p bzzz-node -p rustle-gateway (binaries from
-target/release, or --bin-dir / BIN_DIR). Each scenario takes under 2 minutes here.
+target/release, or --bin-dir / BIN_DIR). Each scenario takes under 30 s here.
 Latencies are measured by Python clients on kept-alive connections, sharing the two cores
 with the gateway, the nodes and the proxy. Every process started is stopped on exit.
 Python standard library only.
@@ -162,7 +164,6 @@ class Scenario:
             self.endpoints = [self.proxy.url(i) for i in range(3)]
         else:
             self.endpoints = [n.url for n in self.nodes]
-        self.names = {url: f"node {i + 1}" for i, url in enumerate(self.endpoints)}
         self.gateway = Gateway(args.bin_dir, self.endpoints, os.path.join(self.root, "journal"), env=gateway_env)
         self.gateway.start()
         wait_for(
@@ -176,7 +177,7 @@ class Scenario:
 
     def seed(self, count, min_node3, threads=4):
         """Writes new addresses until `min_node3` went through node 3 and `count - min_node3`
-        through the others (at most 3 × count): {address: (endpoint url, id)}."""
+        through the others (at most 3 × count in all): {address: (endpoint url, id)}."""
         written = {}
         errors = []
         lock = threading.Lock()
@@ -184,7 +185,7 @@ class Scenario:
 
         def enough():
             n3 = sum(1 for e, _ in written.values() if e == self.endpoints[2])
-            return len(written) - n3 >= count - min_node3 and n3 >= min_node3
+            return n3 >= min_node3 and len(written) - n3 >= count - min_node3
 
         def run():
             client = Client(self.gateway.url)
@@ -231,7 +232,7 @@ def read_phase(sc, tag, addresses, node3_addresses, readers, warmup, seconds):
     halt = threading.Event()
     lock = threading.Lock()
     reads = []  # (start, latency, status, endpoint, address, attempts)
-    ryw = []  # (start, write endpoint, written id, read id, read status)
+    ryw = []  # (start, write endpoint, write status, written id, read status, read id)
 
     def reader(seed):
         rng = random.Random(seed)
@@ -282,6 +283,7 @@ def read_phase(sc, tag, addresses, node3_addresses, readers, warmup, seconds):
 
     window = [r for r in reads if t_w <= r[0] < t_e]
     n3 = sc.endpoints[2]
+
     def sent_address(e):
         return urllib.parse.parse_qs(urllib.parse.urlsplit(e[3]).query).get("address", [""])[0]
 
@@ -454,7 +456,7 @@ class OpenLoop:
 def scenario_hung(args):
     sc = Scenario(args, "hung", proxied=True)
     try:
-        seeded = sorted(sc.seed(300, 0))
+        seeded = sorted(sc.seed(300, 100))
         poller = Poller(sc.gateway, 0.05)
         poller.start()
 
@@ -475,7 +477,12 @@ def scenario_hung(args):
         t_cont = time.monotonic()
         sc.nodes[2].sigcont()
         load.join()
-        time.sleep(0.5)
+        # Until node 3 is back (or 10 s), for the last figure.
+        back = time.monotonic() + 10.0
+        while time.monotonic() < back and poller.first(
+            lambda d: endpoint(d, sc.endpoints[2])["up"] and endpoint(d, sc.endpoints[2])["available"], t_cont
+        ) is None:
+            time.sleep(0.1)
         poller.stop()
         events = sc.proxy.events()
     finally:
@@ -532,7 +539,7 @@ def scenario_hung(args):
          "≤ +1.5 s (about a health interval)", verdict(stopped - t_stop <= 1.5)],
         ["node 3 breaker open / unavailable / down (`up` false)",
          f"{since(open_at, t_stop)} / {since(unavailable_at, t_stop)} / {since(down_at, t_stop)}", "", ""],
-        ["node 3 back after the SIGCONT", since(up_again, t_cont), "", ""],
+        ["node 3 up and available again after the SIGCONT", since(up_again, t_cont), "", ""],
     ]
     table(f"hung: node 3 SIGSTOPped {args.stop_at:.0f} s into {args.hung_seconds:.0f} s of {args.rate} req/s "
           f"(70% reads, 30% writes; health interval 1 s); times from the SIGSTOP",
@@ -799,7 +806,7 @@ def scenario_recovery(args):
     rows = [
         [f"writes while every node was hung", f"{len(results)}; {dict(sorted(statuses.items()))}; "
          f"{t_written - t_stop:.1f} s", "", ""],
-        ["journal pending at the SIGCONT", pending, "20,000", ""],
+        ["journal pending at the SIGCONT", pending, f"{args.writes:,}", verdict(pending >= args.writes)],
         ["SIGCONT → every node's /health 200 (asked directly)", since(healthy_at, t_cont), "", ""],
         ["SIGCONT → every endpoint up at the gateway", since(up_at, t_cont), "", ""],
         ["SIGCONT → first background write served by the cluster", since(first_real, t_cont), "", ""],
