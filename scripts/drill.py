@@ -19,115 +19,19 @@ Only the Python standard library is used.
 """
 
 import argparse
-import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 
-from netutil import free_port, request
+from cluster import Gateway, Node, http, install_cleanup, percentile, wait_for
 
 CLIENTS = 8
 # Each client writes steadily at this rate (writes per second).
 RATE = 50
-
-
-def http(method, url, body=None, timeout=10):
-    status, headers, raw = request(method, url, body, timeout)
-    try:
-        parsed = json.loads(raw or b"null")
-    except ValueError:
-        parsed = raw.decode(errors="replace")
-    return status, headers, parsed
-
-
-def wait_for(check, within, what, dump=None):
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return time.monotonic()
-        except OSError:
-            pass
-        time.sleep(0.02)
-    if dump:
-        print(json.dumps(dump(), indent=1), file=sys.stderr)
-    sys.exit(f"drill: {what} did not happen within {within} s")
-
-
-class Node:
-    def __init__(self, bin_dir, name, root, peers_p2p):
-        self.bin = os.path.join(bin_dir, "bzzz-node")
-        self.name = name
-        self.http_port = free_port()
-        self.p2p_port = free_port()
-        self.dir = os.path.join(root, name)
-        self.peers = peers_p2p
-        self.proc = None
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def start(self):
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "BZZZ_HTTP_ADDR": f"127.0.0.1:{self.http_port}",
-            "BZZZ_P2P_ADDR": f"/ip4/127.0.0.1/tcp/{self.p2p_port}",
-            "BZZZ_BOOTSTRAP_PEERS": ",".join(self.peers),
-            "BZZZ_DATA_DIR": self.dir,
-            "BZZZ_NODE_NAME": self.name,
-            "RUST_LOG": "warn",
-        }
-        self.proc = subprocess.Popen([self.bin], env=env, stdout=subprocess.DEVNULL)
-
-    def healthy(self):
-        return http("GET", self.url + "/health", timeout=1)[0] == 200
-
-    def kill(self):
-        if self.proc:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-
-class Gateway:
-    def __init__(self, bin_dir, endpoints, journal):
-        self.bin = os.path.join(bin_dir, "rustle-gateway")
-        self.port = free_port()
-        self.endpoints = endpoints
-        self.journal = journal
-        self.proc = None
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self):
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "RUSTLE_LISTEN_ADDR": f"127.0.0.1:{self.port}",
-            "RUSTLE_BACKEND_MODE": "hybrid",
-            "RUSTLE_BZZZ_ENDPOINTS": ",".join(self.endpoints),
-            "RUSTLE_JOURNAL_DIR": self.journal,
-            "RUST_LOG": "info",
-        }
-        log = open(os.path.join(os.path.dirname(self.journal), "gateway.log"), "a")
-        self.proc = subprocess.Popen([self.bin], env=env, stdout=log)
-        wait_for(lambda: http("GET", self.url + "/health", timeout=1)[0] == 200, 30, "gateway start")
-
-    def status(self):
-        return http("GET", self.url + "/v1/status")[2]["response"]["data"]
-
-    def sigkill(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
 
 
 class Clients:
@@ -177,13 +81,6 @@ class Clients:
             return [e for e in self.log if e[0] >= t0 and (t1 is None or e[0] < t1)]
 
 
-def percentile(values, p):
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(len(values) * p))]
-
-
 def summary(entries):
     by_status = {}
     for e in entries:
@@ -197,6 +94,7 @@ def main():
     parser.add_argument("--bin-dir", default="target/release")
     parser.add_argument("--phase-seconds", type=float, default=4.0)
     args = parser.parse_args()
+    install_cleanup()
     phase = args.phase_seconds
     root = tempfile.mkdtemp(prefix="rustle-drill-")
     print(f"drill: work directory {root} (gateway.log is there)")
