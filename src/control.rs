@@ -72,11 +72,7 @@ pub async fn switch_mode(state: &AppState, mode: BackendMode) -> Result<BackendM
         return Ok(previous);
     }
     let unavailable = |reason: String| ControlError::ModeUnavailable { mode, reason };
-    if mode != BackendMode::Mock && state.cluster.endpoints().is_empty() {
-        return Err(unavailable(
-            "RUSTLE_BZZZ_ENDPOINTS lists no endpoint".into(),
-        ));
-    }
+    backend::can_run(mode, &state.cluster).map_err(|e| unavailable(e.reason))?;
     if mode == BackendMode::Hybrid {
         let dir = state.config.load().journal_dir.clone();
         // Opening reads (and after a crash repairs) the journal file: off the async workers.

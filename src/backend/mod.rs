@@ -419,6 +419,24 @@ pub struct Parts<'a> {
     pub fallback: Option<&'a std::sync::Arc<hybrid::Fallback>>,
 }
 
+/// Whether `mode` can run over `cluster` (the one place that decides it, before anything
+/// is opened for it): real and hybrid need an endpoint.
+///
+/// # Errors
+/// [`ModeUnavailable`] saying why not.
+pub fn can_run(
+    mode: crate::config::BackendMode,
+    cluster: &crate::upstream::cluster::Cluster,
+) -> Result<(), ModeUnavailable> {
+    if mode != crate::config::BackendMode::Mock && cluster.endpoints().is_empty() {
+        return Err(ModeUnavailable {
+            mode,
+            reason: "RUSTLE_BZZZ_ENDPOINTS lists no endpoint".into(),
+        });
+    }
+    Ok(())
+}
+
 /// The backend that implements `mode`.
 ///
 /// # Errors
@@ -433,9 +451,7 @@ pub fn for_mode(
         mode,
         reason: reason.to_owned(),
     };
-    if mode != BackendMode::Mock && parts.cluster.endpoints().is_empty() {
-        return Err(unavailable("RUSTLE_BZZZ_ENDPOINTS lists no endpoint"));
-    }
+    can_run(mode, parts.cluster)?;
     Ok(match mode {
         BackendMode::Mock => Arc::new(mock::MockBackend::new(Arc::clone(parts.store))),
         BackendMode::Real => Arc::new(real::RealBackend::new(
