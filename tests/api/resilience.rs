@@ -561,7 +561,7 @@ async fn a_clients_tiny_deadline_never_counts_against_an_endpoint() {
 async fn an_abandoned_attempt_gives_its_slot_back() {
     use rustle_gateway::backend::Call;
     use rustle_gateway::upstream::cluster::{Cluster, Jitters};
-    use rustle_gateway::upstream::ucxi::NodeRequest;
+    use rustle_gateway::upstream::ucxi::{NodeRequest, Subject};
     let slow = FaultNode::start(Mode::Hang, None).await;
     let config = cluster_config(std::slice::from_ref(&slow.url), BackendMode::Real);
     let cluster = Cluster::new(&config, Jitters::default()).expect("client");
@@ -576,7 +576,7 @@ async fn an_abandoned_attempt_gives_its_slot_back() {
         body: None,
         prefer: None,
         list: false,
-        about: None,
+        about: Subject::Any,
         hedge: false,
     };
     // The caller goes away (a client disconnect) while the attempt waits on the node.
