@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use axum::body::Bytes;
 use serde::Deserialize;
 use serde_json::json;
+use ucxl::batch::{ItemOutcome, ItemResult, Results};
 use ucxl::{Address, Envelope, EnvelopeId, History, NewVersion, SearchItem};
 
 use super::{
@@ -21,7 +22,7 @@ use super::{
 };
 use crate::store::local::LocalStore;
 use crate::upstream::cluster::{Cluster, ClusterFailure, Executed, FailureKind};
-use crate::upstream::ucxi::{Answer, NodeRequest};
+use crate::upstream::ucxi::{Answer, NodeRequest, Subject};
 
 /// `?name=value` with the value percent-encoded.
 fn query_pair(name: &str, value: &str) -> String {
@@ -127,7 +128,7 @@ impl RealBackend {
             body: None,
             prefer: self.affinity(address),
             list: false,
-            about: Some(address.without_temporal()),
+            about: Subject::Address(address.without_temporal()),
             // Reads are hedged. Writes are not, although idempotent by id: a hedge could
             // find the write its slower twin already replicated and answer "existed"
             // (200) for a write this very request created.
@@ -242,6 +243,43 @@ impl RealBackend {
             via,
         })
     }
+
+    /// Sends a batch of writes (the journal replay): `body` is a [`ucxl::batch::Batch`]
+    /// whose items write `addresses`, in order. The answer holds one result per item, each
+    /// about its item's address (checked, like every answer, before it is believed).
+    ///
+    /// # Errors
+    /// The node's refusal of the whole batch (an older node without the route answers
+    /// 404 or 405), or the cluster's failure.
+    pub async fn send_batch(
+        &self,
+        call: &Call,
+        body: Bytes,
+        addresses: Vec<Address>,
+    ) -> Outcome<Vec<ItemResult>> {
+        let request = NodeRequest {
+            method: axum::http::Method::POST,
+            path: ucxl::batch::ROUTE.to_owned(),
+            headers: Vec::new(),
+            body: Some(body),
+            prefer: None,
+            // One result per item: an answer as large as a list's.
+            list: true,
+            about: Subject::Items(addresses),
+            // Writes are not hedged (see `about`).
+            hedge: false,
+        };
+        let (results, via, _) = data(self.cluster.execute::<Results>(call, request).await)?;
+        for result in &results.results {
+            if matches!(result.outcome(), ItemOutcome::Done { .. }) {
+                self.wrote(&result.address, &via);
+            }
+        }
+        Ok(Served {
+            value: results.results,
+            via,
+        })
+    }
 }
 
 /// Merges discover pages: per address the newest version, sorted by address, cut where
@@ -336,7 +374,7 @@ impl Backend for RealBackend {
             body: None,
             prefer: None,
             list: true,
-            about: None,
+            about: Subject::Any,
             hedge: false,
         };
         let fan = self.cluster.fan_out::<Discovered>(call, request).await;

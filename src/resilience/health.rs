@@ -34,7 +34,7 @@ pub async fn run(cluster: Arc<Cluster>, stop: CancellationToken) {
         body: None,
         prefer: None,
         list: false,
-        about: None,
+        about: ucxi::Subject::Any,
         hedge: false,
     });
     loop {

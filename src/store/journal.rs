@@ -103,9 +103,9 @@ enum Job {
         answer: oneshot::Sender<Result<u64, CommitError>>,
     },
     Remove {
-        seq: u64,
-        /// True when no entry for its address is left.
-        answer: oneshot::Sender<Result<bool, CommitError>>,
+        seqs: Vec<u64>,
+        /// Per entry: true when no entry for its address is left.
+        answer: oneshot::Sender<Result<Vec<bool>, CommitError>>,
     },
 }
 
@@ -277,11 +277,25 @@ impl Journal {
     /// # Errors
     /// When the removal could not be committed.
     pub async fn remove(&self, seq: u64) -> Result<bool, JournalError> {
+        let last = self.remove_many(vec![seq]).await?;
+        Ok(last.first().copied().unwrap_or(false))
+    }
+
+    /// Removes replayed entries in one commit. Returns, per entry in `seqs`' order, true
+    /// when no entry for its address is left (an entry removed before counts as none).
+    ///
+    /// # Errors
+    /// When the removal could not be committed: none of them was removed.
+    pub async fn remove_many(&self, seqs: Vec<u64>) -> Result<Vec<bool>, JournalError> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let count = seqs.len() as u64;
         let (answer, done) = oneshot::channel();
-        self.writer.submit(Job::Remove { seq, answer })?;
+        self.writer.submit(Job::Remove { seqs, answer })?;
         let last_for_address = done.await.map_err(|_| CommitError::Stopped)??;
-        self.replayed.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("rustle_journal_replayed_total").increment(1);
+        self.replayed.fetch_add(count, Ordering::Relaxed);
+        metrics::counter!("rustle_journal_replayed_total").increment(count);
         Ok(last_for_address)
     }
 
@@ -332,7 +346,7 @@ impl Journal {
 /// A change of the batch being committed, in arrival order.
 enum Staged {
     Insert(u64, Vec<u8>),
-    Remove(u64),
+    Remove(Vec<u64>),
 }
 
 /// An applied write waiting for its batch's commit.
@@ -343,8 +357,8 @@ enum Settle {
         answer: oneshot::Sender<Result<u64, CommitError>>,
     },
     Remove {
-        seq: u64,
-        answer: oneshot::Sender<Result<bool, CommitError>>,
+        seqs: Vec<u64>,
+        answer: oneshot::Sender<Result<Vec<bool>, CommitError>>,
     },
 }
 
@@ -394,9 +408,9 @@ impl Batch for Writes {
                     answer,
                 }
             }
-            Job::Remove { seq, answer } => {
-                self.staged.push(Staged::Remove(seq));
-                Settle::Remove { seq, answer }
+            Job::Remove { seqs, answer } => {
+                self.staged.push(Staged::Remove(seqs.clone()));
+                Settle::Remove { seqs, answer }
             }
         })
     }
@@ -412,8 +426,10 @@ impl Batch for Writes {
                 Staged::Insert(seq, bytes) => {
                     table.insert(seq, bytes.as_slice())?;
                 }
-                Staged::Remove(seq) => {
-                    table.remove(seq)?;
+                Staged::Remove(seqs) => {
+                    for seq in seqs {
+                        table.remove(seq)?;
+                    }
                 }
             }
         }
@@ -435,8 +451,9 @@ impl Batch for Writes {
                     counts.add(seq, address);
                     let _ = answer.send(Ok(seq));
                 }
-                Settle::Remove { seq, answer } => {
-                    let _ = answer.send(Ok(counts.forget(seq)));
+                Settle::Remove { seqs, answer } => {
+                    let last = seqs.into_iter().map(|seq| counts.forget(seq)).collect();
+                    let _ = answer.send(Ok(last));
                 }
             }
         }
@@ -518,6 +535,45 @@ mod tests {
         assert_eq!(last.request_id, "r99");
         assert!(journal.remove(oldest[19].0).await.expect("remove"));
         assert!(!journal.pending_for(&entry("y", 0).address));
+    }
+
+    #[tokio::test]
+    async fn replayed_entries_are_removed_together_and_the_pending_counts_follow() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Journal::open(dir.path()).expect("open");
+        let x1 = journal.append(&entry("x", 1)).await.expect("append");
+        let y2 = journal.append(&entry("y", 2)).await.expect("append");
+        let x3 = journal.append(&entry("x", 3)).await.expect("append");
+        let (x, y) = (entry("x", 0).address, entry("y", 0).address);
+        assert_eq!(
+            journal.remove_many(vec![x1, y2]).await.expect("removed"),
+            [false, true],
+            "y has nothing left; x still has its third entry"
+        );
+        assert_eq!(journal.pending(), 1);
+        assert!(journal.pending_for(&x) && !journal.pending_for(&y));
+        assert_eq!(journal.replayed(), 2);
+        let held: Vec<u64> = journal
+            .oldest(10)
+            .expect("read")
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
+        assert_eq!(held, [x3]);
+        assert_eq!(
+            journal.remove_many(vec![x3, x1]).await.expect("removed"),
+            [true, false],
+            "an entry removed before is no entry left"
+        );
+        assert_eq!(journal.pending(), 0);
+        assert!(!journal.pending_for(&x));
+        assert!(
+            journal
+                .remove_many(Vec::new())
+                .await
+                .expect("nothing")
+                .is_empty()
+        );
     }
 
     #[tokio::test]

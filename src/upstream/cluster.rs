@@ -464,7 +464,7 @@ impl Cluster {
         let attempt_timeout = policy.attempt_timeout;
         drop(policy);
         let result = ucxi::classify::<T>(self.transport().oneshot(exchange).await)
-            .and_then(|answer| ucxi::check_about(answer, request.about.as_ref()));
+            .and_then(|answer| ucxi::check_about(answer, &request.about));
         // A timeout shorter than the attempt timeout is the client's own deadline running
         // out: it says nothing about the endpoint, so a client cannot trip breakers by
         // sending tiny deadlines.

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cluster::{Cluster, FailureKind, Jitters};
 use super::transport::{Exchange, RawAnswer, Transport, TransportError};
-use super::ucxi::{Answer, NodeRequest};
+use super::ucxi::{Answer, NodeRequest, Subject};
 use crate::backend::Call;
 use crate::config::{BackendMode, Config, Sources};
 use crate::resilience::{breaker, retry};
@@ -160,7 +160,7 @@ fn get(prefer: Option<&str>) -> NodeRequest {
         body: None,
         prefer: prefer.map(str::to_owned),
         list: false,
-        about: Some(ucxl::Address::parse(ADDRESS).expect("address")),
+        about: Subject::Address(ucxl::Address::parse(ADDRESS).expect("address")),
         hedge: true,
     }
 }

@@ -104,18 +104,36 @@ pub struct NodeRequest {
     /// Whether the answer is a list (history, discover), allowed [`LIST_ANSWER_FACTOR`]
     /// times the size of an envelope answer.
     pub list: bool,
-    /// The address the request is about: an answer about another one is the endpoint's
-    /// failure, decided before its outcome is recorded.
-    pub about: Option<Address>,
+    /// What the answer must be about: an answer about another address (or with another
+    /// number of results than items sent) is the endpoint's failure, decided before its
+    /// outcome is recorded.
+    pub about: Subject,
     /// Whether a late answer may be raced by the same request to another endpoint (the
     /// request must be idempotent: every read is, and every write carries its id).
     pub hedge: bool,
+}
+
+/// What an answer must be about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// Nothing in particular (search, health).
+    Any,
+    /// This address: an answer that names one must name it.
+    Address(Address),
+    /// One result per item sent (a batch), in order, each about its item's address.
+    Items(Vec<Address>),
 }
 
 /// The address an answer's data is about, when its shape names one.
 pub trait About {
     /// The address, if any.
     fn about(&self) -> Option<&Address> {
+        None
+    }
+
+    /// For an answer of one result per item sent (a batch): each result's address, in
+    /// order; `None` for any other answer.
+    fn results_about(&self) -> Option<Vec<&Address>> {
         None
     }
 }
@@ -134,22 +152,59 @@ impl About for ucxl::History {
 
 impl About for Value {}
 
-/// `answer` when it is about the address `asked` (or names none).
+impl About for ucxl::batch::Results {
+    fn results_about(&self) -> Option<Vec<&Address>> {
+        Some(self.results.iter().map(|r| &r.address).collect())
+    }
+}
+
+/// `answer` when it is about what was asked: the address `subject` names (or none), or
+/// one result per item sent, each about its item's address.
 ///
 /// # Errors
-/// [`AttemptError::WrongAddress`] for data about another address.
+/// [`AttemptError::WrongAddress`] for data about another address;
+/// [`AttemptError::BadAnswer`] for a batch answer with another number of results.
 pub fn check_about<T: About>(
     answer: Answer<T>,
-    asked: Option<&Address>,
+    subject: &Subject,
 ) -> Result<Answer<T>, AttemptError> {
-    if let (Answer::Ok { data, .. }, Some(asked)) = (&answer, asked)
-        && let Some(answered) = data.about()
-        && answered.canonical() != asked.canonical()
-    {
+    let Answer::Ok { data, .. } = &answer else {
+        return Ok(answer);
+    };
+    let wrong = |asked: &Address, answered: &Address| {
         tracing::warn!(asked = %asked, answered = %answered, "a node answered for another address");
-        return Err(AttemptError::WrongAddress(ucxl::error::excerpt(
-            answered.canonical(),
-        )));
+        AttemptError::WrongAddress(ucxl::error::excerpt(answered.canonical()))
+    };
+    match subject {
+        Subject::Any => {}
+        Subject::Address(asked) => {
+            if let Some(answered) = data.about()
+                && answered.canonical() != asked.canonical()
+            {
+                return Err(wrong(asked, answered));
+            }
+        }
+        Subject::Items(sent) => {
+            let Some(answered) = data.results_about() else {
+                return Err(AttemptError::BadAnswer(
+                    "not an answer of one result per item".into(),
+                ));
+            };
+            if answered.len() != sent.len() {
+                return Err(AttemptError::BadAnswer(format!(
+                    "{} results for {} items",
+                    answered.len(),
+                    sent.len()
+                )));
+            }
+            if let Some((asked, answered)) = sent
+                .iter()
+                .zip(answered)
+                .find(|(asked, answered)| asked.canonical() != answered.canonical())
+            {
+                return Err(wrong(asked, answered));
+            }
+        }
     }
     Ok(answer)
 }
@@ -303,6 +358,56 @@ mod tests {
             let e = decode::<Data>(status, &body).expect_err("bad");
             assert!(matches!(e, AttemptError::BadAnswer(_)), "{status}: {e}");
         }
+    }
+
+    #[test]
+    fn a_batch_answer_holds_one_result_per_item_each_about_its_items_address() {
+        use ucxl::batch::{ItemResult, Results};
+        let address = |p: &str| Address::parse(&format!("ucxl://a:r@p:t/{p}")).expect("address");
+        let result =
+            |p: &str| ItemResult::failed(address(p), Code::Conflict, "m".into(), json!({}));
+        let answer = |paths: &[&str]| Answer::Ok {
+            code: Code::Ok,
+            data: Results {
+                results: paths.iter().map(|p| result(p)).collect(),
+            },
+        };
+        let sent = Subject::Items(vec![address("x"), address("y")]);
+        assert!(check_about(answer(&["x", "y"]), &sent).is_ok());
+        for short_or_long in [&["x"][..], &["x", "y", "y"], &[]] {
+            assert!(
+                matches!(
+                    check_about(answer(short_or_long), &sent),
+                    Err(AttemptError::BadAnswer(_))
+                ),
+                "{short_or_long:?}"
+            );
+        }
+        assert_eq!(
+            check_about(answer(&["x", "z"]), &sent),
+            Err(AttemptError::WrongAddress("ucxl://a:r@p:t/z".into()))
+        );
+        assert_eq!(
+            check_about(answer(&["y", "x"]), &sent),
+            Err(AttemptError::WrongAddress("ucxl://a:r@p:t/y".into())),
+            "in order"
+        );
+        // An answer of another shape cannot answer a batch.
+        let envelope_like = Answer::Ok {
+            code: Code::Ok,
+            data: json!({"results": []}),
+        };
+        assert!(matches!(
+            check_about(envelope_like, &sent),
+            Err(AttemptError::BadAnswer(_))
+        ));
+        // A refusal names no results: it is passed on as it is.
+        let refused: Answer<Results> = Answer::Refused(Refusal {
+            code: Code::NotFound,
+            message: "no route".into(),
+            details: json!({}),
+        });
+        assert!(check_about(refused, &sent).is_ok());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! A BZZZ endpoint that misbehaves on purpose: in front of a real node it forwards
 //! (`Healthy`), or it answers 503 (with or without `Retry-After`), garbage, a 404 refusal,
-//! hangs, or closes connections. The mode can change while a test runs, and every request
-//! is counted (API calls and health checks apart).
+//! hangs, or closes connections; or it forwards everything but batches, which it answers
+//! with a result missing or about another address, or not at all (an older node without
+//! the route). The mode can change while a test runs, and every request is counted (API
+//! calls, batches and health checks apart).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -31,6 +33,13 @@ pub enum Mode {
     OtherAddress = 6,
     /// 507 with `Retry-After: 1`, as a node whose disk is full answers a write.
     Full = 7,
+    /// Forwards all but batches, which it answers with one result fewer than items sent.
+    ShortBatch = 8,
+    /// Forwards all but batches, which it answers with the first result about another
+    /// address.
+    BatchOtherAddress = 9,
+    /// An older node: forwards all but batches, whose route it does not know (404).
+    NoBatchRoute = 10,
 }
 
 impl Mode {
@@ -43,6 +52,9 @@ impl Mode {
             5 => Self::Hang,
             6 => Self::OtherAddress,
             7 => Self::Full,
+            8 => Self::ShortBatch,
+            9 => Self::BatchOtherAddress,
+            10 => Self::NoBatchRoute,
             _ => Self::Healthy,
         }
     }
@@ -52,6 +64,7 @@ impl Mode {
 struct Inner {
     mode: AtomicU8,
     api_hits: AtomicUsize,
+    batch_hits: AtomicUsize,
     health_hits: AtomicUsize,
     target: Option<String>,
     client: reqwest::Client,
@@ -72,6 +85,7 @@ impl FaultNode {
         let inner = Arc::new(Inner {
             mode: AtomicU8::new(mode as u8),
             api_hits: AtomicUsize::new(0),
+            batch_hits: AtomicUsize::new(0),
             health_hits: AtomicUsize::new(0),
             target,
             client: reqwest::Client::new(),
@@ -92,6 +106,11 @@ impl FaultNode {
     /// Requests other than `/health`.
     pub fn api_hits(&self) -> usize {
         self.inner.api_hits.load(Ordering::SeqCst)
+    }
+
+    /// Of those, batches (`POST /ucxi/v1/batch`).
+    pub fn batch_hits(&self) -> usize {
+        self.inner.batch_hits.load(Ordering::SeqCst)
     }
 }
 
@@ -117,13 +136,24 @@ pub fn refused() -> Refused {
 
 async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {
     let health = request.uri().path() == "/health";
+    let batch = request.uri().path() == ucxl::batch::ROUTE;
     if health {
         inner.health_hits.fetch_add(1, Ordering::SeqCst);
     } else {
         inner.api_hits.fetch_add(1, Ordering::SeqCst);
     }
+    if batch {
+        inner.batch_hits.fetch_add(1, Ordering::SeqCst);
+    }
     match Mode::from_u8(inner.mode.load(Ordering::SeqCst)) {
         Mode::Healthy => forward(&inner, request).await,
+        mode @ (Mode::ShortBatch | Mode::BatchOtherAddress | Mode::NoBatchRoute) => {
+            if batch {
+                lie_about_batch(mode, request).await
+            } else {
+                forward(&inner, request).await
+            }
+        }
         Mode::Unavailable => StatusCode::SERVICE_UNAVAILABLE.into_response(),
         Mode::RetryAfter => (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "5")]).into_response(),
         Mode::Garbage => (
@@ -152,6 +182,52 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {
         )
             .into_response(),
     }
+}
+
+/// A batch answered as `mode` says, without storing anything.
+async fn lie_about_batch(mode: Mode, request: Request) -> Response {
+    use ucxl::batch::{Batch, Item, ItemResult, Results};
+    if mode == Mode::NoBatchRoute {
+        return (
+            StatusCode::NOT_FOUND,
+            [("content-type", "application/json")],
+            r#"{"error":{"code":"UCXL-404-NOT_FOUND","message":"no route for POST /ucxi/v1/batch","details":{"method":"POST","path":"/ucxi/v1/batch"},"source":"bzzz-node","path":"/ucxi/v1/batch","request_id":"r","timestamp":"2026-11-24T10:00:00Z"}}"#,
+        )
+            .into_response();
+    }
+    let Ok(bytes) = axum::body::to_bytes(request.into_body(), usize::MAX).await else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let Ok(batch) = serde_json::from_slice::<Batch>(&bytes) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let mut results: Vec<ItemResult> = batch
+        .items
+        .into_iter()
+        .map(|item| match item {
+            Item::Put {
+                address, version, ..
+            } => ItemResult::put(address, true, version.id, 1),
+            Item::Delete {
+                address,
+                id,
+                deleted_at,
+            } => ItemResult::deleted(address, id, deleted_at),
+        })
+        .collect();
+    if mode == Mode::ShortBatch {
+        results.pop();
+    } else if let Some(first) = results.first_mut() {
+        first.address =
+            ucxl::Address::parse("ucxl://someone:else@other:task/elsewhere").expect("an address");
+    }
+    let answer = ucxl::Success::new(ucxl::Code::Ok, "stored", Results { results }, "r");
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        serde_json::to_vec(&answer).unwrap_or_default(),
+    )
+        .into_response()
 }
 
 async fn forward(inner: &Inner, request: Request) -> Response {

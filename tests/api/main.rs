@@ -17,6 +17,7 @@ mod process;
 #[path = "../../crates/ucxl-service/tests/support/raw_http.rs"]
 #[allow(dead_code)] // the service's own tests use the rest
 mod raw_http;
+mod replay;
 mod resilience;
 mod search;
 mod tls;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rustle_gateway::config::EndpointUrl;
 use rustle_gateway::resilience::retry::retryable;
 use rustle_gateway::upstream::transport::{ClientSettings, Exchange, HttpTransport};
-use rustle_gateway::upstream::ucxi::{self, Answer, AttemptError, NodeRequest};
+use rustle_gateway::upstream::ucxi::{self, Answer, AttemptError, NodeRequest, Subject};
 use tower::ServiceExt as _;
 
 use super::wire::{Fault, server};
@@ -37,7 +37,7 @@ async fn attempt(endpoint: &EndpointUrl, timeout: Duration) -> Result<Answer<Dat
             body: None,
             prefer: None,
             list: false,
-            about: None,
+            about: Subject::Any,
             hedge: false,
         }),
         request_id: "test".into(),

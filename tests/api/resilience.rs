@@ -420,7 +420,19 @@ async fn after_recovery_the_journal_is_replayed_to_the_cluster_in_order() {
     assert_eq!(status, 202);
     let (status, _) = json(app.delete(&format!("{A}-gone")).await).await;
     assert_eq!(status, 202);
-    assert_eq!(status_json(&app).await["journal"]["pending"], 7);
+    // Enough other writes that the replay's batches carry most of the journal.
+    let others = 150;
+    for i in 0..others {
+        let (status, _) = json(
+            app.put(&format!("{A}-many-{i}"), json!({"content": i}))
+                .await,
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    let journaled = 7 + others;
+    assert_eq!(status_json(&app).await["journal"]["pending"], journaled);
+    let before: usize = proxies.iter().map(FaultNode::api_hits).sum();
     for p in &proxies {
         p.set(Mode::Healthy);
     }
@@ -430,6 +442,14 @@ async fn after_recovery_the_journal_is_replayed_to_the_cluster_in_order() {
     })
     .await;
     assert!(replayed, "{}", status_json(&app).await);
+    // In batches: a few probes one entry at a time while the breakers are half-open, then
+    // a request per batch, not one per entry.
+    let requests: usize = proxies.iter().map(FaultNode::api_hits).sum::<usize>() - before;
+    assert!(
+        requests < journaled / 4,
+        "{requests} requests replayed {journaled} entries"
+    );
+    assert!(proxies.iter().map(FaultNode::batch_hits).sum::<usize>() > 0);
     // Every acknowledged write is on the cluster, in order, with its id, read from a node
     // the gateway never talked to.
     let client = reqwest::Client::new();
@@ -455,6 +475,13 @@ async fn after_recovery_the_journal_is_replayed_to_the_cluster_in_order() {
     assert_eq!(listed, ids);
     let (status, _) = cluster.nodes[2].get(&client, &format!("{A}-gone")).await;
     assert_eq!(status, 404, "the journaled delete reached the cluster");
+    for i in 0..others {
+        let (status, got) = cluster.nodes[2]
+            .get(&client, &format!("{A}-many-{i}"))
+            .await;
+        assert_eq!(status, 200, "{got}");
+        assert_eq!(got["response"]["data"]["content"], i);
+    }
     // Real traffic again.
     let response = app.get(A).await;
     assert_eq!(header(&response, "x-rustle-backend"), "real");
@@ -561,7 +588,7 @@ async fn a_clients_tiny_deadline_never_counts_against_an_endpoint() {
 async fn an_abandoned_attempt_gives_its_slot_back() {
     use rustle_gateway::backend::Call;
     use rustle_gateway::upstream::cluster::{Cluster, Jitters};
-    use rustle_gateway::upstream::ucxi::NodeRequest;
+    use rustle_gateway::upstream::ucxi::{NodeRequest, Subject};
     let slow = FaultNode::start(Mode::Hang, None).await;
     let config = cluster_config(std::slice::from_ref(&slow.url), BackendMode::Real);
     let cluster = Cluster::new(&config, Jitters::default()).expect("client");
@@ -576,7 +603,7 @@ async fn an_abandoned_attempt_gives_its_slot_back() {
         body: None,
         prefer: None,
         list: false,
-        about: None,
+        about: Subject::Any,
         hedge: false,
     };
     // The caller goes away (a client disconnect) while the attempt waits on the node.

@@ -1,5 +1,8 @@
 //! The UCXI HTTP API of a node (SPEC §9), in the UCXL response format. With an API token
 //! configured, every route but `/health` and `/metrics` needs it ([`crate::auth`]).
+//! Batched writes have their own module (`batch`).
+
+mod batch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +13,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, put};
+use axum::routing::{delete, get, post, put};
 use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
@@ -271,6 +274,7 @@ pub fn router(state: NodeState) -> Router {
         .route("/ucxi/v1/get", get(get_envelope))
         .route("/ucxi/v1/put", put(put_envelope))
         .route("/ucxi/v1/delete", delete(delete_envelope))
+        .route(ucxl::batch::ROUTE, post(batch::batch))
         .route("/ucxi/v1/history", get(history))
         .route("/ucxi/v1/discover", get(discover))
         .route("/status", get(status));

@@ -5,6 +5,7 @@
 //! pass [`Address`], [`Pattern`] and [`EnvelopeId`] around.
 
 pub mod address;
+pub mod batch;
 pub mod envelope;
 pub mod error;
 pub mod pattern;

@@ -113,6 +113,22 @@ impl From<&Version> for NewVersion {
     }
 }
 
+impl From<Version> for NewVersion {
+    /// The same, taking the version (no copy of its content or metadata).
+    fn from(v: Version) -> Self {
+        Self {
+            id: v.id,
+            content: v.content,
+            content_type: v.content_type,
+            metadata: v.metadata,
+            created_at: Some(v.created_at),
+            hash: Some(v.hash),
+            size: Some(v.size),
+            written_by: v.written_by,
+        }
+    }
+}
+
 /// Why a write was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {

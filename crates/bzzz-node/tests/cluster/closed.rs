@@ -75,6 +75,7 @@ async fn an_api_token_closes_every_route_but_health_and_metrics() {
         (Method::DELETE, format!("/ucxi/v1/delete?address={a}")),
         (Method::GET, format!("/ucxi/v1/history?address={a}")),
         (Method::GET, format!("/ucxi/v1/discover?pattern={pattern}")),
+        (Method::POST, "/ucxi/v1/batch".to_owned()),
         (Method::GET, "/status".to_owned()),
     ];
     for (method, path) in &routes {

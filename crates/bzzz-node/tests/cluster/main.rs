@@ -3,6 +3,7 @@
 //! their "ready" log line, which is the readiness signal; conditions that take time are
 //! polled with a deadline.
 
+mod batch;
 mod bodies;
 mod closed;
 mod harness;
