@@ -16,7 +16,7 @@ RUN cargo build --release --locked -p bzzz-node -p rustle-gateway \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/bzzz-node /out/rustle-gateway /usr/local/bin/
 COPY --from=build --chown=65532:65532 /out/data /data
-ENV BZZZ_DATA_DIR=/data/bzzz RUSTLE_JOURNAL_DIR=/data/journal
+ENV BZZZ_DATA_DIR=/data/bzzz RUSTLE_DATA_DIR=/data RUSTLE_JOURNAL_DIR=/data/journal
 USER 65532:65532
 EXPOSE 8080 4001
 CMD ["rustle-gateway"]

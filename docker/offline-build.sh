@@ -49,7 +49,7 @@ cat > "$stage/Dockerfile" <<'DOCKERFILE'
 FROM scratch
 COPY root/ /
 COPY --chown=65532:65532 data /data
-ENV BZZZ_DATA_DIR=/data/bzzz RUSTLE_JOURNAL_DIR=/data/journal PATH=/usr/local/bin
+ENV BZZZ_DATA_DIR=/data/bzzz RUSTLE_DATA_DIR=/data RUSTLE_JOURNAL_DIR=/data/journal PATH=/usr/local/bin
 USER 65532:65532
 EXPOSE 8080 4001
 CMD ["rustle-gateway"]

@@ -111,6 +111,7 @@ grants = [{{ ops = ["read", "search", "write", "delete", "watch", "admin"], patt
         "RUSTLE_BACKEND_MODE": "mock",
         "RUSTLE_AUTH_POLICY": policy,
         "RUSTLE_AUDIT_LOG": "off",
+        "RUSTLE_DATA_DIR": workdir,
         "RUSTLE_JOURNAL_DIR": os.path.join(workdir, "journal"),
         "RUST_LOG": "warn,rustle_gateway=info",
     }, "listening", "addr")

@@ -17,6 +17,8 @@ const RESTART_REQUIRED: &[&str] = &[
     "listen_addr",
     "log_format",
     "journal_dir",
+    "data_dir",
+    "local_store",
     "client_header_timeout",
     // The certificate files are re-read on reload; other files need a restart.
     "tls_cert",
@@ -80,6 +82,13 @@ pub async fn switch_mode(state: &AppState, mode: BackendMode) -> Result<BackendM
         let opened = tokio::task::spawn_blocking(move || shared.open_journal(&dir)).await?;
         let fallback = opened.map_err(|e| unavailable(format!("cannot open the journal: {e}")))?;
         fallback.start(&state.background);
+    }
+    if mode == BackendMode::Mock {
+        // Opening reads the whole store file: off the async workers.
+        let shared = state.clone();
+        tokio::task::spawn_blocking(move || shared.open_durable())
+            .await?
+            .map_err(|e| unavailable(format!("cannot open the local store: {e}")))?;
     }
     let backend = backend::for_mode(mode, state.parts()).map_err(|e| unavailable(e.reason))?;
     state.active.store(Arc::new(Active { mode, backend }));
@@ -207,6 +216,8 @@ pub async fn reload(state: &AppState) -> Result<ReloadReport, ControlError> {
     new.listen_addr = old.listen_addr;
     new.log_format = old.log_format;
     new.journal_dir.clone_from(&old.journal_dir);
+    new.data_dir.clone_from(&old.data_dir);
+    new.local_store = old.local_store;
     new.client_header_timeout = old.client_header_timeout;
     state.store.set_max_entries(new.cache_max_entries);
     if let Some(fallback) = state.fallback.get() {
@@ -278,11 +289,13 @@ mod tests {
         let config = Config {
             audit_log: AuditSink::Off,
             journal_dir: journal.path().to_path_buf(),
+            local_store: crate::config::LocalStorage::Memory,
             ..Config::default()
         };
         let env: HashMap<String, String> = [
             ("RUSTLE_CACHE_MAX_ENTRIES", "7"),
             ("RUSTLE_AUDIT_LOG", "off"),
+            ("RUSTLE_LOCAL_STORE", "memory"),
             ("RUSTLE_JOURNAL_DIR", &journal.path().display().to_string()),
         ]
         .into_iter()

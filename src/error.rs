@@ -82,6 +82,12 @@ pub enum ApiError {
         /// The configured limit.
         limit: usize,
     },
+    /// The disk of the local store (`RUSTLE_DATA_DIR`) is full or failing: nothing of the
+    /// write was kept.
+    #[error(
+        "the data directory's disk is full or failing: the write was not stored; free space in RUSTLE_DATA_DIR and retry"
+    )]
+    DiskFull,
     /// No backend can serve the request.
     #[error("{message}")]
     Unavailable {
@@ -158,7 +164,7 @@ impl ApiError {
             Self::TooManyRequests { .. } => Code::TooManyRequests,
             Self::NotFound { .. } => Code::NotFound,
             Self::Conflict { .. } => Code::Conflict,
-            Self::InsufficientStorage { .. } => Code::InsufficientStorage,
+            Self::InsufficientStorage { .. } | Self::DiskFull => Code::InsufficientStorage,
             Self::Unavailable { .. } => Code::ServiceUnavailable,
             Self::Timeout { .. } => Code::GatewayTimeout,
             Self::BadGateway { .. } => Code::BadGateway,
@@ -181,6 +187,7 @@ impl ApiError {
             | Self::Node { details, .. } => details.clone(),
             Self::Body(e) => e.report().details,
             Self::InsufficientStorage { limit } => json!({"max_entries": limit}),
+            Self::DiskFull => json!({"storage": "disk"}),
             Self::Forbidden { operation, target } => {
                 json!({"operation": operation, "address": ucxl::error::excerpt(target)})
             }
@@ -250,6 +257,19 @@ impl From<BackendError> for ApiError {
                 }
             },
             BackendError::StoreFull { limit } => Self::InsufficientStorage { limit },
+            BackendError::Storage { unwritable, cause } => {
+                tracing::error!(error = %cause, "the local store's disk refused a write");
+                if unwritable {
+                    Self::DiskFull
+                } else {
+                    Self::Unavailable {
+                        message: "the local store cannot take the write now: nothing was stored"
+                            .into(),
+                        details: json!({"storage": "disk"}),
+                        retry_after: Some(1),
+                    }
+                }
+            }
             BackendError::Timeout => Self::Timeout {
                 message: "the request deadline passed".into(),
                 details: json!({}),
@@ -375,6 +395,20 @@ mod tests {
             (
                 ApiError::InsufficientStorage { limit: 1 },
                 Code::InsufficientStorage,
+            ),
+            (
+                ApiError::from(BackendError::Storage {
+                    unwritable: true,
+                    cause: "no space".into(),
+                }),
+                Code::InsufficientStorage,
+            ),
+            (
+                ApiError::from(BackendError::Storage {
+                    unwritable: false,
+                    cause: "the writer has stopped".into(),
+                }),
+                Code::ServiceUnavailable,
             ),
             (
                 ApiError::from(BackendError::Cluster(ClusterFailure {

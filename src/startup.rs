@@ -118,6 +118,7 @@ pub fn build_state(config: Config, options: Options) -> Result<AppState, Startup
         store,
         cluster: Arc::new(cluster),
         fallback: std::sync::OnceLock::new(),
+        durable: std::sync::OnceLock::new(),
         background: CancellationToken::new(),
         in_flight: std::sync::atomic::AtomicUsize::new(0),
         metrics,
@@ -135,6 +136,9 @@ pub fn build_state(config: Config, options: Options) -> Result<AppState, Startup
         state
             .open_journal(&journal_dir)
             .map_err(StartupError::Environment)?;
+    }
+    if mode == BackendMode::Mock {
+        state.open_durable().map_err(StartupError::Environment)?;
     }
     let backend = backend::for_mode(mode, state.parts())?;
     state.active.store(Arc::new(Active { mode, backend }));

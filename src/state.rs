@@ -51,6 +51,8 @@ pub struct Shared {
     pub cluster: Arc<Cluster>,
     /// The journal and fallback state, once the journal is open.
     pub fallback: OnceLock<Arc<Fallback>>,
+    /// The local store's disk, once opened (mock mode with `RUSTLE_LOCAL_STORE=disk`).
+    pub durable: OnceLock<Arc<crate::store::durable::DurableStore>>,
     /// Cancelled when the application stops: background tasks end with it.
     pub background: CancellationToken,
     /// Requests in flight, bounded by `RUSTLE_MAX_IN_FLIGHT`.
@@ -100,7 +102,27 @@ impl AppState {
             store: &self.store,
             cluster: &self.cluster,
             fallback: self.fallback.get(),
+            durable: self.durable.get(),
         }
+    }
+
+    /// Opens the local store's disk in `RUSTLE_DATA_DIR` (once), loading what it holds,
+    /// when the configuration keeps the store on disk; `None` when it lives in memory.
+    ///
+    /// # Errors
+    /// When the data directory or the store file cannot be opened or read.
+    pub fn open_durable(&self) -> Result<Option<Arc<crate::store::durable::DurableStore>>, String> {
+        let config = self.config.load();
+        if config.local_store != crate::config::LocalStorage::Disk {
+            return Ok(None);
+        }
+        if let Some(durable) = self.durable.get() {
+            return Ok(Some(Arc::clone(durable)));
+        }
+        let durable =
+            crate::store::durable::DurableStore::open(&config.data_dir, Arc::clone(&self.store))
+                .map_err(|e| ucxl::error::Chain(&e).to_string())?;
+        Ok(Some(Arc::clone(self.durable.get_or_init(|| durable))))
     }
 
     /// Opens the journal in `dir` (once); [`Fallback::start`] starts its replayer.

@@ -1,6 +1,9 @@
 //! The mock backend: the local store as the one and only copy, with the semantics of a
 //! BZZZ node (temporal navigation, tombstones, idempotent ids, pattern search). It is the
 //! embedded default, for offline development and tests.
+//!
+//! Its writes are kept on disk before they are answered (the durable store) unless the
+//! store is configured to live in memory only (`RUSTLE_LOCAL_STORE=memory`).
 
 use std::sync::Arc;
 
@@ -12,19 +15,34 @@ use super::{
     Backend, BackendError, BackendKind, BackendStatus, Call, Deleted, FallbackStatus,
     JournalStatus, NotServed, Outcome, SearchPage, SearchQuery, Served, Via, Written,
 };
+use crate::store::durable::DurableStore;
 use crate::store::local::{LocalStore, Retention};
 
 /// The local store, serving as the backend.
 #[derive(Debug, Clone)]
 pub struct MockBackend {
     store: Arc<LocalStore>,
+    /// Where writes are made durable; `None` when the store lives in memory only.
+    durable: Option<Arc<DurableStore>>,
 }
 
 impl MockBackend {
-    /// A mock backend over `store`.
+    /// A mock backend over `store`, kept in memory only.
     #[must_use]
     pub fn new(store: Arc<LocalStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            durable: None,
+        }
+    }
+
+    /// A mock backend whose writes `durable` keeps on disk (reads come from its store).
+    #[must_use]
+    pub fn durable(durable: Arc<DurableStore>) -> Self {
+        Self {
+            store: Arc::clone(durable.store()),
+            durable: Some(durable),
+        }
     }
 
     fn served<T>(value: T) -> Served<T> {
@@ -42,10 +60,14 @@ impl MockBackend {
 #[async_trait]
 impl Backend for MockBackend {
     async fn put(&self, _call: &Call, address: &Address, new: NewVersion) -> Outcome<Written> {
-        let outcome = self
-            .store
-            .put(address, new, Retention::Owned, Utc::now())
-            .map_err(Self::not_served)?;
+        let outcome = match &self.durable {
+            Some(durable) => durable.put(address, new, Utc::now()).await,
+            None => self
+                .store
+                .put(address, new, Retention::Owned, Utc::now())
+                .map_err(Into::into),
+        }
+        .map_err(Self::not_served)?;
         let created = matches!(outcome, PutOutcome::Created { .. });
         let (version, stored) = outcome.parts();
         Ok(Self::served(Written {
@@ -64,10 +86,14 @@ impl Backend for MockBackend {
     }
 
     async fn delete(&self, _call: &Call, address: &Address, id: EnvelopeId) -> Outcome<Deleted> {
-        let outcome = self
-            .store
-            .delete(address, id, Retention::Owned, Utc::now())
-            .map_err(Self::not_served)?;
+        let outcome = match &self.durable {
+            Some(durable) => durable.delete(address, id, Utc::now()).await,
+            None => self
+                .store
+                .delete(address, id, Retention::Owned, Utc::now())
+                .map_err(Into::into),
+        }
+        .map_err(Self::not_served)?;
         let tombstone = outcome.tombstone();
         Ok(Self::served(Deleted {
             address: address.without_temporal(),

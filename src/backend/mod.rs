@@ -240,6 +240,27 @@ pub enum BackendError {
     /// The durable journal could not take a fallback write.
     #[error("the journal cannot take the write: {0}")]
     Journal(String),
+    /// The local store's disk did not take the write: nothing of it was kept.
+    #[error("the local store's disk cannot take the write: {cause}")]
+    Storage {
+        /// Full or failing storage (507), rather than a closed or stopped store (503).
+        unwritable: bool,
+        /// The storage's error chain, for the log.
+        cause: String,
+    },
+}
+
+impl From<crate::store::durable::DurableError> for BackendError {
+    fn from(e: crate::store::durable::DurableError) -> Self {
+        use crate::store::durable::DurableError;
+        match e {
+            DurableError::Store(e) => e.into(),
+            DurableError::Storage(e) => Self::Storage {
+                unwritable: e.is_unwritable(),
+                cause: ucxl::error::Chain(&e).to_string(),
+            },
+        }
+    }
 }
 
 impl From<crate::store::local::StoreError> for BackendError {
@@ -267,6 +288,9 @@ pub struct LocalStoreStatus {
     pub max_entries: usize,
     /// Addresses evicted since start.
     pub evictions: u64,
+    /// Where the data the store holds as the only copy is kept: `disk` (under
+    /// `RUSTLE_DATA_DIR`, kept across restarts) or `memory` (lost on restart).
+    pub storage: crate::config::LocalStorage,
 }
 
 /// Encodes the canonical address a page ended at as an opaque cursor.
@@ -417,6 +441,8 @@ pub struct Parts<'a> {
     pub cluster: &'a std::sync::Arc<crate::upstream::cluster::Cluster>,
     /// The journal and fallback state, when the journal is open.
     pub fallback: Option<&'a std::sync::Arc<hybrid::Fallback>>,
+    /// The local store's disk, when it is open (mock mode then writes through it).
+    pub durable: Option<&'a std::sync::Arc<crate::store::durable::DurableStore>>,
 }
 
 /// Whether `mode` can run over `cluster` (the one place that decides it, before anything
@@ -453,7 +479,10 @@ pub fn for_mode(
     };
     can_run(mode, parts.cluster)?;
     Ok(match mode {
-        BackendMode::Mock => Arc::new(mock::MockBackend::new(Arc::clone(parts.store))),
+        BackendMode::Mock => Arc::new(match parts.durable {
+            Some(durable) => mock::MockBackend::durable(Arc::clone(durable)),
+            None => mock::MockBackend::new(Arc::clone(parts.store)),
+        }),
         BackendMode::Real => Arc::new(real::RealBackend::new(
             Arc::clone(parts.cluster),
             Arc::clone(parts.store),

@@ -67,6 +67,27 @@ impl FromStr for BackendMode {
     }
 }
 
+/// Where the local store keeps the data it holds as the only copy (mock mode's data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalStorage {
+    /// On disk under `RUSTLE_DATA_DIR`, durable before a write is answered, loaded at start.
+    Disk,
+    /// In memory only: lost when the gateway stops (tests, throwaway runs).
+    Memory,
+}
+
+impl FromStr for LocalStorage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "disk" => Ok(Self::Disk),
+            "memory" => Ok(Self::Memory),
+            _ => Err("is not one of disk, memory".into()),
+        }
+    }
+}
+
 /// Whether callers must authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -260,6 +281,10 @@ pub struct Config {
     pub health_timeout: Duration,
     /// Breaker policy.
     pub breaker: BreakerConfig,
+    /// The gateway's data directory (the durable local store; the journal by default).
+    pub data_dir: PathBuf,
+    /// Where the local store keeps what it holds as the only copy.
+    pub local_store: LocalStorage,
     /// Journal directory.
     pub journal_dir: PathBuf,
     /// Versions the local store holds at most.

@@ -44,7 +44,9 @@ settings! {
     breaker_open_ms, "RUSTLE_BREAKER_OPEN_MS", Some("1000"), "first open period (ms)";
     breaker_open_max_ms, "RUSTLE_BREAKER_OPEN_MAX_MS", Some("30000"), "longest open period (ms)";
     breaker_half_open_probes, "RUSTLE_BREAKER_HALF_OPEN_PROBES", Some("3"), "probe requests admitted half-open; as many successes close";
-    journal_dir, "RUSTLE_JOURNAL_DIR", Some("./data/journal"), "directory of the durable write journal";
+    data_dir, "RUSTLE_DATA_DIR", Some("./data"), "directory of the gateway's own data: the durable local store (local-store.redb) and, unless RUSTLE_JOURNAL_DIR is set, the journal (journal/)";
+    local_store, "RUSTLE_LOCAL_STORE", Some("disk"), "disk or memory: where the local store keeps what it holds as the only copy (mock mode's data); disk keeps it across restarts, memory loses it (tests, throwaway runs)";
+    journal_dir, "RUSTLE_JOURNAL_DIR", None, "directory of the durable write journal; unset = <RUSTLE_DATA_DIR>/journal";
     cache_max_entries, "RUSTLE_CACHE_MAX_ENTRIES", Some("100000"), "versions the local store holds at most";
     max_body_bytes, "RUSTLE_MAX_BODY_BYTES", Some("1048576"), "largest request body (bytes)";
     max_answer_bytes, "RUSTLE_MAX_ANSWER_BYTES", Some("4194304"), "largest node answer about one envelope (bytes); history and search answers may be 8 times larger";

@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::settings::{SETTINGS, Setting};
 use super::{
     ANSWER_OVERHEAD_BYTES, AuditSink, AuthMode, BackendMode, BreakerConfig, Cli, Config,
-    EndpointUrl, LogFormat, RetryConfig, Secret,
+    EndpointUrl, LocalStorage, LogFormat, RetryConfig, Secret,
 };
 
 /// Where a value came from, for messages that point at the right place.
@@ -151,6 +151,9 @@ impl Sources {
             (true, true) => BackendMode::Hybrid,
             (false, _) => BackendMode::Mock,
         });
+        let data_dir = p
+            .path("data_dir")
+            .unwrap_or_else(|| PathBuf::from("./data"));
         let config = Config {
             listen_addr: p
                 .parse::<SocketAddr>("listen_addr", "is not a HOST:PORT socket address")
@@ -178,7 +181,13 @@ impl Sources {
                 open_max: p.millis("breaker_open_max_ms", 1, 3_600_000),
                 half_open_probes: p.number("breaker_half_open_probes", 1, 1000),
             },
-            journal_dir: PathBuf::from(p.text("journal_dir")),
+            journal_dir: p
+                .path("journal_dir")
+                .unwrap_or_else(|| data_dir.join("journal")),
+            data_dir,
+            local_store: p
+                .optional::<LocalStorage>("local_store")
+                .unwrap_or(LocalStorage::Disk),
             cache_max_entries: p.number("cache_max_entries", 1, 1 << 40),
             max_body_bytes: p.number("max_body_bytes", 1, 1 << 34),
             max_answer_bytes: p.number("max_answer_bytes", 1024, 1 << 34),

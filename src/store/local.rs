@@ -18,6 +18,7 @@ use ucxl::{
 };
 
 use crate::backend::{LocalStoreStatus, SearchQuery};
+use crate::config::LocalStorage;
 
 /// Why the local store could not do what was asked.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -121,6 +122,52 @@ impl FreedIds {
     }
 }
 
+impl Freed {
+    fn row(&self) -> FreedRow {
+        match self {
+            Self::Version(number, v) => FreedRow {
+                number: Some(*number),
+                entry: ucxl::Entry::Version(Arc::clone(v)),
+            },
+            Self::Tombstone(t) => FreedRow {
+                number: None,
+                entry: ucxl::Entry::Tombstone(t.clone()),
+            },
+        }
+    }
+
+    fn from_row(row: FreedRow) -> (EnvelopeId, Self) {
+        let id = row.entry.id().clone();
+        let freed = match (row.entry, row.number) {
+            (ucxl::Entry::Version(v), n) => Self::Version(n.unwrap_or(0), v),
+            (ucxl::Entry::Tombstone(t), _) => Self::Tombstone(t),
+        };
+        (id, freed)
+    }
+}
+
+/// An id a delete freed, as the durable store keeps it: the entry (a version without its
+/// content, or a tombstone) and a version's number in its history.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FreedRow {
+    /// A version's number in its history; `None` for a tombstone.
+    pub number: Option<u32>,
+    /// The freed entry.
+    pub entry: ucxl::Entry,
+}
+
+/// Everything the store holds of one address as the only copy: its entries, oldest first,
+/// and the ids deletes freed, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordImage {
+    /// The address, without a temporal segment.
+    pub address: Address,
+    /// Versions and tombstones, oldest first.
+    pub entries: Vec<ucxl::Entry>,
+    /// Freed ids, oldest first.
+    pub freed: Vec<FreedRow>,
+}
+
 #[derive(Debug)]
 struct Record {
     address: Address,
@@ -163,6 +210,8 @@ struct Inner {
 pub struct LocalStore {
     inner: RwLock<Inner>,
     evictions: AtomicU64,
+    /// Whether the owned records are kept on disk (a durable store loaded them).
+    on_disk: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -182,6 +231,52 @@ impl Inner {
             }
             record.touched = tick;
         }
+    }
+
+    /// Removes the record at `key`, owned or cached, with its counters and LRU entry.
+    fn forget(&mut self, key: &str) {
+        if let Some(old) = self.records.remove(key) {
+            self.entries -= old.set.len();
+            if old.owned {
+                self.owned_entries -= old.set.len();
+            } else {
+                self.lru.remove(&old.touched);
+            }
+        }
+    }
+
+    /// Adds `image` as an owned record (the address must hold none). Never refused for
+    /// space: this is data the store already acknowledged.
+    fn install(&mut self, image: RecordImage) {
+        let mut set = VersionSet::default();
+        for entry in image.entries {
+            set.insert(entry);
+        }
+        let mut freed = FreedIds::default();
+        for row in image.freed {
+            let (id, f) = Freed::from_row(row);
+            if freed.by_id.insert(id.clone(), f).is_none() {
+                freed.order.push_back(id);
+            }
+        }
+        if set.is_empty() && freed.by_id.is_empty() {
+            return;
+        }
+        let key = image.address.canonical().to_owned();
+        self.entries += set.len();
+        self.owned_entries += set.len();
+        self.tick += 1;
+        self.records.insert(
+            key,
+            Record {
+                address: image.address.without_temporal(),
+                set,
+                freed,
+                owned: true,
+                touched: self.tick,
+                offset: 0,
+            },
+        );
     }
 
     /// Removes a cached record with its counters and LRU entry (owned records stay).
@@ -300,6 +395,7 @@ impl LocalStore {
                 ..Inner::default()
             }),
             evictions: AtomicU64::new(0),
+            on_disk: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -670,6 +766,49 @@ impl LocalStore {
         self.count_evictions(evicted);
     }
 
+    /// What the store holds of `address` as the only copy (`None` when nothing, or only a
+    /// cache of cluster data): what the durable store writes to disk and restores.
+    #[must_use]
+    pub fn image(&self, address: &Address) -> Option<RecordImage> {
+        let inner = self.read();
+        let record = inner.records.get(address.canonical())?;
+        record.owned.then(|| RecordImage {
+            address: record.address.clone(),
+            entries: record.set.entries().to_vec(),
+            freed: record
+                .freed
+                .order
+                .iter()
+                .filter_map(|id| record.freed.by_id.get(id))
+                .map(Freed::row)
+                .collect(),
+        })
+    }
+
+    /// Puts back what [`image`](Self::image) returned for the address (or forgets the
+    /// address when it returned `None`): a change the disk refused is taken back.
+    pub fn restore(&self, address: &Address, image: Option<RecordImage>) {
+        let mut inner = self.write();
+        inner.forget(address.canonical());
+        if let Some(image) = image {
+            inner.install(image);
+        }
+    }
+
+    /// Installs `images` (what the disk holds) as the only copy, replacing what the store
+    /// holds at their addresses, and marks the store as kept on disk. Other records stay
+    /// (a hybrid fallback's journaled data is not the disk store's to drop).
+    pub fn install_owned(&self, images: Vec<RecordImage>) {
+        let mut inner = self.write();
+        for image in images {
+            let key = image.address.canonical().to_owned();
+            inner.forget(&key);
+            inner.install(image);
+        }
+        drop(inner);
+        self.on_disk.store(true, Ordering::Relaxed);
+    }
+
     /// Counters for `/v1/status`.
     #[must_use]
     pub fn status(&self) -> LocalStoreStatus {
@@ -680,6 +819,11 @@ impl LocalStore {
             owned_entries: inner.owned_entries,
             max_entries: inner.max_entries,
             evictions: self.evictions.load(Ordering::Relaxed),
+            storage: if self.on_disk.load(Ordering::Relaxed) {
+                LocalStorage::Disk
+            } else {
+                LocalStorage::Memory
+            },
         }
     }
 }

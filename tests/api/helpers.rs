@@ -20,6 +20,8 @@ pub struct TestApp {
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     /// The journal directory of apps whose configuration did not name one.
     _journal: Option<tempfile::TempDir>,
+    /// The data directory of apps whose configuration did not name one.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl Drop for TestApp {
@@ -30,11 +32,12 @@ impl Drop for TestApp {
 
 /// The default test configuration: the defaults, on 127.0.0.1 port 0, without an audit
 /// log (records would go to the test process's standard output; the audit tests name a
-/// file).
+/// file), with the local store in memory (the durable store has its own tests).
 pub fn test_config() -> Config {
     let mut config = Sources::default().resolve().expect("defaults are valid");
     config.listen_addr = "127.0.0.1:0".parse().expect("addr");
     config.audit_log = rustle_gateway::config::AuditSink::Off;
+    config.local_store = rustle_gateway::config::LocalStorage::Memory;
     config
 }
 
@@ -65,6 +68,26 @@ pub async fn spawn_app_with_env(
             dir.path().display().to_string(),
         );
     }
+    let data = (config.data_dir == test_config_default().data_dir).then(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        config.data_dir = dir.path().to_path_buf();
+        dir
+    });
+    if let Some(dir) = &data {
+        initial.insert(
+            "RUSTLE_DATA_DIR".to_owned(),
+            dir.path().display().to_string(),
+        );
+    }
+    initial
+        .entry("RUSTLE_LOCAL_STORE".to_owned())
+        .or_insert_with(|| {
+            match config.local_store {
+                rustle_gateway::config::LocalStorage::Disk => "disk",
+                rustle_gateway::config::LocalStorage::Memory => "memory",
+            }
+            .to_owned()
+        });
     let env = Arc::new(Mutex::new(initial));
     let reader = Arc::clone(&env);
     options.env = Arc::new(move || reader.lock().expect("env lock").clone());
@@ -81,14 +104,16 @@ pub async fn spawn_app_with_env(
         shutdown,
         server: Some(server),
         _journal: journal,
+        _data: data,
     }
 }
 
+fn test_config_default() -> Config {
+    Sources::default().resolve().expect("defaults are valid")
+}
+
 fn test_config_default_journal() -> std::path::PathBuf {
-    Sources::default()
-        .resolve()
-        .expect("defaults are valid")
-        .journal_dir
+    test_config_default().journal_dir
 }
 
 /// URL-encodes a query value.

@@ -100,7 +100,9 @@ pub(super) fn spawn_listening(env: &[(&str, &str)]) -> (std::process::Child, Str
 
 #[test]
 fn serves_then_stops_on_sigterm() {
-    let (mut child, addr) = spawn_listening(&[]);
+    let data = tempfile::tempdir().expect("tempdir");
+    let data_dir = data.path().display().to_string();
+    let (mut child, addr) = spawn_listening(&[("RUSTLE_DATA_DIR", data_dir.as_str())]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -128,6 +130,27 @@ fn serves_then_stops_on_sigterm() {
         .status()
         .expect("runs");
     assert_eq!(unhealthy.code(), Some(1), "nothing listens there");
+    assert_eq!(terminate(&mut child).code(), Some(0));
+}
+
+/// A gateway process that is killed when the test ends, passed or not.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// [`spawn_listening`], killed when dropped.
+fn spawn_reaped(env: &[(&str, &str)]) -> (Reaped, String) {
+    let (child, addr) = spawn_listening(env);
+    (Reaped(child), addr)
+}
+
+/// Sends SIGTERM and waits for the exit.
+fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
     let pid = child.id().to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])
@@ -135,17 +158,174 @@ fn serves_then_stops_on_sigterm() {
         .expect("kill runs");
     assert!(killed.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let exit = loop {
+    loop {
         if let Some(exit) = child.try_wait().expect("waits") {
-            break exit;
+            return exit;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "the gateway did not stop"
         );
         std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(exit.code(), Some(0));
+    }
+}
+
+/// What the embedded default holds at `address` (status, latest, history ids), and where its
+/// local store keeps its data.
+async fn embedded_view(
+    client: &reqwest::Client,
+    addr: &str,
+    address: &str,
+) -> (
+    u16,
+    serde_json::Value,
+    Vec<serde_json::Value>,
+    serde_json::Value,
+) {
+    use super::helpers::enc;
+    use super::nodes::body;
+    let (status, latest) = body(
+        client
+            .get(format!(
+                "http://{addr}/v1/envelopes?address={}",
+                enc(address)
+            ))
+            .send()
+            .await,
+    )
+    .await;
+    let (_, history) = body(
+        client
+            .get(format!(
+                "http://{addr}/v1/envelopes/history?address={}",
+                enc(address)
+            ))
+            .send()
+            .await,
+    )
+    .await;
+    let ids = history["response"]["data"]["versions"]
+        .as_array()
+        .map(|v| v.iter().map(|v| v["id"].clone()).collect())
+        .unwrap_or_default();
+    let (_, status_doc) = body(client.get(format!("http://{addr}/v1/status")).send().await).await;
+    (
+        status,
+        latest["response"]["data"].clone(),
+        ids,
+        status_doc["response"]["data"]["local_store"]["storage"].clone(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_default_keeps_acknowledged_writes_across_sigkill_and_sigterm() {
+    use super::helpers::enc;
+    use super::nodes::body;
+    let data = tempfile::tempdir().expect("tempdir");
+    let data_dir = data.path().display().to_string();
+    // Nothing but the data directory configured: the embedded default.
+    let env = [("RUSTLE_DATA_DIR", data_dir.as_str())];
+    let (mut first, addr) = spawn_reaped(&env);
+    let client = reqwest::Client::new();
+    let kept = "ucxl://agent:dev@proj:task/notes/kept";
+    let gone = "ucxl://any:any@BZZZ:RUSTLE-testing/shared/gone";
+    let url =
+        |addr: &str, address: &str| format!("http://{addr}/v1/envelopes?address={}", enc(address));
+    for n in 1..=3 {
+        let (status, answer) = body(
+            client
+                .put(url(&addr, kept))
+                .json(&serde_json::json!({"content": {"n": n}}))
+                .send()
+                .await,
+        )
+        .await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    let (status, _) = body(
+        client
+            .put(url(&addr, gone))
+            .header("Idempotency-Key", "gone-1")
+            .json(&serde_json::json!({"content": "soon deleted"}))
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _) = body(client.delete(url(&addr, gone)).send().await).await;
+    assert_eq!(status, 200);
+    let before = embedded_view(&client, &addr, kept).await;
+    assert_eq!(before.0, 200);
+    assert_eq!(before.1["version"], 3);
+    assert_eq!(before.2.len(), 3);
+    assert_eq!(before.3, "disk", "the status says where the data is kept");
+
+    // SIGKILL: no shutdown, no flush.
+    first.0.kill().expect("killed");
+    first.0.wait().expect("reaped");
+    let (mut second, addr) = spawn_reaped(&env);
+    assert_eq!(
+        embedded_view(&client, &addr, kept).await,
+        before,
+        "a SIGKILL loses nothing acknowledged"
+    );
+    let (status, _) = body(client.get(url(&addr, gone)).send().await).await;
+    assert_eq!(status, 404, "the delete was kept too");
+    // A late retry of the deleted write stays a no-op after the restart.
+    let (status, answer) = body(
+        client
+            .put(url(&addr, gone))
+            .header("Idempotency-Key", "gone-1")
+            .json(&serde_json::json!({"content": "soon deleted"}))
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = body(client.get(url(&addr, gone)).send().await).await;
+    assert_eq!(status, 404, "deleted content does not come back");
+
+    // A graceful stop, then a start: still there.
+    assert_eq!(terminate(&mut second.0).code(), Some(0));
+    let (mut third, addr) = spawn_reaped(&env);
+    assert_eq!(embedded_view(&client, &addr, kept).await, before);
+    assert_eq!(terminate(&mut third.0).code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_in_memory_says_so_and_forgets_on_restart() {
+    use super::nodes::body;
+    let data = tempfile::tempdir().expect("tempdir");
+    let data_dir = data.path().display().to_string();
+    let env = [
+        ("RUSTLE_DATA_DIR", data_dir.as_str()),
+        ("RUSTLE_LOCAL_STORE", "memory"),
+    ];
+    let address = "ucxl://agent:dev@proj:task/notes/throwaway";
+    let client = reqwest::Client::new();
+    let (mut first, addr) = spawn_reaped(&env);
+    let (status, _) = body(
+        client
+            .put(format!(
+                "http://{addr}/v1/envelopes?address={}",
+                super::helpers::enc(address)
+            ))
+            .json(&serde_json::json!({"content": 1}))
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let view = embedded_view(&client, &addr, address).await;
+    assert_eq!((view.0, view.3), (200, serde_json::json!("memory")));
+    assert_eq!(terminate(&mut first.0).code(), Some(0));
+    let (mut second, addr) = spawn_reaped(&env);
+    assert_eq!(embedded_view(&client, &addr, address).await.0, 404);
+    assert!(
+        !data.path().join("local-store.redb").exists(),
+        "nothing is written to disk"
+    );
+    assert_eq!(terminate(&mut second.0).code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +346,7 @@ async fn the_journal_survives_sigkill_and_reaches_the_cluster_after_restart() {
     ];
     let mut env = hybrid.to_vec();
     env.push(("RUSTLE_BZZZ_ENDPOINTS", down.as_str()));
-    let (mut first, addr) = spawn_listening(&env);
+    let (mut first, addr) = spawn_reaped(&env);
     let client = reqwest::Client::new();
     let address = "ucxl://agent:tester@bzzz:crash/notes/n";
     let mut acknowledged = Vec::new();
@@ -186,13 +366,13 @@ async fn the_journal_survives_sigkill_and_reaches_the_cluster_after_restart() {
         acknowledged.push(answer["response"]["data"]["id"].clone());
     }
     // SIGKILL: no shutdown, no flush.
-    first.kill().expect("killed");
-    first.wait().expect("reaped");
+    first.0.kill().expect("killed");
+    first.0.wait().expect("reaped");
 
     let node_url = node.url("");
     let mut env = hybrid.to_vec();
     env.push(("RUSTLE_BZZZ_ENDPOINTS", node_url.as_str()));
-    let (mut second, addr) = spawn_listening(&env);
+    let (mut second, addr) = spawn_reaped(&env);
     let status_url = format!("http://{addr}/v1/status");
     let replayed = wait_until(Duration::from_secs(20), || async {
         let (_, s) = body(client.get(&status_url).send().await).await;
@@ -221,6 +401,6 @@ async fn the_journal_survives_sigkill_and_reaches_the_cluster_after_restart() {
         .map(|v| v["id"].clone())
         .collect();
     assert_eq!(ids, acknowledged);
-    second.kill().expect("killed");
-    let _ = second.wait();
+    second.0.kill().expect("killed");
+    let _ = second.0.wait();
 }
