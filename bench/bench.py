@@ -10,6 +10,7 @@ same backends, on this 2-core machine, with the protocol of ../shared/BENCHMARKI
     bench/bench.py nodes-write    three real bzzz-node processes: PUT
     bench/bench.py nodes-down     real nodes, one SIGKILLed during the run: GET then PUT
     bench/bench.py gates          callgrind instructions and syscalls per gateway read (c=1)
+    bench/bench.py mock-write     the embedded default's writes: local store on disk vs in memory
     bench/bench.py report         bench/results/<date>.md from the stages' results
     bench/bench.py all            every stage above, in order (each stage < 10 minutes)
 
@@ -722,6 +723,75 @@ def load_stage(stage, args):
     return {"stage": stage, "rate": rate, "seconds": seconds, "rounds": rounds}
 
 
+STORAGES = ["disk", "memory"]
+
+
+def mock_write_stage(args):
+    """The embedded default's writes: the gateway in mock mode with its local store on disk
+    (the default: every write committed and fsynced before its answer; concurrent writes
+    share one fsync) against the same gateway with the store in memory (nothing survives a
+    restart). PUTs of new addresses at a fixed rate (latency, CPU), then closed-loop PUTs
+    over 20,000 addresses (saturation). The data directory is on this machine's disk."""
+    work = tempfile.mkdtemp(prefix="rustle-bench-mock-")
+    rate = args.rate or 2000
+    seconds = args.seconds
+    rounds = []
+    try:
+        for r in range(args.rounds):
+            runs = {}
+            for storage in (STORAGES if r % 2 == 0 else STORAGES[::-1]):
+                sut = Sut("gateway", [], work)
+                sut.extra_env = {
+                    "RUSTLE_BACKEND_MODE": "mock",
+                    "RUSTLE_LOCAL_STORE": storage,
+                    "RUSTLE_DATA_DIR": tempfile.mkdtemp(prefix=f"data-{storage}-", dir=work),
+                    # the bound is not what is measured: room for every write of the stage
+                    "RUSTLE_CACHE_MAX_ENTRIES": "100000000",
+                    "RUSTLE_AUDIT_LOG": "off",
+                }
+                sut.start()
+                try:
+                    runs[storage] = measure(sut, "write", "nodes", rate, seconds)
+                    runs[storage]["storage_reported"] = json.loads(
+                        http("GET", sut.base + "/v1/status")[1]
+                    )["response"]["data"]["local_store"]["storage"]
+                finally:
+                    sut.stop()
+                runs[storage]["gate"] = (gate_ok(runs[storage])
+                                         and runs[storage]["storage_reported"] == storage)
+                log(f"round {r + 1} {storage}: {summary_line(runs[storage])}")
+            rounds.append(runs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"stage": "mock-write", "rate": rate, "seconds": seconds, "rounds": rounds}
+
+
+def mock_write_table(data):
+    rounds = data["rounds"]
+    lines = [f"### mock-write (PUTs of new addresses at {data['rate']} req/s, {data['seconds']} s "
+             f"runs, then closed-loop PUTs; {len(rounds)} rounds; commit "
+             f"{data.get('commit', '?')})", "",
+             "| local store | " + " | ".join(m[0] for m in METRICS) + " | sat: CPU1 busy | gate |",
+             "|---" * (len(METRICS) + 3) + "|"]
+    for k in STORAGES:
+        cells = [median_range([f(r[k]) for r in rounds]) for _, f, _ in METRICS]
+        busy = median_range([r[k].get("saturation", {}).get("cpu1_busy") for r in rounds])
+        gate = all(r[k]["gate"] for r in rounds)
+        lines.append(f"| {k} | " + " | ".join(cells) + f" | {busy} | "
+                     + ("pass" if gate else "**FAIL**") + " |")
+    lines.append("")
+    lines.append("| disk/memory (median [min-max] of per-round ratios) | value |")
+    lines.append("|---|---|")
+    for name, f, _ in METRICS:
+        ratios = []
+        for r in rounds:
+            a, b = f(r["disk"]), f(r["memory"])
+            ratios.append(a / b if a is not None and b else None)
+        lines.append(f"| {name} | {median_range(ratios)} |")
+    lines.append("")
+    return lines
+
+
 def summary_line(run):
     f = run["fixed"]
     parts = [f"p50 {f['p50_ms']:.3f} ms", f"p99 {f['p99_ms']:.3f} ms"]
@@ -1014,7 +1084,8 @@ def report(date):
     host = subprocess.run(["uname", "-r"], capture_output=True, text=True).stdout.strip()
     lines += [f"Kernel {host}; {version_line()}", ""]
     flagged = []
-    for stage in ["fixed-read", "fixed-write", "nodes-read", "nodes-write", "nodes-down", "gates"]:
+    for stage in ["fixed-read", "fixed-write", "nodes-read", "nodes-write", "nodes-down", "gates",
+                  "mock-write"]:
         path = os.path.join(d, f"{stage}.json")
         if not os.path.exists(path):
             lines += [f"### {stage}", "", "not run", ""]
@@ -1026,6 +1097,8 @@ def report(date):
             lines += more
         elif stage == "nodes-down":
             lines += down_table(data)
+        elif stage == "mock-write":
+            lines += mock_write_table(data)
         else:
             lines += load_table(data)
     out = os.path.join(RESULTS, f"{date}.md")
@@ -1074,7 +1147,8 @@ def build():
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("stage", choices=["setup", "build", "fixed-read", "fixed-write", "nodes-read",
-                                     "nodes-write", "nodes-down", "gates", "report", "all"])
+                                     "nodes-write", "nodes-down", "gates", "mock-write", "report",
+                                     "all"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=int, default=5, help="length of each measured run")
     p.add_argument("--rate", type=int, default=0, help="fixed rate (default per stage)")
@@ -1089,7 +1163,7 @@ def main():
     stages = [args.stage]
     if args.stage == "all":
         stages = ["setup", "build", "fixed-read", "fixed-write", "nodes-read", "nodes-write",
-                  "nodes-down", "gates", "report"]
+                  "nodes-down", "gates", "mock-write", "report"]
     for stage in stages:
         started = time.monotonic()
         if stage == "setup":
@@ -1105,6 +1179,8 @@ def main():
                 data = gates_stage(args)
             elif stage == "nodes-down":
                 data = down_stage(args)
+            elif stage == "mock-write":
+                data = mock_write_stage(args)
             else:
                 data = load_stage(stage, args)
             data["measured_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
