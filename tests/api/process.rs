@@ -242,15 +242,15 @@ async fn the_embedded_default_keeps_acknowledged_writes_across_sigkill_and_sigte
         .await;
         assert_eq!(status, 201, "{answer}");
     }
-    let (status, _) = body(
+    // The same write each time: a retry after the delete must stay a no-op.
+    let put_gone = |addr: &str| {
         client
-            .put(url(&addr, gone))
+            .put(url(addr, gone))
             .header("Idempotency-Key", "gone-1")
             .json(&serde_json::json!({"content": "soon deleted"}))
             .send()
-            .await,
-    )
-    .await;
+    };
+    let (status, _) = body(put_gone(&addr).await).await;
     assert_eq!(status, 201);
     let (status, _) = body(client.delete(url(&addr, gone)).send().await).await;
     assert_eq!(status, 200);
@@ -272,15 +272,7 @@ async fn the_embedded_default_keeps_acknowledged_writes_across_sigkill_and_sigte
     let (status, _) = body(client.get(url(&addr, gone)).send().await).await;
     assert_eq!(status, 404, "the delete was kept too");
     // A late retry of the deleted write stays a no-op after the restart.
-    let (status, answer) = body(
-        client
-            .put(url(&addr, gone))
-            .header("Idempotency-Key", "gone-1")
-            .json(&serde_json::json!({"content": "soon deleted"}))
-            .send()
-            .await,
-    )
-    .await;
+    let (status, answer) = body(put_gone(&addr).await).await;
     assert_eq!(status, 200, "{answer}");
     let (status, _) = body(client.get(url(&addr, gone)).send().await).await;
     assert_eq!(status, 404, "deleted content does not come back");
