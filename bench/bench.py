@@ -1368,6 +1368,10 @@ def main():
                    help="results label: bench/results/<date>/ and <date>.md")
     p.add_argument("--gateway-bin", help="another gateway binary (e.g. a baseline build)")
     args = p.parse_args()
+    # SIGTERM, and SIGINT even when started in the background (where it is ignored), end
+    # the harness through its `finally` blocks, which stop every server it started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.gateway_bin:
         GATEWAY_BIN[0] = os.path.abspath(args.gateway_bin)
     os.environ["PATH"] = os.path.expanduser("~/.cargo/bin") + ":" + os.environ["PATH"]
