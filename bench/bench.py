@@ -127,6 +127,27 @@ def cpu_ns(pid):
     return total
 
 
+def others_ns(cpu, exclude):
+    """On-CPU time (schedstat, ns) of each task allowed to run on `cpu`, apart from the
+    process trees in `exclude`: by task id. (No /proc/schedstat here to say what ran on
+    the CPU itself: this is an upper bound of the CPU's time that was not the SUT's.)"""
+    skip = {p for pid in exclude for p in tree(pid)}
+    out = {}
+    for path in glob.glob("/proc/[0-9]*/task/[0-9]*/schedstat"):
+        parts = path.split("/")
+        pid, tid = int(parts[2]), int(parts[4])
+        if pid in skip:
+            continue
+        try:
+            if int(cpu) not in os.sched_getaffinity(tid):
+                continue
+            with open(path) as f:
+                out[tid] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
 def rss_kib(pid, field="VmRSS"):
     total = 0
     for p in tree(pid):
@@ -675,18 +696,21 @@ def measure(sut, workload, backend, rate, seconds, saturate=True, headers=None):
     url, regex = oha_url(sut, workload, backend)
     # warm-up: connections, pools, caches
     oha(url, min(rate, 2000), 1, method=method, body=body, regex=regex, headers=headers)
+    others_before = others_ns(SUT_CPU, [sut.pid] if sut.pid else [])
     before = cpu_ns(sut.pid) if sut.pid else 0
-    cpu1_before, started = cpu_times(SUT_CPU), time.monotonic()
+    cpu1_before = cpu_times(SUT_CPU)
     fixed = oha(url, rate, seconds, method=method, body=body, regex=regex, headers=headers)
     after = cpu_ns(sut.pid) if sut.pid else 0
-    cpu1_after, elapsed = cpu_times(SUT_CPU), time.monotonic() - started
+    cpu1_after = cpu_times(SUT_CPU)
+    others_after = others_ns(SUT_CPU, [sut.pid] if sut.pid else [])
     answered = fixed["ok"] + fixed["non2xx"]
     fixed["cpu_us"] = (after - before) / 1e3 / answered if sut.pid and answered else None
-    # CPU 1 busy time (/proc/stat, 10 ms ticks) that is not the SUT's own schedstat time:
-    # other work that landed on the SUT's CPU (interrupts, kernel threads, stray builds)
+    # CPU 1 busy share (/proc/stat, 10 ms ticks: coarse at partial load), and the on-CPU
+    # time of every other task that may run on CPU 1 (builds, kernel threads; not the load
+    # generator or backends, pinned to CPU 0): an upper bound of the SUT's disturbance
     fixed["cpu1_busy"] = busy_between(cpu1_before, cpu1_after)
-    if sut.pid:
-        fixed["cpu1_other_ms"] = fixed["cpu1_busy"] * elapsed * 1e3 - (after - before) / 1e6
+    fixed["cpu1_others_ms"] = sum(
+        max(0, t - others_before.get(tid, 0)) for tid, t in others_after.items()) / 1e6
     result = {"fixed": fixed}
     if saturate:
         result["saturation"] = wrk(sut.base, wrk_paths(sut, workload, backend), seconds,
@@ -1026,9 +1050,11 @@ def auth_sut(variants, variant, upstreams, work):
 
 def auth_read_stage(args):
     """fixed-read's gateway (fixed backends, hybrid mode, pinned on CPU 1 with one worker)
-    in the three AuthVariants, each started fresh in every round, in a rotating order."""
+    in the three AuthVariants, each started fresh in every round, in a rotating order.
+    Default rate 5000 req/s: on the 2026-11-30 VM the gateway saturated near 11k req/s, and
+    a fixed rate near saturation measures queueing, not the cost of a request."""
     work = tempfile.mkdtemp(prefix="rustle-bench-fixed-auth-")
-    rate = args.rate or 10000
+    rate = args.rate or 5000
     backends = FixedBackends(work)
     variants = AuthVariants(work)
     rounds = []
@@ -1048,7 +1074,8 @@ def auth_read_stage(args):
                 runs[variant]["gate"] = gate_ok(runs[variant])
                 f = runs[variant]["fixed"]
                 log(f"round {r + 1} {variant}: {summary_line(runs[variant])}; cpu1 busy "
-                    f"{f['cpu1_busy'] * 100:.0f}%, not the SUT {f['cpu1_other_ms']:.0f} ms")
+                    f"{f['cpu1_busy'] * 100:.0f}%, other tasks allowed on cpu1 "
+                    f"{f['cpu1_others_ms']:.0f} ms")
             rounds.append(runs)
     finally:
         backends.stop()
@@ -1184,8 +1211,8 @@ def auth_read_table(data):
              f"{data['seconds']} s runs, {len(rounds)} rounds; grant pattern "
              f"`{data['pattern']}`; commit {data.get('commit', '?')})", "",
              "| variant | CPU-µs/req at fixed rate | p50 ms | p99 ms | saturation req/s "
-             "| sat: CPU1 busy | fixed rate: CPU1 busy | fixed rate: CPU1 busy not the SUT, "
-             "ms per run | gate |",
+             "| sat: CPU1 busy | fixed rate: CPU1 busy | fixed rate: other tasks allowed on "
+             "CPU1, CPU-ms per run | gate |",
              "|---|---|---|---|---|---|---|---|---|"]
     for v in AUTH_VARIANTS:
         rr = [r[v] for r in rounds]
@@ -1196,7 +1223,7 @@ def auth_read_table(data):
             f"| {median_range([x.get('saturation', {}).get('rps') for x in rr], 0)} "
             f"| {median_range([x.get('saturation', {}).get('cpu1_busy') for x in rr])} "
             f"| {median_range([x['fixed'].get('cpu1_busy') for x in rr])} "
-            f"| {median_range([x['fixed'].get('cpu1_other_ms') for x in rr], 0)} "
+            f"| {median_range([x['fixed'].get('cpu1_others_ms') for x in rr], 0)} "
             f"| {'pass' if all(x['gate'] for x in rr) else '**FAIL**'} |")
     lines += ["", "| ratio (median [min-max] of per-round ratios) | key/none | jwt/none |",
               "|---|---|---|"]
@@ -1220,7 +1247,11 @@ def auth_read_table(data):
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"Issue 14 target (CPU-µs/req ratio at most {AUTH_LIMIT:.2f}): "
               + "; ".join(verdicts) + ". Per-round CPU ratios on this 2-core VM move by more "
-              "than 5%; the instructions of `auth-gates` are the deterministic figure.", ""]
+              "than 5%; the instructions of `auth-gates` are the deterministic figure. "
+              "CPU1 busy is from /proc/stat (10 ms ticks, coarse at partial load); the "
+              "other tasks' column is the on-CPU time (schedstat) of every task besides the "
+              "SUT allowed to run on CPU 1 (load generator and backends are pinned to CPU 0): "
+              "an upper bound of the SUT's disturbance.", ""]
     return lines
 
 
