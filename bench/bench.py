@@ -1042,6 +1042,28 @@ hs256_secret_env = "{JWT_SECRET_ENV}"
             client.close()
 
 
+QUIET_SHARE = 0.05  # other tasks allowed on CPU 1 may use 5% of a CPU in a quiet round
+
+
+def wait_quiet(within, exclude=()):
+    """Waits (at most `within` s) until the other tasks allowed on CPU 1 use less than
+    QUIET_SHARE of a CPU over a second (another build on this 2-core machine). Returns the
+    seconds waited, or None when it stayed busy."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        before = others_ns(SUT_CPU, exclude)
+        time.sleep(1)
+        after = others_ns(SUT_CPU, exclude)
+        used = sum(max(0, t - before.get(tid, 0)) for tid, t in after.items()) / 1e9
+        if used < QUIET_SHARE:
+            return time.monotonic() - started
+    return None
+
+
+def disturbed(run, seconds):
+    return run["fixed"].get("cpu1_others_ms", 0) > QUIET_SHARE * seconds * 1e3
+
+
 def auth_sut(variants, variant, upstreams, work):
     sut = Sut("gateway", upstreams, work)
     sut.extra_env = variants.env(variant)
@@ -1062,6 +1084,11 @@ def auth_read_stage(args):
     rounds = []
     try:
         for r in range(args.rounds):
+            waited = wait_quiet(120, [backends.proc.pid])
+            if waited is None or waited > 1.5:
+                log(f"round {r + 1}: " + ("other tasks kept CPU 1 busy for 120 s; measuring "
+                                          "anyway" if waited is None else
+                                          f"waited {waited:.0f} s for other tasks to calm"))
             runs = {}
             k = r % len(AUTH_VARIANTS)
             for variant in AUTH_VARIANTS[k:] + AUTH_VARIANTS[:k]:
@@ -1079,6 +1106,7 @@ def auth_read_stage(args):
                 log(f"round {r + 1} {variant}: {summary_line(runs[variant])}; cpu1 busy "
                     f"{f['cpu1_busy'] * 100:.0f}%, other tasks allowed on cpu1 "
                     f"{f['cpu1_others_ms']:.0f} ms")
+            runs["disturbed"] = any(disturbed(runs[v], args.seconds) for v in AUTH_VARIANTS)
             rounds.append(runs)
     finally:
         backends.stop()
@@ -1232,7 +1260,16 @@ def auth_read_table(data):
             f"| {median_range([x['fixed'].get('cpu1_busy') for x in rr])} "
             f"| {median_range([x['fixed'].get('cpu1_others_ms') for x in rr], 0)} "
             f"| {'pass' if all(x['gate'] for x in rr) else '**FAIL**'} |")
-    lines += ["", "| ratio (median [min-max] of per-round ratios) | key/none | jwt/none |",
+    for r in rounds:
+        r["disturbed"] = any(disturbed(r[v], data["seconds"]) for v in AUTH_VARIANTS)
+    quiet = [r for r in rounds if not r["disturbed"]]
+    lines += ["", f"Disturbed rounds (other tasks allowed on CPU 1 used more than "
+              f"{QUIET_SHARE * 100:.0f}% of a run, in any variant): "
+              f"{len(rounds) - len(quiet)} of {len(rounds)}"
+              + (" (rounds " + ", ".join(str(i + 1) for i, r in enumerate(rounds)
+                                       if r["disturbed"]) + ")" if len(quiet) < len(rounds)
+                 else "") + ".",
+              "", "| ratio (median [min-max] of per-round ratios) | key/none | jwt/none |",
               "|---|---|---|"]
     metrics = [("CPU-µs/req at fixed rate", lambda x: x["fixed"]["cpu_us"]),
                ("p50 at fixed rate", lambda x: x["fixed"]["p50_ms"]),
@@ -1240,19 +1277,29 @@ def auth_read_table(data):
     if sat:
         metrics.append(("saturation req/s", lambda x: x["saturation"]["rps"]))
     verdicts = []
-    for name, f in metrics:
-        cells = []
-        for v in ("key", "jwt"):
-            ratios = [f(r[v]) / f(r["none"]) if f(r[v]) is not None and f(r["none"]) else None
-                      for r in rounds]
-            cells.append(median_range(ratios, 3))
-            if name.startswith("CPU"):
-                above = sum(1 for x in ratios if x is not None and x > AUTH_LIMIT)
-                med = statistics.median([x for x in ratios if x is not None])
-                verdicts.append(f"{v}/none: median {med:.3f} "
-                                f"({'within' if med <= AUTH_LIMIT else '**above**'} "
-                                f"{AUTH_LIMIT:.2f}); above it in {above} of {len(ratios)} rounds")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    sets = [("all rounds", rounds)]
+    if quiet and len(quiet) < len(rounds):
+        sets.append(("undisturbed rounds", quiet))
+    for label, chosen in sets:
+        for name, f in metrics:
+            cells = []
+            for v in ("key", "jwt"):
+                ratios = [f(r[v]) / f(r["none"]) if f(r[v]) is not None and f(r["none"])
+                          else None for r in chosen]
+                cells.append(median_range(ratios, 3))
+                if name.startswith("CPU"):
+                    above = sum(1 for x in ratios if x is not None and x > AUTH_LIMIT)
+                    med = statistics.median([x for x in ratios if x is not None])
+                    verdicts.append(
+                        f"{v}/none over {label}: median {med:.3f} "
+                        f"({'within' if med <= AUTH_LIMIT else '**above**'} "
+                        f"{AUTH_LIMIT:.2f}), above it in {above} of {len(ratios)} rounds")
+            lines.append(f"| {name}, {label} | " + " | ".join(cells) + " |")
+    cpu = {v: [r[v]["fixed"]["cpu_us"] for r in quiet or rounds] for v in AUTH_VARIANTS}
+    lines.append(f"| CPU-µs/req: ratio of the lowest over {'undisturbed' if quiet else 'all'} "
+                 f"rounds (interference only adds CPU time) | "
+                 + " | ".join(f"{min(cpu[v]) / min(cpu['none']):.3f}" for v in ("key", "jwt"))
+                 + " |")
     lines += ["", f"Issue 14 target (CPU-µs/req ratio at most {AUTH_LIMIT:.2f}): "
               + "; ".join(verdicts) + ". Per-round CPU ratios on this 2-core VM move by more "
               "than 5%; the instructions of `auth-gates` are the deterministic figure. "
