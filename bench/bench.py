@@ -14,6 +14,9 @@ same backends, on this 2-core machine, with the protocol of ../shared/BENCHMARKI
                                   key, with an HS256 JWT (CPU-µs per request, ratios to none)
     bench/bench.py auth-gates     callgrind instructions and syscalls per read (c=1) for the
                                   same three variants
+    bench/bench.py auth-read-mock, auth-gates-mock
+                                  the same with the gateway in mock mode (no upstream: the
+                                  read is served from its local store, seeded by one PUT)
     bench/bench.py report         bench/results/<date>.md from the stages' results
     bench/bench.py all            every stage above, in order (each stage < 10 minutes)
 
@@ -882,11 +885,14 @@ def callgrind_instructions(kind, upstreams, work, n, env=None, headers=None, tag
     return min(measured) / n
 
 
-def syscalls_per_request(kind, upstreams, work, n, env=None, headers=None, tag=None):
+def syscalls_per_request(kind, upstreams, work, n, env=None, headers=None, tag=None,
+                         check=None):
     sut = Sut(kind, upstreams, work)
     sut.extra_env = {"RUSTLE_HEALTH_INTERVAL_MS": "3600000", **(env or {})}
     sut.start()
     try:
+        if check:
+            check(sut)
         url = sut.base + sut.read_path(FIXED_ADDRESS)
         h2load(url, 2000, headers)
         pids = ",".join(str(p) for p in tree(sut.pid))
@@ -956,9 +962,10 @@ class AuthVariants:
     no header), an API key made by `rustle-gateway auth new-key bench` (policy: one
     principal, role `reader`), and an HS256 JWT minted here (policy: `[jwt]` with the secret
     from the environment; `sub` bench-jwt, `roles` ["reader"], `exp` in ten years). Role
-    `reader` grants `read` on AUTH_PATTERN."""
+    `reader` grants `ops` on AUTH_PATTERN: `read`, and `write` too in mock mode, where each
+    fresh gateway is seeded with one PUT."""
 
-    def __init__(self, work):
+    def __init__(self, work, ops=("read",)):
         import hashlib
 
         d = os.path.join(work, "auth")
@@ -972,8 +979,9 @@ class AuthVariants:
         self.key = key.group(1)
         if hashlib.sha256(self.key.encode()).hexdigest() != digest.group(1):
             raise SystemExit("bench: `auth new-key` printed a digest that is not the key's SHA-256")
+        self.ops = list(ops)
         role = f"""[roles.reader]
-grants = [{{ ops = ["read"], pattern = "{AUTH_PATTERN}" }}]
+grants = [{{ ops = {json.dumps(self.ops)}, pattern = "{AUTH_PATTERN}" }}]
 """
         self.policies = {
             "key": os.path.join(d, "key-policy.toml"),
@@ -996,19 +1004,21 @@ hs256_secret_env = "{JWT_SECRET_ENV}"
         self.token = hs256_token(self.secret, {
             "sub": "bench-jwt", "roles": ["reader"], "iat": now, "exp": now + 10 * 365 * 86400})
 
-    def env(self, variant):
+    def env(self, variant, backend="fixed"):
+        mode = {"RUSTLE_BACKEND_MODE": "mock"} if backend == "mock" else {}
         if variant == "none":
-            return {"RUSTLE_AUTH": "none"}
+            return {"RUSTLE_AUTH": "none", **mode}
         return {"RUSTLE_AUTH": "required", "RUSTLE_AUTH_POLICY": self.policies[variant],
-                JWT_SECRET_ENV: self.secret}
+                JWT_SECRET_ENV: self.secret, **mode}
 
     def headers(self, variant):
         if variant == "none":
             return {}
         return {"Authorization": "Bearer " + (self.key if variant == "key" else self.token)}
 
-    def check(self, sut, variant):
-        """Before timing: the mode in force is the variant's, a read with the variant's
+    def check(self, sut, variant, backend="fixed"):
+        """Before timing (after seeding FIXED_ADDRESS with one PUT in mock mode): the mode
+        in force is the variant's, a read with the variant's
         headers answers 200, and in the auth variants a read without the credential
         answers 401 and one with a wrong credential of the same kind 401 (so the timed
         requests really go through authentication)."""
@@ -1023,6 +1033,12 @@ hs256_secret_env = "{JWT_SECRET_ENV}"
             if (auth["mode"], auth["principals"], auth["jwt"]) != want:
                 raise SystemExit(f"bench: {variant}: /v1/status auth is {auth}, wanted {want}")
             path = sut.read_path(FIXED_ADDRESS)
+            if backend == "mock":
+                status, _, body = client.request(
+                    "PUT", sut.write_path(FIXED_ADDRESS), json.loads(body_text()),
+                    headers=self.headers(variant))
+                if status not in (200, 201):
+                    raise SystemExit(f"bench: {variant}: seeding answered {status}: {body[:300]!r}")
             status, _, body = client.request("GET", path, headers=self.headers(variant))
             if status != 200:
                 raise SystemExit(f"bench: {variant}: a read answered {status}: {body[:300]!r}")
@@ -1064,27 +1080,35 @@ def disturbed(run, seconds):
     return run["fixed"].get("cpu1_others_ms", 0) > QUIET_SHARE * seconds * 1e3
 
 
-def auth_sut(variants, variant, upstreams, work):
+def auth_sut(variants, variant, upstreams, work, backend="fixed"):
     sut = Sut("gateway", upstreams, work)
-    sut.extra_env = variants.env(variant)
+    sut.extra_env = variants.env(variant, backend)
     return sut
 
 
-def auth_read_stage(args):
-    """fixed-read's gateway (fixed backends, hybrid mode, pinned on CPU 1 with one worker)
-    in the three AuthVariants, each started fresh in every round, in a rotating order.
+def auth_backend(stage):
+    """`fixed` (fixed-read's backends, hybrid mode) or `mock` (no upstream)."""
+    return "mock" if stage.endswith("-mock") else "fixed"
+
+
+def auth_read_stage(stage, args):
+    """fixed-read's gateway (fixed backends, hybrid mode, pinned on CPU 1 with one worker;
+    or, for auth-read-mock, in mock mode without upstream) in the three AuthVariants, each
+    started fresh in every round, in a rotating order.
     Default rate 5000 req/s: on the 2026-11-30 VM the gateway saturated near 11k req/s, and
     a fixed rate near saturation measures queueing, not the cost of a request. No saturation
     runs unless --auth-saturate: they double a round's length, and the VM's bursts of
     interference then fall on one variant of a round and not the others."""
-    work = tempfile.mkdtemp(prefix="rustle-bench-fixed-auth-")
+    backend = auth_backend(stage)
+    work = tempfile.mkdtemp(prefix=f"rustle-bench-{backend}-auth-")
     rate = args.rate or 5000
-    backends = FixedBackends(work)
-    variants = AuthVariants(work)
+    backends = FixedBackends(work) if backend == "fixed" else None
+    upstreams = backends.urls if backends else []
+    variants = AuthVariants(work, ("read",) if backends else ("read", "write"))
     rounds = []
     try:
         for r in range(args.rounds):
-            waited = wait_quiet(120, [backends.proc.pid])
+            waited = wait_quiet(120, [backends.proc.pid] if backends else [])
             if waited is None or waited > 1.5:
                 log(f"round {r + 1}: " + ("other tasks kept CPU 1 busy for 120 s; measuring "
                                           "anyway" if waited is None else
@@ -1092,10 +1116,10 @@ def auth_read_stage(args):
             runs = {}
             k = r % len(AUTH_VARIANTS)
             for variant in AUTH_VARIANTS[k:] + AUTH_VARIANTS[:k]:
-                sut = auth_sut(variants, variant, backends.urls, work)
+                sut = auth_sut(variants, variant, upstreams, work, backend)
                 sut.start()
                 try:
-                    variants.check(sut, variant)
+                    variants.check(sut, variant, backend)
                     runs[variant] = measure(sut, "read", "fixed", rate, args.seconds,
                                             saturate=args.auth_saturate,
                                             headers=variants.headers(variant))
@@ -1109,34 +1133,43 @@ def auth_read_stage(args):
             runs["disturbed"] = any(disturbed(runs[v], args.seconds) for v in AUTH_VARIANTS)
             rounds.append(runs)
     finally:
-        backends.stop()
+        if backends:
+            backends.stop()
         shutil.rmtree(work, ignore_errors=True)
-    return {"stage": "auth-read", "rate": rate, "seconds": args.seconds, "pattern": AUTH_PATTERN,
-            "rounds": rounds}
+    return {"stage": stage, "backend": backend, "rate": rate, "seconds": args.seconds,
+            "pattern": AUTH_PATTERN, "ops": variants.ops, "rounds": rounds}
 
 
-def auth_gates_stage(args):
-    """Callgrind instructions and syscalls per read at c=1 for the three AuthVariants. The
-    callgrind dumps stay in the work directory printed at the end (for callgrind_annotate)."""
-    work = tempfile.mkdtemp(prefix="rustle-bench-auth-gates-")
-    backends = FixedBackends(work)
-    variants = AuthVariants(work)
+def auth_gates_stage(stage, args):
+    """Callgrind instructions and syscalls per read at c=1 for the three AuthVariants (fixed
+    backends, or mock mode for auth-gates-mock). The callgrind dumps stay in the work
+    directory printed at the end (for callgrind_annotate)."""
+    backend = auth_backend(stage)
+    work = tempfile.mkdtemp(prefix=f"rustle-bench-{stage}-")
+    backends = FixedBackends(work) if backend == "fixed" else None
+    upstreams = backends.urls if backends else []
+    variants = AuthVariants(work, ("read",) if backends else ("read", "write"))
     n = args.gate_requests
-    out = {"stage": "auth-gates", "requests": n, "pattern": AUTH_PATTERN,
-           "instructions": {}, "syscalls": {}}
+    out = {"stage": stage, "backend": backend, "requests": n, "pattern": AUTH_PATTERN,
+           "ops": variants.ops, "instructions": {}, "syscalls": {}}
     try:
         for variant in AUTH_VARIANTS:
-            env, headers = variants.env(variant), variants.headers(variant)
+            env, headers = variants.env(variant, backend), variants.headers(variant)
+
+            def check(sut, v=variant):
+                variants.check(sut, v, backend)
+
             out["instructions"][variant] = callgrind_instructions(
-                "gateway", backends.urls, work, n, env=env, headers=headers,
-                tag=f"gateway-{variant}", check=lambda sut, v=variant: variants.check(sut, v))
+                "gateway", upstreams, work, n, env=env, headers=headers,
+                tag=f"gateway-{variant}", check=check)
             out["syscalls"][variant] = syscalls_per_request(
-                "gateway", backends.urls, work, n, env=env, headers=headers,
-                tag=f"gateway-{variant}")
+                "gateway", upstreams, work, n, env=env, headers=headers,
+                tag=f"gateway-{variant}", check=check)
             log(f"{variant}: {out['instructions'][variant]:.0f} instructions/req, "
                 f"{out['syscalls'][variant]:.2f} syscalls/req")
     finally:
-        backends.stop()
+        if backends:
+            backends.stop()
         for path in glob.glob(os.path.join(work, "*")):
             if not os.path.basename(path).startswith("callgrind."):
                 shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
@@ -1236,12 +1269,19 @@ def down_table(data):
 AUTH_LIMIT = 1.05  # issue 14: authorization costs at most 5% more CPU per read
 
 
+def backend_words(data):
+    if data.get("backend") == "mock":
+        return "mock mode (no upstream; the read comes from the local store, seeded by one PUT)"
+    return "fixed backends (hybrid mode)"
+
+
 def auth_read_table(data):
     rounds = data["rounds"]
     sat = "saturation" in rounds[0]["none"]
-    lines = [f"### auth-read (gateway only, fixed backends, GET at a fixed {data['rate']} req/s, "
-             f"{data['seconds']} s runs, {len(rounds)} rounds; grant pattern "
-             f"`{data['pattern']}`; commit {data.get('commit', '?')})", "",
+    lines = [f"### {data['stage']} (gateway only, {backend_words(data)}, GET at a fixed "
+             f"{data['rate']} req/s, {data['seconds']} s runs, {len(rounds)} rounds; grant "
+             f"{data.get('ops', ['read'])} on `{data['pattern']}`; commit "
+             f"{data.get('commit', '?')})", "",
              "| variant | CPU-µs/req at fixed rate | p50 ms | p99 ms "
              + ("| saturation req/s | sat: CPU1 busy " if sat else "")
              + "| fixed rate: CPU1 busy | fixed rate: other tasks allowed on "
@@ -1312,8 +1352,9 @@ def auth_read_table(data):
 
 def auth_gates_table(data):
     ins, sys_ = data["instructions"], data["syscalls"]
-    lines = [f"### auth-gates (gateway GET at c=1, fixed backends, {data['requests']} measured "
-             f"requests after 2000 warm-up; grant pattern `{data['pattern']}`; commit "
+    lines = [f"### {data['stage']} (gateway GET at c=1, {backend_words(data)}, "
+             f"{data['requests']} measured requests after 2000 warm-up; grant "
+             f"{data.get('ops', ['read'])} on `{data['pattern']}`; commit "
              f"{data.get('commit', '?')})", "",
              "| variant | instructions/req (callgrind) | vs none | syscalls/req (perf) | vs none |",
              "|---|---|---|---|---|"]
@@ -1378,7 +1419,7 @@ def report(date):
     lines += [f"Kernel {host}; {version_line()}", ""]
     flagged, not_run = [], []
     for stage in ["fixed-read", "fixed-write", "nodes-read", "nodes-write", "nodes-down", "gates",
-                  "auth-read", "auth-gates"]:
+                  "auth-read", "auth-gates", "auth-read-mock", "auth-gates-mock"]:
         path = os.path.join(d, f"{stage}.json")
         if not os.path.exists(path):
             not_run.append(stage)
@@ -1390,9 +1431,9 @@ def report(date):
             lines += more
         elif stage == "nodes-down":
             lines += down_table(data)
-        elif stage == "auth-read":
+        elif stage.startswith("auth-read"):
             lines += auth_read_table(data)
-        elif stage == "auth-gates":
+        elif stage.startswith("auth-gates"):
             lines += auth_gates_table(data)
         else:
             lines += load_table(data)
@@ -1445,7 +1486,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("stage", choices=["setup", "build", "fixed-read", "fixed-write", "nodes-read",
                                      "nodes-write", "nodes-down", "gates", "auth-read",
-                                     "auth-gates", "report", "all"])
+                                     "auth-gates", "auth-read-mock", "auth-gates-mock",
+                                     "report", "all"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=int, default=5, help="length of each measured run")
     p.add_argument("--rate", type=int, default=0, help="fixed rate (default per stage)")
@@ -1480,10 +1522,10 @@ def main():
         else:
             if stage == "gates":
                 data = gates_stage(args)
-            elif stage == "auth-read":
-                data = auth_read_stage(args)
-            elif stage == "auth-gates":
-                data = auth_gates_stage(args)
+            elif stage in ("auth-read", "auth-read-mock"):
+                data = auth_read_stage(stage, args)
+            elif stage in ("auth-gates", "auth-gates-mock"):
+                data = auth_gates_stage(stage, args)
             elif stage == "nodes-down":
                 data = down_stage(args)
             else:
