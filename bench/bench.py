@@ -151,6 +151,21 @@ def others_ns(cpu, exclude):
     return out
 
 
+def user_sys_ticks(pid):
+    """utime and stime (clock ticks) of the process tree's tasks."""
+    user = system = 0
+    for p in tree(pid):
+        for path in glob.glob(f"/proc/{p}/task/*/stat"):
+            try:
+                with open(path) as f:
+                    text = f.read()
+                fields = text[text.rindex(")") + 2:].split()
+                user, system = user + int(fields[11]), system + int(fields[12])
+            except (OSError, ValueError, IndexError):
+                pass
+    return user, system
+
+
 def rss_kib(pid, field="VmRSS"):
     total = 0
     for p in tree(pid):
@@ -701,13 +716,18 @@ def measure(sut, workload, backend, rate, seconds, saturate=True, headers=None):
     oha(url, min(rate, 2000), 1, method=method, body=body, regex=regex, headers=headers)
     others_before = others_ns(SUT_CPU, [sut.pid] if sut.pid else [])
     before = cpu_ns(sut.pid) if sut.pid else 0
+    ticks_before = user_sys_ticks(sut.pid) if sut.pid else (0, 0)
     cpu1_before = cpu_times(SUT_CPU)
     fixed = oha(url, rate, seconds, method=method, body=body, regex=regex, headers=headers)
     after = cpu_ns(sut.pid) if sut.pid else 0
+    ticks_after = user_sys_ticks(sut.pid) if sut.pid else (0, 0)
     cpu1_after = cpu_times(SUT_CPU)
     others_after = others_ns(SUT_CPU, [sut.pid] if sut.pid else [])
     answered = fixed["ok"] + fixed["non2xx"]
     fixed["cpu_us"] = (after - before) / 1e3 / answered if sut.pid and answered else None
+    user, system = (a - b for a, b in zip(ticks_after, ticks_before))
+    # the SUT's user-space share of its CPU (ticks): what its instruction counts speak for
+    fixed["user_share"] = user / (user + system) if user + system else None
     # CPU 1 busy share (/proc/stat, 10 ms ticks: coarse at partial load), and the on-CPU
     # time of every other task that may run on CPU 1 (builds, kernel threads; not the load
     # generator or backends, pinned to CPU 0): an upper bound of the SUT's disturbance
@@ -1284,9 +1304,9 @@ def auth_read_table(data):
              f"{data.get('commit', '?')})", "",
              "| variant | CPU-µs/req at fixed rate | p50 ms | p99 ms "
              + ("| saturation req/s | sat: CPU1 busy " if sat else "")
-             + "| fixed rate: CPU1 busy | fixed rate: other tasks allowed on "
-             "CPU1, CPU-ms per run | gate |",
-             "|---" * (9 if sat else 7) + "|"]
+             + "| user share of the SUT's CPU | fixed rate: CPU1 busy | fixed rate: other tasks "
+             "allowed on CPU1, CPU-ms per run | gate |",
+             "|---" * (10 if sat else 8) + "|"]
     for v in AUTH_VARIANTS:
         rr = [r[v] for r in rounds]
         sat_cells = (
@@ -1297,6 +1317,7 @@ def auth_read_table(data):
             f"| {median_range([x['fixed']['p50_ms'] for x in rr], 3)} "
             f"| {median_range([x['fixed']['p99_ms'] for x in rr], 3)} "
             + sat_cells +
+            f"| {median_range([x['fixed'].get('user_share') for x in rr])} "
             f"| {median_range([x['fixed'].get('cpu1_busy') for x in rr])} "
             f"| {median_range([x['fixed'].get('cpu1_others_ms') for x in rr], 0)} "
             f"| {'pass' if all(x['gate'] for x in rr) else '**FAIL**'} |")
