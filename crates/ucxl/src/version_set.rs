@@ -325,14 +325,6 @@ impl VersionSet {
         number(index - start + 1)
     }
 
-    /// The number of the version with this id within its own history (the one it belongs
-    /// to, not necessarily the current one); `None` when no version has this id.
-    #[must_use]
-    pub fn version_number(&self, id: &EnvelopeId) -> Option<u32> {
-        let index = self.position(id)?;
-        matches!(self.entries[index], Entry::Version(_)).then(|| self.number_at(index))
-    }
-
     /// A write time after every entry's, so a writer's own writes keep their order even
     /// when its clock stands still or steps back.
     #[must_use]
@@ -529,19 +521,6 @@ mod tests {
         assert_eq!(ids(Temporal::Forward(2)), Some((3, "c".into())));
         assert_eq!(ids(Temporal::Version(4)), None);
         assert_eq!(set.history().len(), 3);
-    }
-
-    #[test]
-    fn version_numbers_count_within_their_own_history() {
-        let mut set = VersionSet::default();
-        put(&mut set, "a", 1);
-        put(&mut set, "b", 2);
-        set.delete(id("d"), Some(t(3)), t(3)).expect("deleted");
-        put(&mut set, "c", 4);
-        let n = |s: &str| set.version_number(&id(s));
-        assert_eq!((n("a"), n("b"), n("c")), (Some(1), Some(2), Some(1)));
-        assert_eq!(n("d"), None, "a tombstone has no version number");
-        assert_eq!(n("x"), None);
     }
 
     #[test]
