@@ -33,7 +33,7 @@ const META_LAST_SEQ: &str = "last_seq";
 /// Entries kept unless `BZZZ_FEED_RETAIN` says otherwise.
 pub const DEFAULT_RETAIN: u64 = 100_000;
 /// Committed batches a live watcher may fall behind before it reads from the table instead.
-const LIVE_CAPACITY: usize = 1024;
+pub(crate) const LIVE_CAPACITY: usize = 1024;
 
 /// A feed's identity: 128 random bits, shown as 32 lowercase hex characters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

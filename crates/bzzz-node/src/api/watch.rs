@@ -372,3 +372,82 @@ impl Watcher {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use redb_commit::testing::FillableStorage;
+    use serde_json::json;
+    use ucxl::{Address, EnvelopeId, NewVersion};
+
+    use super::*;
+    use crate::store::StoreSettings;
+
+    /// The lines a watcher sent, until `changes` change lines have come.
+    async fn lines(body: &mut mpsc::Receiver<Bytes>, changes: usize) -> Vec<Value> {
+        let mut seen = Vec::new();
+        let mut count = 0;
+        while count < changes {
+            let line = body.recv().await.expect("the stream goes on");
+            let line: Value = serde_json::from_slice(&line).expect("JSON");
+            if line["op"] != "heartbeat" {
+                count += 1;
+            }
+            seen.push(line);
+        }
+        seen
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watcher_behind_the_broadcast_reads_the_table_and_loses_nothing() {
+        let store = Arc::new(
+            NodeStore::open_with_backend(FillableStorage::new(), StoreSettings::new(1 << 20))
+                .expect("opens"),
+        );
+        let live = store.feed().subscribe();
+        let first = store.read_feed(0, PAGE).expect("readable");
+        let (lines_tx, mut body) = mpsc::channel(QUEUED_LINES);
+        let watcher = Watcher {
+            store: Arc::clone(&store),
+            pattern: Pattern::parse("ucxl://a:r@p:t/x/*").expect("pattern"),
+            content: true,
+            content_limit: 1 << 20,
+            heartbeat: Duration::from_secs(3600),
+            cursor: 0,
+            lines: lines_tx,
+            last_line: Instant::now(),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(watcher.run(first, live, stop.clone()));
+
+        // Nobody reads the stream meanwhile: the watcher fills its queue, then the
+        // broadcast passes it by (one batch per write, more than it holds).
+        let writes = crate::feed::LIVE_CAPACITY + 2 * QUEUED_LINES;
+        for n in 0..writes {
+            let path = if n % 3 == 0 { "other" } else { "x" };
+            let at = Address::parse(&format!("ucxl://a:r@p:t/{path}/{n}")).expect("address");
+            let id = EnvelopeId::parse(&format!("v{n}")).expect("id");
+            store
+                .put(&at, NewVersion::json(id, json!(n)), Utc::now())
+                .await
+                .expect("put");
+        }
+        let matching = (0..writes).filter(|n| n % 3 != 0).count();
+        let seen = lines(&mut body, matching).await;
+        let changes: Vec<&Value> = seen.iter().filter(|l| l["op"] == "put").collect();
+        let seqs: Vec<u64> = changes.iter().filter_map(|l| l["seq"].as_u64()).collect();
+        let expected: Vec<u64> = (1..=writes as u64).filter(|s| (s - 1) % 3 != 0).collect();
+        assert_eq!(seqs, expected, "every match once, in order");
+        assert!(
+            changes.iter().all(|l| l["content"].is_number()),
+            "content read from the record when not carried live"
+        );
+        assert_eq!(changes.len(), matching);
+        stop.cancel();
+        task.await.expect("the watcher ends");
+        assert!(
+            body.recv().await.is_none(),
+            "the stream ends when the node stops"
+        );
+    }
+}
