@@ -34,8 +34,9 @@ use crate::store::NodeStore;
 pub const FEED_ID_HEADER: HeaderName = HeaderName::from_static("x-bzzz-feed-id");
 /// Entries read from the table at once.
 const PAGE: usize = 256;
-/// Lines queued for a slow client before the watcher waits for it.
-const QUEUED_LINES: usize = 64;
+/// Lines queued for a slow client before the watcher waits for it (each may carry a
+/// version's content, so few).
+const QUEUED_LINES: usize = 16;
 
 /// How watch streams run.
 #[derive(Debug, Clone)]
