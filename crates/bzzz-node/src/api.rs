@@ -1,8 +1,11 @@
 //! The UCXI HTTP API of a node (SPEC §9), in the UCXL response format. With an API token
 //! configured, every route but `/health` and `/metrics` needs it ([`crate::auth`]).
-//! Batched writes have their own module (`batch`).
+//! Batched writes have their own module (`batch`), the change feed stream its own (`watch`).
 
 mod batch;
+mod watch;
+
+pub use watch::{FEED_ID_HEADER, WatchSettings};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +30,7 @@ use ucxl_service::headers::Deadline;
 use ucxl_service::{BodyError, ErrorReport, Reply, Rid};
 
 use crate::auth::{self, Refusal, TokenGuard};
+use crate::feed::Position;
 use crate::p2p::{P2p, ReplicateError};
 use crate::store::{self, NodeStore, Record, StoreError};
 
@@ -63,6 +67,8 @@ pub struct NodeState {
     pub auth: Option<Arc<TokenGuard>>,
     /// Whether the libp2p network is private (`BZZZ_SWARM_KEY`).
     pub private_network: bool,
+    /// How watch streams run.
+    pub watch: WatchSettings,
 }
 
 /// Everything a node request can fail with.
@@ -95,6 +101,20 @@ pub enum NodeError {
     /// The request lacks the API token.
     #[error(transparent)]
     Unauthorized(Refusal),
+    /// A watch cursor this node's feed cannot continue: compacted away, ahead of the
+    /// feed, or of another feed (`reason`).
+    #[error("{message}")]
+    FeedGone {
+        /// `compacted`, `ahead` or `feed_changed`.
+        reason: &'static str,
+        /// For humans.
+        message: String,
+        /// Where the feed stands.
+        position: Position,
+    },
+    /// The change feed cannot be read now (the store is reopening after a failed commit).
+    #[error("the change feed cannot be read now; retry shortly")]
+    FeedUnreadable(#[source] redb_commit::CommitError),
 }
 
 impl NodeError {
@@ -143,6 +163,21 @@ impl NodeError {
             Self::Unauthorized(refusal) => {
                 (Code::Unauthorized, json!({"reason": refusal.reason()}))
             }
+            Self::FeedGone {
+                reason, position, ..
+            } => (
+                Code::Gone,
+                json!({
+                    "reason": reason,
+                    "feed": position.id,
+                    "oldest_seq": position.oldest_seq,
+                    "current_seq": position.current_seq,
+                }),
+            ),
+            Self::FeedUnreadable(e) => {
+                tracing::warn!(error = %ucxl::error::Chain(e), "the change feed cannot be read");
+                (Code::ServiceUnavailable, json!({}))
+            }
         };
         ErrorReport::new(code, self.to_string(), details)
     }
@@ -154,7 +189,9 @@ impl IntoResponse for NodeError {
         match self {
             // The store reopens its database for the next write: a second is enough to
             // know whether the disk has room again.
-            Self::NotReplicated(_) | Self::Store(StoreError::Storage(_)) => {
+            Self::NotReplicated(_)
+            | Self::Store(StoreError::Storage(_))
+            | Self::FeedUnreadable(_) => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(1));
@@ -277,6 +314,7 @@ pub fn router(state: NodeState) -> Router {
         .route(ucxl::batch::ROUTE, post(batch::batch))
         .route("/ucxi/v1/history", get(history))
         .route("/ucxi/v1/discover", get(discover))
+        .route("/ucxi/v1/watch", get(watch::watch))
         .route("/status", get(status));
     if let Some(guard) = &state.auth {
         // A route layer: it runs only for these routes (unknown paths still answer 404)
@@ -541,6 +579,16 @@ struct NodeStatus {
     write_peers_needed: usize,
     /// Whether peers need the swarm key (never the key itself).
     private_network: bool,
+    /// The change feed.
+    feed: FeedStatus,
+}
+
+/// Where the change feed stands.
+#[derive(Debug, Serialize)]
+struct FeedStatus {
+    #[serde(flatten)]
+    position: Position,
+    retain: u64,
 }
 
 /// What an open `/health` reports when the API is closed by a token: whether the node is
@@ -567,6 +615,10 @@ fn node_status(state: &NodeState) -> NodeStatus {
         replication_factor: state.replication_factor,
         write_peers_needed: state.p2p.peers_needed(),
         private_network: state.private_network,
+        feed: FeedStatus {
+            position: state.store.feed().position(),
+            retain: state.store.feed().retain(),
+        },
     }
 }
 

@@ -38,6 +38,11 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// `BZZZ_LOG_FORMAT`: `json` (default) or `pretty`.
     pub log_json: bool,
+    /// `BZZZ_FEED_RETAIN`: change feed entries kept (default 100000).
+    pub feed_retain: u64,
+    /// `BZZZ_FEED_HEARTBEAT_MS`: how long a watch stream stays silent before a heartbeat
+    /// line (default 15000).
+    pub feed_heartbeat: Duration,
     /// `BZZZ_API_TOKEN`: when set, every route but `/health` and `/metrics` needs
     /// `Authorization: Bearer <token>`.
     pub api_token: Option<ApiToken>,
@@ -212,6 +217,13 @@ impl NodeConfig {
         let max_body_bytes = r.number("BZZZ_MAX_BODY_BYTES", 2 << 20, 1, 1 << 30);
         let max_record_bytes = r.number("BZZZ_MAX_RECORD_BYTES", 16 << 20, 1024, 1 << 30);
         let request_timeout = r.number("BZZZ_REQUEST_TIMEOUT_MS", 5000, 1, 600_000);
+        let feed_retain = r.number(
+            "BZZZ_FEED_RETAIN",
+            crate::feed::DEFAULT_RETAIN,
+            1,
+            1_000_000_000,
+        );
+        let feed_heartbeat = r.number("BZZZ_FEED_HEARTBEAT_MS", 15_000, 10, 3_600_000);
         let log_json = match r
             .text("BZZZ_LOG_FORMAT", "json")
             .to_ascii_lowercase()
@@ -243,6 +255,8 @@ impl NodeConfig {
                 max_record_bytes,
                 request_timeout: Duration::from_millis(request_timeout),
                 log_json,
+                feed_retain,
+                feed_heartbeat: Duration::from_millis(feed_heartbeat),
                 api_token,
                 swarm_key,
                 tls,
@@ -385,6 +399,26 @@ mod tests {
         assert!(c.bootstrap.is_empty());
         assert_eq!(c.replication_factor, 3);
         assert_eq!(c.write_majority(), 2);
+        assert_eq!(c.feed_retain, 100_000);
+        assert_eq!(c.feed_heartbeat, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn the_feed_window_and_heartbeat_are_bounded() {
+        let c = NodeConfig::from_env(&env(&[
+            ("BZZZ_FEED_RETAIN", "3"),
+            ("BZZZ_FEED_HEARTBEAT_MS", "250"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            (c.feed_retain, c.feed_heartbeat),
+            (3, Duration::from_millis(250))
+        );
+        let p = key_problems(&[
+            ("BZZZ_FEED_RETAIN", "0"),
+            ("BZZZ_FEED_HEARTBEAT_MS", "soon"),
+        ]);
+        assert_eq!(p.len(), 2, "{p:?}");
     }
 
     #[test]

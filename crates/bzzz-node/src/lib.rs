@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod dht;
+pub mod feed;
 pub mod node;
 pub mod p2p;
 pub mod store;

@@ -12,7 +12,7 @@ use crate::api::{self, NodeState};
 use crate::auth::TokenGuard;
 use crate::config::NodeConfig;
 use crate::p2p::{self, P2pError};
-use crate::store::{NodeStore, StoreError};
+use crate::store::{NodeStore, StoreError, StoreSettings};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +103,7 @@ impl Node {
         shutdown: CancellationToken,
     ) -> Result<Self, StartError> {
         let store =
-            NodeStore::open(&config.data_dir, config.max_record_bytes).map_err(|source| {
+            NodeStore::open(&config.data_dir, StoreSettings::of(config)).map_err(|source| {
                 StartError::Store {
                     dir: config.data_dir.display().to_string(),
                     source,
@@ -154,12 +154,19 @@ impl Node {
                 .as_ref()
                 .map(|token| Arc::new(TokenGuard::new(token))),
             private_network: config.swarm_key.is_some(),
+            watch: api::WatchSettings {
+                heartbeat: config.feed_heartbeat,
+                content_limit: config.max_record_bytes as u64,
+                stop: shutdown.clone(),
+            },
         };
         tracing::info!(
             http = %http_addr,
             p2p = %p2p_addr,
             peer_id = %state.p2p.view().peer_id,
             records = state.store.len(),
+            feed = %state.store.feed().position().id,
+            feed_seq = state.store.feed().position().current_seq,
             node = %config.node_name,
             private_network = state.private_network,
             // A one-way fingerprint (as go-libp2p logs it): operators can compare keys

@@ -10,8 +10,11 @@
 //! The same records are the node's Kademlia records: key = SHA-256 of the canonical
 //! address, value = [`DhtValue`] (the address and its version set). Every write, local or
 //! from a peer, merges by set union.
+//!
+//! Every entry a change adds to a record (a version or a tombstone) is numbered in the
+//! node's change feed ([`crate::feed`]) in the same transaction as the change.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
@@ -22,6 +25,7 @@ use redb::{
 };
 use redb_commit::{Batch, CommitError, GroupCommit, Opener, Settings};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
@@ -29,6 +33,8 @@ use ucxl::{
     Address, DeleteOutcome, Entry, EnvelopeId, NewVersion, PutOutcome, SearchItem, SearchQuery,
     VersionSet, WriteError, content_digest,
 };
+
+use crate::feed::{self, Feed, FeedChange, Numbering};
 
 /// canonical address → JSON of its [`VersionSet`].
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
@@ -135,6 +141,35 @@ struct Job {
     change: Change,
 }
 
+/// How a store is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// Largest version set of one address, in bytes (`BZZZ_MAX_RECORD_BYTES`).
+    pub max_record_bytes: usize,
+    /// Change feed entries kept (`BZZZ_FEED_RETAIN`, default [`feed::DEFAULT_RETAIN`]).
+    pub feed_retain: u64,
+}
+
+impl StoreSettings {
+    /// Records of at most `max_record_bytes`, the default feed window.
+    #[must_use]
+    pub fn new(max_record_bytes: usize) -> Self {
+        Self {
+            max_record_bytes,
+            feed_retain: feed::DEFAULT_RETAIN,
+        }
+    }
+
+    /// What `config` says.
+    #[must_use]
+    pub fn of(config: &crate::config::NodeConfig) -> Self {
+        Self {
+            max_record_bytes: config.max_record_bytes,
+            feed_retain: config.feed_retain,
+        }
+    }
+}
+
 /// The node's durable record store.
 ///
 /// Reads are served from memory and never wait for the disk. Every change goes to one
@@ -146,6 +181,7 @@ struct Job {
 #[derive(Debug)]
 pub struct NodeStore {
     published: Arc<Published>,
+    feed: Arc<Feed>,
     writer: GroupCommit<Job>,
 }
 
@@ -162,10 +198,10 @@ impl NodeStore {
     ///
     /// # Errors
     /// When the database cannot be opened or the writer thread cannot start.
-    pub fn open(dir: &Path, max_record_bytes: usize) -> Result<Self, StoreError> {
+    pub fn open(dir: &Path, settings: StoreSettings) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Directory(Arc::new(e)))?;
         let file = dir.join("records.redb");
-        Self::start(Box::new(move || Database::create(&file)), max_record_bytes)
+        Self::start(Box::new(move || Database::create(&file)), settings)
     }
 
     /// Opens (or creates) the store on `storage` instead of a file: each open of the
@@ -176,23 +212,56 @@ impl NodeStore {
     /// When the database cannot be opened or the writer thread cannot start.
     pub fn open_with_backend<S: StorageBackend + Clone>(
         storage: S,
-        max_record_bytes: usize,
+        settings: StoreSettings,
     ) -> Result<Self, StoreError> {
         Self::start(
             Box::new(move || Database::builder().create_with_backend(storage.clone())),
-            max_record_bytes,
+            settings,
         )
     }
 
-    fn start(open: Opener, max_record_bytes: usize) -> Result<Self, StoreError> {
+    fn start(open: Opener, settings: StoreSettings) -> Result<Self, StoreError> {
         let published = Arc::new(Published::default());
+        let feed = Arc::new(Feed::new(settings.feed_retain));
         let changes = Changes {
             published: Arc::clone(&published),
-            max_record_bytes,
+            max_record_bytes: settings.max_record_bytes,
             staged: Staged::new(),
+            numbering: Numbering::new(Arc::clone(&feed)),
         };
         let writer = GroupCommit::start(Settings::new("bzzz-store"), open, changes)?;
-        Ok(Self { published, writer })
+        Ok(Self {
+            published,
+            feed,
+            writer,
+        })
+    }
+
+    /// The change feed: where it stands, and its live broadcast.
+    #[must_use]
+    pub fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    /// Up to `limit` feed entries numbered after `after`, from disk (blocking: call it off
+    /// the async workers).
+    ///
+    /// # Errors
+    /// [`feed::ReadError::Gone`] when the entry after `after` was compacted away; a
+    /// storage error when the database cannot be read (closed after a failed commit, say).
+    pub fn read_feed(&self, after: u64, limit: usize) -> Result<feed::Page, feed::ReadError> {
+        let db = self.writer.database()?;
+        feed::read(&db, after, limit)
+    }
+
+    /// The content of the version `id` at `address`, if this node holds it.
+    #[must_use]
+    pub fn content_of(&self, address: &Address, id: &EnvelopeId) -> Option<Arc<Value>> {
+        let record = self.get(address)?;
+        record.set.entries().iter().find_map(|e| match e {
+            Entry::Version(v) if &v.id == id => Some(Arc::clone(&v.content)),
+            _ => None,
+        })
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Records> {
@@ -365,6 +434,53 @@ fn settle<T: Send + 'static>(answer: Answer<T>, outcome: T, record: Arc<Record>)
     })
 }
 
+/// Answers a refused change at once: nothing to settle after the commit.
+fn refuse<T>(answer: Answer<T>, error: StoreError) -> Option<Settle> {
+    drop(answer.send(Err(error)));
+    None
+}
+
+/// A change being applied: its address, the record before it, and that record's size.
+struct Applied {
+    address: Address,
+    current: Option<Arc<Record>>,
+    before: usize,
+}
+
+/// The feed changes of the entries a merge added to `set` (those whose ids are in
+/// `added`), in the set's order, each version with its number within its history.
+fn merged_changes(
+    address: &Address,
+    set: &VersionSet,
+    added: &HashSet<EnvelopeId>,
+) -> Vec<(FeedChange, Option<Arc<Value>>)> {
+    let mut changes = Vec::with_capacity(added.len());
+    let mut number: u32 = 0;
+    for entry in set.entries() {
+        match entry {
+            Entry::Tombstone(t) => {
+                number = 0;
+                if added.contains(&t.id) {
+                    let change = FeedChange::Delete {
+                        address: address.clone(),
+                        id: t.id.clone(),
+                        deleted_at: t.created_at,
+                    };
+                    changes.push((change, None));
+                }
+            }
+            Entry::Version(v) => {
+                number = number.saturating_add(1);
+                if added.contains(&v.id) {
+                    let change = FeedChange::put(address, number, v);
+                    changes.push((change, Some(Arc::clone(&v.content))));
+                }
+            }
+        }
+    }
+    changes
+}
+
 /// The records a batch changed: canonical address → (record, its encoding).
 type Staged = HashMap<String, (Arc<Record>, Vec<u8>)>;
 
@@ -407,6 +523,8 @@ struct Changes {
     max_record_bytes: usize,
     /// What the batch so far changed.
     staged: Staged,
+    /// The feed numbers the batch so far took.
+    numbering: Numbering,
 }
 
 impl Batch for Changes {
@@ -417,9 +535,11 @@ impl Batch for Changes {
     /// commit (a commit reported failed may still have reached the disk; what the disk holds
     /// is what the node serves).
     fn load(&mut self, db: &Database) -> Result<(), CommitError> {
-        // Make sure the table exists, so reads of a fresh store work.
+        // Make sure the tables exist, so reads of a fresh store work; the feed's id and
+        // numbering are read (and created) in the same transaction.
         let txn = db.begin_write()?;
         txn.open_table(RECORDS)?;
+        self.numbering.load(&txn)?;
         txn.commit()?;
         let records = load(db)?;
         let count = records.by_address.len();
@@ -437,7 +557,7 @@ impl Batch for Changes {
     }
 
     fn dirty(&self) -> bool {
-        !self.staged.is_empty()
+        !self.staged.is_empty() || self.numbering.dirty()
     }
 
     fn write(&mut self, txn: &WriteTransaction) -> Result<(), CommitError> {
@@ -445,12 +565,14 @@ impl Batch for Changes {
         for (canonical, (_, bytes)) in &self.staged {
             table.insert(canonical.as_str(), bytes.as_slice())?;
         }
-        Ok(())
+        self.numbering.write(txn)
     }
 
     fn committed(&mut self, settled: Vec<Settle>) {
         let staged = std::mem::take(&mut self.staged);
+        // Records first, so a watcher told of a change finds it.
         self.publish(staged);
+        self.numbering.committed();
         for settle in settled {
             settle(Ok(()));
         }
@@ -458,9 +580,14 @@ impl Batch for Changes {
 
     fn failed(&mut self, settled: Vec<Settle>, error: &CommitError) {
         self.staged.clear();
+        self.numbering.failed();
         for settle in settled {
             settle(Err(error));
         }
+    }
+
+    fn tidy(&mut self, db: &Database) -> Result<(), CommitError> {
+        self.numbering.compact(db)
     }
 }
 
@@ -468,51 +595,31 @@ impl Changes {
     /// Applies one change on top of the batch so far. Refusals are answered at once; an
     /// applied change is settled after the commit.
     fn apply_change(&mut self, job: Job) -> Option<Settle> {
-        let Self {
-            published,
-            max_record_bytes,
-            staged,
-        } = self;
-        let max_record_bytes = *max_record_bytes;
         let Job { address, change } = job;
-        let canonical = address.canonical();
-        let current = staged
-            .get(canonical)
+        let current = self
+            .staged
+            .get(address.canonical())
             .map(|(r, _)| Arc::clone(r))
-            .or_else(|| published.get(canonical));
+            .or_else(|| self.published.get(address.canonical()));
         let mut set = current.as_ref().map(|r| r.set.clone()).unwrap_or_default();
-        let before = set.len();
-        let mut record = |set: VersionSet| -> Result<Arc<Record>, StoreError> {
-            if set.len() == before {
-                // Nothing changed: nothing to persist (and an empty set is never stored).
-                return Ok(current.clone().unwrap_or_else(|| {
-                    Arc::new(Record {
-                        address: address.clone(),
-                        set,
-                    })
-                }));
-            }
-            let bytes =
-                serde_json::to_vec(&set).map_err(|e| StoreError::Undecodable(e.to_string()))?;
-            if bytes.len() > max_record_bytes {
-                return Err(StoreError::TooLarge {
-                    limit: max_record_bytes,
-                });
-            }
-            let record = Arc::new(Record {
-                address: address.clone(),
-                set,
-            });
-            staged.insert(canonical.to_owned(), (Arc::clone(&record), bytes));
-            Ok(record)
+        let applied = Applied {
+            address,
+            current,
+            before: set.len(),
         };
         match change {
             Change::Put { new, now, answer } => match set.put(new, now) {
-                Ok(outcome) => match record(set) {
-                    Ok(r) => return Some(settle(answer, outcome, r)),
-                    Err(e) => drop(answer.send(Err(e))),
-                },
-                Err(e) => drop(answer.send(Err(e.into()))),
+                Ok(outcome) => {
+                    let added = match &outcome {
+                        PutOutcome::Created { version, stored } => vec![(
+                            FeedChange::put(&applied.address, *version, stored),
+                            Some(Arc::clone(&stored.content)),
+                        )],
+                        PutOutcome::Existing { .. } => Vec::new(),
+                    };
+                    self.stage(applied, set, added, answer, outcome)
+                }
+                Err(e) => refuse(answer, e.into()),
             },
             Change::Delete {
                 id,
@@ -520,26 +627,73 @@ impl Changes {
                 now,
                 answer,
             } => match set.delete(id, created_at, now) {
-                Ok(outcome) => match record(set) {
-                    Ok(r) => return Some(settle(answer, outcome, r)),
-                    Err(e) => drop(answer.send(Err(e))),
-                },
-                Err(e) => drop(answer.send(Err(e.into()))),
+                Ok(outcome) => {
+                    let added = match &outcome {
+                        DeleteOutcome::Deleted(t) => vec![(
+                            FeedChange::Delete {
+                                address: applied.address.clone(),
+                                id: t.id.clone(),
+                                deleted_at: t.created_at,
+                            },
+                            None,
+                        )],
+                        DeleteOutcome::AlreadyDeleted(_) => Vec::new(),
+                    };
+                    self.stage(applied, set, added, answer, outcome)
+                }
+                Err(e) => refuse(answer, e.into()),
             },
             Change::Merge { set: other, answer } => {
                 // Only what is new here is checked: the rest was checked when it came.
                 if let Err(e) = verify_digests(set.missing_from(&other)) {
-                    drop(answer.send(Err(e)));
-                    return None;
+                    return refuse(answer, e);
                 }
+                let missing: HashSet<EnvelopeId> =
+                    set.missing_from(&other).map(|e| e.id().clone()).collect();
                 let changed = set.merge(&other);
-                match record(set) {
-                    Ok(r) => return Some(settle(answer, changed, r)),
-                    Err(e) => drop(answer.send(Err(e))),
-                }
+                let added = merged_changes(&applied.address, &set, &missing);
+                self.stage(applied, set, added, answer, changed)
             }
         }
-        None
+    }
+
+    /// Stages the record `set` (unless the change left it as it was) and numbers the
+    /// entries it added; the change is answered after the commit. A record grown too large
+    /// is refused at once, and takes no number.
+    fn stage<T: Send + 'static>(
+        &mut self,
+        applied: Applied,
+        set: VersionSet,
+        added: Vec<(FeedChange, Option<Arc<Value>>)>,
+        answer: Answer<T>,
+        outcome: T,
+    ) -> Option<Settle> {
+        let Applied {
+            address,
+            current,
+            before,
+        } = applied;
+        if set.len() == before {
+            // Nothing changed: nothing to persist or number (and an empty set is never
+            // stored).
+            let record = current.unwrap_or_else(|| Arc::new(Record { address, set }));
+            return Some(settle(answer, outcome, record));
+        }
+        let bytes = match serde_json::to_vec(&set) {
+            Ok(bytes) => bytes,
+            Err(e) => return refuse(answer, StoreError::Undecodable(e.to_string())),
+        };
+        if bytes.len() > self.max_record_bytes {
+            let limit = self.max_record_bytes;
+            return refuse(answer, StoreError::TooLarge { limit });
+        }
+        if let Err(e) = self.numbering.stage(added) {
+            return refuse(answer, StoreError::Undecodable(e.to_string()));
+        }
+        let canonical = address.canonical().to_owned();
+        let record = Arc::new(Record { address, set });
+        self.staged.insert(canonical, (Arc::clone(&record), bytes));
+        Some(settle(answer, outcome, record))
     }
 
     fn publish(&self, staged: Staged) {
@@ -622,6 +776,7 @@ pub fn decode(value: &[u8]) -> Result<DhtValue, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feed::FeedChange;
     use serde_json::json;
 
     fn addr(s: &str) -> Address {
@@ -635,7 +790,7 @@ mod tests {
     #[tokio::test]
     async fn a_replica_whose_version_is_not_its_contents_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = NodeStore::open(dir.path(), 1 << 20).expect("opens");
+        let store = NodeStore::open(dir.path(), StoreSettings::new(1 << 20)).expect("opens");
         let a = addr("ucxl://a:r@p:t/x");
         let mut good = VersionSet::default();
         good.put(new("1", json!({"k": 1})), Utc::now())
@@ -658,7 +813,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let a = addr("ucxl://a:r@p:t/x");
         {
-            let store = NodeStore::open(dir.path(), 1 << 20).expect("opens");
+            let store = NodeStore::open(dir.path(), StoreSettings::new(1 << 20)).expect("opens");
             store
                 .put(&a, new("1", json!(1)), Utc::now())
                 .await
@@ -681,7 +836,7 @@ mod tests {
                 .await
                 .expect("put");
         }
-        let store = NodeStore::open(dir.path(), 1 << 20).expect("reopens");
+        let store = NodeStore::open(dir.path(), StoreSettings::new(1 << 20)).expect("reopens");
         let record = store.get(&a).expect("kept");
         assert_eq!(record.set.len(), 4);
         assert_eq!(
@@ -694,8 +849,10 @@ mod tests {
     #[tokio::test]
     async fn dht_values_round_trip_and_merge_by_union() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let one = NodeStore::open(&dir.path().join("one"), 1 << 20).expect("opens");
-        let two = NodeStore::open(&dir.path().join("two"), 1 << 20).expect("opens");
+        let one =
+            NodeStore::open(&dir.path().join("one"), StoreSettings::new(1 << 20)).expect("opens");
+        let two =
+            NodeStore::open(&dir.path().join("two"), StoreSettings::new(1 << 20)).expect("opens");
         let a = addr("ucxl://a:r@p:t/x");
         one.put(&a, new("1", json!(1)), Utc::now())
             .await
@@ -736,8 +893,10 @@ mod tests {
     #[tokio::test]
     async fn literal_any_records_replicate_as_exact_keys() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let one = NodeStore::open(&dir.path().join("one"), 1 << 20).expect("opens");
-        let two = NodeStore::open(&dir.path().join("two"), 1 << 20).expect("opens");
+        let one =
+            NodeStore::open(&dir.path().join("one"), StoreSettings::new(1 << 20)).expect("opens");
+        let two =
+            NodeStore::open(&dir.path().join("two"), StoreSettings::new(1 << 20)).expect("opens");
         let shared = addr("ucxl://any:any@BZZZ:RUSTLE-testing/shared/ctx");
         let claude = addr("ucxl://claude:any@BZZZ:RUSTLE-testing/shared/ctx");
         one.put(&shared, new("1", json!("for anyone")), Utc::now())
@@ -759,7 +918,8 @@ mod tests {
     #[tokio::test]
     async fn a_full_disk_refuses_writes_keeps_reads_and_the_store_recovers_with_room() {
         let storage = redb_commit::testing::FillableStorage::new();
-        let store = NodeStore::open_with_backend(storage.clone(), 1 << 20).expect("opens");
+        let store = NodeStore::open_with_backend(storage.clone(), StoreSettings::new(1 << 20))
+            .expect("opens");
         let (a, b) = (addr("ucxl://a:r@p:t/a"), addr("ucxl://a:r@p:t/b"));
         store
             .put(&a, new("1", json!(1)), Utc::now())
@@ -796,7 +956,8 @@ mod tests {
             .expect("stored once the disk has room");
         assert!(matches!(outcome, PutOutcome::Created { .. }));
         drop(store);
-        let reopened = NodeStore::open_with_backend(storage, 1 << 20).expect("reopens");
+        let reopened =
+            NodeStore::open_with_backend(storage, StoreSettings::new(1 << 20)).expect("reopens");
         assert_eq!(reopened.len(), 2, "a and b, durable");
         assert_eq!(reopened.get(&b).expect("kept").set.len(), 1);
     }
@@ -804,7 +965,7 @@ mod tests {
     #[tokio::test]
     async fn records_are_bounded() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = NodeStore::open(dir.path(), 1024).expect("opens");
+        let store = NodeStore::open(dir.path(), StoreSettings::new(1024)).expect("opens");
         let a = addr("ucxl://a:r@p:t/x");
         let err = store
             .put(&a, new("1", json!("x".repeat(2000))), Utc::now())
@@ -812,5 +973,267 @@ mod tests {
             .expect_err("too large");
         assert!(matches!(err, StoreError::TooLarge { limit: 1024 }));
         assert!(store.get(&a).is_none());
+    }
+
+    fn id(s: &str) -> EnvelopeId {
+        EnvelopeId::parse(s).expect("valid id")
+    }
+
+    /// (seq, op, address path, id, version) of every retained feed entry.
+    fn feed_of(store: &NodeStore) -> Vec<(u64, &'static str, String, String, u32)> {
+        let oldest = store.feed().position().oldest_seq;
+        let page = store.read_feed(oldest - 1, 1000).expect("readable");
+        page.entries
+            .into_iter()
+            .map(|e| {
+                let (op, version) = match &e.change {
+                    FeedChange::Put { version, .. } => ("put", *version),
+                    FeedChange::Delete { .. } => ("delete", 0),
+                };
+                let path = e.change.address().segments().join("/");
+                (e.seq, op, path, e.change.id().as_str().to_owned(), version)
+            })
+            .collect()
+    }
+
+    /// Waits until the writer has finished everything queued before (compaction included):
+    /// a merge that adds nothing goes through it and is answered after its batch.
+    async fn settled(store: &NodeStore) {
+        let nothing = addr("ucxl://a:r@p:t/nothing");
+        assert!(
+            !store
+                .merge(&nothing, VersionSet::default())
+                .await
+                .expect("merged")
+        );
+    }
+
+    fn row(
+        seq: u64,
+        op: &'static str,
+        path: &str,
+        id: &str,
+        version: u32,
+    ) -> (u64, &'static str, String, String, u32) {
+        (seq, op, path.to_owned(), id.to_owned(), version)
+    }
+
+    #[tokio::test]
+    async fn every_change_gets_the_next_number_once_and_numbering_survives_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (addr("ucxl://a:r@p:t/a"), addr("ucxl://a:r@p:t/b"));
+        let feed_id = {
+            let store = NodeStore::open(dir.path(), StoreSettings::new(1 << 20)).expect("opens");
+            assert_eq!(store.feed().position().current_seq, 0);
+            store
+                .put(&a, new("1", json!(1)), Utc::now())
+                .await
+                .expect("put");
+            store
+                .put(&b, new("2", json!(2)), Utc::now())
+                .await
+                .expect("put");
+            // Retries change nothing and take no number.
+            store
+                .put(&a, new("1", json!(1)), Utc::now())
+                .await
+                .expect("retry");
+            store
+                .delete(&a, id("d"), None, Utc::now())
+                .await
+                .expect("delete");
+            store
+                .delete(&a, id("d"), None, Utc::now())
+                .await
+                .expect("retry");
+            // Refusals take none either.
+            store
+                .put(&a, new("d", json!(0)), Utc::now())
+                .await
+                .expect_err("a delete's id");
+            let position = store.feed().position();
+            assert_eq!((position.current_seq, position.oldest_seq), (3, 1));
+            position.id
+        };
+        let store = NodeStore::open(dir.path(), StoreSettings::new(1 << 20)).expect("reopens");
+        let position = store.feed().position();
+        assert_eq!(
+            position.id, feed_id,
+            "the feed id is kept in the store file"
+        );
+        assert_eq!(position.current_seq, 3);
+        store
+            .put(&a, new("3", json!(3)), Utc::now())
+            .await
+            .expect("put");
+        assert_eq!(
+            feed_of(&store),
+            [
+                row(1, "put", "a", "1", 1),
+                row(2, "put", "b", "2", 1),
+                row(3, "delete", "a", "d", 0),
+                row(4, "put", "a", "3", 1),
+            ]
+        );
+
+        let wiped = tempfile::tempdir().expect("tempdir");
+        let fresh = NodeStore::open(wiped.path(), StoreSettings::new(1 << 20)).expect("opens");
+        assert_ne!(
+            fresh.feed().position().id,
+            feed_id,
+            "a new store file, a new feed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_merge_numbers_each_entry_it_adds_in_the_set_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let one =
+            NodeStore::open(&dir.path().join("one"), StoreSettings::new(1 << 20)).expect("opens");
+        let two =
+            NodeStore::open(&dir.path().join("two"), StoreSettings::new(1 << 20)).expect("opens");
+        let a = addr("ucxl://a:r@p:t/a");
+        one.put(&a, new("v1", json!(1)), Utc::now())
+            .await
+            .expect("put");
+        one.put(&a, new("v2", json!(2)), Utc::now())
+            .await
+            .expect("put");
+        one.delete(&a, id("d"), None, Utc::now())
+            .await
+            .expect("delete");
+        one.put(&a, new("v3", json!(3)), Utc::now())
+            .await
+            .expect("put");
+        let set = one.get(&a).expect("held").set.clone();
+
+        let mut live = two.feed().subscribe();
+        assert!(two.merge(&a, set.clone()).await.expect("merged"));
+        assert!(!two.merge(&a, set).await.expect("merged"), "adds nothing");
+        assert_eq!(
+            feed_of(&two),
+            [
+                row(1, "put", "a", "v1", 1),
+                row(2, "put", "a", "v2", 2),
+                row(3, "delete", "a", "d", 0),
+                row(4, "put", "a", "v3", 1),
+            ],
+            "one number per entry added, none for a merge adding nothing"
+        );
+        let batch = live.try_recv().expect("broadcast once committed");
+        let seqs: Vec<u64> = batch.iter().map(|c| c.entry.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        assert_eq!(
+            batch[0].content.as_deref(),
+            Some(&json!(1)),
+            "live entries carry content"
+        );
+        assert!(
+            live.try_recv().is_err(),
+            "nothing for the merge that added nothing"
+        );
+
+        // A later entry from a peer takes the next number.
+        one.put(&a, new("v4", json!(4)), Utc::now())
+            .await
+            .expect("put");
+        let set = one.get(&a).expect("held").set.clone();
+        assert!(two.merge(&a, set).await.expect("merged"));
+        assert_eq!(feed_of(&two).last(), Some(&row(5, "put", "a", "v4", 2)));
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_takes_no_number_and_numbering_continues_from_the_disk() {
+        let storage = redb_commit::testing::FillableStorage::new();
+        let store = NodeStore::open_with_backend(storage.clone(), StoreSettings::new(1 << 20))
+            .expect("opens");
+        let (a, b) = (addr("ucxl://a:r@p:t/a"), addr("ucxl://a:r@p:t/b"));
+        store
+            .put(&a, new("1", json!(1)), Utc::now())
+            .await
+            .expect("put");
+        let mut live = store.feed().subscribe();
+
+        storage.fill_after(0);
+        let refused = futures::future::join_all(
+            (0..3).map(|n| store.put(&b, new(&format!("b{n}"), json!(n)), Utc::now())),
+        )
+        .await;
+        assert!(refused.iter().all(Result::is_err), "the disk is full");
+        assert_eq!(store.feed().position().current_seq, 1, "no number taken");
+        assert!(live.try_recv().is_err(), "nothing published");
+
+        storage.grow();
+        store
+            .put(&b, new("b9", json!(9)), Utc::now())
+            .await
+            .expect("stored");
+        let batch = live.try_recv().expect("published");
+        let seqs: Vec<u64> = batch.iter().map(|c| c.entry.seq).collect();
+        assert_eq!(seqs, [2], "the next number after the last committed one");
+        drop(store);
+        let reopened =
+            NodeStore::open_with_backend(storage, StoreSettings::new(1 << 20)).expect("reopens");
+        assert_eq!(
+            feed_of(&reopened),
+            [row(1, "put", "a", "1", 1), row(2, "put", "b", "b9", 1)]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_feed_keeps_its_window_and_reports_older_cursors_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = addr("ucxl://a:r@p:t/a");
+        let settings = StoreSettings {
+            feed_retain: 3,
+            ..StoreSettings::new(1 << 20)
+        };
+        {
+            let store = NodeStore::open(dir.path(), settings).expect("opens");
+            for n in 1..=10 {
+                store
+                    .put(&a, new(&format!("v{n}"), json!(n)), Utc::now())
+                    .await
+                    .expect("put");
+            }
+            settled(&store).await;
+            let position = store.feed().position();
+            assert_eq!((position.oldest_seq, position.current_seq), (8, 10));
+            let seqs: Vec<u64> = feed_of(&store).iter().map(|r| r.0).collect();
+            assert_eq!(seqs, [8, 9, 10]);
+            assert!(position.continues(7) && !position.continues(6));
+            let page = store.read_feed(7, 10).expect("continues");
+            assert_eq!((page.entries.len(), page.through), (3, 10));
+            for after in [0, 6] {
+                assert!(matches!(
+                    store.read_feed(after, 10),
+                    Err(feed::ReadError::Gone { .. })
+                ));
+            }
+            assert!(
+                store
+                    .read_feed(10, 10)
+                    .expect("at the end")
+                    .entries
+                    .is_empty()
+            );
+        }
+        // A smaller window applies at once on reopening; numbering goes on.
+        let store = NodeStore::open(
+            dir.path(),
+            StoreSettings {
+                feed_retain: 1,
+                ..settings
+            },
+        )
+        .expect("reopens");
+        let position = store.feed().position();
+        assert_eq!((position.oldest_seq, position.current_seq), (10, 10));
+        store
+            .put(&a, new("v11", json!(11)), Utc::now())
+            .await
+            .expect("put");
+        settled(&store).await;
+        assert_eq!(feed_of(&store), [row(11, "put", "a", "v11", 11)]);
     }
 }

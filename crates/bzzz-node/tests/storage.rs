@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use bzzz_node::config::NodeConfig;
 use bzzz_node::node::Node;
-use bzzz_node::store::NodeStore;
+use bzzz_node::store::{NodeStore, StoreSettings};
 use redb_commit::testing::FillableStorage;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -32,7 +32,7 @@ async fn start(storage: &FillableStorage, dir: &std::path::Path) -> Running {
     .collect();
     let config = NodeConfig::from_env(&env).expect("valid configuration");
     let store =
-        NodeStore::open_with_backend(storage.clone(), config.max_record_bytes).expect("opens");
+        NodeStore::open_with_backend(storage.clone(), StoreSettings::of(&config)).expect("opens");
     let stop = CancellationToken::new();
     let node = Node::start_with_store(&config, store, stop.clone())
         .await

@@ -53,6 +53,18 @@ pub trait Batch: Send + 'static {
     /// Nothing of the batch is durable: drop what it staged and answer every job of it
     /// with `error` (none of them was acknowledged).
     fn failed(&mut self, pending: Vec<Self::Pending>, error: &CommitError);
+
+    /// Housekeeping after a batch that wrote something, once its jobs are answered (so it
+    /// adds nothing to their latency, only to the next batch's wait): compaction, say, in
+    /// transactions of its own. The default does nothing.
+    ///
+    /// # Errors
+    /// A transaction that failed: the writer closes the database as after a failed batch,
+    /// and the next batch reopens it and reloads the owner's state.
+    fn tidy(&mut self, db: &Database) -> Result<(), CommitError> {
+        let _ = db;
+        Ok(())
+    }
 }
 
 /// How the writer runs.
@@ -237,14 +249,23 @@ impl<B: Batch> Writer<B> {
             .into_iter()
             .filter_map(|job| self.batch.apply(job))
             .collect();
-        let result = if self.batch.dirty() {
-            opened.and_then(|db| self.commit(&db))
+        let written = if self.batch.dirty() {
+            opened.and_then(|db| self.commit(&db).map(|()| Some(db)))
         } else {
             // Nothing to write needs no disk, even a failing one.
-            Ok(())
+            Ok(None)
         };
-        match result {
-            Ok(()) => self.batch.committed(pending),
+        match written {
+            Ok(db) => {
+                self.batch.committed(pending);
+                if let Some(db) = db
+                    && let Err(e) = self.batch.tidy(&db)
+                {
+                    tracing::error!(database = %self.settings.name, error = %Chain(&e), "housekeeping after a batch failed; the database will be reopened");
+                    drop(db);
+                    self.close();
+                }
+            }
             Err(e) => {
                 tracing::error!(database = %self.settings.name, jobs = count, error = %Chain(&e), "a batch failed to commit; its jobs were refused");
                 // redb refuses all use of a database after an I/O error: close it, so the
@@ -348,6 +369,8 @@ mod tests {
         next: u64,
         staged: Vec<(u64, u64)>,
         seen: Arc<Mutex<Seen>>,
+        /// When set, housekeeping drops all but the last this many values from the disk.
+        keep: Option<u64>,
     }
 
     impl Batch for Log {
@@ -420,6 +443,20 @@ mod tests {
                 let _ = answer.send(Err(error.clone()));
             }
         }
+
+        fn tidy(&mut self, db: &Database) -> Result<(), CommitError> {
+            let Some(keep) = self.keep else {
+                return Ok(());
+            };
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(LOG)?;
+                let below = self.next.saturating_sub(keep);
+                table.retain_in(..below, |_, _| false)?;
+            }
+            txn.commit()?;
+            Ok(())
+        }
     }
 
     fn start(
@@ -431,6 +468,7 @@ mod tests {
             next: 1,
             staged: Vec::new(),
             seen: Arc::clone(&seen),
+            keep: None,
         };
         let storage = storage.clone();
         let open: Opener =
@@ -508,6 +546,29 @@ mod tests {
             "fifty jobs cost the fsyncs of one"
         );
         assert_eq!(seen.lock().expect("seen").batches, [1, 50]);
+    }
+
+    #[test]
+    fn housekeeping_follows_each_committed_batch() {
+        let storage = FillableStorage::new();
+        let open: Opener = {
+            let storage = storage.clone();
+            Box::new(move || Database::builder().create_with_backend(storage.clone()))
+        };
+        let log = Log {
+            next: 1,
+            staged: Vec::new(),
+            seen: Arc::default(),
+            keep: Some(2),
+        };
+        let writer = GroupCommit::start(settings(), open, log).expect("starts");
+        for value in [10, 20, 30, 40] {
+            outcome(&append(&writer, value)).expect("committed");
+        }
+        // Jobs run in order: once the writer holds this gate, the last batch is tidied.
+        hold(&writer).send(()).expect("released");
+        let db = writer.database().expect("open");
+        assert_eq!(stored(&db), BTreeMap::from([(3, 30), (4, 40)]));
     }
 
     #[test]
@@ -625,6 +686,7 @@ mod tests {
             next: 1,
             staged: Vec::new(),
             seen: Arc::default(),
+            keep: None,
         };
         let e = GroupCommit::start(settings(), open, log).expect_err("cannot open");
         assert!(e.is_unwritable(), "{e}");
@@ -642,6 +704,7 @@ mod tests {
                 next: 1,
                 staged: Vec::new(),
                 seen: Arc::clone(&seen),
+                keep: None,
             };
             let writer = GroupCommit::start(settings(), open, log).expect("the file is free");
             assert_eq!(outcome(&append(&writer, round)).expect("committed"), round);

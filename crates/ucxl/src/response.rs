@@ -56,6 +56,7 @@ codes! {
     MethodNotAllowed = 405, "METHOD_NOT_ALLOWED", "Method not allowed";
     RequestTimeout = 408, "REQUEST_TIMEOUT", "Request timeout";
     Conflict = 409, "CONFLICT", "Conflict";
+    Gone = 410, "GONE", "Gone";
     PayloadTooLarge = 413, "PAYLOAD_TOO_LARGE", "Payload too large";
     UnsupportedMediaType = 415, "UNSUPPORTED_MEDIA_TYPE", "Unsupported media type";
     TooManyRequests = 429, "TOO_MANY_REQUESTS", "Too many requests";
@@ -257,6 +258,8 @@ mod tests {
     #[test]
     fn codes_for_statuses() {
         assert_eq!(Code::for_status(404), Code::NotFound);
+        assert_eq!(Code::for_status(410), Code::Gone);
+        assert_eq!(Code::Gone.as_str(), "UCXL-410-GONE");
         assert_eq!(Code::for_status(400), Code::BadRequest);
         assert_eq!(Code::for_status(418), Code::BadRequest);
         assert_eq!(Code::for_status(599), Code::InternalError);

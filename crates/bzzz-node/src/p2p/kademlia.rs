@@ -106,7 +106,7 @@ mod tests {
     use ucxl::{Address, EnvelopeId, NewVersion};
 
     use super::*;
-    use crate::store::dht_key;
+    use crate::store::{StoreSettings, dht_key};
 
     fn lookup() -> (Lookup, oneshot::Receiver<Vec<Vec<u8>>>) {
         let (reply, answer) = oneshot::channel();
@@ -148,8 +148,10 @@ mod tests {
     #[tokio::test]
     async fn a_kademlia_put_from_a_peer_is_merged_and_a_bad_one_refused() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let source = NodeStore::open(&dir.path().join("source"), 1 << 20).expect("a store");
-        let store = NodeStore::open(&dir.path().join("store"), 1 << 20).expect("a store");
+        let source = NodeStore::open(&dir.path().join("source"), StoreSettings::new(1 << 20))
+            .expect("a store");
+        let store = NodeStore::open(&dir.path().join("store"), StoreSettings::new(1 << 20))
+            .expect("a store");
         let a = Address::parse("ucxl://a:r@p:t/x").expect("an address");
         let id = EnvelopeId::parse("1").expect("an id");
         source

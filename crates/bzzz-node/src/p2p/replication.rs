@@ -352,7 +352,7 @@ mod tests {
     use ucxl::{Address, EnvelopeId, NewVersion, VersionSet};
 
     use super::*;
-    use crate::store::DhtValue;
+    use crate::store::{DhtValue, StoreSettings};
 
     /// A record of exactly `bytes` bytes (a JSON string), for write `write` or catch-up.
     fn out(write: Option<u64>, n: u8, bytes: usize) -> Outgoing {
@@ -513,7 +513,7 @@ mod tests {
     #[tokio::test]
     async fn a_push_to_us_answers_per_record_in_order_once_merged() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = NodeStore::open(dir.path(), 1 << 20).expect("a store");
+        let store = NodeStore::open(dir.path(), StoreSettings::new(1 << 20)).expect("a store");
         let (a, first) = replica("ucxl://a:r@p:t/one", "1");
         let (b, second) = replica("ucxl://a:r@p:t/two", "2");
         let (_, temporal) = replica("ucxl://a:r@p:t/~~1/three", "3");

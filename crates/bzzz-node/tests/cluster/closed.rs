@@ -56,6 +56,20 @@ fn assert_refused(
     );
 }
 
+/// Every route the token closes, with a request each.
+fn closed_routes(a: &str, pattern: &str) -> [(Method, String); 8] {
+    [
+        (Method::GET, format!("/ucxi/v1/get?address={a}")),
+        (Method::PUT, format!("/ucxi/v1/put?address={a}")),
+        (Method::DELETE, format!("/ucxi/v1/delete?address={a}")),
+        (Method::GET, format!("/ucxi/v1/history?address={a}")),
+        (Method::GET, format!("/ucxi/v1/discover?pattern={pattern}")),
+        (Method::GET, format!("/ucxi/v1/watch?pattern={pattern}")),
+        (Method::POST, "/ucxi/v1/batch".to_owned()),
+        (Method::GET, "/status".to_owned()),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_token_closes_every_route_but_health_and_metrics() {
     let node = NodeProc::start(
@@ -69,15 +83,7 @@ async fn an_api_token_closes_every_route_but_health_and_metrics() {
     let client = reqwest::Client::new();
     let a = enc(&address("closed"));
     let pattern = enc("ucxl://any:any@bzzz:any/*");
-    let routes = [
-        (Method::GET, format!("/ucxi/v1/get?address={a}")),
-        (Method::PUT, format!("/ucxi/v1/put?address={a}")),
-        (Method::DELETE, format!("/ucxi/v1/delete?address={a}")),
-        (Method::GET, format!("/ucxi/v1/history?address={a}")),
-        (Method::GET, format!("/ucxi/v1/discover?pattern={pattern}")),
-        (Method::POST, "/ucxi/v1/batch".to_owned()),
-        (Method::GET, "/status".to_owned()),
-    ];
+    let routes = closed_routes(&a, &pattern);
     for (method, path) in &routes {
         let url = node.url(path);
         let what = format!("{method} {path}");

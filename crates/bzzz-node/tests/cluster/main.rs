@@ -1,5 +1,5 @@
 //! Real `bzzz-node` processes on loopback: replication, node loss, catch-up, restarts,
-//! bad input, a cluster closed to outsiders. Nodes pick free ports and announce them in
+//! bad input, a cluster closed to outsiders, the change feed. Nodes pick free ports and announce them in
 //! their "ready" log line, which is the readiness signal; conditions that take time are
 //! polled with a deadline.
 
@@ -10,6 +10,7 @@ mod harness;
 #[path = "../../../ucxl-service/tests/support/raw_http.rs"]
 #[allow(dead_code)] // the service's own tests use the rest
 mod raw_http;
+mod watch;
 
 use std::time::Duration;
 
