@@ -16,9 +16,10 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use rmcp::model::{
     AnnotateAble, CallToolRequestParams, CallToolResult, Content, Implementation,
-    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    RawResource, RawResourceTemplate, ReadResourceRequestParams, ReadResourceResult,
-    ResourceContents, ServerCapabilities, ServerInfo, Tool, ToolAnnotations,
+    InitializeRequestParams, InitializeResult, ListResourceTemplatesResult, ListResourcesResult,
+    ListToolsResult, PaginatedRequestParams, ProtocolVersion, RawResource, RawResourceTemplate,
+    ReadResourceRequestParams, ReadResourceResult, ResourceContents, ServerCapabilities,
+    ServerInfo, Tool, ToolAnnotations,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
@@ -366,6 +367,23 @@ fn log_failure(tool: &str, request_id: &str, failed: &Failed) {
 }
 
 impl ServerHandler for Gateway {
+    /// Answers with the client's protocol version when it is one the SDK speaks (a client
+    /// of an older revision would otherwise be told one it does not know), else the latest.
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        let info = self.get_info();
+        Ok(
+            if ProtocolVersion::KNOWN_VERSIONS.contains(&request.protocol_version) {
+                info.with_protocol_version(request.protocol_version)
+            } else {
+                info
+            },
+        )
+    }
+
     fn get_info(&self) -> ServerInfo {
         ServerInfo::new(
             ServerCapabilities::builder()
