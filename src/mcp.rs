@@ -550,3 +550,156 @@ impl ServerHandler for Gateway {
         ]))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema(tool: &str) -> Value {
+        let tool = tools()
+            .into_iter()
+            .find(|t| t.name == tool)
+            .expect("the tool");
+        Value::Object((*tool.input_schema).clone())
+    }
+
+    fn required(schema: &Value) -> Vec<String> {
+        schema["required"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn every_tool_is_named_and_dispatched() {
+        let names: Vec<String> = tools().iter().map(|t| t.name.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "ucxl_store",
+                "ucxl_fetch",
+                "ucxl_history",
+                "ucxl_search",
+                "ucxl_delete"
+            ]
+        );
+        assert!(names.iter().all(|n| is_tool(n)));
+        assert!(!is_tool("ucxl_watch"));
+    }
+
+    #[test]
+    fn schemas_come_from_the_argument_types_and_teach_the_grammar() {
+        let store = schema("ucxl_store");
+        assert_eq!(store["type"], "object");
+        assert_eq!(required(&store), ["address", "content"]);
+        for field in ["content_type", "metadata", "idempotency_key"] {
+            assert!(store["properties"][field].is_object(), "{field}: {store}");
+        }
+        let address = store["properties"]["address"]["description"]
+            .as_str()
+            .expect("a description");
+        assert!(
+            address.contains("ucxl://claude:architect@bzzz:design/*^/decisions/transport.json")
+        );
+        assert!(address.contains("*~N"));
+        assert_eq!(required(&schema("ucxl_fetch")), ["address"]);
+        assert_eq!(required(&schema("ucxl_history")), ["address"]);
+        assert_eq!(required(&schema("ucxl_delete")), ["address"]);
+        let search = schema("ucxl_search");
+        assert_eq!(required(&search), ["pattern"]);
+        assert!(
+            search["properties"]["pattern"]["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("ucxl://any:any@bzzz:any/decisions/**"))
+        );
+        assert_eq!(search["properties"]["limit"]["maximum"], 1000, "{search}");
+    }
+
+    #[test]
+    fn arguments_that_do_not_fit_are_invalid_payload_errors_naming_the_field() {
+        let e = arguments::<AddressArgs>(None).expect_err("address is required");
+        assert_eq!(e.code(), ucxl::Code::InvalidPayload);
+        assert!(e.to_string().contains("address"), "{e}");
+        let extra: Map<String, Value> =
+            serde_json::from_value(json!({"address": "ucxl://a:r@p:t/x", "adress": 1}))
+                .expect("object");
+        let e = arguments::<AddressArgs>(Some(extra)).expect_err("unknown field");
+        assert!(e.to_string().contains("adress"), "{e}");
+        assert!(idempotency_key(Some(" padded ")).is_err());
+        assert!(idempotency_key(Some("k-1")).is_ok_and(|k| k.is_some()));
+    }
+
+    #[test]
+    fn domain_errors_become_tool_errors_with_the_rest_code_and_message() {
+        let cases = [
+            (
+                ApiError::from(ucxl::Address::parse("ucxl://a!:r@p:t/x").expect_err("invalid")),
+                "UCXL-400-INVALID_ADDRESS",
+            ),
+            (
+                ApiError::not_found("nothing stored", json!({})),
+                "UCXL-404-NOT_FOUND",
+            ),
+            (
+                ApiError::Conflict {
+                    message: "the key names a delete".into(),
+                    details: json!({}),
+                },
+                "UCXL-409-CONFLICT",
+            ),
+            (
+                ApiError::Unavailable {
+                    message: "no node answered".into(),
+                    details: json!({}),
+                    retry_after: Some(1),
+                },
+                "UCXL-503-SERVICE_UNAVAILABLE",
+            ),
+            (
+                ApiError::Forbidden {
+                    operation: Op::Write,
+                    target: "ucxl://a:r@p:t/x".into(),
+                },
+                "UCXL-403-FORBIDDEN",
+            ),
+        ];
+        for (error, code) in cases {
+            let report = error.report();
+            let result = error_result(&report, "rid-1");
+            assert_eq!(result.is_error, Some(true));
+            let structured = result.structured_content.expect("structured");
+            assert_eq!(structured["code"], code, "{structured}");
+            assert_eq!(structured["message"], report.message);
+            assert_eq!(structured["request_id"], "rid-1");
+            assert_eq!(report.code.as_str(), code, "the REST code is the MCP code");
+        }
+        let invalid = ApiError::from(ucxl::Address::parse("ucxl://a!:r@p:t/x").expect_err("x"));
+        let result = error_result(&invalid.report(), "r");
+        assert_eq!(
+            result.structured_content.expect("structured")["details"]["field"],
+            "agent"
+        );
+    }
+
+    #[test]
+    fn internal_errors_stay_opaque() {
+        let report = ApiError::internal(std::io::Error::other("secret path /var/x")).report();
+        let result = error_result(&report, "r");
+        let text = serde_json::to_string(&result).expect("json");
+        assert!(!text.contains("secret path"), "{text}");
+    }
+
+    #[test]
+    fn resource_errors_are_json_rpc_errors_with_the_ucxl_code() {
+        let not_found = protocol_error(&ApiError::not_found("nothing", json!({})).into());
+        assert_eq!(not_found.code, rmcp::model::ErrorCode::RESOURCE_NOT_FOUND);
+        assert_eq!(not_found.data.expect("data")["code"], "UCXL-404-NOT_FOUND");
+        let invalid = protocol_error(&ApiError::bad_request("bad", json!({})).into());
+        assert_eq!(invalid.code, rmcp::model::ErrorCode::INVALID_PARAMS);
+    }
+}

@@ -275,6 +275,11 @@ async fn mcp_tools_store_fetch_history_search_delete_over_the_backend() {
     );
     assert!(gone["message"].is_string());
 
+    assert_counted(&app, "ucxl_store", "UCXL-201-CREATED").await;
+}
+
+/// Asserts `/metrics` counts calls of `tool` with `outcome`.
+async fn assert_counted(app: &TestApp, tool: &str, outcome: &str) {
     let metrics = app
         .client
         .get(app.url("/metrics"))
@@ -288,8 +293,8 @@ async fn mcp_tools_store_fetch_history_search_delete_over_the_backend() {
         metrics
             .lines()
             .any(|l| l.starts_with("rustle_mcp_calls_total{")
-                && l.contains(r#"tool="ucxl_store""#)
-                && l.contains(r#"outcome="UCXL-201-CREATED""#)),
+                && l.contains(&format!(r#"tool="{tool}""#))
+                && l.contains(&format!(r#"outcome="{outcome}""#))),
         "{metrics}"
     );
 }
