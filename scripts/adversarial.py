@@ -9,7 +9,8 @@
 
   mcp           the official MCP Python SDK (scripts/mcp_client.py) against /mcp of a
                 gateway (local backend, credentials required): every tool, resources, tool
-                errors, a forbidden write and a call without credentials
+                errors, a forbidden write and a call without credentials; then against
+                two hybrid gateways over three real nodes, requests alternating
 
 Binaries come from target/<profile>/ (PROFILE=debug by default: the ones `cargo test`
 built), or from BIN_DIR when set. ST_CONFIG replaces schemathesis.toml. Processes are started on port 0 and found through the address they log; they are
@@ -247,6 +248,41 @@ grants = [{{ ops = ["read"], pattern = "ucxl://any:any@any:any/**" }}]
             sys.exit("adversarial: the MCP client's checks failed")
     finally:
         gateway.stop()
+    mcp_hybrid(workdir, policy)
+
+
+def mcp_hybrid(workdir, policy):
+    """The same client against two hybrid gateways over three real nodes, its requests
+    alternating between the gateways."""
+    import cluster
+    cluster.install_cleanup()
+    root = os.path.join(workdir, "mcp-cluster")
+    os.makedirs(root)
+    nodes = cluster.start_nodes(BIN, root)
+    gateways = []
+    try:
+        for name in ("a", "b"):
+            os.makedirs(os.path.join(root, name))
+            gateway = cluster.Gateway(BIN, [n.url for n in nodes],
+                                      os.path.join(root, name, "journal"), env={
+                                          "RUSTLE_AUTH": "required",
+                                          "RUSTLE_AUTH_POLICY": policy,
+                                          "RUSTLE_AUDIT_LOG": "off",
+                                          "RUST_LOG": "warn",
+                                      })
+            gateway.start()
+            gateways.append(gateway)
+        argv = [sys.executable, os.path.join(ROOT, "scripts", "mcp_client.py"),
+                "--url", f"{gateways[0].url}/mcp", "--also-url", f"{gateways[1].url}/mcp",
+                "--key", API_KEY, "--reader-key", READER_KEY]
+        log("mcp_client.py against two hybrid gateways over three nodes, alternating")
+        if subprocess.run(argv, timeout=300).returncode != 0:
+            sys.exit("adversarial: the MCP client's checks failed (hybrid)")
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+        for node in nodes:
+            node.kill()
 
 
 def main():

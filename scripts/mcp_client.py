@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 import uuid
 
+import httpx2
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -38,9 +39,37 @@ def structured(result):
     return result.structured_content or {}
 
 
+class Alternating(httpx2.AsyncBaseTransport):
+    """Sends each request to the next of `urls` in turn: one client, several gateway
+    processes, no affinity (the server keeps no session, so none is needed)."""
+
+    def __init__(self, urls):
+        self.urls = [httpx2.URL(u) for u in urls]
+        self.sent = 0
+        self.inner = httpx2.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request):
+        target = self.urls[self.sent % len(self.urls)]
+        self.sent += 1
+        request.url = request.url.copy_with(host=target.host, port=target.port)
+        request.headers["host"] = f"{target.host}:{target.port}"
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self):
+        await self.inner.aclose()
+
+
+ALSO = []
+
+
 async def session_run(url, key, body):
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    async with create_mcp_http_client(headers=headers) as http:
+    if ALSO:
+        http = httpx2.AsyncClient(headers=headers, transport=Alternating([url, *ALSO]),
+                                  timeout=httpx2.Timeout(30, read=300))
+    else:
+        http = create_mcp_http_client(headers=headers)
+    async with http:
         async with streamable_http_client(url, http_client=http) as streams:
             read, write = streams[0], streams[1]
             async with ClientSession(read, write) as session:
@@ -141,9 +170,12 @@ async def main():
     p.add_argument("--key", help="a bearer key that may read, write, search and delete")
     p.add_argument("--reader-key", help="a bearer key that may not write")
     p.add_argument("--project", default=f"mcp{uuid.uuid4().hex[:12]}")
+    p.add_argument("--also-url", action="append", default=[],
+                   help="another gateway's /mcp: requests alternate between the URLs")
     p.add_argument("--no-auth", action="store_true",
                    help="the gateway needs no credentials: skip the 401 check")
     args = p.parse_args()
+    ALSO.extend(args.also_url)
 
     await session_run(args.url, args.key, lambda s, i: main_flow(s, i, args.project))
     if args.reader_key:
