@@ -116,9 +116,17 @@ pub struct SearchArgs {
     pub content_type: Option<String>,
 }
 
+/// The tools, built once: the SDK looks a tool up on every call, and generating the
+/// schemas is most of the cost of a call.
+static TOOLS: std::sync::LazyLock<Vec<Tool>> = std::sync::LazyLock::new(build_tools);
+
 /// The tools, in the order `tools/list` gives them.
 #[must_use]
 pub fn tools() -> Vec<Tool> {
+    TOOLS.clone()
+}
+
+fn build_tools() -> Vec<Tool> {
     use rmcp::handler::server::common::schema_for_type;
     vec![
         Tool::new(
@@ -411,7 +419,7 @@ impl ServerHandler for Gateway {
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        tools().into_iter().find(|t| t.name == name)
+        TOOLS.iter().find(|t| t.name == name).cloned()
     }
 
     async fn call_tool(
