@@ -406,18 +406,21 @@ async fn mcp_resources_template_read_and_list() {
     assert_eq!(missing["error"]["code"], -32002, "{missing}");
     assert_eq!(missing["error"]["data"]["code"], "UCXL-404-NOT_FOUND");
 
-    // Paging: a second address, then two pages of one.
-    ok(
-        &call(
-            &app,
-            None,
-            "ucxl_store",
-            json!({"address": format!("ucxl://claude:architect@{p}:design/notes/b.md"), "content": "b"}),
-        )
-        .await,
-        "UCXL-201-CREATED",
-    );
+    // Paging: 51 addresses in all, so the default page of 50 leaves one for a second page.
+    for i in 0..50 {
+        ok(
+            &call(
+                &app,
+                None,
+                "ucxl_store",
+                json!({"address": format!("ucxl://claude:architect@{p}:design/more/{i}"), "content": i}),
+            )
+            .await,
+            "UCXL-201-CREATED",
+        );
+    }
     let mut seen = Vec::new();
+    let mut pages = 0;
     let mut cursor: Option<String> = None;
     loop {
         let params = cursor
@@ -430,6 +433,7 @@ async fn mcp_resources_template_read_and_list() {
         )
         .await;
         assert_eq!(status, 200, "{list}");
+        pages += 1;
         for r in list["result"]["resources"].as_array().expect("resources") {
             seen.push(r["uri"].as_str().expect("uri").to_owned());
         }
@@ -438,6 +442,8 @@ async fn mcp_resources_template_read_and_list() {
             None => break,
         }
     }
+    assert_eq!(pages, 2);
+    assert_eq!(seen.len(), 51);
     assert!(seen.contains(&address), "{seen:?}");
 }
 
