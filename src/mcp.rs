@@ -444,6 +444,15 @@ impl ServerHandler for Gateway {
         };
         let answer = self.run(&mut ctx, &name, request.arguments).await;
         let request_id = ctx.request_id().to_owned();
+        let code = match &answer {
+            Ok(answer) => answer["code"]
+                .as_str()
+                .and_then(|c| ucxl::Code::parse(c).ok()),
+            Err(failed) => Some(failed.error().code()),
+        };
+        if let Some(code) = code {
+            ctx.audit.outcome(code);
+        }
         let (outcome, result) = match answer {
             Ok(answer) => {
                 let outcome = answer["code"].as_str().unwrap_or("ok").to_owned();

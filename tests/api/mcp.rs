@@ -451,7 +451,7 @@ const WRITER_KEY: &str = "rk_test_mcp_writer_0001";
 
 /// A gateway that requires credentials, with one principal who may read, write and
 /// delete in project `alpha` and search nowhere.
-async fn auth_app() -> (TestApp, tempfile::TempDir) {
+async fn auth_app(audit_log: Option<&str>) -> (TestApp, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("policy.toml");
     let policy = format!(
@@ -469,7 +469,7 @@ grants = [{{ ops = ["read", "write", "delete"], pattern = "ucxl://any:any@alpha:
     let vars: HashMap<String, String> = [
         ("RUSTLE_LISTEN_ADDR", "127.0.0.1:0"),
         ("RUSTLE_AUTH", "required"),
-        ("RUSTLE_AUDIT_LOG", "off"),
+        ("RUSTLE_AUDIT_LOG", audit_log.unwrap_or("off")),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -490,7 +490,7 @@ grants = [{{ ops = ["read", "write", "delete"], pattern = "ucxl://any:any@alpha:
 
 #[tokio::test]
 async fn mcp_needs_the_rest_credentials_and_grants() {
-    let (app, _dir) = auth_app().await;
+    let (app, _dir) = auth_app(None).await;
     let response = app
         .client
         .post(app.url("/mcp"))
@@ -574,4 +574,46 @@ async fn mcp_two_gateways_answer_one_client_alternately() {
         &call(&b, None, "ucxl_fetch", json!({"address": address})).await,
         "UCXL-200-OK",
     );
+}
+
+#[tokio::test]
+async fn mcp_writes_and_refusals_are_audited_with_the_tool_results_code() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("audit.jsonl");
+    let (app, _dir) = auth_app(Some(&log.display().to_string())).await;
+    let address = "ucxl://claude:architect@alpha:design/audited";
+    ok(
+        &call(
+            &app,
+            Some(WRITER_KEY),
+            "ucxl_store",
+            json!({"address": address, "content": 1, "idempotency_key": "mcp-audited"}),
+        )
+        .await,
+        "UCXL-201-CREATED",
+    );
+    tool_error(
+        &call(
+            &app,
+            Some(WRITER_KEY),
+            "ucxl_delete",
+            json!({"address": "ucxl://claude:architect@beta:design/x"}),
+        )
+        .await,
+        "UCXL-403-FORBIDDEN",
+    );
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .expect("the audit log")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["principal"], "alpha-writer");
+    assert_eq!(lines[0]["operation"], "write");
+    assert_eq!(lines[0]["address"], address);
+    assert_eq!(lines[0]["envelope_id"], "mcp-audited");
+    assert_eq!(lines[0]["outcome"], "UCXL-201-CREATED");
+    assert_eq!(lines[0]["route"], "/mcp");
+    assert_eq!(lines[1]["operation"], "delete");
+    assert_eq!(lines[1]["outcome"], "UCXL-403-FORBIDDEN");
 }
