@@ -7,6 +7,11 @@
                 of it (after traffic, so every labelled series exists), then
                 `promtool check rules` and `promtool test rules` on docker/prometheus/
 
+  mcp           the official MCP Python SDK (scripts/mcp_client.py) against /mcp of a
+                gateway (local backend, credentials required): every tool, resources, tool
+                errors, a forbidden write and a call without credentials; then against
+                two hybrid gateways over three real nodes, requests alternating
+
 Binaries come from target/<profile>/ (PROFILE=debug by default: the ones `cargo test`
 built), or from BIN_DIR when set. ST_CONFIG replaces schemathesis.toml. Processes are started on port 0 and found through the address they log; they are
 stopped on exit. Python standard library only.
@@ -200,16 +205,98 @@ def promtool(workdir):
             sys.exit(f"adversarial: {' '.join(argv[1:])} failed")
 
 
+READER_KEY = "rk_mcp-reader-key-that-may-only-read-0123456789"
+
+
+def mcp(workdir):
+    if importlib.util.find_spec("mcp") is None:
+        sys.exit("adversarial: the MCP Python SDK is not installed (pip install mcp)")
+    policy = os.path.join(workdir, "mcp-policy.toml")
+    with open(policy, "w") as f:
+        f.write(f"""[[principals]]
+name = "agent"
+key_sha256 = "{hashlib.sha256(API_KEY.encode()).hexdigest()}"
+roles = ["all"]
+
+[[principals]]
+name = "reader"
+key_sha256 = "{hashlib.sha256(READER_KEY.encode()).hexdigest()}"
+roles = ["reader"]
+
+[roles.all]
+grants = [{{ ops = ["read", "search", "write", "delete"], pattern = "ucxl://any:any@any:any/**" }}]
+
+[roles.reader]
+grants = [{{ ops = ["read"], pattern = "ucxl://any:any@any:any/**" }}]
+""")
+    data = os.path.join(workdir, "mcp-data")
+    gateway = Service("rustle-gateway", {
+        "RUSTLE_LISTEN_ADDR": "127.0.0.1:0",
+        "RUSTLE_BACKEND_MODE": "mock",
+        "RUSTLE_AUTH": "required",
+        "RUSTLE_AUTH_POLICY": policy,
+        "RUSTLE_AUDIT_LOG": "off",
+        "RUSTLE_DATA_DIR": data,
+        "RUSTLE_JOURNAL_DIR": os.path.join(data, "journal"),
+        "RUST_LOG": "warn,rustle_gateway=info",
+    }, "listening", "addr")
+    try:
+        argv = [sys.executable, os.path.join(ROOT, "scripts", "mcp_client.py"),
+                "--url", f"{gateway.url}/mcp", "--key", API_KEY, "--reader-key", READER_KEY]
+        log("mcp_client.py against a mock-mode gateway")
+        if subprocess.run(argv, timeout=300).returncode != 0:
+            sys.exit("adversarial: the MCP client's checks failed")
+    finally:
+        gateway.stop()
+    mcp_hybrid(workdir, policy)
+
+
+def mcp_hybrid(workdir, policy):
+    """The same client against two hybrid gateways over three real nodes, its requests
+    alternating between the gateways."""
+    import cluster
+    cluster.install_cleanup()
+    root = os.path.join(workdir, "mcp-cluster")
+    os.makedirs(root)
+    nodes = cluster.start_nodes(BIN, root)
+    gateways = []
+    try:
+        for name in ("a", "b"):
+            os.makedirs(os.path.join(root, name))
+            gateway = cluster.Gateway(BIN, [n.url for n in nodes],
+                                      os.path.join(root, name, "journal"), env={
+                                          "RUSTLE_AUTH": "required",
+                                          "RUSTLE_AUTH_POLICY": policy,
+                                          "RUSTLE_AUDIT_LOG": "off",
+                                          "RUST_LOG": "warn",
+                                      })
+            gateway.start()
+            gateways.append(gateway)
+        argv = [sys.executable, os.path.join(ROOT, "scripts", "mcp_client.py"),
+                "--url", f"{gateways[0].url}/mcp", "--also-url", f"{gateways[1].url}/mcp",
+                "--key", API_KEY, "--reader-key", READER_KEY]
+        log("mcp_client.py against two hybrid gateways over three nodes, alternating")
+        if subprocess.run(argv, timeout=300).returncode != 0:
+            sys.exit("adversarial: the MCP client's checks failed (hybrid)")
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+        for node in nodes:
+            node.kill()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["schemathesis", "promtool", "all"])
+    p.add_argument("stage", choices=["schemathesis", "promtool", "mcp", "all"])
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="adversarial-") as workdir:
         if args.stage in ("promtool", "all"):
             promtool(workdir)
         if args.stage in ("schemathesis", "all"):
             schemathesis(workdir)
+        if args.stage in ("mcp", "all"):
+            mcp(workdir)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ struct Facts {
     address: Option<String>,
     envelope_id: Option<EnvelopeId>,
     backend: Option<BackendKind>,
+    outcome: Option<Code>,
 }
 
 /// The facts of one request, shared by the layers and the handler it passes through.
@@ -80,6 +81,12 @@ impl Slot {
     /// Which backend served (or failed).
     pub fn backend(&self, backend: BackendKind) {
         self.facts().backend = Some(backend);
+    }
+
+    /// The answer's UCXL code where the HTTP status does not carry it: an MCP tool
+    /// result is HTTP 200 whether the write was done or refused.
+    pub fn outcome(&self, code: Code) {
+        self.facts().outcome = Some(code);
     }
 }
 
@@ -356,15 +363,17 @@ pub async fn record(State(state): State<AppState>, mut request: Request, next: N
     let facts = slot.facts().clone();
     let operation = facts.operation.or(route_op);
     let status = response.status().as_u16();
+    let answered = facts.outcome.map_or(status, Code::status);
     if !(matches!(operation, Some(Op::Write | Op::Delete | Op::Admin))
-        || matches!(status, 401 | 403 | 429))
+        || matches!(answered, 401 | 403 | 429))
     {
         return response;
     }
-    let outcome = response.extensions().get::<ErrorReport>().map_or_else(
-        || Code::for_status(status).to_string(),
-        |r| r.code.to_string(),
-    );
+    let outcome = match (facts.outcome, response.extensions().get::<ErrorReport>()) {
+        (Some(code), _) => code.to_string(),
+        (None, Some(report)) => report.code.to_string(),
+        (None, None) => Code::for_status(status).to_string(),
+    };
     let line = Line {
         audit: true,
         time: ucxl::envelope::rfc3339::format(chrono::Utc::now()),

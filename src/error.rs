@@ -305,14 +305,21 @@ impl From<BackendError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let report = match &self {
+impl ApiError {
+    /// What the client is told: code, message and details (a 5xx's cause only to the log).
+    #[must_use]
+    pub fn report(&self) -> ErrorReport {
+        match self {
             // Never leak a dependency's error text; the log has it.
             Self::Internal(source) => ErrorReport::internal(&format_args!("{source}: {source:?}")),
             other => ErrorReport::new(other.code(), other.to_string(), other.details()),
-        };
-        let mut response = report.into_response();
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = self.report().into_response();
         match &self {
             Self::Unauthenticated(why) => {
                 // RFC 6750 §3: a challenge naming the error where one is defined.

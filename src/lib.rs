@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod extract;
+pub mod mcp;
 pub mod metrics;
 pub mod openapi;
 pub mod reply;

@@ -53,6 +53,10 @@ fn describe() {
         "HTTP request latency by route template"
     );
     describe_counter!(
+        "rustle_mcp_calls_total",
+        "MCP tool calls at /mcp, by tool and outcome (the UCXL code of the answer)"
+    );
+    describe_counter!(
         "rustle_backend_attempts_total",
         "Attempts sent to BZZZ endpoints, by endpoint and outcome"
     );

@@ -67,6 +67,12 @@ impl Failed {
 }
 
 impl Failed {
+    /// The error.
+    #[must_use]
+    pub fn error(&self) -> &ApiError {
+        &self.error
+    }
+
     /// How the failed request was served, when a backend was asked.
     #[must_use]
     pub fn via(&self) -> Option<&Via> {

@@ -168,10 +168,24 @@ pub fn router(state: AppState) -> Router {
     let docs = SwaggerUi::new("/docs")
         .url("/openapi.json", doc)
         .config(utoipa_swagger_ui::Config::from("/openapi.json").validator_url("none"));
-    let api = api.route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        crate::resilience::shed::shed_load,
-    ));
+    // `/mcp` gets the data routes' layers in the same order: its tools act as the
+    // authenticated caller and count against the same in-flight limit.
+    let mcp = Router::new()
+        .route_service("/mcp", crate::mcp::service(state.clone()))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::http::authenticate,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::record,
+        ));
+    let api = api
+        .merge(mcp)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::resilience::shed::shed_load,
+        ));
     with_layers(api.merge(docs)).with_state(state)
 }
 

@@ -13,7 +13,8 @@ use crate::state::LogReload;
 /// a subscriber was already installed.
 #[must_use]
 pub fn init(format: LogFormat, filter: &str) -> Option<LogReload> {
-    let initial = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let initial =
+        EnvFilter::try_new(quiet_sdk(filter)).unwrap_or_else(|_| EnvFilter::new(quiet_sdk("info")));
     let (filter_layer, handle) = reload::Layer::new(initial);
     let registry = tracing_subscriber::registry().with(filter_layer);
     let installed = match format {
@@ -29,7 +30,18 @@ pub fn init(format: LogFormat, filter: &str) -> Option<LogReload> {
     };
     installed.ok()?;
     Some(Arc::new(move |directives: &str| {
-        let filter = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+        let filter = EnvFilter::try_new(quiet_sdk(directives)).map_err(|e| e.to_string())?;
         handle.reload(filter).map_err(|e| e.to_string())
     }))
+}
+
+/// The MCP SDK logs three `info` lines for every stateless request (a server is built and
+/// ends each time); the gateway logs the call itself. Unless the filter names `rmcp`, it
+/// logs warnings only.
+fn quiet_sdk(directives: &str) -> String {
+    if directives.contains("rmcp") {
+        directives.to_owned()
+    } else {
+        format!("{directives},rmcp=warn")
+    }
 }

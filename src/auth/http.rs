@@ -121,22 +121,47 @@ impl<O: Operation> FromRequestParts<AppState> for Permitted<O> {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let ApiQuery(query) = ApiQuery::<AddressQuery>::from_request_parts(parts, state).await?;
-        let address = Address::parse(&query.address)?;
-        if let Some(slot) = parts.extensions.get::<Slot>() {
-            slot.operation(O::OP, &query.address);
-        }
-        if !caller(parts)?.allows(O::OP, &address) {
-            return Err(ApiError::Forbidden {
-                operation: O::OP,
-                target: query.address,
-            });
-        }
-        crate::audit::writable(state, O::OP)?;
+        let caller = caller(parts)?;
+        let address = permit(
+            state,
+            &caller,
+            parts.extensions.get::<Slot>(),
+            O::OP,
+            &query.address,
+        )?;
         Ok(Self {
             address,
             _op: PhantomData,
         })
     }
+}
+
+/// `raw` parsed, and `caller`'s permission to do `op` there: what [`Permitted`] checks,
+/// for callers that are not a REST route (the MCP tools). The operation and address go to
+/// the audit `slot`; writes and deletes also need an audit log that takes records.
+///
+/// # Errors
+/// An invalid address (400 naming the component), a forbidden one (403 naming the
+/// operation), or an audit log that cannot record a write (503).
+pub fn permit(
+    state: &AppState,
+    caller: &Principal,
+    slot: Option<&Slot>,
+    op: Op,
+    raw: &str,
+) -> Result<Address, ApiError> {
+    let address = Address::parse(raw)?;
+    if let Some(slot) = slot {
+        slot.operation(op, raw);
+    }
+    if !caller.allows(op, &address) {
+        return Err(ApiError::Forbidden {
+            operation: op,
+            target: raw.to_owned(),
+        });
+    }
+    crate::audit::writable(state, op)?;
+    Ok(address)
 }
 
 /// Proof that the caller may use the admin API: the admin token, or a principal granted

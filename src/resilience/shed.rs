@@ -1,4 +1,4 @@
-//! Load shedding (SPEC §7): at most `RUSTLE_MAX_IN_FLIGHT` envelope and search requests in
+//! Load shedding (SPEC §7): at most `RUSTLE_MAX_IN_FLIGHT` envelope, search and MCP requests in
 //! flight; beyond
 //! that a request is answered 503 with `Retry-After: 1` at once, never queued.
 //!
@@ -28,7 +28,7 @@ impl Drop for Slot {
 pub async fn shed_load(State(state): State<AppState>, request: Request, next: Next) -> Response {
     // Operations routes (health, metrics, status, admin) stay answerable under overload.
     let path = request.uri().path();
-    if !(path.starts_with("/v1/envelopes") || path.starts_with("/v1/search")) {
+    if !(path.starts_with("/v1/envelopes") || path.starts_with("/v1/search") || path == "/mcp") {
         return next.run(request).await;
     }
     let limit = state.config.load().max_in_flight;

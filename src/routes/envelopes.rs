@@ -212,6 +212,21 @@ async fn put_envelope(
     Permitted { address, .. }: Permitted<ToWrite>,
     ApiJson(body): ApiJson<PutEnvelope>,
 ) -> Result<Reply<Envelope>, Failed> {
+    store(&state, &ctx, &address, body).await
+}
+
+/// Stores `body` at `address` for the caller of `ctx` (who may write there): what
+/// `PUT /v1/envelopes` and the `ucxl_store` tool do.
+///
+/// # Errors
+/// A temporal segment other than the latest, an invalid `content_type`, or the backend's
+/// failure.
+pub async fn store(
+    state: &AppState,
+    ctx: &Ctx,
+    address: &ucxl::Address,
+    body: PutEnvelope,
+) -> Result<Reply<Envelope>, Failed> {
     address.require_latest()?;
     let new = NewVersion {
         id: ctx
@@ -228,7 +243,7 @@ async fn put_envelope(
     };
     ctx.audit.envelope(&new.id);
     let backend = Arc::clone(&state.active.load().backend);
-    let served = ctx.served(backend.put(&ctx.call, &address, new).await)?;
+    let served = ctx.served(backend.put(&ctx.call, address, new).await)?;
     let written = served.value;
     let (code, message) = match (written.created, served.via.journaled) {
         (true, true) => (
@@ -264,8 +279,21 @@ async fn get_envelope(
     ctx: Ctx,
     Permitted { address, .. }: Permitted<ToRead>,
 ) -> Result<Reply<Envelope>, Failed> {
+    fetch(&state, &ctx, &address).await
+}
+
+/// The version `address` selects, for the caller of `ctx` (who may read there): what
+/// `GET /v1/envelopes` and the `ucxl_fetch` tool do.
+///
+/// # Errors
+/// The backend's failure (404 when nothing is stored).
+pub async fn fetch(
+    state: &AppState,
+    ctx: &Ctx,
+    address: &ucxl::Address,
+) -> Result<Reply<Envelope>, Failed> {
     let backend = Arc::clone(&state.active.load().backend);
-    let served = ctx.served(backend.get(&ctx.call, &address).await)?;
+    let served = ctx.served(backend.get(&ctx.call, address).await)?;
     Ok(Reply::new(Code::Ok, "found", served.value, ctx.request_id()).via(served.via))
 }
 
@@ -291,6 +319,19 @@ async fn delete_envelope(
     ctx: Ctx,
     Permitted { address, .. }: Permitted<ToDelete>,
 ) -> Result<Reply<Deleted>, Failed> {
+    remove(&state, &ctx, &address).await
+}
+
+/// Deletes `address` for the caller of `ctx` (who may delete there): what
+/// `DELETE /v1/envelopes` and the `ucxl_delete` tool do.
+///
+/// # Errors
+/// A temporal segment other than the latest, or the backend's failure.
+pub async fn remove(
+    state: &AppState,
+    ctx: &Ctx,
+    address: &ucxl::Address,
+) -> Result<Reply<Deleted>, Failed> {
     address.require_latest()?;
     let id = ctx
         .idempotency_key
@@ -298,7 +339,7 @@ async fn delete_envelope(
         .unwrap_or_else(EnvelopeId::generate);
     ctx.audit.envelope(&id);
     let backend = Arc::clone(&state.active.load().backend);
-    let served = ctx.served(backend.delete(&ctx.call, &address, id).await)?;
+    let served = ctx.served(backend.delete(&ctx.call, address, id).await)?;
     let (code, message) = if served.via.journaled {
         (Code::Accepted, "delete accepted into the durable journal")
     } else {
@@ -324,8 +365,21 @@ async fn history(
     ctx: Ctx,
     Permitted { address, .. }: Permitted<ToRead>,
 ) -> Result<Reply<History>, Failed> {
+    versions(&state, &ctx, &address).await
+}
+
+/// The versions of `address`, for the caller of `ctx` (who may read there): what
+/// `GET /v1/envelopes/history` and the `ucxl_history` tool do.
+///
+/// # Errors
+/// The backend's failure (404 when nothing is stored).
+pub async fn versions(
+    state: &AppState,
+    ctx: &Ctx,
+    address: &ucxl::Address,
+) -> Result<Reply<History>, Failed> {
     let backend = Arc::clone(&state.active.load().backend);
-    let served = ctx.served(backend.history(&ctx.call, &address).await)?;
+    let served = ctx.served(backend.history(&ctx.call, address).await)?;
     let message = format!("{} versions", served.value.versions.len());
     Ok(Reply::new(Code::Ok, message, served.value, ctx.request_id()).via(served.via))
 }

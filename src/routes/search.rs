@@ -101,6 +101,19 @@ async fn search(
     ctx: Ctx,
     ApiQuery(params): ApiQuery<SearchParams>,
 ) -> Result<Reply<SearchPage>, Failed> {
+    run(&state, &ctx, params).await
+}
+
+/// One page of the matches of `params` the caller of `ctx` may see: what `GET /v1/search`,
+/// the `ucxl_search` tool and the MCP resource list do.
+///
+/// # Errors
+/// An invalid pattern, limit or cursor; a caller without `search`; the backend's failure.
+pub async fn run(
+    state: &AppState,
+    ctx: &Ctx,
+    params: SearchParams,
+) -> Result<Reply<SearchPage>, Failed> {
     let pattern = params.pattern.clone();
     let query = params.validate()?;
     ctx.audit.operation(Op::Search, &pattern);
@@ -112,7 +125,7 @@ async fn search(
         .into());
     }
     let backend = Arc::clone(&state.active.load().backend);
-    let served = visible_page(&ctx, backend.as_ref(), query).await?;
+    let served = visible_page(ctx, backend.as_ref(), query).await?;
     let message = format!("{} matches", served.value.items.len());
     Ok(Reply::new(Code::Ok, message, served.value, ctx.request_id()).via(served.via))
 }

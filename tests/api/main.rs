@@ -8,6 +8,7 @@ mod envelopes;
 mod errors;
 mod faults;
 mod helpers;
+mod mcp;
 mod node_client;
 #[path = "../../crates/bzzz-node/tests/cluster/harness.rs"]
 #[allow(dead_code)] // the node tests use the rest

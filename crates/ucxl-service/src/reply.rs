@@ -29,6 +29,24 @@ impl<T> Reply<T> {
         }
     }
 
+    /// The UCXL code.
+    #[must_use]
+    pub fn code(&self) -> Code {
+        self.code
+    }
+
+    /// The message.
+    #[must_use]
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The data, for answers that are not HTTP (the gateway's MCP tools).
+    #[must_use]
+    pub fn into_data(self) -> T {
+        self.data
+    }
+
     /// Adds a response header.
     #[must_use]
     pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
