@@ -464,6 +464,9 @@ class Sut:
                 "RUSTLE_BACKEND_MODE": "hybrid",
                 "RUSTLE_BZZZ_ENDPOINTS": ",".join(self.upstreams),
                 "RUSTLE_JOURNAL_DIR": os.path.join(d, "journal"),
+                # its own local store: the default ./data would keep what earlier runs
+                # wrote (the mock-mode stages' seeding PUTs pile up versions there)
+                "RUSTLE_DATA_DIR": os.path.join(d, "data"),
                 "RUST_LOG": os.environ.get("BENCH_RUST_LOG", "info"),
             }
             env.update(getattr(self, "extra_env", {}))

@@ -25,10 +25,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
-use ucxl::{Code, EnvelopeId, PrincipalName};
+use ucxl::{Code, EnvelopeId};
 use ucxl_service::{ErrorReport, RequestId};
 
-use crate::auth::Op;
+use crate::auth::{Op, Principal};
 use crate::backend::BackendKind;
 use crate::config::AuditSink;
 use crate::error::ApiError;
@@ -44,7 +44,7 @@ const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// What is known of a request, filled in as it passes.
 #[derive(Debug, Default, Clone)]
 struct Facts {
-    principal: Option<PrincipalName>,
+    principal: Option<Arc<Principal>>,
     operation: Option<Op>,
     address: Option<String>,
     envelope_id: Option<EnvelopeId>,
@@ -62,8 +62,8 @@ impl Slot {
     }
 
     /// Who is calling.
-    pub fn principal(&self, name: &PrincipalName) {
-        self.facts().principal = Some(name.clone());
+    pub fn principal(&self, principal: &Arc<Principal>) {
+        self.facts().principal = Some(Arc::clone(principal));
     }
 
     /// What is attempted, on which address or pattern (as the caller sent it).
@@ -360,7 +360,8 @@ pub async fn record(State(state): State<AppState>, mut request: Request, next: N
     let request_id = request.extensions().get::<RequestId>().map(|r| r.0.clone());
     let route_op = Op::of_route(&method, &route);
     let response = next.run(request).await;
-    let facts = slot.facts().clone();
+    // Nothing reads the facts once the answer is back: take them rather than copy them.
+    let facts = std::mem::take(&mut *slot.facts());
     let operation = facts.operation.or(route_op);
     let status = response.status().as_u16();
     let answered = facts.outcome.map_or(status, Code::status);
@@ -381,7 +382,7 @@ pub async fn record(State(state): State<AppState>, mut request: Request, next: N
         principal: facts
             .principal
             .as_ref()
-            .map_or(crate::auth::grant::ANONYMOUS, PrincipalName::as_str),
+            .map_or(crate::auth::grant::ANONYMOUS, |p| p.name().as_str()),
         operation,
         method: method.as_str(),
         route: &route,

@@ -29,27 +29,22 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let principal = {
-        let config = state.config.load();
-        state.auth.authenticate(
-            request.headers().get(AUTHORIZATION),
-            config.auth,
-            config.admin_token.as_ref(),
-        )
-    };
+    let principal = state.auth.authenticate(
+        request.headers().get(AUTHORIZATION),
+        state.config.load().auth,
+    );
     let principal = match principal {
         Ok(p) => p,
         Err(why) => return ApiError::Unauthenticated(why).into_response(),
     };
     if let Some(slot) = request.extensions().get::<Slot>() {
-        slot.principal(principal.name());
+        slot.principal(&principal);
     }
     let peer = request
         .extensions()
         .get::<ucxl_service::serve::PeerAddr>()
-        .map(|p| p.0.ip().to_string());
-    let caller = peer.as_deref().unwrap_or(super::grant::ANONYMOUS);
-    if let Err(retry_after) = state.auth.admit(&principal, caller) {
+        .map(|p| p.0.ip());
+    if let Err(retry_after) = state.auth.admit(&principal, peer) {
         metrics::counter!("rustle_rate_limited_total").increment(1);
         return ApiError::TooManyRequests { retry_after }.into_response();
     }

@@ -13,6 +13,7 @@ pub mod op;
 pub mod policy;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -26,16 +27,19 @@ pub use grant::{Kind, Principal, Rate};
 pub use op::{Op, Ops};
 pub use policy::Policy;
 
-use crate::config::{AuthMode, Config, Secret};
+use crate::config::{AuthMode, Config};
 
 /// Largest `Authorization` header looked at; larger ones are refused unread.
 pub const MAX_AUTHORIZATION_BYTES: usize = jwt::MAX_TOKEN_BYTES + 16;
-/// Verified JWTs remembered until they expire, so a client reusing its token pays for the
-/// signature check once. Past this the memory starts afresh.
-const JWT_CACHE_MAX: usize = 4096;
-/// Longest token remembered (longer ones are verified every time), so the cache stays
+/// Credentials remembered (API keys, and verified JWTs until they expire), so a client
+/// reusing its credential pays for the SHA-256 or the signature check once. Past this the
+/// memory starts afresh.
+const ACCEPTED_MAX: usize = 4096;
+/// Longest credential remembered (longer ones are checked every time), so the memory stays
 /// within a few MiB.
-const JWT_CACHE_TOKEN_MAX: usize = 2048;
+const ACCEPTED_TOKEN_MAX: usize = 2048;
+/// `valid_until` of a credential that does not expire (an API key: until the next reload).
+const NEVER: u64 = u64::MAX;
 
 /// Why a request was not authenticated (401). The client hears which of these, never why
 /// a token was invalid: the log has that.
@@ -71,22 +75,82 @@ impl Unauthenticated {
     }
 }
 
-/// The policy and JWT verifier in force (swapped whole by a reload).
+/// The policy, JWT verifier and admin token in force, and the credentials accepted under
+/// them: swapped whole by a reload, so a request that read the old ones can only ever
+/// remember a credential in the old memory, never in the new one.
 #[derive(Debug, Default)]
 struct Current {
     policy: Option<Arc<Policy>>,
     verifier: Option<Arc<jwt::Verifier>>,
+    /// SHA-256 of the admin token (`RUSTLE_ADMIN_TOKEN`), when one is set.
+    admin_token: Option<[u8; 32]>,
+    accepted: Accepted,
 }
 
 /// A policy read and checked, ready to be put in force.
 #[derive(Debug)]
 pub struct PreparedPolicy(Current);
 
-/// A verified JWT's principal, until the token expires.
+/// An accepted credential's principal, until `valid_until` (seconds since the epoch;
+/// [`NEVER`] for API keys).
 #[derive(Debug)]
 struct Cached {
     principal: Arc<Principal>,
     valid_until: u64,
+}
+
+/// Credentials that authenticated under one [`Current`]: the bearer token as presented →
+/// its principal. Only credentials that passed are held (an unknown key or a refused token
+/// is checked again every time), never the admin token.
+///
+/// Keyed by the token itself, with the standard library's `SipHash` under per-process
+/// random keys. An attacker cannot compute where a token of their choosing lands, so the
+/// lookup's timing says nothing about the tokens held: hashing takes the same time for any
+/// token of a length, and the map compares the presented token in full (`memcmp`, whose
+/// time depends on the common prefix) only with tokens that landed in the same bucket
+/// with the same 7 tag bits, which for a guess is chance under keys the attacker does not
+/// know, not closeness to a held token. The map's own comparison decides a hit; nothing
+/// else is compared. (Keyed by each token's SHA-256 instead, a read would pay 3.5–7k
+/// instructions, 5–10% of a mock-mode read.) The policy still holds API keys only as
+/// SHA-256; this memory holds keys clients presented, as the request buffers do, and is
+/// never written anywhere.
+#[derive(Debug, Default)]
+struct Accepted(Mutex<HashMap<Box<[u8]>, Cached>>);
+
+impl Accepted {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, Cached>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The principal of `token` if it was accepted and, at `now()` (read only for tokens
+    /// that expire), has not expired. An expired token is forgotten.
+    fn get(&self, token: &[u8], now: impl FnOnce() -> u64) -> Option<Arc<Principal>> {
+        let mut cache = self.lock();
+        let hit = cache.get(token)?;
+        if hit.valid_until == NEVER || now() <= hit.valid_until {
+            return Some(Arc::clone(&hit.principal));
+        }
+        cache.remove(token);
+        None
+    }
+
+    /// Remembers that `token` authenticated as `principal` until `valid_until`.
+    fn insert(&self, token: &[u8], principal: &Arc<Principal>, valid_until: u64) {
+        if token.len() > ACCEPTED_TOKEN_MAX {
+            return;
+        }
+        let mut cache = self.lock();
+        if cache.len() >= ACCEPTED_MAX {
+            cache.clear();
+        }
+        cache.insert(
+            token.into(),
+            Cached {
+                principal: Arc::clone(principal),
+                valid_until,
+            },
+        );
+    }
 }
 
 /// What `/v1/status` shows of authentication.
@@ -106,11 +170,6 @@ pub struct Auth {
     current: ArcSwap<Current>,
     anonymous: ArcSwap<Principal>,
     admin_token: Arc<Principal>,
-    /// Keyed by the token itself with the standard library's `SipHash` and its per-process
-    /// random keys: a client cannot aim at buckets, and the full comparison that confirms
-    /// a hit is constant-time (`Cached::token`), so the lookup reveals nothing of other
-    /// callers' tokens. (A SHA-256 of each token cost a read a tenth of its instructions.)
-    jwt_cache: Mutex<HashMap<Box<str>, Cached>>,
     limiter: limit::Limiter,
 }
 
@@ -124,7 +183,6 @@ impl Auth {
             current: ArcSwap::from_pointee(Current::default()),
             anonymous: ArcSwap::from_pointee(Principal::anonymous(anonymous_rate(config))),
             admin_token: Arc::new(Principal::admin_token()),
-            jwt_cache: Mutex::new(HashMap::new()),
             limiter: limit::Limiter::default(),
         };
         auth.install(Self::prepare(config, env)?, config);
@@ -146,18 +204,19 @@ impl Auth {
         }))
     }
 
-    /// Puts a prepared policy in force. Returns its JWT verifier, whose JWKS refresh the
-    /// caller starts.
+    /// Puts a prepared policy in force, with `config`'s admin token and anonymous rate.
+    /// The credentials accepted so far are forgotten. Returns its JWT verifier, whose JWKS
+    /// refresh the caller starts.
     pub fn install(&self, prepared: PreparedPolicy, config: &Config) -> Option<Arc<jwt::Verifier>> {
-        let current = prepared.0;
+        let mut current = prepared.0;
+        current.admin_token = config
+            .admin_token
+            .as_ref()
+            .map(|t| policy::key_digest(t.expose()));
         let verifier = current.verifier.clone();
         self.current.store(Arc::new(current));
         self.anonymous
             .store(Arc::new(Principal::anonymous(anonymous_rate(config))));
-        self.jwt_cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
         verifier
     }
 
@@ -189,7 +248,8 @@ impl Auth {
     }
 
     /// Who sent `authorization`. With `mode` `none`, callers without the admin token are
-    /// anonymous; with `required`, a valid API key, JWT or the admin token is needed.
+    /// anonymous; with `required`, a valid API key, JWT or the admin token is needed. The
+    /// admin token is the one of the configuration last installed.
     ///
     /// # Errors
     /// [`Unauthenticated`] saying what was wrong.
@@ -197,7 +257,6 @@ impl Auth {
         &self,
         authorization: Option<&HeaderValue>,
         mode: AuthMode,
-        admin_token: Option<&Secret>,
     ) -> Result<Arc<Principal>, Unauthenticated> {
         let Some(header) = authorization else {
             return match mode {
@@ -205,101 +264,105 @@ impl Auth {
                 AuthMode::Required => Err(Unauthenticated::Missing),
             };
         };
-        let token = match (bearer(header), mode) {
-            (Ok(token), _) => token,
+        let current = self.current.load();
+        if mode == AuthMode::None {
             // Without authentication, credentials other than the admin token are ignored
             // (proxies and clients add their own headers).
-            (Err(_), AuthMode::None) => return Ok(self.anonymous.load_full()),
-            (Err(e), AuthMode::Required) => return Err(e),
-        };
-        if admin_token.is_some_and(|t| same_secret(token, t.expose())) {
-            return Ok(Arc::clone(&self.admin_token));
-        }
-        if mode == AuthMode::None {
+            if let Some(admin) = &current.admin_token
+                && let Ok(token) = bearer(header)
+                && same_digest(admin, &policy::key_digest(token))
+            {
+                return Ok(Arc::clone(&self.admin_token));
+            }
             return Ok(self.anonymous.load_full());
         }
-        let current = self.current.load();
+        let presented = presented(header)?;
+        // A credential accepted before was a well-formed token, and not the admin token of
+        // this `current` (that is checked before anything is remembered in it).
+        if let Some(principal) = current
+            .accepted
+            .get(presented, jsonwebtoken::get_current_timestamp)
+        {
+            return Ok(principal);
+        }
+        let token = token68(presented)?;
+        self.first_sight(&current, token)
+    }
+
+    /// A credential not accepted before (or expired since): the admin token, an API key of
+    /// the policy or a JWT; the last two are remembered.
+    fn first_sight(
+        &self,
+        current: &Current,
+        token: &str,
+    ) -> Result<Arc<Principal>, Unauthenticated> {
+        let is_jwt = token.bytes().filter(|b| *b == b'.').count() == 2;
+        // Both the admin token's check and the policy's key lookup compare SHA-256 digests.
+        let digest = (current.admin_token.is_some() || !is_jwt).then(|| policy::key_digest(token));
+        if let (Some(admin), Some(digest)) = (&current.admin_token, &digest)
+            && same_digest(admin, digest)
+        {
+            return Ok(Arc::clone(&self.admin_token));
+        }
         let Some(policy) = &current.policy else {
             return Err(Unauthenticated::Invalid);
         };
-        if token.bytes().filter(|b| *b == b'.').count() == 2 {
+        if is_jwt {
             let Some(verifier) = &current.verifier else {
                 tracing::info!("a JWT was presented but the policy has no [jwt] settings");
                 return Err(Unauthenticated::Invalid);
             };
-            return self.jwt(policy, verifier, token);
+            return jwt(current, policy, verifier, token);
         }
-        policy.by_key(token).ok_or_else(|| {
+        let principal = digest.and_then(|d| policy.by_digest(&d)).ok_or_else(|| {
             tracing::info!("an unknown API key was presented");
             Unauthenticated::Invalid
-        })
-    }
-
-    fn jwt(
-        &self,
-        policy: &Policy,
-        verifier: &jwt::Verifier,
-        token: &str,
-    ) -> Result<Arc<Principal>, Unauthenticated> {
-        let now = jsonwebtoken::get_current_timestamp();
-        {
-            let cache = self
-                .jwt_cache
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some((held, hit)) = cache.get_key_value(token)
-                && bool::from(held.as_bytes().ct_eq(token.as_bytes()))
-                && now <= hit.valid_until
-            {
-                return Ok(Arc::clone(&hit.principal));
-            }
-        }
-        let claims = verifier.verify(token).map_err(|e| {
-            tracing::info!(error = %e, "a JWT was refused");
-            Unauthenticated::Invalid
         })?;
-        let principal = Arc::new(policy.jwt_principal(&claims));
-        let valid_until = claims
-            .expires
-            .saturating_add(verifier.settings().leeway_seconds);
-        if token.len() > JWT_CACHE_TOKEN_MAX {
-            return Ok(principal);
-        }
-        let mut cache = self
-            .jwt_cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= JWT_CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(
-            token.into(),
-            Cached {
-                principal: Arc::clone(&principal),
-                valid_until,
-            },
-        );
+        current.accepted.insert(token.as_bytes(), &principal, NEVER);
         Ok(principal)
     }
 
-    /// Takes one request from `principal`'s rate (anonymous callers: per `caller`, their
+    /// Takes one request from `principal`'s rate (anonymous callers: per `peer`, their
     /// address); `Err` with the seconds to wait.
     ///
     /// # Errors
     /// The `Retry-After` seconds when the rate is spent.
-    pub fn admit(&self, principal: &Principal, caller: &str) -> Result<(), u32> {
+    pub fn admit(&self, principal: &Principal, peer: Option<IpAddr>) -> Result<(), u32> {
         let Some(rate) = principal.rate() else {
             return Ok(());
         };
-        let key = if principal.kind() == Kind::Anonymous {
-            caller
-        } else {
-            principal.name().as_str()
+        let check = |key: &str| {
+            self.limiter
+                .check(key, rate)
+                .map_err(limit::retry_after_secs)
         };
-        self.limiter
-            .check(key, rate)
-            .map_err(limit::retry_after_secs)
+        match (principal.kind(), peer) {
+            (Kind::Anonymous, Some(ip)) => check(&ip.to_string()),
+            (Kind::Anonymous, None) => check(grant::ANONYMOUS),
+            _ => check(principal.name().as_str()),
+        }
     }
+}
+
+/// Verifies a JWT not accepted before, and remembers it until it expires.
+fn jwt(
+    current: &Current,
+    policy: &Policy,
+    verifier: &jwt::Verifier,
+    token: &str,
+) -> Result<Arc<Principal>, Unauthenticated> {
+    let claims = verifier.verify(token).map_err(|e| {
+        tracing::info!(error = %e, "a JWT was refused");
+        Unauthenticated::Invalid
+    })?;
+    let principal = Arc::new(policy.jwt_principal(&claims));
+    let valid_until = claims
+        .expires
+        .saturating_add(verifier.settings().leeway_seconds);
+    current
+        .accepted
+        .insert(token.as_bytes(), &principal, valid_until.min(NEVER - 1));
+    Ok(principal)
 }
 
 fn anonymous_rate(config: &Config) -> Option<Rate> {
@@ -320,30 +383,53 @@ fn load(path: &Path, env: &HashMap<String, String>) -> Result<Current, Vec<Strin
     Ok(Current {
         policy: Some(Arc::new(policy)),
         verifier,
+        ..Current::default()
     })
 }
 
 /// The token of `Authorization: Bearer <token>` (RFC 6750 §2.1: the scheme in any case,
 /// a `token68`).
 fn bearer(header: &HeaderValue) -> Result<&str, Unauthenticated> {
+    token68(presented(header)?)
+}
+
+/// The bytes after `Bearer ` (the scheme in any case), not yet checked to be a `token68`:
+/// a credential accepted before needs no other check.
+fn presented(header: &HeaderValue) -> Result<&[u8], Unauthenticated> {
     if header.len() > MAX_AUTHORIZATION_BYTES {
         return Err(Unauthenticated::Malformed);
     }
-    let text = header.to_str().map_err(|_| Unauthenticated::Malformed)?;
-    let (scheme, token) = text
-        .trim()
-        .split_once(' ')
+    let text = header.as_bytes().trim_ascii();
+    let space = text
+        .iter()
+        .position(|b| *b == b' ')
         .ok_or(Unauthenticated::Malformed)?;
-    let token = token.trim_start();
-    let token68 = !token.is_empty()
-        && token.trim_end_matches('=').bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-        });
-    if scheme.eq_ignore_ascii_case("bearer") && token68 {
+    let (scheme, token) = (&text[..space], text[space + 1..].trim_ascii_start());
+    if scheme.eq_ignore_ascii_case(b"bearer") && !token.is_empty() {
         Ok(token)
     } else {
         Err(Unauthenticated::Malformed)
     }
+}
+
+/// `token` if it is a `token68` (RFC 7235 §2.1: which is ASCII, so also text).
+fn token68(token: &[u8]) -> Result<&str, Unauthenticated> {
+    let body = token
+        .iter()
+        .rposition(|b| *b != b'=')
+        .map_or(&[][..], |last| &token[..=last]);
+    let valid = !token.is_empty()
+        && body.iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        });
+    if !valid {
+        return Err(Unauthenticated::Malformed);
+    }
+    std::str::from_utf8(token).map_err(|_| Unauthenticated::Malformed)
+}
+
+fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.ct_eq(b).into()
 }
 
 /// Compares secrets in constant time (over their digests, so length does not leak).
@@ -434,6 +520,151 @@ mod tests {
             .parse()
             .expect("the printed lines are TOML");
         assert!(parsed.contains_key("principals"));
+    }
+
+    #[test]
+    fn presented_credentials_are_the_bearer_tokens_bytes() {
+        assert_eq!(presented(&value("Bearer abc")), Ok(&b"abc"[..]));
+        assert_eq!(presented(&value(" bEaReR \t a.b.c ")), Ok(&b"a.b.c"[..]));
+        for bad in ["Bearer", "Bearer ", "Basic abc", "Bearer\tabc", "abc"] {
+            assert_eq!(
+                presented(&value(bad)),
+                Err(Unauthenticated::Malformed),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(token68(b"x=="), Ok("x=="));
+        assert_eq!(token68(b"=="), Ok("=="));
+        assert_eq!(token68(b"a b"), Err(Unauthenticated::Malformed));
+        assert_eq!(token68(b"caf\xe9"), Err(Unauthenticated::Malformed));
+    }
+
+    fn named(name: &str) -> Arc<Principal> {
+        let name = ucxl::PrincipalName::parse(name).expect("name");
+        let identity = grant::Identity {
+            name: &name,
+            claims: None,
+        };
+        Arc::new(Principal::new(Kind::ApiKey, identity, [], None))
+    }
+
+    #[test]
+    fn accepted_credentials_expire_and_are_then_forgotten() {
+        let accepted = Accepted::default();
+        accepted.insert(b"token", &named("jwt-user"), 100);
+        accepted.insert(b"key", &named("key-user"), NEVER);
+        let name = |p: Option<Arc<Principal>>| p.map(|p| p.name().as_str().to_owned());
+        assert_eq!(
+            name(accepted.get(b"token", || 100)).as_deref(),
+            Some("jwt-user")
+        );
+        assert_eq!(name(accepted.get(b"token", || 101)), None, "expired");
+        assert_eq!(
+            name(accepted.get(b"token", || 50)),
+            None,
+            "an expired token is forgotten, whatever the clock says next"
+        );
+        assert_eq!(
+            name(accepted.get(b"key", || unreachable!("keys do not expire"))).as_deref(),
+            Some("key-user")
+        );
+        assert_eq!(name(accepted.get(b"ke", || 0)), None);
+        let long = vec![b'a'; ACCEPTED_TOKEN_MAX + 1];
+        accepted.insert(&long, &named("long"), NEVER);
+        assert_eq!(
+            name(accepted.get(&long, || 0)),
+            None,
+            "too long to remember"
+        );
+    }
+
+    /// An auth with the policy at `dir/policy.toml` and `admin_token`.
+    fn auth_config(dir: &Path, admin_token: &str) -> (Config, HashMap<String, String>) {
+        let env: HashMap<String, String> = [
+            ("RUSTLE_AUTH", "required"),
+            ("RUSTLE_BACKEND_MODE", "mock"),
+            ("RUSTLE_ADMIN_TOKEN", admin_token),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .chain([(
+            "RUSTLE_AUTH_POLICY".to_owned(),
+            dir.join("policy.toml").display().to_string(),
+        )])
+        .collect();
+        let config = crate::config::Sources {
+            env: env.clone(),
+            ..crate::config::Sources::default()
+        }
+        .resolve()
+        .expect("a valid configuration");
+        (config, env)
+    }
+
+    fn write_policy(dir: &Path, name: &str, key: &str) {
+        let text = format!(
+            "[[principals]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\n",
+            hex::encode(policy::key_digest(key))
+        );
+        std::fs::write(dir.join("policy.toml"), text).expect("write policy");
+    }
+
+    fn who(auth: &Auth, token: &str) -> Result<String, Unauthenticated> {
+        auth.authenticate(Some(&value(&format!("Bearer {token}"))), AuthMode::Required)
+            .map(|p| p.name().as_str().to_owned())
+    }
+
+    #[test]
+    fn a_reload_forgets_remembered_keys_even_those_remembered_late() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_policy(dir.path(), "first", "rk_one");
+        let (config, env) = auth_config(dir.path(), "admin-secret");
+        let auth = Auth::new(&config, &env).expect("auth");
+        assert_eq!(who(&auth, "rk_one").as_deref(), Ok("first"));
+        assert_eq!(who(&auth, "rk_one").as_deref(), Ok("first"), "remembered");
+        let old = auth.current.load_full();
+
+        write_policy(dir.path(), "second", "rk_one");
+        auth.install(Auth::prepare(&config, &env).expect("policy"), &config);
+        assert_eq!(who(&auth, "rk_one").as_deref(), Ok("second"));
+        // A request that read the old policy before the reload remembers its answer after
+        // it: that lands in the old policy's memory, not in the one in force.
+        let stale = old
+            .policy
+            .as_ref()
+            .and_then(|p| p.by_key("rk_one"))
+            .expect("old key");
+        old.accepted.insert(b"rk_one", &stale, NEVER);
+        assert_eq!(who(&auth, "rk_one").as_deref(), Ok("second"));
+
+        write_policy(dir.path(), "third", "rk_two");
+        auth.install(Auth::prepare(&config, &env).expect("policy"), &config);
+        assert_eq!(who(&auth, "rk_one"), Err(Unauthenticated::Invalid));
+        assert_eq!(who(&auth, "rk_two").as_deref(), Ok("third"));
+    }
+
+    #[test]
+    fn the_admin_token_is_the_installed_configurations_and_never_remembered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A policy key that is also the admin token: the admin token wins, every time.
+        write_policy(dir.path(), "shadow", "admin-one");
+        let (config, env) = auth_config(dir.path(), "admin-one");
+        let auth = Auth::new(&config, &env).expect("auth");
+        for _ in 0..2 {
+            assert_eq!(who(&auth, "admin-one").as_deref(), Ok(grant::ADMIN_TOKEN));
+        }
+        let (config, env) = auth_config(dir.path(), "admin-two");
+        auth.install(Auth::prepare(&config, &env).expect("policy"), &config);
+        assert_eq!(who(&auth, "admin-two").as_deref(), Ok(grant::ADMIN_TOKEN));
+        assert_eq!(who(&auth, "admin-one").as_deref(), Ok("shadow"));
+        // With authentication off, only the admin token is looked at.
+        let none = |token: &str| {
+            auth.authenticate(Some(&value(&format!("Bearer {token}"))), AuthMode::None)
+                .map(|p| p.kind())
+        };
+        assert_eq!(none("admin-two"), Ok(Kind::AdminToken));
+        assert_eq!(none("admin-one"), Ok(Kind::Anonymous));
+        assert_eq!(none("not a token"), Ok(Kind::Anonymous));
     }
 
     #[test]

@@ -185,9 +185,15 @@ impl Policy {
     /// nothing about any key, and the match is confirmed in constant time.
     #[must_use]
     pub fn by_key(&self, key: &str) -> Option<Arc<Principal>> {
-        let digest = key_digest(key);
-        let (held, principal) = self.keys.get_key_value(&digest)?;
-        bool::from(held.ct_eq(&digest)).then(|| Arc::clone(principal))
+        self.by_digest(&key_digest(key))
+    }
+
+    /// The principal holding the API key whose SHA-256 is `digest` (as [`Self::by_key`],
+    /// for a caller that has the digest already).
+    #[must_use]
+    pub fn by_digest(&self, digest: &[u8; 32]) -> Option<Arc<Principal>> {
+        let (held, principal) = self.keys.get_key_value(digest)?;
+        bool::from(held.ct_eq(digest)).then(|| Arc::clone(principal))
     }
 
     /// The principal of a verified JWT: its roles from this policy, its rate the highest

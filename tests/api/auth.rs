@@ -1215,6 +1215,86 @@ async fn a_reloaded_policy_is_in_force_at_once_and_an_invalid_one_changes_nothin
     );
 }
 
+#[tokio::test]
+async fn a_reload_forgets_the_keys_and_tokens_already_accepted() {
+    let app = auth_app(&policy(&jwt_section()), &[]).await;
+    let address = "ucxl://claude:dev@alpha:t/x";
+    let token = hs256(&claims(), SECRET.as_bytes());
+    // Each credential is used twice, so the second use is answered from what the first
+    // one left behind.
+    for _ in 0..2 {
+        assert_eq!(get_as(&app, BROAD, address).await.0, 404);
+        assert_eq!(get_as(&app, &token, address).await.0, 404);
+    }
+    // architect-bot loses its key, and role `all` (the token's) shrinks to project beta.
+    let all = r#"grants = [{ ops = ["read", "search", "write", "delete", "watch"], pattern = "ucxl://any:any@any:any/**" }]"#;
+    let narrowed = policy(&jwt_section())
+        .replace(&principal("architect-bot", BROAD, &["all"], ""), "")
+        .replace(
+            all,
+            r#"grants = [{ ops = ["read"], pattern = "ucxl://any:any@beta:any/**" }]"#,
+        );
+    assert_ne!(narrowed, policy(&jwt_section()));
+    app.write_policy(&narrowed);
+    let (status, body) = app.reload(OPS).await;
+    assert_eq!(status, 200, "{body}");
+    let response = send(
+        app.request(Method::GET, &envelope_path(address))
+            .bearer_auth(BROAD),
+    )
+    .await;
+    assert_eq!(response.status(), 401, "the removed key is refused at once");
+    assert_eq!(challenge(&response), INVALID_TOKEN);
+    let (status, body) = get_as(&app, &token, address).await;
+    assert_forbidden(status, &body, "read", address);
+    assert_eq!(
+        get_as(&app, &token, "ucxl://claude:dev@beta:t/x").await.0,
+        404,
+        "the token holds its role as the new policy defines it"
+    );
+}
+
+#[tokio::test]
+async fn an_accepted_token_is_refused_once_it_expires() {
+    let jwt = format!("{}leeway_seconds = 0\n", jwt_section());
+    let app = auth_app(&policy(&jwt), &[]).await;
+    let address = "ucxl://claude:dev@alpha:t/x";
+    let expires = now() + 3;
+    let mut claims = claims();
+    claims["exp"] = json!(expires);
+    let token = hs256(&claims, SECRET.as_bytes());
+    for _ in 0..2 {
+        assert_eq!(get_as(&app, &token, address).await.0, 404);
+    }
+    while now() <= expires {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let response = send(
+        app.request(Method::GET, &envelope_path(address))
+            .bearer_auth(&token),
+    )
+    .await;
+    assert_eq!(
+        response.status(),
+        401,
+        "expired: accepted before is no excuse"
+    );
+    assert_eq!(challenge(&response), INVALID_TOKEN);
+}
+
+#[tokio::test]
+async fn the_admin_token_wins_over_a_policy_key_equal_to_it_every_time() {
+    let shadow = principal("shadow", ADMIN_TOKEN, &["all"], "");
+    let app = auth_app(&policy(&shadow), &[]).await;
+    let address = "ucxl://claude:dev@alpha:t/x";
+    for _ in 0..2 {
+        let (status, body) = get_as(&app, ADMIN_TOKEN, address).await;
+        assert_forbidden(status, &body, "read", address);
+        let (status, body) = app.reload(ADMIN_TOKEN).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_policy_of_the_running_binary() {
     let dir = tempfile::tempdir().expect("tempdir");
