@@ -18,6 +18,9 @@ same backends, on this 2-core machine, with the protocol of ../shared/BENCHMARKI
     bench/bench.py auth-read-mock, auth-gates-mock
                                   the same with the gateway in mock mode (no upstream: the
                                   read is served from its local store, seeded by one PUT)
+    bench/bench.py mcp-fetch      mock mode: CPU-µs per MCP `ucxl_fetch` call (POST /mcp,
+                                  JSON-RPC tools/call) against a REST GET of the same envelope
+    bench/bench.py mcp-gates      callgrind instructions per request (c=1) for the same two
     bench/bench.py report         bench/results/<date>.md from the stages' results
     bench/bench.py all            every stage above, in order (each stage < 10 minutes)
 
@@ -712,10 +715,14 @@ def wrk_paths(sut, workload, backend):
             for i in range(20000)]
 
 
-def measure(sut, workload, backend, rate, seconds, saturate=True, headers=None):
+def measure(sut, workload, backend, rate, seconds, saturate=True, headers=None, target=None):
+    """`target` (method, url, body) replaces the workload's request (then no saturation run:
+    wrk's paths are the workload's)."""
     method = "GET" if workload == "read" else "PUT"
     body = None if workload == "read" else body_text()
     url, regex = oha_url(sut, workload, backend)
+    if target:
+        (method, url, body), regex, saturate = target, False, False
     # warm-up: connections, pools, caches
     oha(url, min(rate, 2000), 1, method=method, body=body, regex=regex, headers=headers)
     others_before = others_ns(SUT_CPU, [sut.pid] if sut.pid else [])
@@ -931,9 +938,11 @@ def down_line(f):
 # ---------------------------------------------------------------- deterministic gates
 
 
-def h2load(url, n, headers=None):
-    """n requests at c=1; every answer must be 2xx."""
+def h2load(url, n, headers=None, data=None):
+    """n requests at c=1 (POSTs of the file `data` when given); every answer must be 2xx."""
     argv = ["taskset", "-c", LOAD_CPU, "h2load", "--h1", "-n", str(n), "-c", "1"]
+    if data:
+        argv += ["-d", data]
     for name, value in (headers or {}).items():
         argv += ["-H", f"{name}: {value}"]
     out = subprocess.run(argv + [url], capture_output=True, text=True, check=False)
@@ -944,10 +953,11 @@ def h2load(url, n, headers=None):
 
 
 def callgrind_instructions(kind, upstreams, work, n, env=None, headers=None, tag=None,
-                           check=None):
+                           check=None, path=None, data=None):
     """User-space instructions per read at c=1 (2000 warm-up requests, then n measured).
     `env` is added to the SUT's, `headers` sent with every request, `check(sut)` runs
-    before the warm-up; the dump is kept in `work` as callgrind.<tag>.out.<n>."""
+    before the warm-up; `path` and `data` (a file POSTed) replace the read of FIXED_ADDRESS;
+    the dump is kept in `work` as callgrind.<tag>.out.<n>."""
     sut = Sut(kind, upstreams, work)
     # no periodic work during the measured batch: health checks every hour
     sut.extra_env = {"RUSTLE_HEALTH_INTERVAL_MS": "3600000", **(env or {})}
@@ -956,11 +966,11 @@ def callgrind_instructions(kind, upstreams, work, n, env=None, headers=None, tag
     try:
         if check:
             check(sut)
-        url = sut.base + sut.read_path(FIXED_ADDRESS)
-        h2load(url, 2000, headers)
+        url = sut.base + (path or sut.read_path(FIXED_ADDRESS))
+        h2load(url, 2000, headers, data)
         ctl = ["callgrind_control"]
         subprocess.run(ctl + ["-z", str(sut.pid)], check=True, capture_output=True)
-        h2load(url, n, headers)
+        h2load(url, n, headers, data)
         subprocess.run(ctl + ["-d", str(sut.pid)], check=True, capture_output=True)
     finally:
         sut.stop()
@@ -1270,6 +1280,207 @@ def auth_gates_stage(stage, args):
     return out
 
 
+MCP_VARIANTS = ["rest", "mcp"]
+MCP_LIMIT = 2.0  # issue 18: a `ucxl_fetch` call costs at most 2x the CPU of a REST GET
+# with the body, oha's `-T application/json` sends the Content-Type
+MCP_HEADERS = {"Accept": "application/json, text/event-stream"}
+
+
+def mcp_fetch_body(address):
+    """One JSON-RPC `tools/call` of `ucxl_fetch`: the server is stateless (no initialize,
+    no session), so every request stands alone."""
+    return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                       "params": {"name": "ucxl_fetch", "arguments": {"address": address}}},
+                      separators=(",", ":"))
+
+
+def mcp_fetch_calls(sut):
+    """`rustle_mcp_calls_total` of tool ucxl_fetch from /metrics: {outcome: count}."""
+    status, raw = http("GET", sut.base + "/metrics")
+    if status != 200:
+        raise SystemExit(f"bench: /metrics answered {status}")
+    out = {}
+    for line in raw.decode().splitlines():
+        if line.startswith("rustle_mcp_calls_total{") and 'tool="ucxl_fetch"' in line:
+            outcome = re.search(r'outcome="([^"]*)"', line).group(1)
+            out[outcome] = out.get(outcome, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+def mcp_fetch_check(sut):
+    """One answer of each kind, by hand: the REST GET answers 200 with the envelope, and the
+    MCP call answers 200 with a JSON-RPC result, `isError` false, code UCXL-200-OK and the
+    same envelope as structured content. Returns an error text, or None."""
+    from netutil import Client
+
+    client = Client(sut.base, timeout=30)
+    try:
+        status, _, body = client.request("GET", sut.read_path(FIXED_ADDRESS))
+        if status != 200:
+            return f"REST GET answered {status}: {body[:300]!r}"
+        envelope = json.loads(body)["response"]["data"]
+        status, _, body = client.request("POST", "/mcp", json.loads(mcp_fetch_body(FIXED_ADDRESS)),
+                                         headers=MCP_HEADERS)
+        if status != 200:
+            return f"MCP call answered {status}: {body[:300]!r}"
+        answer = json.loads(body)
+        result = answer.get("result") or {}
+        if ("error" in answer or result.get("isError") is not False
+                or result.get("structuredContent", {}).get("code") != "UCXL-200-OK"
+                or result["structuredContent"].get("data") != envelope):
+            return f"MCP call did not fetch the envelope: {body[:500]!r}"
+        return None
+    finally:
+        client.close()
+
+
+def mcp_fetch_stage(args):
+    """The gateway in mock mode (local store in memory, audit off, its own data directory),
+    seeded with FIXED_ADDRESS by one REST PUT, read at a fixed rate (default 2000 req/s)
+    either by REST `GET /v1/envelopes?address=...` or by MCP `POST /mcp` with a JSON-RPC
+    `tools/call` of `ucxl_fetch` for the same address: a fresh gateway per variant, the
+    order alternating between rounds. Gate: every answer 2xx, a hand-checked answer of each
+    kind before and after the run, and for MCP every ucxl_fetch call counted by /metrics a
+    UCXL-200-OK, as many as the requests answered."""
+    work = tempfile.mkdtemp(prefix="rustle-bench-mcp-")
+    rate = args.rate or 2000
+    rounds = []
+    try:
+        for r in range(args.rounds):
+            waited = wait_quiet(120)
+            if waited is None or waited > 1.5:
+                log(f"round {r + 1}: " + ("other tasks kept CPU 1 busy for 120 s; measuring "
+                                          "anyway" if waited is None else
+                                          f"waited {waited:.0f} s for other tasks to calm"))
+            runs = {}
+            for variant in (MCP_VARIANTS if r % 2 == 0 else MCP_VARIANTS[::-1]):
+                sut = Sut("gateway", [], work)
+                sut.extra_env = {"RUSTLE_BACKEND_MODE": "mock", "RUSTLE_LOCAL_STORE": "memory",
+                                 "RUSTLE_AUDIT_LOG": "off"}
+                sut.start()
+                try:
+                    status, body = http("PUT", sut.base + sut.write_path(FIXED_ADDRESS),
+                                        json.loads(body_text()))
+                    if status not in (200, 201):
+                        raise SystemExit(f"bench: seeding answered {status}: {body[:300]!r}")
+                    problems = [mcp_fetch_check(sut)]
+                    calls_before = mcp_fetch_calls(sut)
+                    if variant == "rest":
+                        target = ("GET", sut.base + sut.read_path(FIXED_ADDRESS), None)
+                        headers = None
+                    else:
+                        target = ("POST", sut.base + "/mcp", mcp_fetch_body(FIXED_ADDRESS))
+                        headers = MCP_HEADERS
+                    run = measure(sut, "read", "fixed", rate, args.seconds, headers=headers,
+                                  target=target)
+                    calls = mcp_fetch_calls(sut)
+                    problems.append(mcp_fetch_check(sut))
+                finally:
+                    sut.stop()
+                calls = {k: v - calls_before.get(k, 0) for k, v in calls.items()}
+                run["mcp_calls"] = calls
+                f = run["fixed"]
+                if variant == "mcp":
+                    # the warm-up's calls count too: at least the measured run's answers
+                    if set(calls) - {"UCXL-200-OK"}:
+                        problems.append(f"MCP outcomes other than UCXL-200-OK: {calls}")
+                    if calls.get("UCXL-200-OK", 0) < f["ok"] + f["non2xx"]:
+                        problems.append(f"fewer successful calls {calls} than answers {f['ok']}")
+                run["problems"] = [p for p in problems if p]
+                run["gate"] = gate_ok(run) and not run["problems"]
+                runs[variant] = run
+                log(f"round {r + 1} {variant}: {summary_line(run)}; other tasks allowed on "
+                    f"cpu1 {f['cpu1_others_ms']:.0f} ms" + "".join("; " + p for p in run["problems"]))
+            runs["disturbed"] = any(disturbed(runs[v], args.seconds) for v in MCP_VARIANTS)
+            rounds.append(runs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"stage": "mcp-fetch", "rate": rate, "seconds": args.seconds, "rounds": rounds}
+
+
+def mcp_gates_stage(args):
+    """Callgrind instructions per request at c=1 for mcp-fetch's two variants (mock mode,
+    store in memory, seeded by one PUT, checked by hand as in mcp-fetch)."""
+    work = tempfile.mkdtemp(prefix="rustle-bench-mcp-gates-")
+    n = args.gate_requests
+    body = os.path.join(work, "mcp-fetch.json")
+    with open(body, "w") as f:
+        f.write(mcp_fetch_body(FIXED_ADDRESS))
+    env = {"RUSTLE_BACKEND_MODE": "mock", "RUSTLE_LOCAL_STORE": "memory",
+           "RUSTLE_AUDIT_LOG": "off"}
+
+    def check(sut):
+        status, raw = http("PUT", sut.base + sut.write_path(FIXED_ADDRESS),
+                           json.loads(body_text()), timeout=60)
+        problem = (f"seeding answered {status}: {raw[:300]!r}" if status not in (200, 201)
+                   else mcp_fetch_check(sut))
+        if problem:
+            raise SystemExit(f"bench: mcp-gates: {problem}")
+
+    out = {"stage": "mcp-gates", "requests": n, "instructions": {}}
+    try:
+        for variant in MCP_VARIANTS:
+            extra = ({"path": "/mcp", "data": body,
+                      "headers": {"Content-Type": "application/json", **MCP_HEADERS}}
+                     if variant == "mcp" else {})
+            out["instructions"][variant] = callgrind_instructions(
+                "gateway", [], work, n, env=env, tag=f"gateway-{variant}", check=check, **extra)
+            log(f"{variant}: {out['instructions'][variant]:.0f} instructions/req")
+    finally:
+        for path in glob.glob(os.path.join(work, "*")):
+            if not os.path.basename(path).startswith("callgrind."):
+                shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+    log(f"callgrind dumps kept in {work} (callgrind_annotate --inclusive=yes <dump>)")
+    return out
+
+
+def mcp_gates_table(data):
+    ins = data["instructions"]
+    return [f"### mcp-gates (mcp-fetch's two variants at c=1, {data['requests']} measured "
+            f"requests after 2000 warm-up; commit {data.get('commit', '?')})", "",
+            "| variant | instructions/req (callgrind) | vs rest |", "|---|---|---|"] + [
+        f"| {v} | {ins[v]:,.0f} | {ins[v] / ins['rest']:.3f} |" for v in MCP_VARIANTS] + [""]
+
+
+def mcp_fetch_table(data):
+    rounds = data["rounds"]
+    lines = [f"### mcp-fetch (gateway in mock mode, store in memory, one envelope seeded by a "
+             f"PUT; REST GET vs MCP `tools/call` of `ucxl_fetch` at a fixed {data['rate']} "
+             f"req/s, {data['seconds']} s runs, {len(rounds)} rounds; commit "
+             f"{data.get('commit', '?')})", "",
+             "| variant | CPU-µs/req at fixed rate | p50 ms | p99 ms | user share of the SUT's "
+             "CPU | other tasks allowed on CPU1, CPU-ms per run | gate |",
+             "|---|---|---|---|---|---|---|"]
+    for v in MCP_VARIANTS:
+        rr = [r[v] for r in rounds]
+        lines.append(
+            f"| {v} | {median_range([x['fixed']['cpu_us'] for x in rr])} "
+            f"| {median_range([x['fixed']['p50_ms'] for x in rr], 3)} "
+            f"| {median_range([x['fixed']['p99_ms'] for x in rr], 3)} "
+            f"| {median_range([x['fixed'].get('user_share') for x in rr])} "
+            f"| {median_range([x['fixed'].get('cpu1_others_ms') for x in rr], 0)} "
+            f"| {'pass' if all(x['gate'] for x in rr) else '**FAIL**'} |")
+    quiet = sum(1 for r in rounds if not r.get("disturbed"))
+    lines += ["", f"Undisturbed rounds: {quiet} of {len(rounds)}.", "",
+              "| mcp/rest (median [min-max] of per-round ratios) | value |", "|---|---|"]
+    cpu = None
+    for name, f in (("CPU-µs/req", lambda x: x["fixed"]["cpu_us"]),
+                    ("p50", lambda x: x["fixed"]["p50_ms"]),
+                    ("p99", lambda x: x["fixed"]["p99_ms"])):
+        ratios = [f(r["mcp"]) / f(r["rest"]) if f(r["mcp"]) is not None and f(r["rest"])
+                  else None for r in rounds]
+        cpu = cpu or ratios
+        lines.append(f"| {name} | {median_range(ratios, 3)} |")
+    lowest = [min(r[v]["fixed"]["cpu_us"] for r in rounds) for v in MCP_VARIANTS]
+    lines.append(f"| CPU-µs/req, lowest over rounds | {lowest[1] / lowest[0]:.3f} |")
+    med = statistics.median([x for x in cpu if x is not None])
+    above = sum(1 for x in cpu if x is not None and x > MCP_LIMIT)
+    lines += ["", f"Issue 18 target (CPU-µs per call at most {MCP_LIMIT:.0f}x REST): median "
+              f"{med:.3f}, {'within' if med <= MCP_LIMIT else '**above**'}; above it in "
+              f"{above} of {len(cpu)} rounds.", ""]
+    return lines
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -1513,7 +1724,8 @@ def report(date):
     lines += [f"Kernel {host}; {version_line()}", ""]
     flagged, not_run = [], []
     for stage in ["fixed-read", "fixed-write", "nodes-read", "nodes-write", "nodes-down", "gates",
-                  "auth-read", "auth-gates", "auth-read-mock", "auth-gates-mock", "mock-write"]:
+                  "auth-read", "auth-gates", "auth-read-mock", "auth-gates-mock", "mock-write",
+                  "mcp-fetch", "mcp-gates"]:
         path = os.path.join(d, f"{stage}.json")
         if not os.path.exists(path):
             not_run.append(stage)
@@ -1527,6 +1739,10 @@ def report(date):
             lines += down_table(data)
         elif stage == "mock-write":
             lines += mock_write_table(data)
+        elif stage == "mcp-fetch":
+            lines += mcp_fetch_table(data)
+        elif stage == "mcp-gates":
+            lines += mcp_gates_table(data)
         elif stage.startswith("auth-read"):
             lines += auth_read_table(data)
         elif stage.startswith("auth-gates"):
@@ -1583,7 +1799,8 @@ def main():
     p.add_argument("stage", choices=["setup", "build", "fixed-read", "fixed-write", "nodes-read",
                                      "nodes-write", "nodes-down", "gates", "auth-read",
                                      "auth-gates", "auth-read-mock", "auth-gates-mock",
-                                     "mock-write", "report", "all"])
+                                     "mock-write", "mcp-fetch", "mcp-gates", "report",
+                                     "all"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=int, default=5, help="length of each measured run")
     p.add_argument("--rate", type=int, default=0, help="fixed rate (default per stage)")
@@ -1604,7 +1821,8 @@ def main():
     stages = [args.stage]
     if args.stage == "all":
         stages = ["setup", "build", "fixed-read", "fixed-write", "nodes-read", "nodes-write",
-                  "nodes-down", "gates", "auth-read", "auth-gates", "mock-write", "report"]
+                  "nodes-down", "gates", "auth-read", "auth-gates", "mock-write", "mcp-fetch",
+                  "mcp-gates", "report"]
     for stage in stages:
         started = time.monotonic()
         if stage == "setup":
@@ -1626,6 +1844,10 @@ def main():
                 data = down_stage(args)
             elif stage == "mock-write":
                 data = mock_write_stage(args)
+            elif stage == "mcp-fetch":
+                data = mcp_fetch_stage(args)
+            elif stage == "mcp-gates":
+                data = mcp_gates_stage(args)
             else:
                 data = load_stage(stage, args)
             data["measured_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
