@@ -186,7 +186,17 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::resilience::shed::shed_load,
         ));
-    with_layers(api.merge(docs)).with_state(state)
+    // RFC 9728 metadata: open, like the documents (it names no data).
+    let metadata = Router::new()
+        .route(
+            "/.well-known/oauth-protected-resource",
+            axum::routing::get(crate::auth::metadata::protected_resource),
+        )
+        .route(
+            crate::auth::metadata::MCP_METADATA_PATH,
+            axum::routing::get(crate::auth::metadata::protected_resource),
+        );
+    with_layers(api.merge(docs).merge(metadata)).with_state(state)
 }
 
 /// The service name in error bodies.

@@ -35,7 +35,13 @@ pub async fn authenticate(
     );
     let principal = match principal {
         Ok(p) => p,
-        Err(why) => return ApiError::Unauthenticated(why).into_response(),
+        Err(why) => {
+            let mut response = ApiError::Unauthenticated(why).into_response();
+            if request.uri().path() == "/mcp" {
+                super::metadata::point_to_metadata(&state, request.headers(), &mut response);
+            }
+            return response;
+        }
     };
     if let Some(slot) = request.extensions().get::<Slot>() {
         slot.principal(&principal);

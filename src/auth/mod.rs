@@ -9,6 +9,7 @@ pub mod grant;
 pub mod http;
 pub mod jwt;
 pub mod limit;
+pub mod metadata;
 pub mod op;
 pub mod policy;
 

@@ -617,3 +617,108 @@ async fn mcp_writes_and_refusals_are_audited_with_the_tool_results_code() {
     assert_eq!(lines[1]["operation"], "delete");
     assert_eq!(lines[1]["outcome"], "UCXL-403-FORBIDDEN");
 }
+
+/// A gateway whose policy accepts HS256 JWTs from `issuer` (when given) and nothing else.
+async fn jwt_app(issuer: Option<&str>) -> (TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("policy.toml");
+    let issuer_line = issuer.map_or(String::new(), |i| format!("issuer = \"{i}\"\n"));
+    let policy = format!(
+        "[roles.reader]\ngrants = [{{ ops = [\"read\"], pattern = \"ucxl://any:any@any:any/**\" }}]\n\n[jwt]\nhs256_secret_env = \"RUSTLE_JWT_SECRET\"\n{issuer_line}"
+    );
+    std::fs::write(&path, policy).expect("policy");
+    let vars: HashMap<String, String> = [
+        ("RUSTLE_LISTEN_ADDR", "127.0.0.1:0"),
+        ("RUSTLE_AUTH", "required"),
+        ("RUSTLE_AUDIT_LOG", "off"),
+        ("RUSTLE_JWT_SECRET", "a-test-secret-of-at-least-32-bytes!!"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .chain([("RUSTLE_AUTH_POLICY".to_owned(), path.display().to_string())])
+    .collect();
+    let config = Sources {
+        env: vars.clone(),
+        ..Sources::default()
+    }
+    .resolve()
+    .expect("a valid configuration");
+    (
+        spawn_app_with_env(config, Options::default(), vars).await,
+        dir,
+    )
+}
+
+#[tokio::test]
+async fn mcp_points_clients_to_the_protected_resource_metadata_of_its_jwt_issuer() {
+    let (app, _dir) = jwt_app(Some("https://auth.example")).await;
+    let response = app
+        .client
+        .post(app.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 401);
+    let origin = format!("http://{}", app.addr);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        format!(
+            r#"Bearer realm="rustle", resource_metadata="{origin}/.well-known/oauth-protected-resource/mcp""#
+        )
+        .as_str()
+    );
+    for path in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ] {
+        let response = app.client.get(app.url(path)).send().await.expect("request");
+        assert_eq!(response.status(), 200, "{path}");
+        let doc: Value = response.json().await.expect("json");
+        assert_eq!(doc["resource"], format!("{origin}/mcp"));
+        assert_eq!(
+            doc["authorization_servers"],
+            json!(["https://auth.example"])
+        );
+        assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
+    }
+    // A 401 elsewhere keeps the plain challenge: the metadata is about /mcp.
+    let response = app
+        .client
+        .get(app.url("/v1/envelopes?address=ucxl%3A%2F%2Fa%3Ab%40c%3Ad%2Fx"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        r#"Bearer realm="rustle""#
+    );
+}
+
+#[tokio::test]
+async fn without_a_jwt_issuer_there_is_no_protected_resource_metadata() {
+    for (app, _dir) in [jwt_app(None).await, auth_app(None).await] {
+        let response = app
+            .client
+            .get(app.url("/.well-known/oauth-protected-resource/mcp"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 404);
+        let response = app
+            .client
+            .post(app.url("/mcp"))
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 401);
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            r#"Bearer realm="rustle""#
+        );
+    }
+}
