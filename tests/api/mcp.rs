@@ -452,8 +452,6 @@ const WRITER_KEY: &str = "rk_test_mcp_writer_0001";
 /// A gateway that requires credentials, with one principal who may read, write and
 /// delete in project `alpha` and search nowhere.
 async fn auth_app(audit_log: Option<&str>) -> (TestApp, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("policy.toml");
     let policy = format!(
         r#"[[principals]]
 name = "alpha-writer"
@@ -465,16 +463,25 @@ grants = [{{ ops = ["read", "write", "delete"], pattern = "ucxl://any:any@alpha:
 "#,
         hex::encode(key_digest(WRITER_KEY))
     );
+    policy_app(&policy, &[("RUSTLE_AUDIT_LOG", audit_log.unwrap_or("off"))]).await
+}
+
+/// A gateway that requires credentials, with `policy` in a file of its own and `env` (on
+/// top of the defaults) in the environment its reloads read.
+async fn policy_app(policy: &str, env: &[(&str, &str)]) -> (TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("policy.toml");
     std::fs::write(&path, policy).expect("policy");
-    let vars: HashMap<String, String> = [
+    let mut vars: HashMap<String, String> = [
         ("RUSTLE_LISTEN_ADDR", "127.0.0.1:0"),
         ("RUSTLE_AUTH", "required"),
-        ("RUSTLE_AUDIT_LOG", audit_log.unwrap_or("off")),
+        ("RUSTLE_AUDIT_LOG", "off"),
     ]
     .into_iter()
+    .chain(env.iter().copied())
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .chain([("RUSTLE_AUTH_POLICY".to_owned(), path.display().to_string())])
     .collect();
+    vars.insert("RUSTLE_AUTH_POLICY".to_owned(), path.display().to_string());
     let config = Sources {
         env: vars.clone(),
         ..Sources::default()
@@ -620,33 +627,15 @@ async fn mcp_writes_and_refusals_are_audited_with_the_tool_results_code() {
 
 /// A gateway whose policy accepts HS256 JWTs from `issuer` (when given) and nothing else.
 async fn jwt_app(issuer: Option<&str>) -> (TestApp, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("policy.toml");
     let issuer_line = issuer.map_or(String::new(), |i| format!("issuer = \"{i}\"\n"));
     let policy = format!(
         "[roles.reader]\ngrants = [{{ ops = [\"read\"], pattern = \"ucxl://any:any@any:any/**\" }}]\n\n[jwt]\nhs256_secret_env = \"RUSTLE_JWT_SECRET\"\n{issuer_line}"
     );
-    std::fs::write(&path, policy).expect("policy");
-    let vars: HashMap<String, String> = [
-        ("RUSTLE_LISTEN_ADDR", "127.0.0.1:0"),
-        ("RUSTLE_AUTH", "required"),
-        ("RUSTLE_AUDIT_LOG", "off"),
-        ("RUSTLE_JWT_SECRET", "a-test-secret-of-at-least-32-bytes!!"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .chain([("RUSTLE_AUTH_POLICY".to_owned(), path.display().to_string())])
-    .collect();
-    let config = Sources {
-        env: vars.clone(),
-        ..Sources::default()
-    }
-    .resolve()
-    .expect("a valid configuration");
-    (
-        spawn_app_with_env(config, Options::default(), vars).await,
-        dir,
+    policy_app(
+        &policy,
+        &[("RUSTLE_JWT_SECRET", "a-test-secret-of-at-least-32-bytes!!")],
     )
+    .await
 }
 
 #[tokio::test]
