@@ -20,6 +20,7 @@ const RESTART_REQUIRED: &[&str] = &[
     "data_dir",
     "local_store",
     "client_header_timeout",
+    "watch_history",
     // The certificate files are re-read on reload; other files need a restart.
     "tls_cert",
     "tls_key",
@@ -219,10 +220,12 @@ pub async fn reload(state: &AppState) -> Result<ReloadReport, ControlError> {
     new.data_dir.clone_from(&old.data_dir);
     new.local_store = old.local_store;
     new.client_header_timeout = old.client_header_timeout;
+    new.watch_history = old.watch_history;
     state.store.set_max_entries(new.cache_max_entries);
     if let Some(fallback) = state.fallback.get() {
         fallback.set_request_timeout(new.request_timeout);
     }
+    state.watch.set_settings(new.watch());
     state.config.store(Arc::new(new));
     tracing::info!(applied = ?report.applied, restart_required = ?report.restart_required, "configuration reloaded");
     Ok(report)

@@ -76,6 +76,15 @@ pub enum ApiError {
         /// Structured details.
         details: Value,
     },
+    /// What was asked for is no longer there to give (a watch cursor that cannot be
+    /// continued).
+    #[error("{message}")]
+    Gone {
+        /// What is gone.
+        message: String,
+        /// Why (`reason`).
+        details: Value,
+    },
     /// The local store is full of data it must not evict.
     #[error("the local store is full ({limit} versions); raise RUSTLE_CACHE_MAX_ENTRIES")]
     InsufficientStorage {
@@ -164,6 +173,7 @@ impl ApiError {
             Self::TooManyRequests { .. } => Code::TooManyRequests,
             Self::NotFound { .. } => Code::NotFound,
             Self::Conflict { .. } => Code::Conflict,
+            Self::Gone { .. } => Code::Gone,
             Self::InsufficientStorage { .. } | Self::DiskFull => Code::InsufficientStorage,
             Self::Unavailable { .. } => Code::ServiceUnavailable,
             Self::Timeout { .. } => Code::GatewayTimeout,
@@ -181,6 +191,7 @@ impl ApiError {
             | Self::InvalidPayload { details, .. }
             | Self::NotFound { details, .. }
             | Self::Conflict { details, .. }
+            | Self::Gone { details, .. }
             | Self::Unavailable { details, .. }
             | Self::Timeout { details, .. }
             | Self::BadGateway { details, .. }

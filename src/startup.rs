@@ -107,6 +107,7 @@ pub fn build_state(config: Config, options: Options) -> Result<AppState, Startup
             config.audit_log
         ))
     })?;
+    let watch = crate::watch::Hub::new(config.watch());
     // The backend is chosen once the journal is open: start with the mock.
     let mock = Arc::new(crate::backend::mock::MockBackend::new(Arc::clone(&store)));
     let state = AppState::new(Shared {
@@ -128,6 +129,7 @@ pub fn build_state(config: Config, options: Options) -> Result<AppState, Startup
         admin_lock: tokio::sync::Mutex::new(()),
         auth,
         audit,
+        watch,
         tls,
         started_at: Utc::now(),
         started: Instant::now(),
@@ -296,6 +298,18 @@ impl Application {
         if let Some(fallback) = self.state.fallback.get() {
             fallback.start(&background);
         }
+        tokio::spawn(crate::watch::follow::run(
+            Arc::clone(&self.state.watch),
+            Arc::clone(&self.state.cluster),
+            watch_source(&self.state),
+            background.clone(),
+        ));
+        // Watch streams end when stopping starts: the drain need not wait for them.
+        let (hub, stopping) = (Arc::clone(&self.state.watch), shutdown.clone());
+        tokio::spawn(async move {
+            stopping.cancelled().await;
+            hub.end_all(&crate::watch::End::Shutdown);
+        });
         tracing::info!(addr = %self.addr, mode = %self.state.active.load().mode, "listening");
         let listener = match self.state.tls.clone() {
             Some(tls) => ucxl_service::serve::Listener::tls(self.listener, tls),
@@ -319,6 +333,15 @@ impl Application {
         background.cancel();
         result
     }
+}
+
+/// What the feed followers read of the state: the mode and the node client settings.
+fn watch_source(state: &AppState) -> crate::watch::follow::SourceFn {
+    let state = state.clone();
+    Arc::new(move || crate::watch::follow::Source {
+        cluster: state.active.load().mode != BackendMode::Mock,
+        client: crate::upstream::transport::ClientSettings::of(&state.config.load()),
+    })
 }
 
 /// Waits for in-flight requests to finish, at most `grace`.

@@ -71,6 +71,8 @@ pub struct Shared {
     pub auth: crate::auth::Auth,
     /// The audit log.
     pub audit: crate::audit::Audit,
+    /// Watch streams and the merge of the change feeds.
+    pub watch: Arc<crate::watch::Hub>,
     /// The HTTPS certificate, when the API is served over TLS (re-read on reload).
     pub tls: Option<ucxl_service::tls::ServerTls>,
     /// Wall-clock start time.

@@ -298,6 +298,15 @@ pub struct Config {
     pub client_header_timeout: Duration,
     /// Requests in flight before shedding.
     pub max_in_flight: usize,
+    /// Concurrent watch streams.
+    pub max_watches: usize,
+    /// Events queued per watcher before it is dropped as too slow.
+    pub watch_buffer: usize,
+    /// Silence after which a watch stream sends a keep-alive comment.
+    #[serde(with = "millis")]
+    pub watch_heartbeat: Duration,
+    /// Changes remembered for resuming and once-only delivery.
+    pub watch_history: usize,
     /// Admin bearer token; `None` disables the admin API.
     pub admin_token: Option<Secret>,
     /// Whether callers must authenticate.
@@ -334,6 +343,19 @@ mod millis {
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u128(d.as_millis())
+    }
+}
+
+impl Config {
+    /// The watch limits of this configuration.
+    #[must_use]
+    pub fn watch(&self) -> crate::watch::WatchSettings {
+        crate::watch::WatchSettings {
+            max_watches: self.max_watches,
+            buffer: self.watch_buffer,
+            heartbeat: self.watch_heartbeat,
+            history: self.watch_history,
+        }
     }
 }
 

@@ -52,6 +52,10 @@ settings! {
     max_answer_bytes, "RUSTLE_MAX_ANSWER_BYTES", Some("4194304"), "largest node answer about one envelope (bytes); history and search answers may be 8 times larger";
     client_header_timeout_ms, "RUSTLE_CLIENT_HEADER_TIMEOUT_MS", Some("60000"), "time a client has to send a whole request head, on a new or an idle kept-alive connection; slower clients are disconnected (ms)";
     max_in_flight, "RUSTLE_MAX_IN_FLIGHT", Some("1024"), "requests in flight before load shedding";
+    max_watches, "RUSTLE_MAX_WATCHES", Some("1024"), "concurrent GET /v1/watch streams; beyond, 503 with Retry-After";
+    watch_buffer, "RUSTLE_WATCH_BUFFER", Some("1024"), "events queued for one watcher; a watcher that lets its queue fill is sent an error event and dropped";
+    watch_heartbeat_ms, "RUSTLE_WATCH_HEARTBEAT_MS", Some("15000"), "silence after which a watch stream sends a keep-alive comment (ms)";
+    watch_history, "RUSTLE_WATCH_HISTORY", Some("20000"), "changes remembered for resuming watch streams exactly (a cursor older than them is answered UCXL-410-GONE) and for delivering each change once";
     admin_token, "RUSTLE_ADMIN_TOKEN", None, "bearer token of the admin API (besides principals granted admin); unset and no admin principal = admin API answers 403";
     auth, "RUSTLE_AUTH", None, "required or none; unset = required when RUSTLE_AUTH_POLICY is set, else none (and then only a loopback listen address is allowed)";
     auth_policy, "RUSTLE_AUTH_POLICY", None, "TOML policy file: principals with API keys, roles of grants over UCXL patterns, [jwt] settings";

@@ -193,6 +193,10 @@ impl Sources {
             max_answer_bytes: p.number("max_answer_bytes", 1024, 1 << 34),
             client_header_timeout: p.millis("client_header_timeout_ms", 1, 3_600_000),
             max_in_flight: p.number("max_in_flight", 1, 1 << 24),
+            max_watches: p.number("max_watches", 0, 1 << 20),
+            watch_buffer: p.number("watch_buffer", 1, 1 << 20),
+            watch_heartbeat: p.millis("watch_heartbeat_ms", 10, 3_600_000),
+            watch_history: p.number("watch_history", 1, 10_000_000),
             admin_token: Some(p.text("admin_token"))
                 .filter(|t| !t.is_empty())
                 .map(Secret),

@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::http::{Permitted, ToDelete, ToRead, ToWrite};
-use crate::backend::Deleted;
+use crate::backend::{BackendKind, Deleted};
 use crate::error::ApiError;
 use crate::extract::{AddressQuery, ApiJson, Ctx, WriteAddressQuery};
 use ucxl_service::Reply;
@@ -245,6 +245,12 @@ pub async fn store(
     let backend = Arc::clone(&state.active.load().backend);
     let served = ctx.served(backend.put(&ctx.call, address, new).await)?;
     let written = served.value;
+    if served.via.backend != BackendKind::Real && (written.created || served.via.journaled) {
+        // Served by the gateway itself: its watchers hear of it from the gateway's feed.
+        state
+            .watch
+            .local_change(ucxl::Change::written(&written.envelope));
+    }
     let (code, message) = match (written.created, served.via.journaled) {
         (true, true) => (
             Code::Accepted,
@@ -340,6 +346,14 @@ pub async fn remove(
     ctx.audit.envelope(&id);
     let backend = Arc::clone(&state.active.load().backend);
     let served = ctx.served(backend.delete(&ctx.call, address, id).await)?;
+    if served.via.backend != BackendKind::Real {
+        // A delete repeated with the same id is the same change: delivered once.
+        state.watch.local_change(ucxl::Change::Delete {
+            address: served.value.address.clone(),
+            id: served.value.id.clone(),
+            deleted_at: served.value.deleted_at,
+        });
+    }
     let (code, message) = if served.via.journaled {
         (Code::Accepted, "delete accepted into the durable journal")
     } else {

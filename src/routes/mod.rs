@@ -4,6 +4,7 @@ pub mod admin;
 pub mod envelopes;
 pub mod ops;
 pub mod search;
+pub mod watch;
 
 use utoipa_axum::router::OpenApiRouter;
 
@@ -16,6 +17,7 @@ pub fn guarded() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(envelopes::router())
         .merge(search::router())
+        .merge(watch::router())
         .merge(admin::router())
 }
 

@@ -50,6 +50,8 @@ pub struct Status {
     /// Authentication: `required` (with how many API-key principals, and whether JWTs
     /// are accepted) or `none`.
     pub auth: crate::auth::AuthStatus,
+    /// Watch streams, and each change feed the gateway reads.
+    pub watch: crate::watch::WatchStatus,
     /// What the active backend reports.
     #[serde(flatten)]
     pub backend: BackendStatus,
@@ -98,7 +100,8 @@ async fn ready(State(state): State<AppState>, Rid(rid): Rid) -> Result<Reply<Pro
     }
 }
 
-/// Mode, active backend, fallback state, journal depth, endpoints and local store.
+/// Mode, active backend, fallback state, journal depth, endpoints, local store and watch
+/// feeds.
 #[utoipa::path(
     get,
     path = "/v1/status",
@@ -113,6 +116,7 @@ async fn status(State(state): State<AppState>, Rid(rid): Rid) -> Reply<Status> {
         started_at: state.started_at,
         uptime_seconds: state.started.elapsed().as_secs(),
         auth: state.auth.status(state.config.load().auth),
+        watch: state.watch.status(),
         backend: active.backend.status(),
     };
     Reply::new(Code::Ok, "status", status, &rid)

@@ -25,7 +25,7 @@ use crate::config::{EndpointUrl, Secret};
 
 /// The connector of node connections: plain TCP for `http://` endpoints, rustls with the
 /// Mozilla roots (and `RUSTLE_BZZZ_CA`, and the client certificate for mTLS) for `https://`.
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+pub(crate) type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// How the gateway connects and proves itself to nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +64,36 @@ impl ClientSettings {
             ca: None,
             client_cert: None,
         }
+    }
+
+    /// The connector of node connections with these settings (TCP options and TLS).
+    ///
+    /// # Errors
+    /// When the TLS configuration cannot be built.
+    pub(crate) fn connector(&self) -> Result<Connector, ClientError> {
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(self.connect_timeout));
+        tcp.set_nodelay(true);
+        tcp.enforce_http(false);
+        Ok(hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(self.tls()?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp))
+    }
+
+    /// `Bearer <cluster token>`, marked sensitive (never logged by hyper), when a token is set.
+    ///
+    /// # Errors
+    /// When the token is not a valid header value.
+    pub(crate) fn authorization(&self) -> Result<Option<HeaderValue>, ClientError> {
+        let Some(token) = &self.token else {
+            return Ok(None);
+        };
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+            .map_err(|_| ClientError("RUSTLE_BZZZ_TOKEN is not a valid header value".into()))?;
+        value.set_sensitive(true);
+        Ok(Some(value))
     }
 
     /// The rustls client configuration: public roots plus the CA bundle, and the client
@@ -201,26 +231,8 @@ impl HttpTransport {
     /// # Errors
     /// When the TLS configuration cannot be built (unreadable CA or client certificate).
     pub fn new(settings: &ClientSettings) -> Result<Self, ClientError> {
-        let mut tcp = HttpConnector::new();
-        tcp.set_connect_timeout(Some(settings.connect_timeout));
-        tcp.set_nodelay(true);
-        tcp.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(settings.tls()?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
-        let authorization = match &settings.token {
-            None => None,
-            Some(token) => {
-                let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                    .map_err(|_| {
-                        ClientError("RUSTLE_BZZZ_TOKEN is not a valid header value".into())
-                    })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-        };
+        let connector = settings.connector()?;
+        let authorization = settings.authorization()?;
         let http = Client::builder(TokioExecutor::new())
             // Below the nodes' header read timeout (`ucxl_service::serve`, 60 s), which also
             // closes idle kept-alive connections: the client lets a connection go before the

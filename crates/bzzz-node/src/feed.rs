@@ -17,8 +17,8 @@ use redb_commit::CommitError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::broadcast;
+pub use ucxl::Change as FeedChange;
 use ucxl::envelope::rfc3339;
-use ucxl::{Address, ContentHash, EnvelopeId, PrincipalName, Version};
 
 /// seq → JSON of its [`FeedEntry`].
 const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
@@ -76,80 +76,16 @@ impl Serialize for FeedId {
 pub struct FeedEntry {
     /// Its number in this node's feed.
     pub seq: u64,
+    /// When this node committed it (absent in entries written before it was recorded).
+    #[serde(
+        default,
+        with = "rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub committed_at: Option<DateTime<Utc>>,
     /// What changed.
     #[serde(flatten)]
     pub change: FeedChange,
-}
-
-/// What a feed entry records.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum FeedChange {
-    /// A new version.
-    Put {
-        /// The canonical address.
-        address: Address,
-        /// The version's id.
-        id: EnvelopeId,
-        /// Its number within its history when it was committed here (a version merged
-        /// later with an earlier time can shift it on reads).
-        version: u32,
-        /// When it was written.
-        #[serde(with = "rfc3339")]
-        created_at: DateTime<Utc>,
-        /// Its content's hash.
-        hash: ContentHash,
-        /// Its content's JCS size in bytes.
-        size: u64,
-        /// Its content's media type.
-        content_type: String,
-        /// Who wrote it, when the gateway said.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        written_by: Option<PrincipalName>,
-    },
-    /// A delete (tombstone).
-    Delete {
-        /// The canonical address.
-        address: Address,
-        /// The delete's id.
-        id: EnvelopeId,
-        /// When the delete was accepted.
-        #[serde(with = "rfc3339")]
-        deleted_at: DateTime<Utc>,
-    },
-}
-
-impl FeedChange {
-    /// The change of a new version numbered `version` at `address`.
-    #[must_use]
-    pub fn put(address: &Address, version: u32, stored: &Version) -> Self {
-        Self::Put {
-            address: address.clone(),
-            id: stored.id.clone(),
-            version,
-            created_at: stored.created_at,
-            hash: stored.hash.clone(),
-            size: stored.size,
-            content_type: stored.content_type.clone(),
-            written_by: stored.written_by.clone(),
-        }
-    }
-
-    /// The address changed.
-    #[must_use]
-    pub fn address(&self) -> &Address {
-        match self {
-            Self::Put { address, .. } | Self::Delete { address, .. } => address,
-        }
-    }
-
-    /// The id of the version or delete.
-    #[must_use]
-    pub fn id(&self) -> &EnvelopeId {
-        match self {
-            Self::Put { id, .. } | Self::Delete { id, .. } => id,
-        }
-    }
 }
 
 /// A committed entry as live watchers receive it: with the version's content, so a watcher
@@ -304,8 +240,13 @@ impl Numbering {
     ) -> Result<(), serde_json::Error> {
         let next = self.committed + self.staged.len() as u64 + 1;
         let mut numbered = Vec::with_capacity(changes.len());
+        let committed_at = Some(Utc::now());
         for (seq, (change, content)) in (next..).zip(changes) {
-            let entry = FeedEntry { seq, change };
+            let entry = FeedEntry {
+                seq,
+                committed_at,
+                change,
+            };
             let bytes = serde_json::to_vec(&entry)?;
             numbered.push((Committed { entry, content }, bytes));
         }
@@ -470,9 +411,14 @@ mod tests {
 
     #[test]
     fn entries_have_the_wire_form() {
+        use ucxl::{Address, EnvelopeId};
         let address = Address::parse("ucxl://a:r@p:t/x").expect("address");
+        let at = DateTime::parse_from_rfc3339("2026-11-24T10:00:01Z")
+            .expect("time")
+            .with_timezone(&Utc);
         let entry = FeedEntry {
             seq: 7,
+            committed_at: Some(at),
             change: FeedChange::Delete {
                 address,
                 id: EnvelopeId::parse("d1").expect("id"),
@@ -484,10 +430,17 @@ mod tests {
         let json = serde_json::to_value(&entry).expect("encodes");
         assert_eq!(
             json,
-            serde_json::json!({"seq": 7, "op": "delete", "address": "ucxl://a:r@p:t/x",
+            serde_json::json!({"seq": 7, "committed_at": "2026-11-24T10:00:01.000000Z",
+                "op": "delete", "address": "ucxl://a:r@p:t/x",
                 "id": "d1", "deleted_at": "2026-11-24T10:00:00.000000Z"})
         );
         let back: FeedEntry = serde_json::from_value(json).expect("decodes");
         assert_eq!(back, entry);
+        // Entries stored before the commit time was recorded still decode.
+        let old: FeedEntry = serde_json::from_value(serde_json::json!({"seq": 7,
+            "op": "delete", "address": "ucxl://a:r@p:t/x", "id": "d1",
+            "deleted_at": "2026-11-24T10:00:00.000000Z"}))
+        .expect("decodes");
+        assert_eq!(old.committed_at, None);
     }
 }

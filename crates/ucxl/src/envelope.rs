@@ -450,6 +450,14 @@ pub struct SearchItem {
     pub content_type: String,
     /// Byte length of its content.
     pub size: u64,
+    /// Its content's hash (absent in answers of nodes that do not send it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub hash: Option<ContentHash>,
+    /// Who wrote it, when the gateway said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub written_by: Option<PrincipalName>,
 }
 
 impl VersionSummary {
@@ -479,6 +487,8 @@ impl SearchItem {
             created_at: stored.created_at,
             content_type: stored.content_type.clone(),
             size: stored.size,
+            hash: Some(stored.hash.clone()),
+            written_by: stored.written_by.clone(),
         }
     }
 }

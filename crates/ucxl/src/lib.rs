@@ -6,6 +6,7 @@
 
 pub mod address;
 pub mod batch;
+pub mod change;
 pub mod envelope;
 pub mod error;
 pub mod pattern;
@@ -14,6 +15,7 @@ pub mod search;
 pub mod version_set;
 
 pub use address::{Address, Temporal};
+pub use change::Change;
 pub use envelope::{
     ContentHash, DEFAULT_CONTENT_TYPE, DigestError, Envelope, EnvelopeId, History, PrincipalName,
     SearchItem, Version, VersionSummary, content_digest,
