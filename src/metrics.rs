@@ -24,6 +24,12 @@ pub fn handle() -> PrometheusHandle {
                     Matcher::Suffix("_duration_seconds".into()),
                     LATENCY_BUCKETS,
                 )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("rustle_watch_feed_lag_seconds".into()),
+                        LATENCY_BUCKETS,
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -36,6 +42,7 @@ pub fn handle() -> PrometheusHandle {
             metrics::counter!("rustle_load_shed_total").increment(0);
             metrics::counter!("rustle_rate_limited_total").increment(0);
             metrics::counter!("rustle_audit_failures_total").increment(0);
+            metrics::gauge!("rustle_watchers_active").set(0.0);
             handle
         })
         .clone()
@@ -128,6 +135,24 @@ fn describe() {
     describe_counter!(
         "rustle_local_store_evictions_total",
         "Cached addresses evicted from the local store to respect RUSTLE_CACHE_MAX_ENTRIES"
+    );
+    describe_gauge!("rustle_watchers_active", "GET /v1/watch streams open");
+    describe_counter!(
+        "rustle_watch_events_total",
+        "Watch events delivered to watchers, by event (put, delete, synced, error)"
+    );
+    describe_counter!(
+        "rustle_watchers_dropped_total",
+        "Watch streams ended by the gateway, by reason (slow: the watcher's queue filled)"
+    );
+    describe_histogram!(
+        "rustle_watch_feed_lag_seconds",
+        Unit::Seconds,
+        "Time from a node's commit of a change to its delivery to watchers, by the endpoint that reported it first"
+    );
+    describe_counter!(
+        "rustle_watch_feed_gaps_total",
+        "Times a node's change feed had compacted changes the gateway had not read yet"
     );
 }
 

@@ -21,5 +21,7 @@ mod raw_http;
 mod replay;
 mod resilience;
 mod search;
+mod sse;
+mod watch;
 mod tls;
 mod wire;
