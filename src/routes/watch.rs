@@ -154,6 +154,7 @@ async fn watch(
     });
     let backlog = std::mem::take(&mut sub.backlog).into();
     let base = Some(sub.base.clone());
+    let resumed = cursor.is_some().then(|| sub.base.clone());
     let stream = Stream {
         open,
         sub,
@@ -163,6 +164,7 @@ async fn watch(
         content,
         backlog,
         base,
+        resumed,
         done: false,
         path: "/v1/watch".into(),
         request_id: ctx.request_id().to_owned(),

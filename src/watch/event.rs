@@ -26,6 +26,8 @@ pub struct Event {
     pub committed_at: Option<DateTime<Utc>>,
     /// The endpoint (or `local`) that first reported it, for the lag metric.
     pub source: Arc<str>,
+    /// The feed that first reported it, and its number there.
+    pub origin: (Arc<str>, u64),
 }
 
 impl Event {
@@ -37,6 +39,7 @@ impl Event {
         cursor: Cursor,
         committed_at: Option<DateTime<Utc>>,
         source: Arc<str>,
+        origin: (Arc<str>, u64),
     ) -> Self {
         let data = data_of(&change, None);
         let cursor_text = Arc::from(cursor.render());
@@ -48,6 +51,7 @@ impl Event {
             cursor_text,
             committed_at,
             source,
+            origin,
         }
     }
 

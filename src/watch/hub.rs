@@ -306,6 +306,7 @@ impl Core {
         let past = seq <= slot.past_until;
         let local = slot.local;
         let source: Arc<str> = slot.endpoint.clone().unwrap_or_else(|| Arc::from("local"));
+        let origin = (Arc::clone(&slot.id), seq);
         let key = Key::of(change.address(), change.id());
         let known_sightings = self.history.get_mut(key).map(|known| {
             if !known.positions.iter().any(|(f, _)| *f == ix) {
@@ -321,7 +322,14 @@ impl Core {
             if undelivered && !past {
                 // Learnt while catching up on another feed's past, and now reported live:
                 // new to the watchers after all.
-                let event = Arc::new(Event::new(key, change, self.cursor(), committed_at, source));
+                let event = Arc::new(Event::new(
+                    key,
+                    change,
+                    self.cursor(),
+                    committed_at,
+                    source,
+                    origin,
+                ));
                 if let Some(known) = self.history.get_mut(key) {
                     known.delivered = true;
                     known.event = Arc::clone(&event);
@@ -337,7 +345,14 @@ impl Core {
                 self.pending.pop_front();
             }
         }
-        let event = Arc::new(Event::new(key, change, self.cursor(), committed_at, source));
+        let event = Arc::new(Event::new(
+            key,
+            change,
+            self.cursor(),
+            committed_at,
+            source,
+            origin,
+        ));
         if let Some(positions) = self.history.push(Known {
             event: Arc::clone(&event),
             positions: vec![(ix, seq)],

@@ -20,3 +20,6 @@ pub mod stream;
 
 pub use cursor::{Cursor, Key};
 pub use hub::{End, Filter, Hub, Refusal, WatchSettings, WatchStatus};
+
+#[cfg(test)]
+mod tests;

@@ -94,6 +94,10 @@ pub struct Stream {
     /// What the client has been delivered, while event cursors do not say all of it (a
     /// resumed cursor ahead of this gateway in some feed); `None` once they do.
     pub base: Option<Cursor>,
+    /// The cursor the stream resumed from: a live change it already covers (one a feed
+    /// that was behind here reports late, or one only a node now gone had reported) is not
+    /// delivered again.
+    pub resumed: Option<Cursor>,
     /// Set once the stream has said its last.
     pub done: bool,
     /// The request's path, for error events.
@@ -145,8 +149,19 @@ impl Stream {
         }
     }
 
-    /// Whether `event` is at or before the version the initial listing gave.
+    /// Whether `event` was delivered before the stream resumed, or is at or before the
+    /// version the initial listing gave.
     fn skipped(&mut self, event: &Event) -> bool {
+        if let Some(resumed) = &mut self.resumed {
+            let (feed, seq) = &event.origin;
+            if resumed.feeds.get(&**feed).is_some_and(|c| seq <= c) {
+                return true;
+            }
+            if let Some(at) = resumed.pending.iter().position(|k| *k == event.key) {
+                resumed.pending.swap_remove(at);
+                return true;
+            }
+        }
         if self.skips.is_empty() {
             return false;
         }
