@@ -136,6 +136,11 @@ fn describe() {
         "rustle_local_store_evictions_total",
         "Cached addresses evicted from the local store to respect RUSTLE_CACHE_MAX_ENTRIES"
     );
+    describe_watch();
+}
+
+fn describe_watch() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_gauge!("rustle_watchers_active", "GET /v1/watch streams open");
     describe_counter!(
         "rustle_watch_events_total",

@@ -19,9 +19,11 @@ use crate::routes;
     tags(
         (name = "envelopes", description = "Store, fetch and delete versioned envelopes by UCXL address"),
         (name = "search", description = "Find the latest envelope of every address matching a pattern"),
+        (name = "watch", description = "Follow the changes to addresses matching a pattern, as server-sent events (`put`, `delete`, `synced`, `error`), resumable from any event's id"),
         (name = "operations", description = "Liveness, readiness, status and metrics"),
         (name = "admin", description = "Run-time control; needs the admin token or a principal granted `admin`"),
     ),
+    components(schemas(routes::watch::ChangeEvent, routes::watch::SyncedEvent, ucxl::Change)),
     modifiers(&Bearer),
 )]
 struct ApiDoc;

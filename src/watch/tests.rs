@@ -155,13 +155,25 @@ fn cursors_that_cannot_be_continued_are_gone_never_skipped() {
     assert_eq!(ids(&fine.expect("resumable").backlog), ["v4", "v5", "v6"]);
     let (_o, old) = watcher(&hub, Some(&events[1].cursor));
     assert!(
-        matches!(old, Err(Refusal::Gone { reason: "history", .. })),
+        matches!(
+            old,
+            Err(Refusal::Gone {
+                reason: "history",
+                ..
+            })
+        ),
         "{old:?}"
     );
     let stranger = Cursor::parse("w1.dddddddddddddddddddddddddddddddd-9").expect("cursor");
     let (_o, other) = watcher(&hub, Some(&stranger));
     assert!(
-        matches!(other, Err(Refusal::Gone { reason: "unknown_feeds", .. })),
+        matches!(
+            other,
+            Err(Refusal::Gone {
+                reason: "unknown_feeds",
+                ..
+            })
+        ),
         "{other:?}"
     );
     // A cursor ahead of a streaming feed is waited for, not taken as delivered.
@@ -203,7 +215,11 @@ fn a_watcher_that_does_not_read_is_dropped_and_the_others_go_on() {
         drain(&mut fast);
     }
     assert_eq!(slow.end.get(), Some(&End::Slow));
-    assert_eq!(ids(&drain(&mut slow)), ["v1", "v2"], "what was queued is kept");
+    assert_eq!(
+        ids(&drain(&mut slow)),
+        ["v1", "v2"],
+        "what was queued is kept"
+    );
     assert!(slow.live.try_recv().is_err(), "then the queue is closed");
     hub.ingest(a, 4, put("x", "v4"), None);
     assert_eq!(ids(&drain(&mut fast)), ["v4"]);

@@ -266,8 +266,8 @@ async fn forward(inner: &Inner, request: Request) -> Response {
     };
     let status = answer.status();
     let headers = answer.headers().clone();
-    let body = answer.bytes().await.unwrap_or_default();
-    let mut response = Response::new(Body::from(body));
+    // Streamed, so a node's watch stream passes as it comes.
+    let mut response = Response::new(Body::from_stream(answer.bytes_stream()));
     *response.status_mut() = status;
     for (name, value) in &headers {
         if name != "transfer-encoding" && name != "content-length" {

@@ -22,6 +22,6 @@ mod replay;
 mod resilience;
 mod search;
 mod sse;
-mod watch;
 mod tls;
+mod watch;
 mod wire;

@@ -468,7 +468,7 @@ grants = [{{ ops = ["read", "write", "delete"], pattern = "ucxl://any:any@alpha:
 
 /// A gateway that requires credentials, with `policy` in a file of its own and `env` (on
 /// top of the defaults) in the environment its reloads read.
-async fn policy_app(policy: &str, env: &[(&str, &str)]) -> (TestApp, tempfile::TempDir) {
+pub(super) async fn policy_app(policy: &str, env: &[(&str, &str)]) -> (TestApp, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("policy.toml");
     std::fs::write(&path, policy).expect("policy");

@@ -6,8 +6,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-/// One event.
+/// One event (fields named as the standard names them).
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::struct_field_names)]
 pub struct Event {
     /// `event:` (`message` when absent).
     pub event: String,
@@ -134,7 +135,7 @@ impl Stream {
                 let (field, value) = line.split_once(':').unwrap_or((line, ""));
                 let value = value.strip_prefix(' ').unwrap_or(value);
                 match field {
-                    "event" => event.event = value.to_owned(),
+                    "event" => value.clone_into(&mut event.event),
                     "id" => event.id = Some(value.to_owned()),
                     "data" => {
                         if has_data {
