@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use ucxl::{Address, EnvelopeId};
@@ -44,8 +45,9 @@ impl Key {
 /// A parsed cursor.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cursor {
-    /// Feed id (32 lowercase hex) → the last number read.
-    pub feeds: BTreeMap<String, u64>,
+    /// Feed id (32 lowercase hex) → the last number read. The ids are shared with the
+    /// hub's table of feeds (every event holds a cursor: no copy of the ids per event).
+    pub feeds: BTreeMap<Arc<str>, u64>,
     /// Keys of delivered changes only one feed had reported.
     pub pending: Vec<Key>,
 }
@@ -100,7 +102,7 @@ impl Cursor {
             let seq = seq
                 .parse::<u64>()
                 .map_err(|_| CursorError("a cursor sequence is not a number"))?;
-            if cursor.feeds.insert(feed.to_owned(), seq).is_some() {
+            if cursor.feeds.insert(Arc::from(feed), seq).is_some() {
                 return Err(CursorError("the cursor names a feed twice"));
             }
         }
@@ -139,7 +141,7 @@ impl Cursor {
     pub fn merged(&self, other: &Self) -> Self {
         let mut feeds = self.feeds.clone();
         for (feed, seq) in &other.feeds {
-            let e = feeds.entry(feed.clone()).or_insert(*seq);
+            let e = feeds.entry(Arc::clone(feed)).or_insert(*seq);
             *e = (*e).max(*seq);
         }
         let mut pending = other.pending.clone();

@@ -230,7 +230,7 @@ impl Core {
             feeds: self
                 .feeds
                 .iter()
-                .map(|s| (s.id.to_string(), s.through))
+                .map(|s| (Arc::clone(&s.id), s.through))
                 .collect(),
             pending: self.pending.iter().copied().collect(),
         }
@@ -371,7 +371,7 @@ impl Core {
         let mut upto: Vec<Option<u64>> = vec![None; self.feeds.len()];
         let mut known_any = false;
         for (id, seq) in &cursor.feeds {
-            if let Some(ix) = self.by_id.get(id.as_str()) {
+            if let Some(ix) = self.by_id.get(id) {
                 upto[usize::from(*ix)] = Some(*seq);
                 known_any = true;
             }
