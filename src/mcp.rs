@@ -15,11 +15,12 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use rmcp::model::{
-    AnnotateAble, CallToolRequestParams, CallToolResult, Content, Implementation,
-    InitializeRequestParams, InitializeResult, ListResourceTemplatesResult, ListResourcesResult,
-    ListToolsResult, PaginatedRequestParams, ProtocolVersion, RawResource, RawResourceTemplate,
+    AnnotateAble, CallToolRequestParams, CallToolResult, ClientJsonRpcMessage, ClientRequest,
+    Content, Implementation, InitializeRequestParams, InitializeResult, JsonRpcMessage,
+    JsonRpcRequest, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ProtocolVersion, RawResource, RawResourceTemplate,
     ReadResourceRequestParams, ReadResourceResult, ResourceContents, ServerCapabilities,
-    ServerInfo, Tool, ToolAnnotations,
+    ServerInfo, ServerJsonRpcMessage, ServerResult, Tool, ToolAnnotations,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
@@ -203,6 +204,120 @@ pub fn service(state: AppState) -> StreamableHttpService<Gateway, NeverSessionMa
     )
 }
 
+/// The `/mcp` route: `tools/call` requests answered directly ([`handle`]), every other
+/// message by the SDK's Streamable HTTP service.
+pub fn route(state: AppState) -> axum::routing::MethodRouter<AppState> {
+    let sdk = Arc::new(service(state));
+    axum::routing::any(
+        move |axum::extract::State(state): axum::extract::State<AppState>,
+              request: axum::extract::Request| {
+            let sdk = Arc::clone(&sdk);
+            async move { handle(&state, &sdk, request).await }
+        },
+    )
+}
+
+/// The SDK's stateless transport serves each request by building a server peer, a one-shot
+/// transport and a task for it, then waiting on a channel for the answer: most of the cost
+/// of a tool call. A `tools/call` that passes every check the transport makes (`Accept`,
+/// `Content-Type`, `MCP-Protocol-Version`, the `Host` allow-list) is answered here instead,
+/// with the same handler and the SDK's own message types, so the answer is the one the SDK
+/// would give. Anything else, or anything the checks would refuse, goes to the SDK, which
+/// answers it (or refuses it) as before. Hand-written because the SDK has no cheaper
+/// stateless entry point.
+async fn handle(
+    state: &AppState,
+    sdk: &StreamableHttpService<Gateway, NeverSessionManager>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if !direct(state, &request) {
+        return sdk.handle(request).await.into_response();
+    }
+    let (mut parts, body) = request.into_parts();
+    let (limit, timeout) = {
+        let config = state.config.load();
+        (config.max_body_bytes, config.request_timeout)
+    };
+    let read = http_body_util::Limited::new(body, limit);
+    let bytes = match tokio::time::timeout(timeout, http_body_util::BodyExt::collect(read)).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return ApiError::Body(ucxl_service::BodyError::TooLarge { limit }).into_response();
+        }
+        Ok(Err(_)) => return ApiError::Body(ucxl_service::BodyError::Unreadable).into_response(),
+        Err(_) => {
+            return ApiError::Body(ucxl_service::BodyError::Timeout {
+                timeout_ms: timeout.as_millis(),
+            })
+            .into_response();
+        }
+    };
+    let call = match serde_json::from_slice::<ClientJsonRpcMessage>(&bytes) {
+        Ok(JsonRpcMessage::Request(JsonRpcRequest {
+            id,
+            request: ClientRequest::CallToolRequest(call),
+            ..
+        })) => Some((id, call.params)),
+        _ => None,
+    };
+    let Some((id, params)) = call else {
+        let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+        return sdk.handle(request).await.into_response();
+    };
+    let gateway = Gateway {
+        state: state.clone(),
+    };
+    let context = gateway.context_of(&mut parts).await;
+    let message: ServerJsonRpcMessage = match gateway.call(params, context).await {
+        Ok(result) => JsonRpcMessage::response(ServerResult::CallToolResult(result), id),
+        Err(error) => JsonRpcMessage::error(error, Some(id)),
+    };
+    match serde_json::to_vec(&message) {
+        Ok(body) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+/// Whether the SDK's transport would take `request` as a stateless JSON-RPC POST: the
+/// checks it makes, in its order, each on the safe side (what is not surely accepted goes
+/// to the SDK).
+fn direct(state: &AppState, request: &axum::extract::Request) -> bool {
+    let headers = request.headers();
+    let text = |name: axum::http::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let loopback = state.config.load().listen_addr.ip().is_loopback();
+    // The DNS-rebinding allow-list is in force on loopback only (see `service`).
+    let host_allowed = !loopback
+        || text(axum::http::header::HOST)
+            .and_then(|h| axum::http::uri::Authority::try_from(h).ok())
+            .is_some_and(|a| {
+                matches!(
+                    a.host().trim_start_matches('[').trim_end_matches(']'),
+                    "localhost" | "127.0.0.1" | "::1"
+                )
+            });
+    let accepts = text(axum::http::header::ACCEPT)
+        .is_some_and(|a| a.contains("application/json") && a.contains("text/event-stream"));
+    let json =
+        text(axum::http::header::CONTENT_TYPE).is_some_and(|c| c.starts_with("application/json"));
+    let version = match headers.get("mcp-protocol-version") {
+        None => true,
+        Some(v) => v.to_str().is_ok_and(|v| {
+            ProtocolVersion::KNOWN_VERSIONS
+                .iter()
+                .any(|known| known.as_str() == v)
+        }),
+    };
+    request.method() == axum::http::Method::POST && host_allowed && accepts && json && version
+}
+
 /// A tool's answer: structured content and a short text, or an error result.
 type ToolAnswer = Result<Value, Failed>;
 
@@ -271,9 +386,70 @@ impl Gateway {
             .cloned()
             // The Streamable HTTP transport always hands the request's parts on.
             .ok_or_else(|| ApiError::internal(std::io::Error::other("no HTTP request parts")))?;
-        let mut ctx = Ctx::from_request_parts(&mut parts, &self.state).await?;
+        self.context_of(&mut parts).await
+    }
+
+    /// The request context of the HTTP request `parts`.
+    async fn context_of(&self, parts: &mut Parts) -> Result<Ctx, ApiError> {
+        let mut ctx = Ctx::from_request_parts(parts, &self.state).await?;
         ctx.idempotency_key = None;
         Ok(ctx)
+    }
+
+    /// A `tools/call`, for the caller of `context` (or its refusal): what both the SDK's
+    /// dispatch and the direct path of [`handle`] run.
+    async fn call(
+        &self,
+        request: CallToolRequestParams,
+        context: Result<Ctx, ApiError>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let name = request.name.to_string();
+        if !is_tool(&name) {
+            return Err(ErrorData::invalid_params(
+                format!("no tool {name:?}"),
+                Some(json!({"tools": tools().iter().map(|t| t.name.clone()).collect::<Vec<_>>()})),
+            ));
+        }
+        let mut ctx = match context {
+            Ok(ctx) => ctx,
+            Err(e) => {
+                let failed = Failed::from(e);
+                log_failure(&name, "", &failed);
+                return Ok(error_result(&failed.error().report(), ""));
+            }
+        };
+        let answer = self.run(&mut ctx, &name, request.arguments).await;
+        let request_id = ctx.request_id().to_owned();
+        let code = match &answer {
+            Ok(answer) => answer["code"]
+                .as_str()
+                .and_then(|c| ucxl::Code::parse(c).ok()),
+            Err(failed) => Some(failed.error().code()),
+        };
+        if let Some(code) = code {
+            ctx.audit.outcome(code);
+        }
+        let (outcome, result) = match answer {
+            Ok(answer) => {
+                let outcome = answer["code"].as_str().unwrap_or("ok").to_owned();
+                let text = summary(&answer);
+                let mut result = CallToolResult::structured(answer);
+                result.content = vec![Content::text(text)];
+                (outcome, result)
+            }
+            Err(failed) => {
+                log_failure(&name, &request_id, &failed);
+                let report = failed.error().report();
+                (
+                    report.code.as_str().to_owned(),
+                    error_result(&report, &request_id),
+                )
+            }
+        };
+        tracing::info!(request_id, tool = %name, outcome, "MCP tool call");
+        metrics::counter!("rustle_mcp_calls_total", "tool" => name, "outcome" => outcome)
+            .increment(1);
+        Ok(result)
     }
 
     /// Runs tool `name` for the caller of `ctx`.
@@ -427,53 +603,8 @@ impl ServerHandler for Gateway {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        let name = request.name.to_string();
-        if !is_tool(&name) {
-            return Err(ErrorData::invalid_params(
-                format!("no tool {name:?}"),
-                Some(json!({"tools": tools().iter().map(|t| t.name.clone()).collect::<Vec<_>>()})),
-            ));
-        }
-        let mut ctx = match self.context(&context).await {
-            Ok(ctx) => ctx,
-            Err(e) => {
-                let failed = Failed::from(e);
-                log_failure(&name, "", &failed);
-                return Ok(error_result(&failed.error().report(), ""));
-            }
-        };
-        let answer = self.run(&mut ctx, &name, request.arguments).await;
-        let request_id = ctx.request_id().to_owned();
-        let code = match &answer {
-            Ok(answer) => answer["code"]
-                .as_str()
-                .and_then(|c| ucxl::Code::parse(c).ok()),
-            Err(failed) => Some(failed.error().code()),
-        };
-        if let Some(code) = code {
-            ctx.audit.outcome(code);
-        }
-        let (outcome, result) = match answer {
-            Ok(answer) => {
-                let outcome = answer["code"].as_str().unwrap_or("ok").to_owned();
-                let text = summary(&answer);
-                let mut result = CallToolResult::structured(answer);
-                result.content = vec![Content::text(text)];
-                (outcome, result)
-            }
-            Err(failed) => {
-                log_failure(&name, &request_id, &failed);
-                let report = failed.error().report();
-                (
-                    report.code.as_str().to_owned(),
-                    error_result(&report, &request_id),
-                )
-            }
-        };
-        tracing::info!(request_id, tool = %name, outcome, "MCP tool call");
-        metrics::counter!("rustle_mcp_calls_total", "tool" => name, "outcome" => outcome)
-            .increment(1);
-        Ok(result)
+        let context = self.context(&context).await;
+        self.call(request, context).await
     }
 
     async fn list_resource_templates(

@@ -173,7 +173,7 @@ pub fn router(state: AppState) -> Router {
     // `/mcp` gets the data routes' layers in the same order: its tools act as the
     // authenticated caller and count against the same in-flight limit.
     let mcp = Router::new()
-        .route_service("/mcp", crate::mcp::service(state.clone()))
+        .route("/mcp", crate::mcp::route(state.clone()))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::auth::http::authenticate,

@@ -711,3 +711,71 @@ async fn without_a_jwt_issuer_there_is_no_protected_resource_metadata() {
         );
     }
 }
+
+/// `tools/call` is answered by the gateway itself (`mcp::handle`); a request the direct
+/// path leaves to the SDK (here: an upper-case `Host`, which the SDK's allow-list accepts)
+/// gets the same answer, byte for byte but for the request id and time.
+#[tokio::test]
+async fn a_tool_call_answered_directly_is_the_one_the_sdk_gives() {
+    let app = spawn_app().await;
+    let address = format!("ucxl://claude:architect@{}:t/same", project());
+    ok(
+        &call(
+            &app,
+            None,
+            "ucxl_store",
+            json!({"address": address, "content": {"k": 1}}),
+        )
+        .await,
+        "UCXL-201-CREATED",
+    );
+    let cases = [
+        json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+               "params": {"name": "ucxl_fetch", "arguments": {"address": address}}}),
+        json!({"jsonrpc": "2.0", "id": "s", "method": "tools/call",
+               "params": {"name": "ucxl_fetch", "arguments": {"address": "ucxl://bad"}}}),
+        json!({"jsonrpc": "2.0", "id": 10, "method": "tools/call",
+               "params": {"name": "ucxl_nope", "arguments": {}}}),
+        json!({"jsonrpc": "2.0", "id": 11, "method": "tools/call",
+               "params": {"name": "ucxl_fetch", "arguments": {"adress": address}}}),
+    ];
+    let host = format!("LOCALHOST:{}", app.addr.port());
+    for case in cases {
+        let mut answers = Vec::new();
+        for extra_host in [None, Some(host.as_str())] {
+            let mut request = app
+                .client
+                .post(app.url("/mcp"))
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", PROTOCOL)
+                .json(&case);
+            if let Some(host) = extra_host {
+                request = request.header("host", host);
+            }
+            let response = request.send().await.expect("answer");
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.headers()["content-type"], "application/json");
+            let text = response.text().await.expect("body");
+            // The request id and the time differ between two calls: mask them.
+            let masked =
+                regex::Regex::new(r#"(request_id|timestamp|created_at)\\?":\s*\\?"[^"\\]*\\?""#)
+                    .expect("regex")
+                    .replace_all(&text, "$1:x")
+                    .into_owned();
+            answers.push(masked);
+        }
+        assert_eq!(answers[0], answers[1], "{case}");
+    }
+    // The Host header is what was sent: one off the allow-list is the SDK's refusal.
+    let refused = app
+        .client
+        .post(app.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("host", format!("rebound.example:{}", app.addr.port()))
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": "ucxl_fetch", "arguments": {"address": address}}}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(refused.status(), 403);
+}
