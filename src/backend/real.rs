@@ -169,9 +169,11 @@ impl RealBackend {
     }
 
     /// Caches the newest version the cluster answered (a put's, or a read of the latest;
-    /// a read of a past version says nothing about the newest).
-    fn remember(&self, envelope: &Envelope) {
-        self.cache.observe(
+    /// a read of a past version says nothing about the newest), unless a change at its
+    /// address was reported since `generation` (when the request was sent).
+    fn remember(&self, generation: u64, envelope: &Envelope) {
+        self.cache.observe_since(
+            generation,
             &envelope.address,
             envelope.version,
             &Arc::new(envelope.to_version()),
@@ -192,8 +194,9 @@ impl RealBackend {
             body: Some(put_body(new)),
             ..self.about(axum::http::Method::PUT, "put", address)
         };
+        let generation = self.cache.generation();
         let (envelope, via, code) = data(self.cluster.execute::<Envelope>(call, request).await)?;
-        self.remember(&envelope);
+        self.remember(generation, &envelope);
         self.wrote(address, &via);
         Ok(Served {
             value: Written {
@@ -229,9 +232,11 @@ impl RealBackend {
             headers,
             ..self.about(axum::http::Method::DELETE, "delete", address)
         };
+        let generation = self.cache.generation();
         let (deleted, via, _) = data(self.cluster.execute::<Deleted>(call, request).await)?;
         self.wrote(address, &via);
-        self.cache.observe_delete(
+        self.cache.observe_delete_since(
+            generation,
             address,
             ucxl::Tombstone {
                 id: deleted.id.clone(),
@@ -327,9 +332,10 @@ impl Backend for RealBackend {
 
     async fn get(&self, call: &Call, address: &Address) -> Outcome<Envelope> {
         let request = self.about(axum::http::Method::GET, "get", address);
+        let generation = self.cache.generation();
         let (envelope, via, _) = data(self.cluster.execute::<Envelope>(call, request).await)?;
         if address.temporal() == ucxl::Temporal::Latest {
-            self.remember(&envelope);
+            self.remember(generation, &envelope);
         }
         Ok(Served {
             value: envelope,

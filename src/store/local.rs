@@ -212,6 +212,8 @@ pub struct LocalStore {
     evictions: AtomicU64,
     /// Whether the owned records are kept on disk (a durable store loaded them).
     on_disk: std::sync::atomic::AtomicBool,
+    /// The numbering of invalidations by the change feeds (`coherence`).
+    coherence: super::coherence::Coherence,
 }
 
 impl Inner {
@@ -396,6 +398,23 @@ impl LocalStore {
             }),
             evictions: AtomicU64::new(0),
             on_disk: std::sync::atomic::AtomicBool::new(false),
+            coherence: super::coherence::Coherence::default(),
+        }
+    }
+
+    pub(super) fn coherence(&self) -> &super::coherence::Coherence {
+        &self.coherence
+    }
+
+    /// Drops the cached (not owned) record of `address` unless its newest entry is `id`.
+    pub(super) fn drop_cached_unless(&self, address: &Address, id: &EnvelopeId) {
+        let mut inner = self.write();
+        let key = address.canonical();
+        let keep = inner.records.get(key).is_none_or(|r| {
+            r.owned || r.set.entries().last().is_some_and(|e| e.id() == id)
+        });
+        if !keep {
+            inner.remove_cached(key);
         }
     }
 

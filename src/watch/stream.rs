@@ -29,22 +29,47 @@ pub struct Content {
     pub request_id: String,
 }
 
+/// Why a version's content could not be read (yet).
+#[derive(Debug)]
+struct NotYet;
+
+/// How long a content read keeps trying: the event may come from the node that took the
+/// write before the node that answers the read has it (replication takes milliseconds).
+fn content_retries() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(10))
+        .with_max_delay(std::time::Duration::from_millis(400))
+        .with_max_times(7)
+        .with_jitter()
+}
+
 impl Content {
-    /// The content of the version `change` names, if it can still be read.
+    /// The content of the version `change` names, if it can be read (retried a little
+    /// while the cluster has not caught up with the change).
     async fn of(&self, change: &Change) -> Option<Value> {
-        let Change::Put {
-            address,
-            id,
-            version,
-            size,
-            ..
-        } = change
-        else {
+        use backon::Retryable as _;
+        let Change::Put { size, .. } = change else {
             return None;
         };
         if *size > self.limit {
             return None;
         }
+        (|| self.once(change))
+            .retry(content_retries())
+            .await
+            .ok()
+    }
+
+    async fn once(&self, change: &Change) -> Result<Value, NotYet> {
+        let Change::Put {
+            address,
+            id,
+            version,
+            ..
+        } = change
+        else {
+            return Err(NotYet);
+        };
         let call = Call {
             request_id: self.request_id.clone(),
             deadline: tokio::time::Instant::now() + self.timeout,
@@ -53,20 +78,27 @@ impl Content {
         if let Ok(served) = self.backend.get(&call, &at).await
             && served.value.id == *id
         {
-            return Some((*served.value.content).clone());
+            return Ok((*served.value.content).clone());
         }
         // Its number moved (a version merged later with an earlier time): find it by id.
-        let history = self.backend.history(&call, address).await.ok()?;
-        let number = history.value.versions.iter().find(|v| v.id == *id)?.version;
+        let history = self.backend.history(&call, address).await.map_err(|_| NotYet)?;
+        let number = history
+            .value
+            .versions
+            .iter()
+            .find(|v| v.id == *id)
+            .ok_or(NotYet)?
+            .version;
         let served = self
             .backend
-            .get(
-                &call,
-                &address.clone().with_temporal(Temporal::Version(number)),
-            )
+            .get(&call, &address.clone().with_temporal(Temporal::Version(number)))
             .await
-            .ok()?;
-        (served.value.id == *id).then(|| (*served.value.content).clone())
+            .map_err(|_| NotYet)?;
+        if served.value.id == *id {
+            Ok((*served.value.content).clone())
+        } else {
+            Err(NotYet)
+        }
     }
 }
 

@@ -58,7 +58,12 @@ struct WatchQuery {
     since: Option<String>,
     feed: Option<String>,
     content: Option<bool>,
+    heartbeat_ms: Option<u64>,
 }
+
+/// The heartbeat intervals a watcher may ask for (`heartbeat_ms`), in milliseconds: a
+/// consumer that must know the stream is current within a bound asks for less than it.
+const HEARTBEAT_MS: std::ops::RangeInclusive<u64> = 10..=3_600_000;
 
 /// Why a watch cannot continue the caller's cursor: 410 with where the feed stands.
 fn gone(position: &Position, reason: &'static str, message: String) -> NodeError {
@@ -84,6 +89,16 @@ pub(super) async fn watch(
                 json!({"field": "since", "provided": ucxl::error::excerpt(text)}),
             )
         })?),
+    };
+    let heartbeat = match q.heartbeat_ms {
+        None => state.watch.heartbeat,
+        Some(ms) if HEARTBEAT_MS.contains(&ms) => Duration::from_millis(ms),
+        Some(ms) => {
+            return Err(NodeError::Rejected(
+                "heartbeat_ms must be between 10 and 3600000".into(),
+                json!({"field": "heartbeat_ms", "provided": ms, "expected": "10..=3600000"}),
+            ));
+        }
     };
     let position = state.store.feed().position();
     if let Some(feed) = &q.feed
@@ -118,7 +133,7 @@ pub(super) async fn watch(
         pattern,
         content: q.content.unwrap_or(false),
         content_limit: state.watch.content_limit,
-        heartbeat: state.watch.heartbeat,
+        heartbeat,
         cursor: since,
         lines,
         last_line: Instant::now(),
