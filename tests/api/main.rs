@@ -22,6 +22,7 @@ mod replay;
 mod resilience;
 mod search;
 mod sse;
-mod watch;
 mod tls;
+mod watch;
+mod watch_resume;
 mod wire;
