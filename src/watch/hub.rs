@@ -376,6 +376,8 @@ impl Core {
                 known_any = true;
             }
         }
+        // The feeds the cursor itself numbers (the others get their coverage below).
+        let named: Vec<bool> = upto.iter().map(Option::is_some).collect();
         let node_feeds = self.feeds.iter().any(|s| !s.local);
         if !cursor.feeds.is_empty() && !known_any && (node_feeds || self.local.is_some()) {
             return Err(Refusal::Gone {
@@ -410,10 +412,19 @@ impl Core {
                         .is_some_and(|c| *seq <= c)
                 })
         };
+        // A change read from a feed's past was not delivered by this gateway, yet it is
+        // what a cursor from before a restart, or from another gateway, has not seen when a
+        // feed the cursor numbers holds it after that number: it is part of the backlog.
+        let past_unseen = |known: &Known| {
+            known
+                .positions
+                .iter()
+                .any(|(ix, _)| named.get(usize::from(*ix)).copied().unwrap_or(false))
+        };
         Ok(self
             .history
             .iter()
-            .filter(|k| k.delivered && !delivered(k))
+            .filter(|k| !delivered(k) && (k.delivered || past_unseen(k)))
             .map(|k| Arc::clone(&k.event))
             .collect())
     }

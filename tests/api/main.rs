@@ -24,4 +24,5 @@ mod search;
 mod sse;
 mod tls;
 mod watch;
+mod watch_resume;
 mod wire;
