@@ -12,6 +12,12 @@
                 errors, a forbidden write and a call without credentials; then against
                 two hybrid gateways over three real nodes, requests alternating
 
+  sse           SSE clients nobody here wrote (httpx + httpx-sse, scripts/sse_client.py)
+                against GET /v1/watch of two hybrid gateways over three real nodes: every
+                change once with the write's data, resume by Last-Event-ID at the same and
+                at the other gateway, initial=true and synced, refusals (400, 410 in the
+                stream, 503 beyond RUSTLE_MAX_WATCHES) and keep-alive comments
+
 Binaries come from target/<profile>/ (PROFILE=debug by default: the ones `cargo test`
 built), or from BIN_DIR when set. ST_CONFIG replaces schemathesis.toml. Processes are started on port 0 and found through the address they log; they are
 stopped on exit. Python standard library only.
@@ -285,10 +291,61 @@ def mcp_hybrid(workdir, policy):
             node.kill()
 
 
+# The sse stage's settings: keep-alives often enough to be seen (and to let the gateway
+# notice closed streams quickly), and a stream limit small enough to reach.
+SSE_HEARTBEAT_MS = 200
+SSE_MAX_WATCHES = 6
+
+
+def sse(workdir):
+    """scripts/sse_client.py (httpx + httpx-sse) against GET /v1/watch of two hybrid
+    gateways over three real nodes."""
+    if importlib.util.find_spec("httpx_sse") is None:
+        sys.exit("adversarial: httpx-sse is not installed (pip install httpx httpx-sse)")
+    import cluster
+    cluster.install_cleanup()
+    root = os.path.join(workdir, "sse-cluster")
+    os.makedirs(root)
+    nodes = cluster.start_nodes(BIN, root)
+    gateways = []
+    try:
+        for name in ("a", "b"):
+            os.makedirs(os.path.join(root, name))
+            gateway = cluster.Gateway(BIN, [n.url for n in nodes],
+                                      os.path.join(root, name, "journal"), env={
+                                          "RUSTLE_AUDIT_LOG": "off",
+                                          "RUSTLE_WATCH_HEARTBEAT_MS": str(SSE_HEARTBEAT_MS),
+                                          "RUSTLE_MAX_WATCHES": str(SSE_MAX_WATCHES),
+                                          "RUST_LOG": "warn",
+                                      })
+            gateway.start()
+            gateways.append(gateway)
+        argv = [sys.executable, os.path.join(ROOT, "scripts", "sse_client.py"),
+                "--url", gateways[0].url, "--also-url", gateways[1].url,
+                "--heartbeat-ms", str(SSE_HEARTBEAT_MS),
+                "--max-watches", str(SSE_MAX_WATCHES)]
+        log("sse_client.py against two hybrid gateways over three nodes")
+        try:
+            code = subprocess.run(argv, timeout=180).returncode
+        except subprocess.TimeoutExpired:
+            sys.exit("adversarial: the SSE client did not finish within 180 s")
+        if code != 0:
+            for gateway in gateways:
+                log(f"{gateway.log_path}:")
+                with open(gateway.log_path) as f:
+                    print(f.read()[-4000:], flush=True)
+            sys.exit("adversarial: the SSE client's checks failed")
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+        for node in nodes:
+            node.kill()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["schemathesis", "promtool", "mcp", "all"])
+    p.add_argument("stage", choices=["schemathesis", "promtool", "mcp", "sse", "all"])
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="adversarial-") as workdir:
         if args.stage in ("promtool", "all"):
@@ -297,6 +354,8 @@ def main():
             schemathesis(workdir)
         if args.stage in ("mcp", "all"):
             mcp(workdir)
+        if args.stage in ("sse", "all"):
+            sse(workdir)
 
 
 if __name__ == "__main__":
