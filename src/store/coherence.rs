@@ -140,7 +140,10 @@ mod tests {
         store.invalidate(&at, &EnvelopeId::parse("v2").expect("id"));
         assert!(matches!(store.lookup(&at), Lookup::NotHeld));
         store.observe_since(started, &at, 1, &version("v1", 1));
-        assert!(matches!(store.lookup(&at), Lookup::NotHeld), "the raced fill is refused");
+        assert!(
+            matches!(store.lookup(&at), Lookup::NotHeld),
+            "the raced fill is refused"
+        );
         // A read that starts after the report is kept.
         let after = store.generation();
         store.observe_since(after, &at, 2, &version("v2", 2));

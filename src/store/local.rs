@@ -410,9 +410,10 @@ impl LocalStore {
     pub(super) fn drop_cached_unless(&self, address: &Address, id: &EnvelopeId) {
         let mut inner = self.write();
         let key = address.canonical();
-        let keep = inner.records.get(key).is_none_or(|r| {
-            r.owned || r.set.entries().last().is_some_and(|e| e.id() == id)
-        });
+        let keep = inner
+            .records
+            .get(key)
+            .is_none_or(|r| r.owned || r.set.entries().last().is_some_and(|e| e.id() == id));
         if !keep {
             inner.remove_cached(key);
         }

@@ -54,10 +54,7 @@ impl Content {
         if *size > self.limit {
             return None;
         }
-        (|| self.once(change))
-            .retry(content_retries())
-            .await
-            .ok()
+        (|| self.once(change)).retry(content_retries()).await.ok()
     }
 
     async fn once(&self, change: &Change) -> Result<Value, NotYet> {
@@ -81,7 +78,11 @@ impl Content {
             return Ok((*served.value.content).clone());
         }
         // Its number moved (a version merged later with an earlier time): find it by id.
-        let history = self.backend.history(&call, address).await.map_err(|_| NotYet)?;
+        let history = self
+            .backend
+            .history(&call, address)
+            .await
+            .map_err(|_| NotYet)?;
         let number = history
             .value
             .versions
@@ -91,7 +92,10 @@ impl Content {
             .version;
         let served = self
             .backend
-            .get(&call, &address.clone().with_temporal(Temporal::Version(number)))
+            .get(
+                &call,
+                &address.clone().with_temporal(Temporal::Version(number)),
+            )
             .await
             .map_err(|_| NotYet)?;
         if served.value.id == *id {
