@@ -5,7 +5,7 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use ucxl_service::Reply;
 
-use crate::backend::{NotServed, Via};
+use crate::backend::{CacheRead, NotServed, Via};
 use crate::error::ApiError;
 
 /// `X-Rustle-Backend`: `real`, `fallback` or `mock`.
@@ -17,9 +17,24 @@ pub static X_RUSTLE_ATTEMPTS: HeaderName = HeaderName::from_static("x-rustle-att
 /// `X-Rustle-Stale: true` when a fallback read may be out of date.
 pub static X_RUSTLE_STALE: HeaderName = HeaderName::from_static("x-rustle-stale");
 
+/// `X-Rustle-Cache: hit|miss` on reads that asked for the cache.
+pub static X_RUSTLE_CACHE: HeaderName = HeaderName::from_static("x-rustle-cache");
+/// `X-Rustle-Feed-Lag-Ms`: how far behind the nodes' feeds the cache could be.
+pub static X_RUSTLE_FEED_LAG_MS: HeaderName = HeaderName::from_static("x-rustle-feed-lag-ms");
+
 /// The `X-Rustle-*` headers of `via`.
 fn headers(via: Via) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
     let endpoint = via.endpoint.and_then(|e| HeaderValue::from_str(&e).ok());
+    let cache = via.cache.map(|c| {
+        (
+            X_RUSTLE_CACHE.clone(),
+            HeaderValue::from_static(if c.hit { "hit" } else { "miss" }),
+        )
+    });
+    let lag = via
+        .cache
+        .and_then(CacheRead::lag_ms)
+        .map(|l| (X_RUSTLE_FEED_LAG_MS.clone(), HeaderValue::from(l)));
     [
         Some((
             X_RUSTLE_BACKEND.clone(),
@@ -29,6 +44,8 @@ fn headers(via: Via) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
         endpoint.map(|e| (X_RUSTLE_ENDPOINT.clone(), e)),
         via.stale
             .then(|| (X_RUSTLE_STALE.clone(), HeaderValue::from_static("true"))),
+        cache,
+        lag,
     ]
     .into_iter()
     .flatten()
@@ -52,7 +69,8 @@ impl<T> ServedBy for Reply<T> {
 #[derive(Debug)]
 pub struct Failed {
     error: ApiError,
-    via: Option<Via>,
+    /// Boxed: errors are the cold path, and `Result<_, Failed>` stays small.
+    via: Option<Box<Via>>,
 }
 
 impl Failed {
@@ -61,7 +79,7 @@ impl Failed {
     pub fn backend(not_served: NotServed) -> Self {
         Self {
             error: not_served.error.into(),
-            via: Some(not_served.via),
+            via: Some(Box::new(not_served.via)),
         }
     }
 }
@@ -76,7 +94,7 @@ impl Failed {
     /// How the failed request was served, when a backend was asked.
     #[must_use]
     pub fn via(&self) -> Option<&Via> {
-        self.via.as_ref()
+        self.via.as_deref()
     }
 }
 
@@ -95,7 +113,7 @@ impl From<ucxl::AddressError> for Failed {
 impl IntoResponse for Failed {
     fn into_response(self) -> Response {
         let mut response = self.error.into_response();
-        if let Some(via) = self.via {
+        if let Some(via) = self.via.map(|v| *v) {
             response.headers_mut().extend(headers(via));
         }
         response

@@ -107,7 +107,7 @@ pub fn build_state(config: Config, options: Options) -> Result<AppState, Startup
             config.audit_log
         ))
     })?;
-    let watch = crate::watch::Hub::new(config.watch());
+    let watch = crate::watch::Hub::new(config.watch(), Some(Arc::clone(&store)));
     // The backend is chosen once the journal is open: start with the mock.
     let mock = Arc::new(crate::backend::mock::MockBackend::new(Arc::clone(&store)));
     let state = AppState::new(Shared {
@@ -338,9 +338,16 @@ impl Application {
 /// What the feed followers read of the state: the mode and the node client settings.
 fn watch_source(state: &AppState) -> crate::watch::follow::SourceFn {
     let state = state.clone();
-    Arc::new(move || crate::watch::follow::Source {
-        cluster: state.active.load().mode != BackendMode::Mock,
-        client: crate::upstream::transport::ClientSettings::of(&state.config.load()),
+    Arc::new(move || {
+        let config = state.config.load();
+        crate::watch::follow::Source {
+            cluster: state.active.load().mode != BackendMode::Mock,
+            client: crate::upstream::transport::ClientSettings::of(&config),
+            heartbeat: (config.cache_max_lag / 4).clamp(
+                std::time::Duration::from_millis(50),
+                std::time::Duration::from_secs(5),
+            ),
+        }
     })
 }
 

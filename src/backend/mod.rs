@@ -1,6 +1,7 @@
 //! The `Backend` seam: what the routes call to store, fetch and search envelopes, whatever
 //! serves them (the local store, the BZZZ cluster, or the cluster with fallback).
 
+pub mod cached;
 pub mod hybrid;
 pub mod mock;
 pub mod real;
@@ -23,6 +24,9 @@ pub enum BackendKind {
     Real,
     /// The local backend, standing in for an unreachable cluster.
     Fallback,
+    /// The gateway's cache of cluster data, kept current by the nodes' change feeds (a read
+    /// that asked `X-Rustle-Consistency: cached`).
+    Cache,
 }
 
 impl BackendKind {
@@ -33,6 +37,7 @@ impl BackendKind {
             Self::Mock => "mock",
             Self::Real => "real",
             Self::Fallback => "fallback",
+            Self::Cache => "cache",
         }
     }
 }
@@ -82,6 +87,42 @@ pub struct Via {
     /// True when a write was accepted into the durable journal and reaches the cluster on
     /// replay (answered 202).
     pub journaled: bool,
+    /// For a read that asked for the cache: whether it was served from it, and how far
+    /// behind the nodes the cache could be.
+    pub cache: Option<CacheRead>,
+}
+
+/// How a read that asked `X-Rustle-Consistency: cached` went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheRead {
+    /// Served from the cache (`X-Rustle-Cache: hit`), or from a node (`miss`).
+    pub hit: bool,
+    /// The longest time since a node's feed was heard from, in milliseconds
+    /// (`X-Rustle-Feed-Lag-Ms`); [`CacheRead::UNKNOWN`] when some feed is not streaming.
+    lag_ms: u32,
+}
+
+impl CacheRead {
+    /// The lag of a read when some feed is not streaming (kept in 4 bytes: `Via` travels in
+    /// every error answer).
+    const UNKNOWN: u32 = u32::MAX;
+
+    /// A read that asked for the cache, `hit` or not, with the feeds `lag` behind.
+    #[must_use]
+    pub fn new(hit: bool, lag: Option<Duration>) -> Self {
+        Self {
+            hit,
+            lag_ms: lag.map_or(Self::UNKNOWN, |l| {
+                u32::try_from(l.as_millis()).unwrap_or(Self::UNKNOWN - 1)
+            }),
+        }
+    }
+
+    /// The lag in milliseconds, when known.
+    #[must_use]
+    pub fn lag_ms(self) -> Option<u32> {
+        (self.lag_ms != Self::UNKNOWN).then_some(self.lag_ms)
+    }
 }
 
 impl Via {
@@ -94,6 +135,7 @@ impl Via {
             attempts: 1,
             stale: false,
             journaled: false,
+            cache: None,
         }
     }
 
@@ -106,6 +148,7 @@ impl Via {
             attempts,
             stale: false,
             journaled: false,
+            cache: None,
         }
     }
 
@@ -118,6 +161,7 @@ impl Via {
             attempts,
             stale: false,
             journaled: false,
+            cache: None,
         }
     }
 }

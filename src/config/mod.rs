@@ -307,6 +307,9 @@ pub struct Config {
     pub watch_heartbeat: Duration,
     /// Changes remembered for resuming and once-only delivery.
     pub watch_history: usize,
+    /// Cached reads are served while every feed was heard from within this.
+    #[serde(with = "millis")]
+    pub cache_max_lag: Duration,
     /// Admin bearer token; `None` disables the admin API.
     pub admin_token: Option<Secret>,
     /// Whether callers must authenticate.

@@ -56,6 +56,7 @@ settings! {
     watch_buffer, "RUSTLE_WATCH_BUFFER", Some("1024"), "events queued for one watcher; a watcher that lets its queue fill is sent an error event and dropped";
     watch_heartbeat_ms, "RUSTLE_WATCH_HEARTBEAT_MS", Some("15000"), "silence after which a watch stream sends a keep-alive comment (ms)";
     watch_history, "RUSTLE_WATCH_HISTORY", Some("20000"), "changes remembered for resuming watch streams exactly (a cursor older than them is answered UCXL-410-GONE) and for delivering each change once";
+    cache_max_lag_ms, "RUSTLE_CACHE_MAX_LAG_MS", Some("1000"), "reads asking X-Rustle-Consistency: cached are served from the local cache only while every node's change feed has been heard from within this (ms); otherwise they read a node";
     admin_token, "RUSTLE_ADMIN_TOKEN", None, "bearer token of the admin API (besides principals granted admin); unset and no admin principal = admin API answers 403";
     auth, "RUSTLE_AUTH", None, "required or none; unset = required when RUSTLE_AUTH_POLICY is set, else none (and then only a loopback listen address is allowed)";
     auth_policy, "RUSTLE_AUTH_POLICY", None, "TOML policy file: principals with API keys, roles of grants over UCXL patterns, [jwt] settings";

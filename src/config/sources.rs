@@ -197,6 +197,7 @@ impl Sources {
             watch_buffer: p.number("watch_buffer", 1, 1 << 20),
             watch_heartbeat: p.millis("watch_heartbeat_ms", 10, 3_600_000),
             watch_history: p.number("watch_history", 1, 10_000_000),
+            cache_max_lag: p.millis("cache_max_lag_ms", 10, 3_600_000),
             admin_token: Some(p.text("admin_token"))
                 .filter(|t| !t.is_empty())
                 .map(Secret),

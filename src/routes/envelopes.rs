@@ -11,7 +11,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::http::{Permitted, ToDelete, ToRead, ToWrite};
-use crate::backend::{BackendKind, Deleted};
+use crate::backend::cached::{self, Consistency};
+use crate::backend::{BackendKind, CacheRead, Deleted, Via};
 use crate::error::ApiError;
 use crate::extract::{AddressQuery, ApiJson, Ctx, WriteAddressQuery};
 use ucxl_service::Reply;
@@ -105,6 +106,27 @@ pub struct ReadHeaders {
         example = 2000
     )]
     request_timeout_ms: Option<u64>,
+}
+
+/// Headers of `GET /v1/envelopes`.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // documentation only: the handler and `Ctx` read these headers
+pub struct GetHeaders {
+    /// Lowers the request deadline (milliseconds).
+    #[param(
+        rename = "X-Request-Timeout-Ms",
+        schema_with = timeout_schema,
+        example = 2000
+    )]
+    request_timeout_ms: Option<u64>,
+    /// `node` (the default): read a node. `cached`: answer from the gateway's cache while
+    /// every node's change feed has been heard from within `RUSTLE_CACHE_MAX_LAG_MS` (the
+    /// cache drops a copy as soon as a feed reports a change at its address), else read a
+    /// node; `X-Rustle-Cache: hit|miss` and `X-Rustle-Feed-Lag-Ms` say which, and how far
+    /// behind the nodes the cache could be.
+    #[param(rename = "X-Rustle-Consistency", example = "cached")]
+    consistency: Option<String>,
 }
 
 fn content_type(given: Option<String>) -> Result<String, ApiError> {
@@ -273,9 +295,9 @@ pub async fn store(
     get,
     path = "/v1/envelopes",
     tag = "envelopes",
-    params(AddressQuery, ReadHeaders),
+    params(AddressQuery, GetHeaders),
     responses(
-        (status = 200, description = "The selected version (`UCXL-200-OK`)", body = inline(ucxl::Success<Envelope>)),
+        (status = 200, description = "The selected version (`UCXL-200-OK`); with `X-Rustle-Consistency: cached`, `X-Rustle-Cache: hit|miss` says where from", body = inline(ucxl::Success<Envelope>)),
         (status = 400, description = "Invalid address or temporal segment", body = ucxl::Failure),
         (status = 404, description = "Nothing stored, deleted, or no such version", body = ucxl::Failure),
     )
@@ -283,9 +305,63 @@ pub async fn store(
 async fn get_envelope(
     State(state): State<AppState>,
     ctx: Ctx,
+    headers: axum::http::HeaderMap,
     Permitted { address, .. }: Permitted<ToRead>,
 ) -> Result<Reply<Envelope>, Failed> {
+    let consistency = match headers.get("x-rustle-consistency") {
+        None => Consistency::Node,
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(Consistency::parse)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "X-Rustle-Consistency must be node or cached",
+                    json!({"field": "X-Rustle-Consistency", "expected": ["node", "cached"]}),
+                )
+            })?,
+    };
+    if consistency == Consistency::Cached {
+        return fetch_cached(&state, &ctx, &address).await;
+    }
     fetch(&state, &ctx, &address).await
+}
+
+/// A read that asked for the cache: from it while it is current, else from a node (the
+/// answer says which, and how far behind the nodes the cache could be).
+async fn fetch_cached(
+    state: &AppState,
+    ctx: &Ctx,
+    address: &ucxl::Address,
+) -> Result<Reply<Envelope>, Failed> {
+    let lag = cached::lag(state);
+    let max_lag = state.config.load().cache_max_lag;
+    let outcome = if let Some(outcome) = cached::read(state, address, lag, max_lag) {
+        outcome
+    } else {
+        {
+            let backend = Arc::clone(&state.active.load().backend);
+            let miss = Some(CacheRead::new(false, lag));
+            match backend.get(&ctx.call, address).await {
+                Ok(served) => Ok(crate::backend::Served {
+                    via: Via {
+                        cache: miss,
+                        ..served.via
+                    },
+                    ..served
+                }),
+                Err(not_served) => Err(crate::backend::NotServed {
+                    via: Via {
+                        cache: miss,
+                        ..not_served.via
+                    },
+                    ..not_served
+                }),
+            }
+        }
+    };
+    let served = ctx.served(outcome)?;
+    Ok(Reply::new(Code::Ok, "found", served.value, ctx.request_id()).via(served.via))
 }
 
 /// The version `address` selects, for the caller of `ctx` (who may read there): what

@@ -243,7 +243,8 @@ impl FeedClient {
     }
 
     /// Opens `endpoint`'s feed after `since` (of feed `feed`), every address, without
-    /// content. The connection (not the stream) must be made within the connect timeout and
+    /// content, with a heartbeat line after `heartbeat` of silence (the node's default when
+    /// `None`). The connection (not the stream) must be made within the connect timeout and
     /// the answer's head within `timeout`.
     ///
     /// # Errors
@@ -253,6 +254,7 @@ impl FeedClient {
         endpoint: &EndpointUrl,
         since: Option<u64>,
         feed: Option<&str>,
+        heartbeat: Option<Duration>,
         timeout: Duration,
     ) -> Result<FeedStream, FeedError> {
         let mut path =
@@ -263,6 +265,13 @@ impl FeedClient {
         if let Some(feed) = feed {
             path.push_str("&feed=");
             path.push_str(feed);
+        }
+        if let Some(heartbeat) = heartbeat {
+            let _ = write!(
+                path,
+                "&heartbeat_ms={}",
+                heartbeat.as_millis().clamp(10, 3_600_000)
+            );
         }
         let request = self.request(endpoint, &path)?;
         let response = tokio::time::timeout(

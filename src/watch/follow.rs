@@ -24,6 +24,9 @@ pub struct Source {
     pub cluster: bool,
     /// How to connect to nodes.
     pub client: ClientSettings,
+    /// The heartbeat interval asked of the nodes: how soon a silent feed is known to be
+    /// current (cached reads need it within `RUSTLE_CACHE_MAX_LAG_MS`).
+    pub heartbeat: Duration,
 }
 
 /// Reads the configuration.
@@ -95,9 +98,10 @@ async fn follow(hub: Arc<Hub>, endpoint: EndpointUrl, source: SourceFn, stop: Ca
                 }
             }
         }
+        let heartbeat = source().heartbeat;
         let outcome = match &client {
             Some((_, c)) => tokio::select! {
-                outcome = once(&hub, c, &endpoint) => outcome,
+                outcome = once(&hub, c, &endpoint, heartbeat) => outcome,
                 () = stop.cancelled() => return,
             },
             None => Err("no client".to_owned()),
@@ -132,7 +136,12 @@ async fn follow(hub: Arc<Hub>, endpoint: EndpointUrl, source: SourceFn, stop: Ca
 
 /// One connection: attach (or take up) the endpoint's feed and read it until it breaks.
 /// `Ok` when the feed must be started afresh at once (it changed, or lost entries).
-async fn once(hub: &Arc<Hub>, client: &FeedClient, endpoint: &EndpointUrl) -> Result<(), String> {
+async fn once(
+    hub: &Arc<Hub>,
+    client: &FeedClient,
+    endpoint: &EndpointUrl,
+    heartbeat: Duration,
+) -> Result<(), String> {
     let history = hub.settings().history as u64;
     let (ix, id, since) = if let Some(known) = hub.feed_of(endpoint.as_str()) {
         known
@@ -148,7 +157,13 @@ async fn once(hub: &Arc<Hub>, client: &FeedClient, endpoint: &EndpointUrl) -> Re
         hub.attach(endpoint.as_str(), &position.id, from, position.current_seq)
     };
     let mut stream = match client
-        .open(endpoint, Some(since), Some(&id), ANSWER_TIMEOUT)
+        .open(
+            endpoint,
+            Some(since),
+            Some(&id),
+            Some(heartbeat),
+            ANSWER_TIMEOUT,
+        )
         .await
     {
         Ok(stream) => stream,

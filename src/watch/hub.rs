@@ -145,6 +145,8 @@ struct Slot {
     state: FeedState,
     last_error: Option<String>,
     lag_ms: Option<f64>,
+    /// When a line (change or heartbeat) last came.
+    heard: Option<tokio::time::Instant>,
 }
 
 /// One feed in `/v1/status`.
@@ -194,6 +196,8 @@ struct Core {
     local: Option<(FeedIx, u64)>,
     /// Endpoints whose feed could not be reached yet, with why.
     unreached: HashMap<String, String>,
+    /// The cache of cluster data, which changes reported by node feeds invalidate.
+    cache: Option<Arc<crate::store::local::LocalStore>>,
 }
 
 /// The hub.
@@ -299,12 +303,20 @@ impl Core {
         let Some(slot) = self.feeds.get_mut(usize::from(ix)) else {
             return;
         };
+        slot.heard = Some(tokio::time::Instant::now());
         if seq <= slot.through {
             return;
         }
         slot.through = seq;
         let past = seq <= slot.past_until;
         let local = slot.local;
+        if !local
+            && !past
+            && let Some(cache) = &self.cache
+        {
+            // The cache's copy of the address is no longer the newest (unless it is this).
+            cache.invalidate(change.address(), change.id());
+        }
         let source: Arc<str> = slot.endpoint.clone().unwrap_or_else(|| Arc::from("local"));
         let origin = (Arc::clone(&slot.id), seq);
         let key = Key::of(change.address(), change.id());
@@ -431,9 +443,12 @@ impl Core {
 }
 
 impl Hub {
-    /// An empty hub.
+    /// An empty hub; changes node feeds report invalidate `cache`'s copies.
     #[must_use]
-    pub fn new(settings: WatchSettings) -> Arc<Self> {
+    pub fn new(
+        settings: WatchSettings,
+        cache: Option<Arc<crate::store::local::LocalStore>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             core: Mutex::new(Core {
                 feeds: Vec::new(),
@@ -444,6 +459,7 @@ impl Hub {
                 next_watcher: 0,
                 local: None,
                 unreached: HashMap::new(),
+                cache,
             }),
             settings: Mutex::new(settings),
             active: AtomicUsize::new(0),
@@ -663,6 +679,7 @@ impl Hub {
         let mut core = self.lock();
         if let Some(slot) = core.feeds.get_mut(usize::from(ix)) {
             slot.through = slot.through.max(seq);
+            slot.heard = Some(tokio::time::Instant::now());
             if slot.through >= slot.past_until {
                 slot.state = FeedState::Streaming;
             }
@@ -726,6 +743,26 @@ impl Hub {
         })
     }
 
+    /// How far behind the nodes the gateway may be: the longest time since a line came from
+    /// the feed of each of `endpoints`, when every one of them is streaming; `None` when one
+    /// is not (then nothing says the cache is current).
+    #[must_use]
+    pub fn behind(&self, endpoints: &[String]) -> Option<Duration> {
+        let core = self.lock();
+        let now = tokio::time::Instant::now();
+        let mut worst = Duration::ZERO;
+        for endpoint in endpoints {
+            let heard = core.feeds.iter().find_map(|s| {
+                (s.endpoint.as_deref() == Some(endpoint.as_str())
+                    && s.state == FeedState::Streaming)
+                    .then_some(s.heard)
+                    .flatten()
+            })?;
+            worst = worst.max(now.saturating_duration_since(heard));
+        }
+        (!endpoints.is_empty()).then_some(worst)
+    }
+
     /// What `/v1/status` shows.
     #[must_use]
     pub fn status(&self) -> WatchStatus {
@@ -787,6 +824,7 @@ impl Core {
             state,
             last_error: None,
             lag_ms: None,
+            heard: None,
         });
         ix
     }

@@ -68,7 +68,7 @@ fn watcher(hub: &Arc<Hub>, cursor: Option<&Cursor>) -> (Open, Result<Subscriptio
 
 /// A hub reading feeds A, B and C live from 0.
 fn three_feeds(history: usize, buffer: usize) -> (Arc<Hub>, [u16; 3]) {
-    let hub = Hub::new(settings(history, buffer));
+    let hub = Hub::new(settings(history, buffer), None);
     let a = hub.attach("http://a", A, 0, 0).0;
     let b = hub.attach("http://b", B, 0, 0).0;
     let c = hub.attach("http://c", C, 0, 0).0;
@@ -184,7 +184,7 @@ fn cursors_that_cannot_be_continued_are_gone_never_skipped() {
 
 #[test]
 fn a_feeds_past_is_remembered_not_delivered_unless_reported_live_elsewhere() {
-    let hub = Hub::new(settings(100, 16));
+    let hub = Hub::new(settings(100, 16), None);
     // A is read from 0 with 2 entries committed before the gateway came.
     let a = hub.attach("http://a", A, 0, 2).0;
     let b = hub.attach("http://b", B, 0, 0).0;
@@ -227,10 +227,13 @@ fn a_watcher_that_does_not_read_is_dropped_and_the_others_go_on() {
 
 #[test]
 fn the_limit_of_streams_is_kept() {
-    let hub = Hub::new(WatchSettings {
-        max_watches: 4,
-        ..settings(10, 4)
-    });
+    let hub = Hub::new(
+        WatchSettings {
+            max_watches: 4,
+            ..settings(10, 4)
+        },
+        None,
+    );
     let opens: Vec<Open> = (0..4).map(|_| hub.open().expect("a slot")).collect();
     assert!(matches!(hub.open(), Err(Refusal::Full(4))));
     drop(opens);
@@ -249,7 +252,7 @@ fn a_change_only_one_node_had_reported_travels_in_the_cursor() {
     assert_eq!(events[0].cursor.pending, vec![key]);
     // A gateway that never knew feed A (its node is gone) learns of v1 from B only:
     // the cursor says it was delivered.
-    let other = Hub::new(settings(100, 16));
+    let other = Hub::new(settings(100, 16), None);
     let ob = other.attach("http://b", B, 0, 0).0;
     other.passed(ob, 0);
     let (_o, resumed) = watcher(&other, Some(&events[0].cursor));

@@ -3,6 +3,7 @@
 mod abuse;
 mod admin;
 mod auth;
+mod cache;
 mod conformance;
 mod envelopes;
 mod errors;
