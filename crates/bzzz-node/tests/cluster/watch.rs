@@ -423,6 +423,11 @@ async fn bad_watch_input_is_400_before_any_stream() {
         (query(EVERYTHING, "&since=1.5"), "UCXL-400-BAD_REQUEST"),
         (query(EVERYTHING, "&content=maybe"), "UCXL-400-BAD_REQUEST"),
         (query(EVERYTHING, "&limit=3"), "UCXL-400-BAD_REQUEST"),
+        (query(EVERYTHING, "&heartbeat_ms=5"), "UCXL-400-BAD_REQUEST"),
+        (
+            query(EVERYTHING, "&heartbeat_ms=3600001"),
+            "UCXL-400-BAD_REQUEST",
+        ),
         ("since=0".to_owned(), "UCXL-400-BAD_REQUEST"),
     ];
     for (query, code) in &cases {
@@ -433,4 +438,30 @@ async fn bad_watch_input_is_400_before_any_stream() {
         assert_eq!(body["error"]["code"], *code, "{query}: {body}");
         assert_eq!(body["error"]["path"], "/ucxi/v1/watch", "{query}: {body}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_may_ask_for_heartbeats_more_often() {
+    // The node's own interval is an hour: only the asked-for one can speak in time.
+    let node = NodeProc::start(
+        "beating",
+        &[],
+        None,
+        &[("BZZZ_FEED_HEARTBEAT_MS", "3600000")],
+    )
+    .await;
+    let mut watch = Watch::open(&node, &query(EVERYTHING, "&heartbeat_ms=20"))
+        .await
+        .expect("a stream");
+    let (_, caught_up) = watch.until_heartbeat().await;
+    // Each within the line deadline (seconds), far below the node's hour.
+    for _ in 0..3 {
+        let line = watch.next().await;
+        assert_eq!(line["op"], "heartbeat");
+        assert_eq!(line["seq"], caught_up["seq"]);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "heartbeats came quickly"
+    );
 }
