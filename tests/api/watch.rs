@@ -530,3 +530,34 @@ async fn every_acknowledged_write_reaches_a_watcher_exactly_once_in_order() {
         "and nothing else"
     );
 }
+
+#[tokio::test]
+async fn content_is_given_even_when_the_event_comes_before_the_replica_that_answers_reads() {
+    let cluster = Cluster::start(3).await;
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url("")).collect();
+    let watcher = spawn_app_with(
+        cluster_config(&urls, BackendMode::Hybrid),
+        Options::default(),
+    )
+    .await;
+    let writer = spawn_app_with(
+        cluster_config(&urls, BackendMode::Hybrid),
+        Options::default(),
+    )
+    .await;
+    let p = project();
+    let address = format!("ucxl://a:b@{p}:t/x");
+    put(&writer, &address, json!("before")).await;
+    let mut stream = open(
+        &watcher,
+        &format!("ucxl://any:any@{p}:any/**"),
+        "&content=true",
+    )
+    .await;
+    for n in 0..15 {
+        put(&writer, &address, json!({"after": n})).await;
+        let event = stream.next(WAIT).await.expect("a put").json();
+        assert_eq!(event["content"], json!({"after": n}), "{event}");
+        assert!(event.get("content_omitted").is_none(), "{event}");
+    }
+}
