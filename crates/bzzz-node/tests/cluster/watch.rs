@@ -460,8 +460,4 @@ async fn a_watcher_may_ask_for_heartbeats_more_often() {
         assert_eq!(line["op"], "heartbeat");
         assert_eq!(line["seq"], caught_up["seq"]);
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "heartbeats came quickly"
-    );
 }
