@@ -1724,6 +1724,7 @@ def watch_run(mode, upstreams, work, watchers, rate, seconds, procs, tag):
         status = watch_status(sut)
         metrics_before = scrape(sut)
         cpu_before = cpu_ns(sut.pid)
+        ticks_before = user_sys_ticks(sut.pid)
         cpu1_before, cpu0_before = cpu_times(SUT_CPU), cpu_times(LOAD_CPU)
         others_before = others_ns(SUT_CPU, [sut.pid])
         started = time.monotonic()
@@ -1731,6 +1732,7 @@ def watch_run(mode, upstreams, work, watchers, rate, seconds, procs, tag):
         writing = time.monotonic() - started
         time.sleep(2)
         cpu_after = cpu_ns(sut.pid)
+        ticks_after = user_sys_ticks(sut.pid)
         cpu1_after, cpu0_after = cpu_times(SUT_CPU), cpu_times(LOAD_CPU)
         others_after = others_ns(SUT_CPU, [sut.pid])
         metrics_after = scrape(sut)
@@ -1745,6 +1747,7 @@ def watch_run(mode, upstreams, work, watchers, rate, seconds, procs, tag):
     s = watcher_summary(results)
     m = watch_metrics(metrics_before, metrics_after)
     delivered = s["received"]
+    user, system = (a - b for a, b in zip(ticks_after, ticks_before))
     run = {
         "mode": mode, "watchers": watchers, "procs": min(procs, watchers), "active": active,
         "feeds": [{k: f[k] for k in ("endpoint", "state", "lag_ms")} for f in status["feeds"]],
@@ -1754,6 +1757,7 @@ def watch_run(mode, upstreams, work, watchers, rate, seconds, procs, tag):
         "gateway_cpu_ms": (cpu_after - cpu_before) / 1e6,
         "gateway_cpu_us_per_write": (cpu_after - cpu_before) / 1e3 / max(1, w["writes"]),
         "gateway_cpu_us_per_event": (cpu_after - cpu_before) / 1e3 / max(1, delivered),
+        "gateway_user_share": user / (user + system) if user + system else None,
         "cpu1_busy": busy_between(cpu1_before, cpu1_after),
         "cpu0_busy": busy_between(cpu0_before, cpu0_after),
         "cpu1_others_ms": sum(max(0, t - others_before.get(tid, 0))
@@ -1980,9 +1984,10 @@ def watch_latency_table(data):
              "| mode, watchers | send→event p50 ms | p99 ms | max ms | ack→event p99 ms "
              "| kernel rx p99 ms | events/s delivered | writes/s achieved | writes sent late, "
              "p99 ms | write ack p99 ms "
-             "| gateway CPU-µs/event | gateway CPU-µs/write | CPU1 busy | CPU0 busy "
+             "| gateway CPU-µs/event | gateway CPU-µs/write | gateway CPU, user share "
+             "| CPU1 busy | CPU0 busy "
              "| missing / dup (total) | gate |",
-             "|---" * 16 + "|"]
+             "|---" * 17 + "|"]
     for v in data["variants"]:
         rr = [r[v] for r in rounds if v in r]
         d = [x["delivery"] for x in rr]
@@ -1998,6 +2003,7 @@ def watch_latency_table(data):
             f"| {median_range([x['writer']['ack_p99_ms'] for x in rr])} "
             f"| {median_range([x['gateway_cpu_us_per_event'] for x in rr])} "
             f"| {median_range([x['gateway_cpu_us_per_write'] for x in rr], 0)} "
+            f"| {median_range([x['gateway_user_share'] for x in rr])} "
             f"| {median_range([x['cpu1_busy'] for x in rr])} "
             f"| {median_range([x['cpu0_busy'] for x in rr])} "
             f"| {sum(x['missing'] for x in d)} / {sum(x['duplicates'] for x in d)} "
@@ -2006,14 +2012,18 @@ def watch_latency_table(data):
               "own write in mock mode, to the hub handing the event to the watchers' queues; "
               "bucket upper bounds):", "",
               "| mode, watchers | lag mean ms | lag p50 ≤ ms | lag p99 ≤ ms | client CPU-s per run "
-              "(watcher processes) |", "|---|---|---|---|---|"]
+              "(watcher processes) | client CPU-µs per event | bytes per event | other tasks "
+              "allowed on CPU1, CPU-ms per run |", "|---|---|---|---|---|---|---|---|"]
     for v in data["variants"]:
         rr = [r[v] for r in rounds if v in r]
         lines.append(
             f"| {v.replace('-', ', ')} | {median_range([x['metrics']['lag_mean_ms'] for x in rr])} "
             f"| {median_range([bucket_quantile(x['metrics']['lag_buckets'], 0.5) for x in rr], 1)} "
             f"| {median_range([bucket_quantile(x['metrics']['lag_buckets'], 0.99) for x in rr], 1)} "
-            f"| {median_range([x['delivery']['client_cpu_s'] for x in rr])} |")
+            f"| {median_range([x['delivery']['client_cpu_s'] for x in rr])} "
+            f"| {median_range([x['delivery']['client_cpu_s'] * 1e6 / max(1, x['delivery']['received']) for x in rr], 1)} "
+            f"| {median_range([x['delivery']['bytes'] / max(1, x['delivery']['received']) for x in rr], 0)} "
+            f"| {median_range([x['cpu1_others_ms'] for x in rr], 0)} |")
     lines.append("")
     for v in data["variants"]:
         if not v.endswith(f"-{data['watchers']}"):
