@@ -1708,13 +1708,19 @@ def watcher_summary(results):
 WATCH_MODES = ["hybrid", "mock"]
 
 
-def watch_run(mode, upstreams, work, watchers, rate, seconds, procs, tag):
+def watch_run(mode, upstreams, work, watchers, rate, seconds, procs, tag, node_pids=(),
+              burn=None):
     """One fresh gateway (CPU 1) in `mode`: one second of warm-up writes without watchers,
-    then `watchers` streams, then `seconds` of writes at `rate`, two seconds to drain."""
+    then `watchers` streams, then `seconds` of writes at `rate`, two seconds to drain.
+    `burn` (a share of a CPU): `procs` processes using that much of CPU 0 in all while the
+    writes run.
+    The CPU time of `node_pids`, of the writer and of the burner is recorded too."""
+    import resource
+
     sut = Sut("gateway", upstreams if mode == "hybrid" else [], work)
     sut.extra_env = watch_env(mode)
     sut.start()
-    group = None
+    group = burner = None
     try:
         wait_feeds(sut, mode)
         run_writer(sut, rate, 1, os.path.join(work, f"{tag}-warmup.json"), f"{tag}-warm")
@@ -1727,9 +1733,23 @@ def watch_run(mode, upstreams, work, watchers, rate, seconds, procs, tag):
         ticks_before = user_sys_ticks(sut.pid)
         cpu1_before, cpu0_before = cpu_times(SUT_CPU), cpu_times(LOAD_CPU)
         others_before = others_ns(SUT_CPU, [sut.pid])
+        nodes_before = sum(cpu_ns(p) for p in node_pids)
+        if burn:
+            # as many processes as the watchers had (the same weight with the scheduler)
+            burner = subprocess.Popen(
+                ["taskset", "-c", LOAD_CPU, sys.executable, WATCHLOAD, "burn", "--share",
+                 f"{burn / procs:.3f}", "--procs", str(procs)], start_new_session=True)
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
         rows = run_writer(sut, rate, seconds, os.path.join(work, f"{tag}-writes.json"), tag)
         writing = time.monotonic() - started
+        children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        burn_ms = cpu_ns(burner.pid) / 1e6 if burner else 0.0
+        nodes_ms = (sum(cpu_ns(p) for p in node_pids) - nodes_before) / 1e6
+        if burner:
+            os.killpg(burner.pid, signal.SIGKILL)
+            burner.wait()
+            burner = None
         time.sleep(2)
         cpu_after = cpu_ns(sut.pid)
         ticks_after = user_sys_ticks(sut.pid)
@@ -1740,12 +1760,17 @@ def watch_run(mode, upstreams, work, watchers, rate, seconds, procs, tag):
         results = group.stop(os.path.join(work, f"{tag}-writes.json"))
         group = None
     finally:
+        if burner:
+            os.killpg(burner.pid, signal.SIGKILL)
+            burner.wait()
         if group:
             group.kill()
         sut.stop()
     w = writer_summary(rows, rate)
     s = watcher_summary(results)
     m = watch_metrics(metrics_before, metrics_after)
+    writer_ms = ((children_after.ru_utime + children_after.ru_stime)
+                 - (children_before.ru_utime + children_before.ru_stime)) * 1e3
     delivered = s["received"]
     user, system = (a - b for a, b in zip(ticks_after, ticks_before))
     run = {
@@ -1763,6 +1788,11 @@ def watch_run(mode, upstreams, work, watchers, rate, seconds, procs, tag):
         "cpu1_others_ms": sum(max(0, t - others_before.get(tid, 0))
                               for tid, t in others_after.items()) / 1e6,
         "rss_mib": rss,
+        # CPU 0 while the writes ran: shares of one CPU over the writing time
+        "cpu0_shares": {"nodes": nodes_ms / 1e3 / writing, "writer": writer_ms / 1e3 / writing,
+                        "burner": burn_ms / 1e3 / writing,
+                        "watchers (whole run)": s["client_cpu_s"] / writing},
+        "burn_share": burn,
     }
     problems = []
     if w["failed"] or w["acknowledged"] != w["writes"]:
@@ -1791,6 +1821,19 @@ def watch_line(run):
             + ("OK" if run["gate"] else "FAILED: " + "; ".join(run["problems"])))
 
 
+def quiet_before_run(r, within=60):
+    waited = wait_quiet(within)
+    if waited is None or waited > 1.5:
+        log(f"round {r + 1}: " + (f"other tasks kept CPU 1 busy for {within} s; measuring "
+                                  "anyway" if waited is None else
+                                  f"waited {waited:.0f} s for other tasks to calm"))
+
+
+def watch_disturbed(run):
+    """Other tasks allowed on CPU 1 used more than QUIET_SHARE of it over the run."""
+    return run["cpu1_others_ms"] > QUIET_SHARE * (run["writing_s"] + 2) * 1e3
+
+
 def watch_latency_stage(args):
     """Write-to-event latency of GET /v1/watch: a fresh gateway per run (CPU 1, one worker)
     in hybrid mode in front of three fresh real bzzz-node processes (no seeding; a new
@@ -1798,7 +1841,10 @@ def watch_latency_stage(args):
     streams on the everything pattern spread over `--watch-procs` (4) processes, and a
     writer PUTting new addresses open-loop at `--rate` (500/s) for `--watch-seconds` (20 s);
     then the same with one watcher (the client-side check: the gateway's fan-out is then
-    negligible). Watchers, writer and nodes on CPU 0. Gate: every write acknowledged 201,
+    negligible); last in each round, the control `hybrid-1-burn`: one watcher while a
+    process burns as much of CPU 0 as the round's 100 watchers used (do the nodes, which
+    share CPU 0 with the load generator, explain the difference?). Watchers, writer and
+    nodes on CPU 0. Gate: every write acknowledged 201,
     and every acknowledged write delivered exactly once to every watcher (no stream closed,
     no error event, no watcher dropped)."""
     work = tempfile.mkdtemp(prefix="rustle-bench-watch-")
@@ -1808,21 +1854,26 @@ def watch_latency_stage(args):
     rounds = []
     try:
         for r in range(args.rounds):
-            waited = wait_quiet(120)
-            if waited is None or waited > 1.5:
-                log(f"round {r + 1}: " + ("other tasks kept CPU 1 busy for 120 s; measuring "
-                                          "anyway" if waited is None else
-                                          f"waited {waited:.0f} s for other tasks to calm"))
             d = tempfile.mkdtemp(prefix=f"round-{r + 1}-", dir=work)
             nodes = Nodes(d, docs=0)
+            pids = [n.proc.pid for n in nodes.nodes]
             runs = {}
             try:
                 k = r % len(variants)
                 for mode, n in variants[k:] + variants[:k]:
                     label = f"{mode}-{n}"
+                    quiet_before_run(r)
                     runs[label] = watch_run(mode, nodes.urls, d, n, rate, seconds,
-                                            args.watch_procs, f"r{r + 1}-{label}")
+                                            args.watch_procs, f"r{r + 1}-{label}", pids)
                     log(f"round {r + 1} {watch_line(runs[label])}")
+                # the control: one watcher, and CPU 0 as busy as the many watchers made it
+                many = runs[f"hybrid-{args.watchers}"]
+                share = min(0.9, many["delivery"]["client_cpu_s"] / many["writing_s"])
+                label = "hybrid-1-burn"
+                quiet_before_run(r)
+                runs[label] = watch_run("hybrid", nodes.urls, d, 1, rate, seconds,
+                                        args.watch_procs, f"r{r + 1}-{label}", pids, burn=share)
+                log(f"round {r + 1} {watch_line(runs[label])} (CPU 0 burner at {share:.2f})")
             finally:
                 nodes.stop()
                 shutil.rmtree(d, ignore_errors=True)
@@ -1831,7 +1882,8 @@ def watch_latency_stage(args):
         shutil.rmtree(work, ignore_errors=True)
     return {"stage": "watch-latency", "rate": rate, "seconds": seconds,
             "watchers": args.watchers, "procs": args.watch_procs, "pattern": WATCH_PATTERN,
-            "variants": [f"{m}-{n}" for m, n in variants], "rounds": rounds}
+            "variants": [f"{m}-{n}" for m, n in variants] + ["hybrid-1-burn"],
+            "rounds": rounds}
 
 
 def watch_idle_run(mode, upstreams, work, count, procs, tag):
@@ -1971,6 +2023,12 @@ def watch_idle_stage(args):
             "pattern": WATCH_PATTERN, "rounds": rounds}
 
 
+def watch_label(variant):
+    if variant.endswith("-burn"):
+        return "hybrid, 1, CPU 0 burner (control)"
+    return variant.replace("-", ", ")
+
+
 def watch_latency_table(data):
     rounds = data["rounds"]
     lines = [f"### watch-latency (GET /v1/watch on `{data['pattern']}`: PUTs of new addresses "
@@ -1992,7 +2050,7 @@ def watch_latency_table(data):
         rr = [r[v] for r in rounds if v in r]
         d = [x["delivery"] for x in rr]
         lines.append(
-            f"| {v.replace('-', ', ')} | {median_range([x['send']['p50_ms'] for x in d])} "
+            f"| {watch_label(v)} | {median_range([x['send']['p50_ms'] for x in d])} "
             f"| {median_range([x['send']['p99_ms'] for x in d])} "
             f"| {median_range([x['send']['max_ms'] for x in d], 1)} "
             f"| {median_range([x['ack']['p99_ms'] for x in d])} "
@@ -2017,16 +2075,42 @@ def watch_latency_table(data):
     for v in data["variants"]:
         rr = [r[v] for r in rounds if v in r]
         lines.append(
-            f"| {v.replace('-', ', ')} | {median_range([x['metrics']['lag_mean_ms'] for x in rr])} "
+            f"| {watch_label(v)} | {median_range([x['metrics']['lag_mean_ms'] for x in rr])} "
             f"| {median_range([bucket_quantile(x['metrics']['lag_buckets'], 0.5) for x in rr], 1)} "
             f"| {median_range([bucket_quantile(x['metrics']['lag_buckets'], 0.99) for x in rr], 1)} "
             f"| {median_range([x['delivery']['client_cpu_s'] for x in rr])} "
             f"| {median_range([x['delivery']['client_cpu_s'] * 1e6 / max(1, x['delivery']['received']) for x in rr], 1)} "
             f"| {median_range([x['delivery']['bytes'] / max(1, x['delivery']['received']) for x in rr], 0)} "
             f"| {median_range([x['cpu1_others_ms'] for x in rr], 0)} |")
+    lines += ["", "CPU 0 (load generator and nodes) while the writes ran, in shares of one CPU "
+              "(`watchers` counts the watcher processes' whole run over the writing time):", "",
+              "| mode, watchers | nodes | writer | watchers | burner | CPU0 busy (all tasks) |",
+              "|---|---|---|---|---|---|"]
+    for v in data["variants"]:
+        rr = [r[v] for r in rounds if v in r and "cpu0_shares" in r[v]]
+        if not rr:
+            continue
+        sh = [x["cpu0_shares"] for x in rr]
+        lines.append(
+            f"| {watch_label(v)} | {median_range([x['nodes'] for x in sh])} "
+            f"| {median_range([x['writer'] for x in sh])} "
+            f"| {median_range([x['watchers (whole run)'] for x in sh])} "
+            f"| {median_range([x['burner'] for x in sh])} "
+            f"| {median_range([x['cpu0_busy'] for x in rr])} |")
+    lines += ["", "Disturbed runs (other tasks allowed on CPU 1, i.e. not pinned to CPU 0: other "
+              f"work on this machine, used more than {QUIET_SHARE * 100:.0f}% of it over the "
+              "run; an upper bound) and the send→event p99 over the undisturbed ones:", "",
+              "| mode, watchers | disturbed runs | p50 ms, undisturbed | p99 ms, undisturbed |",
+              "|---|---|---|---|"]
+    for v in data["variants"]:
+        rr = [r[v] for r in rounds if v in r]
+        quiet = [x for x in rr if not watch_disturbed(x)]
+        lines.append(f"| {watch_label(v)} | {len(rr) - len(quiet)} of {len(rr)} "
+                     f"| {median_range([x['delivery']['send']['p50_ms'] for x in quiet])} "
+                     f"| {median_range([x['delivery']['send']['p99_ms'] for x in quiet])} |")
     lines.append("")
     for v in data["variants"]:
-        if not v.endswith(f"-{data['watchers']}"):
+        if v not in (f"{m}-{data['watchers']}" for m in WATCH_MODES):
             continue
         p99 = [r[v]["delivery"]["send"]["p99_ms"] for r in rounds if v in r]
         med = statistics.median(p99)

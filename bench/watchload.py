@@ -19,6 +19,11 @@ pinned to the load generator's CPU. Python standard library only.
         `GET /health` on each and reads its answer, prints `open N`, and holds them idle
         until a line on stdin; then closes them and prints `done`.
 
+    watchload.py burn --share F [--procs P]
+        A control for watch-latency: P processes each using the share F of a CPU (process
+        CPU time, in 10 ms periods) until killed, standing in for the watchers' CPU on the
+        load CPU.
+
     watchload.py writer --base URL --rate R --seconds S --out FILE [--conns C]
         PUTs new addresses at a fixed rate (open loop: write k is due at start + k/R, on
         one of C kept-alive connections; a write that finds every connection busy is sent
@@ -246,6 +251,20 @@ def conns(args):
     print("done", flush=True)
 
 
+def burn(args):
+    for _ in range(args.procs - 1):
+        if os.fork() == 0:
+            break
+    period = 0.01
+    while True:
+        start, c0 = time.monotonic(), time.process_time()
+        while time.process_time() - c0 < args.share * period:
+            pass
+        rest = start + period - time.monotonic()
+        if rest > 0:
+            time.sleep(rest)
+
+
 def writer(args):
     body = None
     rows = []
@@ -309,6 +328,9 @@ def main():
     c = sub.add_parser("conns")
     c.add_argument("--base", required=True)
     c.add_argument("--count", type=int, required=True)
+    b = sub.add_parser("burn")
+    b.add_argument("--share", type=float, required=True, help="per process")
+    b.add_argument("--procs", type=int, default=1)
     r = sub.add_parser("writer")
     r.add_argument("--base", required=True)
     r.add_argument("--rate", type=float, required=True)
@@ -321,6 +343,8 @@ def main():
         watchers(args)
     elif args.mode == "conns":
         conns(args)
+    elif args.mode == "burn":
+        burn(args)
     else:
         writer(args)
 
