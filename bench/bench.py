@@ -24,6 +24,7 @@ same backends, on this 2-core machine, with the protocol of ../shared/BENCHMARKI
     bench/bench.py watch-latency  GET /v1/watch (SSE): write-to-event latency with 100 watchers
                                   at 500 PUTs/s, hybrid mode before three real nodes and mock
                                   mode, each also with 1 watcher (the client-side check)
+    bench/bench.py watch-scaling  a diagnosis: watch-latency's hybrid runs with 1 to 100 watchers
     bench/bench.py watch-idle     gateway RSS with 1,000 idle watch streams (mock and hybrid)
     bench/bench.py report         bench/results/<date>.md from the stages' results
     bench/bench.py all            every stage above, in order (each stage < 10 minutes)
@@ -1552,19 +1553,29 @@ def watch_metrics(before, after):
         if name == "rustle_watch_events_total":
             kind = re.search(r'event="([^"]*)"', labels).group(1)
             events[kind] = delta(name, lambda l, lb=labels: l == lb)
-    buckets = {}
-    for (name, labels), _ in after.items():
-        if name == "rustle_watch_feed_lag_seconds_bucket":
-            le = re.search(r'le="([^"]*)"', labels).group(1)
-            buckets[le] = buckets.get(le, 0.0) + after[(name, labels)] - before.get((name, labels), 0.0)
-    order = sorted(buckets, key=lambda le: float("inf") if le == "+Inf" else float(le))
+    def histogram(name, where=lambda labels: True):
+        buckets = {}
+        for (metric, labels), value in after.items():
+            if metric == name + "_bucket" and where(labels):
+                le = re.search(r'le="([^"]*)"', labels).group(1)
+                buckets[le] = buckets.get(le, 0.0) + value - before.get((metric, labels), 0.0)
+        return [[le, buckets[le]] for le in
+                sorted(buckets, key=lambda le: float("inf") if le == "+Inf" else float(le))]
+
     count = delta("rustle_watch_feed_lag_seconds_count")
+    put = lambda labels: 'method="PUT"' in labels  # noqa: E731
+    puts = delta("rustle_request_duration_seconds_count", put)
     return {
         "events": events,
         "dropped": delta("rustle_watchers_dropped_total"),
         "lag_count": count,
         "lag_mean_ms": delta("rustle_watch_feed_lag_seconds_sum") / count * 1e3 if count else None,
-        "lag_buckets": [[le, buckets[le]] for le in order],
+        "lag_buckets": histogram("rustle_watch_feed_lag_seconds"),
+        # the gateway's own view of the PUTs: from the request read to the answer written
+        "put_count": puts,
+        "put_mean_ms": (delta("rustle_request_duration_seconds_sum", put) / puts * 1e3
+                        if puts else None),
+        "put_buckets": histogram("rustle_request_duration_seconds", put),
     }
 
 
@@ -1886,6 +1897,75 @@ def watch_latency_stage(args):
             "rounds": rounds}
 
 
+SCALING_COUNTS = [1, 10, 25, 50, 100]
+
+
+def watch_scaling_stage(args):
+    """A diagnosis of watch-latency's hybrid mode: the same runs with 1, 10, 25, 50 and 100
+    watchers (rotating order; three fresh nodes per round), to see what grows with the
+    number of watchers: the latency, the write answers, the nodes' and the watchers' CPU
+    on CPU 0, the gateway's CPU on CPU 1."""
+    work = tempfile.mkdtemp(prefix="rustle-bench-watch-scaling-")
+    rate = args.rate or 500
+    seconds = args.watch_seconds
+    rounds = []
+    try:
+        for r in range(args.rounds):
+            d = tempfile.mkdtemp(prefix=f"round-{r + 1}-", dir=work)
+            nodes = Nodes(d, docs=0)
+            pids = [n.proc.pid for n in nodes.nodes]
+            runs = {}
+            try:
+                k = r % len(SCALING_COUNTS)
+                for n in SCALING_COUNTS[k:] + SCALING_COUNTS[:k]:
+                    quiet_before_run(r)
+                    runs[f"hybrid-{n}"] = watch_run("hybrid", nodes.urls, d, n, rate, seconds,
+                                                    args.watch_procs, f"r{r + 1}-s{n}", pids)
+                    log(f"round {r + 1} {watch_line(runs[f'hybrid-{n}'])}")
+            finally:
+                nodes.stop()
+                shutil.rmtree(d, ignore_errors=True)
+            rounds.append(runs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"stage": "watch-scaling", "rate": rate, "seconds": seconds,
+            "procs": args.watch_procs, "pattern": WATCH_PATTERN,
+            "variants": [f"hybrid-{n}" for n in SCALING_COUNTS], "rounds": rounds}
+
+
+def watch_scaling_table(data):
+    rounds = data["rounds"]
+    lines = [f"### watch-scaling (watch-latency's hybrid mode with 1 to 100 watchers: PUTs "
+             f"open-loop at {data['rate']}/s for {data['seconds']} s; {len(rounds)} rounds; "
+             f"commit {data.get('commit', '?')})", "",
+             "| watchers | send→event p50 ms | p99 ms | kernel rx p99 ms | hub lag mean ms "
+             "| write ack p50 ms | write ack p99 ms | gateway PUT mean ms (its metrics) "
+             "| CPU0: nodes | CPU0: watchers | CPU0: writer | CPU1 busy "
+             "| gateway CPU-µs/write | missing / dup | gate |",
+             "|---" * 15 + "|"]
+    for v in data["variants"]:
+        rr = [r[v] for r in rounds if v in r]
+        d = [x["delivery"] for x in rr]
+        sh = [x["cpu0_shares"] for x in rr]
+        lines.append(
+            f"| {v.split('-')[1]} | {median_range([x['send']['p50_ms'] for x in d])} "
+            f"| {median_range([x['send']['p99_ms'] for x in d])} "
+            f"| {median_range([x['kernel_send']['p99_ms'] for x in d])} "
+            f"| {median_range([x['metrics']['lag_mean_ms'] for x in rr])} "
+            f"| {median_range([x['writer']['ack_p50_ms'] for x in rr])} "
+            f"| {median_range([x['writer']['ack_p99_ms'] for x in rr])} "
+            f"| {median_range([x['metrics'].get('put_mean_ms') for x in rr])} "
+            f"| {median_range([x['nodes'] for x in sh])} "
+            f"| {median_range([x['watchers (whole run)'] for x in sh])} "
+            f"| {median_range([x['writer'] for x in sh])} "
+            f"| {median_range([x['cpu1_busy'] for x in rr])} "
+            f"| {median_range([x['gateway_cpu_us_per_write'] for x in rr], 0)} "
+            f"| {sum(x['missing'] for x in d)} / {sum(x['duplicates'] for x in d)} "
+            f"| {'pass' if all(x['gate'] for x in rr) else '**FAIL**'} |")
+    lines.append("")
+    return lines
+
+
 def watch_idle_run(mode, upstreams, work, count, procs, tag):
     """A fresh gateway in `mode`: RSS after five writes, with `count` idle streams, after
     five more writes delivered to every stream, and after the streams closed."""
@@ -2069,15 +2149,17 @@ def watch_latency_table(data):
     lines += ["", "Hub lag (`rustle_watch_feed_lag_seconds`: a node's commit, or the gateway's "
               "own write in mock mode, to the hub handing the event to the watchers' queues; "
               "bucket upper bounds):", "",
-              "| mode, watchers | lag mean ms | lag p50 ≤ ms | lag p99 ≤ ms | client CPU-s per run "
+              "| mode, watchers | lag mean ms | lag p50 ≤ ms | lag p99 ≤ ms | write ack p50 ms "
+              "| client CPU-s per run "
               "(watcher processes) | client CPU-µs per event | bytes per event | other tasks "
-              "allowed on CPU1, CPU-ms per run |", "|---|---|---|---|---|---|---|---|"]
+              "allowed on CPU1, CPU-ms per run |", "|---|---|---|---|---|---|---|---|---|"]
     for v in data["variants"]:
         rr = [r[v] for r in rounds if v in r]
         lines.append(
             f"| {watch_label(v)} | {median_range([x['metrics']['lag_mean_ms'] for x in rr])} "
             f"| {median_range([bucket_quantile(x['metrics']['lag_buckets'], 0.5) for x in rr], 1)} "
             f"| {median_range([bucket_quantile(x['metrics']['lag_buckets'], 0.99) for x in rr], 1)} "
+            f"| {median_range([x['writer']['ack_p50_ms'] for x in rr])} "
             f"| {median_range([x['delivery']['client_cpu_s'] for x in rr])} "
             f"| {median_range([x['delivery']['client_cpu_s'] * 1e6 / max(1, x['delivery']['received']) for x in rr], 1)} "
             f"| {median_range([x['delivery']['bytes'] / max(1, x['delivery']['received']) for x in rr], 0)} "
@@ -2405,7 +2487,7 @@ def report(date):
     flagged, not_run = [], []
     for stage in ["fixed-read", "fixed-write", "nodes-read", "nodes-write", "nodes-down", "gates",
                   "auth-read", "auth-gates", "auth-read-mock", "auth-gates-mock", "mock-write",
-                  "mcp-fetch", "mcp-gates", "watch-latency", "watch-idle"]:
+                  "mcp-fetch", "mcp-gates", "watch-latency", "watch-scaling", "watch-idle"]:
         path = os.path.join(d, f"{stage}.json")
         if not os.path.exists(path):
             not_run.append(stage)
@@ -2427,6 +2509,8 @@ def report(date):
             lines += watch_latency_table(data)
         elif stage == "watch-idle":
             lines += watch_idle_table(data)
+        elif stage == "watch-scaling":
+            lines += watch_scaling_table(data)
         elif stage.startswith("auth-read"):
             lines += auth_read_table(data)
         elif stage.startswith("auth-gates"):
@@ -2484,7 +2568,7 @@ def main():
                                      "nodes-write", "nodes-down", "gates", "auth-read",
                                      "auth-gates", "auth-read-mock", "auth-gates-mock",
                                      "mock-write", "mcp-fetch", "mcp-gates", "watch-latency",
-                                     "watch-idle", "report", "all"])
+                                     "watch-scaling", "watch-idle", "report", "all"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=int, default=5, help="length of each measured run")
     p.add_argument("--rate", type=int, default=0, help="fixed rate (default per stage)")
@@ -2544,6 +2628,8 @@ def main():
                 data = watch_latency_stage(args)
             elif stage == "watch-idle":
                 data = watch_idle_stage(args)
+            elif stage == "watch-scaling":
+                data = watch_scaling_stage(args)
             else:
                 data = load_stage(stage, args)
             data["measured_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
