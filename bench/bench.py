@@ -1597,7 +1597,10 @@ def pct(sorted_values, q):
 class WatcherGroup:
     """`count` SSE watchers spread over `procs` watchload.py processes on CPU 0."""
 
-    def __init__(self, sut, count, procs, work, tag):
+    def __init__(self, sut, count, procs, work, tag, background=False):
+        """`background`: the watcher processes run under SCHED_IDLE (only when nothing else
+        on CPU 0 wants it) and read about one event per recv, so their kernel receive
+        timestamps still say when each event arrived."""
         self.sut = sut
         self.procs = []
         self.files = []
@@ -1606,9 +1609,11 @@ class WatcherGroup:
             out = os.path.join(work, f"{tag}-watchers-{i}.json")
             self.files.append(out)
             self.procs.append(subprocess.Popen(
-                ["taskset", "-c", LOAD_CPU, sys.executable, WATCHLOAD, "watchers",
-                 "--base", sut.base, "--pattern", WATCH_PATTERN, "--count", str(n),
-                 "--out", out],
+                ["taskset", "-c", LOAD_CPU]
+                + (["chrt", "--idle", "0"] if background else [])
+                + [sys.executable, WATCHLOAD, "watchers",
+                   "--base", sut.base, "--pattern", WATCH_PATTERN, "--count", str(n),
+                   "--out", out] + (["--recv", "1024"] if background else []),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                 start_new_session=True))
         self.count = count
@@ -1720,7 +1725,7 @@ WATCH_MODES = ["hybrid", "mock"]
 
 
 def watch_run(mode, upstreams, work, watchers, rate, seconds, procs, tag, node_pids=(),
-              burn=None):
+              burn=None, background=False):
     """One fresh gateway (CPU 1) in `mode`: one second of warm-up writes without watchers,
     then `watchers` streams, then `seconds` of writes at `rate`, two seconds to drain.
     `burn` (a share of a CPU): `procs` processes using that much of CPU 0 in all while the
@@ -1736,7 +1741,7 @@ def watch_run(mode, upstreams, work, watchers, rate, seconds, procs, tag, node_p
         wait_feeds(sut, mode)
         run_writer(sut, rate, 1, os.path.join(work, f"{tag}-warmup.json"), f"{tag}-warm")
         time.sleep(1)
-        group = WatcherGroup(sut, watchers, min(procs, watchers), work, tag)
+        group = WatcherGroup(sut, watchers, min(procs, watchers), work, tag, background)
         active = group.wait_open()
         status = watch_status(sut)
         metrics_before = scrape(sut)
@@ -1804,6 +1809,12 @@ def watch_run(mode, upstreams, work, watchers, rate, seconds, procs, tag, node_p
                         "burner": burn_ms / 1e3 / writing,
                         "watchers (whole run)": s["client_cpu_s"] / writing},
         "burn_share": burn,
+        "background_watchers": background,
+        # the gateway's EWMA of each node's answer time, at the end
+        "endpoint_latency_ewma_ms": {
+            re.search(r'endpoint="([^"]*)"', k[1]).group(1): v * 1e3
+            for k, v in metrics_after.items()
+            if k[0] == "rustle_endpoint_latency_ewma_seconds" and 'endpoint="' in k[1]},
     }
     problems = []
     if w["failed"] or w["acknowledged"] != w["writes"]:
@@ -1898,13 +1909,16 @@ def watch_latency_stage(args):
 
 
 SCALING_COUNTS = [1, 10, 25, 50, 100]
+SCALING_VARIANTS = [f"hybrid-{n}" for n in SCALING_COUNTS] + ["hybrid-100-background"]
 
 
 def watch_scaling_stage(args):
     """A diagnosis of watch-latency's hybrid mode: the same runs with 1, 10, 25, 50 and 100
     watchers (rotating order; three fresh nodes per round), to see what grows with the
     number of watchers: the latency, the write answers, the nodes' and the watchers' CPU
-    on CPU 0, the gateway's CPU on CPU 1."""
+    on CPU 0, the gateway's CPU on CPU 1. And `hybrid-100-background`: 100 watchers under
+    SCHED_IDLE, so the nodes and the writer on CPU 0 go first (the watchers read late; their
+    kernel receive timestamps, about one event per recv, say when the gateway delivered)."""
     work = tempfile.mkdtemp(prefix="rustle-bench-watch-scaling-")
     rate = args.rate or 500
     seconds = args.watch_seconds
@@ -1916,12 +1930,15 @@ def watch_scaling_stage(args):
             pids = [n.proc.pid for n in nodes.nodes]
             runs = {}
             try:
-                k = r % len(SCALING_COUNTS)
-                for n in SCALING_COUNTS[k:] + SCALING_COUNTS[:k]:
+                k = r % len(SCALING_VARIANTS)
+                for v in SCALING_VARIANTS[k:] + SCALING_VARIANTS[:k]:
+                    n = int(v.split("-")[1])
                     quiet_before_run(r)
-                    runs[f"hybrid-{n}"] = watch_run("hybrid", nodes.urls, d, n, rate, seconds,
-                                                    args.watch_procs, f"r{r + 1}-s{n}", pids)
-                    log(f"round {r + 1} {watch_line(runs[f'hybrid-{n}'])}")
+                    runs[v] = watch_run("hybrid", nodes.urls, d, n, rate, seconds,
+                                        args.watch_procs, f"r{r + 1}-{v}", pids,
+                                        background=v.endswith("-background"))
+                    log(f"round {r + 1} {watch_line(runs[v])}"
+                        + (" (watchers under SCHED_IDLE)" if v.endswith("-background") else ""))
             finally:
                 nodes.stop()
                 shutil.rmtree(d, ignore_errors=True)
@@ -1930,7 +1947,7 @@ def watch_scaling_stage(args):
         shutil.rmtree(work, ignore_errors=True)
     return {"stage": "watch-scaling", "rate": rate, "seconds": seconds,
             "procs": args.watch_procs, "pattern": WATCH_PATTERN,
-            "variants": [f"hybrid-{n}" for n in SCALING_COUNTS], "rounds": rounds}
+            "variants": SCALING_VARIANTS, "rounds": rounds}
 
 
 def watch_scaling_table(data):
@@ -1938,18 +1955,22 @@ def watch_scaling_table(data):
     lines = [f"### watch-scaling (watch-latency's hybrid mode with 1 to 100 watchers: PUTs "
              f"open-loop at {data['rate']}/s for {data['seconds']} s; {len(rounds)} rounds; "
              f"commit {data.get('commit', '?')})", "",
-             "| watchers | send→event p50 ms | p99 ms | kernel rx p99 ms | hub lag mean ms "
+             "| watchers | send→event p50 ms | p99 ms | kernel rx p50 ms | kernel rx p99 ms "
+             "| hub lag mean ms "
              "| write ack p50 ms | write ack p99 ms | gateway PUT mean ms (its metrics) "
              "| CPU0: nodes | CPU0: watchers | CPU0: writer | CPU1 busy "
              "| gateway CPU-µs/write | missing / dup | gate |",
-             "|---" * 15 + "|"]
+             "|---" * 16 + "|"]
     for v in data["variants"]:
         rr = [r[v] for r in rounds if v in r]
         d = [x["delivery"] for x in rr]
         sh = [x["cpu0_shares"] for x in rr]
+        label = v.split("-")[1] + (" (watchers under SCHED_IDLE)" if v.endswith("background")
+                                   else "")
         lines.append(
-            f"| {v.split('-')[1]} | {median_range([x['send']['p50_ms'] for x in d])} "
+            f"| {label} | {median_range([x['send']['p50_ms'] for x in d])} "
             f"| {median_range([x['send']['p99_ms'] for x in d])} "
+            f"| {median_range([x['kernel_send']['p50_ms'] for x in d])} "
             f"| {median_range([x['kernel_send']['p99_ms'] for x in d])} "
             f"| {median_range([x['metrics']['lag_mean_ms'] for x in rr])} "
             f"| {median_range([x['writer']['ack_p50_ms'] for x in rr])} "

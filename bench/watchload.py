@@ -12,7 +12,9 @@ pinned to the load generator's CPU. Python standard library only.
         when the last segment of it reached the socket, before this process ran). On a line
         `stop WRITES` on stdin it stops reading, matches what each stream received against
         the writer's record WRITES, writes FILE (JSON; latencies as base64 float64 arrays)
-        and exits.
+        and exits. The kernel timestamp is the last segment's that a recv took: with
+        `--recv` small (about one event), a watcher that reads late still gets each
+        event's own arrival time.
 
     watchload.py conns --base URL --count N
         The baseline of watch-idle: opens N kept-alive HTTP/1.1 connections, sends one
@@ -67,9 +69,10 @@ def raise_nofile(want):
 
 
 class Watcher:
-    def __init__(self, n, base, pattern):
+    def __init__(self, n, base, pattern, recv=RECV):
         u = urllib.parse.urlsplit(base)
         self.n = n
+        self.recv = recv
         self.sock = socket.create_connection((u.hostname, u.port))
         self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         path = "/v1/watch?pattern=" + urllib.parse.quote(pattern, safe="")
@@ -90,7 +93,7 @@ class Watcher:
 
     def feed(self):
         try:
-            data, anc, _, _ = self.sock.recvmsg(RECV, 64)
+            data, anc, _, _ = self.sock.recvmsg(self.recv, 64)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -141,7 +144,7 @@ def watchers(args):
     sel = selectors.DefaultSelector()
     ws = []
     for n in range(args.count):
-        w = Watcher(n, args.base, args.pattern)
+        w = Watcher(n, args.base, args.pattern, args.recv)
         ws.append(w)
         sel.register(w.sock, selectors.EVENT_READ, w)
     sel.register(sys.stdin, selectors.EVENT_READ, None)
@@ -325,6 +328,8 @@ def main():
     w.add_argument("--pattern", required=True)
     w.add_argument("--count", type=int, required=True)
     w.add_argument("--out", required=True)
+    w.add_argument("--recv", type=int, default=RECV,
+                   help="bytes per recvmsg: small, each kernel timestamp is close to its event's")
     c = sub.add_parser("conns")
     c.add_argument("--base", required=True)
     c.add_argument("--count", type=int, required=True)
