@@ -141,6 +141,20 @@ def cpu_ns(pid):
     return total
 
 
+def wait_ns(pid):
+    """Time the process tree's tasks spent runnable but waiting for a CPU (schedstat field
+    2, ns): what CPU contention cost it."""
+    total = 0
+    for p in tree(pid):
+        for path in glob.glob(f"/proc/{p}/task/*/schedstat"):
+            try:
+                with open(path) as f:
+                    total += int(f.read().split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    return total
+
+
 def others_ns(cpu, exclude):
     """On-CPU time (schedstat, ns) of each task allowed to run on `cpu`, apart from the
     process trees in `exclude`: by task id. (No /proc/schedstat here to say what ran on
@@ -1563,7 +1577,7 @@ def watch_metrics(before, after):
                 sorted(buckets, key=lambda le: float("inf") if le == "+Inf" else float(le))]
 
     count = delta("rustle_watch_feed_lag_seconds_count")
-    put = lambda labels: 'method="PUT"' in labels  # noqa: E731
+    put = lambda labels: 'route="/v1/envelopes"' in labels  # noqa: E731 (only PUTs there)
     puts = delta("rustle_request_duration_seconds_count", put)
     return {
         "events": events,
@@ -1750,6 +1764,8 @@ def watch_run(mode, upstreams, work, watchers, rate, seconds, procs, tag, node_p
         cpu1_before, cpu0_before = cpu_times(SUT_CPU), cpu_times(LOAD_CPU)
         others_before = others_ns(SUT_CPU, [sut.pid])
         nodes_before = sum(cpu_ns(p) for p in node_pids)
+        nodes_wait_before = sum(wait_ns(p) for p in node_pids)
+        gateway_wait_before = wait_ns(sut.pid)
         if burn:
             # as many processes as the watchers had (the same weight with the scheduler)
             burner = subprocess.Popen(
@@ -1762,6 +1778,8 @@ def watch_run(mode, upstreams, work, watchers, rate, seconds, procs, tag, node_p
         children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         burn_ms = cpu_ns(burner.pid) / 1e6 if burner else 0.0
         nodes_ms = (sum(cpu_ns(p) for p in node_pids) - nodes_before) / 1e6
+        nodes_wait_ms = (sum(wait_ns(p) for p in node_pids) - nodes_wait_before) / 1e6
+        gateway_wait_ms = (wait_ns(sut.pid) - gateway_wait_before) / 1e6
         if burner:
             os.killpg(burner.pid, signal.SIGKILL)
             burner.wait()
@@ -1810,6 +1828,9 @@ def watch_run(mode, upstreams, work, watchers, rate, seconds, procs, tag, node_p
                         "watchers (whole run)": s["client_cpu_s"] / writing},
         "burn_share": burn,
         "background_watchers": background,
+        # runnable but waiting for a CPU while the writes ran (schedstat), per write
+        "nodes_wait_us_per_write": nodes_wait_ms * 1e3 / max(1, w["writes"]),
+        "gateway_wait_us_per_write": gateway_wait_ms * 1e3 / max(1, w["writes"]),
         # the gateway's EWMA of each node's answer time, at the end
         "endpoint_latency_ewma_ms": {
             re.search(r'endpoint="([^"]*)"', k[1]).group(1): v * 1e3
@@ -1839,7 +1860,9 @@ def watch_line(run):
             f"{w['rate_achieved']:.0f}/s ack p99 {w['ack_p99_ms']:.1f} ms, gateway "
             f"{run['gateway_cpu_us_per_event']:.1f} CPU-us/event, cpu1 "
             f"{run['cpu1_busy'] * 100:.0f}%, cpu0 {run['cpu0_busy'] * 100:.0f}%, client "
-            f"{s['client_cpu_s']:.1f} CPU-s; "
+            f"{s['client_cpu_s']:.1f} CPU-s, run-queue wait per write: nodes "
+            f"{run.get('nodes_wait_us_per_write', 0):.0f} us, gateway "
+            f"{run.get('gateway_wait_us_per_write', 0):.0f} us; "
             + ("OK" if run["gate"] else "FAILED: " + "; ".join(run["problems"])))
 
 
@@ -1958,9 +1981,10 @@ def watch_scaling_table(data):
              "| watchers | send→event p50 ms | p99 ms | kernel rx p50 ms | kernel rx p99 ms "
              "| hub lag mean ms "
              "| write ack p50 ms | write ack p99 ms | gateway PUT mean ms (its metrics) "
-             "| CPU0: nodes | CPU0: watchers | CPU0: writer | CPU1 busy "
-             "| gateway CPU-µs/write | missing / dup | gate |",
-             "|---" * 16 + "|"]
+             "| CPU0: nodes | CPU0: watchers | CPU0: writer | nodes' run-queue wait µs/write "
+             "| CPU1 busy | gateway CPU-µs/write | gateway's run-queue wait µs/write "
+             "| missing / dup | gate |",
+             "|---" * 18 + "|"]
     for v in data["variants"]:
         rr = [r[v] for r in rounds if v in r]
         d = [x["delivery"] for x in rr]
@@ -1979,8 +2003,10 @@ def watch_scaling_table(data):
             f"| {median_range([x['nodes'] for x in sh])} "
             f"| {median_range([x['watchers (whole run)'] for x in sh])} "
             f"| {median_range([x['writer'] for x in sh])} "
+            f"| {median_range([x.get('nodes_wait_us_per_write') for x in rr], 0)} "
             f"| {median_range([x['cpu1_busy'] for x in rr])} "
             f"| {median_range([x['gateway_cpu_us_per_write'] for x in rr], 0)} "
+            f"| {median_range([x.get('gateway_wait_us_per_write') for x in rr], 0)} "
             f"| {sum(x['missing'] for x in d)} / {sum(x['duplicates'] for x in d)} "
             f"| {'pass' if all(x['gate'] for x in rr) else '**FAIL**'} |")
     lines.append("")
