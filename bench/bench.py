@@ -1696,7 +1696,16 @@ def writer_summary(rows, rate):
     for r in rows:
         if r not in ok:
             failed[str(r[5])] = failed.get(str(r[5]), 0) + 1
-    return {
+    # the answer's created_at: when the node (the gateway in mock mode) took the write
+    taken = sorted(r[6] - r[3] for r in ok if len(r) > 6 and r[6] is not None)
+    answered = sorted(r[4] - r[6] for r in ok if len(r) > 6 and r[6] is not None)
+    split = {}
+    if taken:
+        split = {"send_to_created_p50_ms": pct(taken, 0.5) * 1e3,
+                 "send_to_created_p99_ms": pct(taken, 0.99) * 1e3,
+                 "created_to_ack_p50_ms": pct(answered, 0.5) * 1e3,
+                 "created_to_ack_p99_ms": pct(answered, 0.99) * 1e3}
+    return {**split,
         "writes": len(rows), "acknowledged": len(ok), "failed": failed,
         "rate_target": rate, "rate_achieved": (len(rows) - 1) / span if span else None,
         "late_p99_ms": pct(late, 0.99) * 1e3, "late_max_ms": late[-1] * 1e3,
@@ -1709,7 +1718,7 @@ def watcher_summary(results):
     """Latencies over every (acknowledged write, watcher) pair, and the exactly-once count."""
     import base64
 
-    lat = {"send": [], "ack": [], "kernel_send": []}
+    lat = {"send": [], "ack": [], "kernel_send": [], "kernel_created": []}
     w = {"watchers": 0, "received": 0, "missing": 0, "duplicates": 0, "foreign": 0,
          "closed": 0, "not_200": 0, "errors": 0, "client_cpu_s": 0.0, "bytes": 0}
     for res in results:
@@ -1723,8 +1732,8 @@ def watcher_summary(results):
             w["errors"] += x["events"].get("error", 0)
             for k in lat:
                 a = array.array("d")
-                a.frombytes(base64.b64decode(x[k]))
-                lat[k].extend(a)
+                a.frombytes(base64.b64decode(x.get(k, "")))
+                lat[k].extend(v for v in a if v == v)  # not NaN (no created_at)
     for k, values in lat.items():
         values.sort()
         w[k] = {"n": len(values), "p50_ms": (pct(values, 0.5) or 0) * 1e3,
@@ -1979,12 +1988,13 @@ def watch_scaling_table(data):
              f"open-loop at {data['rate']}/s for {data['seconds']} s; {len(rounds)} rounds; "
              f"commit {data.get('commit', '?')})", "",
              "| watchers | send→event p50 ms | p99 ms | kernel rx p50 ms | kernel rx p99 ms "
-             "| hub lag mean ms "
+             "| send→node took it (created_at) p50 ms | p99 ms | node took it→kernel rx p50 ms "
+             "| p99 ms | node took it→201 p50 ms | hub lag mean ms "
              "| write ack p50 ms | write ack p99 ms | gateway PUT mean ms (its metrics) "
              "| CPU0: nodes | CPU0: watchers | CPU0: writer | nodes' run-queue wait µs/write "
              "| CPU1 busy | gateway CPU-µs/write | gateway's run-queue wait µs/write "
              "| missing / dup | gate |",
-             "|---" * 18 + "|"]
+             "|---" * 23 + "|"]
     for v in data["variants"]:
         rr = [r[v] for r in rounds if v in r]
         d = [x["delivery"] for x in rr]
@@ -1996,6 +2006,11 @@ def watch_scaling_table(data):
             f"| {median_range([x['send']['p99_ms'] for x in d])} "
             f"| {median_range([x['kernel_send']['p50_ms'] for x in d])} "
             f"| {median_range([x['kernel_send']['p99_ms'] for x in d])} "
+            f"| {median_range([x['writer'].get('send_to_created_p50_ms') for x in rr])} "
+            f"| {median_range([x['writer'].get('send_to_created_p99_ms') for x in rr])} "
+            f"| {median_range([x.get('kernel_created', {}).get('p50_ms') for x in d])} "
+            f"| {median_range([x.get('kernel_created', {}).get('p99_ms') for x in d])} "
+            f"| {median_range([x['writer'].get('created_to_ack_p50_ms') for x in rr])} "
             f"| {median_range([x['metrics']['lag_mean_ms'] for x in rr])} "
             f"| {median_range([x['writer']['ack_p50_ms'] for x in rr])} "
             f"| {median_range([x['writer']['ack_p99_ms'] for x in rr])} "
@@ -2197,9 +2212,10 @@ def watch_latency_table(data):
               "own write in mock mode, to the hub handing the event to the watchers' queues; "
               "bucket upper bounds):", "",
               "| mode, watchers | lag mean ms | lag p50 ≤ ms | lag p99 ≤ ms | write ack p50 ms "
-              "| client CPU-s per run "
+              "| send→node took it (created_at) p50 ms | p99 ms | node took it→kernel rx p50 ms "
+              "| p99 ms | client CPU-s per run "
               "(watcher processes) | client CPU-µs per event | bytes per event | other tasks "
-              "allowed on CPU1, CPU-ms per run |", "|---|---|---|---|---|---|---|---|---|"]
+              "allowed on CPU1, CPU-ms per run |", "|---" * 13 + "|"]
     for v in data["variants"]:
         rr = [r[v] for r in rounds if v in r]
         lines.append(
@@ -2207,6 +2223,10 @@ def watch_latency_table(data):
             f"| {median_range([bucket_quantile(x['metrics']['lag_buckets'], 0.5) for x in rr], 1)} "
             f"| {median_range([bucket_quantile(x['metrics']['lag_buckets'], 0.99) for x in rr], 1)} "
             f"| {median_range([x['writer']['ack_p50_ms'] for x in rr])} "
+            f"| {median_range([x['writer'].get('send_to_created_p50_ms') for x in rr])} "
+            f"| {median_range([x['writer'].get('send_to_created_p99_ms') for x in rr])} "
+            f"| {median_range([x['delivery'].get('kernel_created', {}).get('p50_ms') for x in rr])} "
+            f"| {median_range([x['delivery'].get('kernel_created', {}).get('p99_ms') for x in rr])} "
             f"| {median_range([x['delivery']['client_cpu_s'] for x in rr])} "
             f"| {median_range([x['delivery']['client_cpu_s'] * 1e6 / max(1, x['delivery']['received']) for x in rr], 1)} "
             f"| {median_range([x['delivery']['bytes'] / max(1, x['delivery']['received']) for x in rr], 0)} "

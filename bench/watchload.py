@@ -30,15 +30,20 @@ pinned to the load generator's CPU. Python standard library only.
         PUTs new addresses at a fixed rate (open loop: write k is due at start + k/R, on
         one of C kept-alive connections; a write that finds every connection busy is sent
         late and its lateness recorded) and writes FILE: one row per write,
-        [k, id, t_due, t_send, t_ack, status] (wall-clock seconds).
+        [k, id, t_due, t_send, t_ack, status, t_created] (wall-clock seconds; t_created is
+        the answer's `created_at`: when the node, or the gateway in mock mode, took the
+        write, on the same clock).
 
 Latency of a (write, watcher) pair: the watcher's event time minus the write's t_send
-("send") or t_ack ("ack"; negative when the event came before the answer).
+("send") or t_ack ("ack"; negative when the event came before the answer); and the kernel
+receive time minus t_created ("kernel_created": from the node taking the write to the
+event reaching the watcher's socket).
 """
 
 import argparse
 import array
 import base64
+import datetime
 import json
 import os
 import re
@@ -182,13 +187,15 @@ def watchers(args):
     writes = {}
     if len(parts) == 2:
         with open(parts[1]) as f:
-            for k, wid, t_due, t_send, t_ack, status in json.load(f):
-                if wid:
-                    writes[wid.encode()] = (t_send, t_ack)
+            for row in json.load(f):
+                if row[1]:
+                    created = row[6] if len(row) > 6 and row[6] is not None else float("nan")
+                    writes[row[1].encode()] = (row[3], row[4], created)
     out = {"count": len(ws), "cpu_s": cpu, "watchers": []}
     for w in ws:
         seen = {}
         send, ack, kernel_send = array.array("d"), array.array("d"), array.array("d")
+        kernel_created = array.array("d")
         foreign = 0
         for wid, tu, tk in zip(w.ids, w.t_user, w.t_kernel):
             seen[wid] = seen.get(wid, 0) + 1
@@ -201,6 +208,7 @@ def watchers(args):
             send.append(tu - t[0])
             ack.append(tu - t[1])
             kernel_send.append(tk - t[0])
+            kernel_created.append(tk - t[2])
         out["watchers"].append({
             "n": w.n,
             "status": w.status,
@@ -215,6 +223,7 @@ def watchers(args):
             "send": base64.b64encode(send.tobytes()).decode(),
             "ack": base64.b64encode(ack.tobytes()).decode(),
             "kernel_send": base64.b64encode(kernel_send.tobytes()).decode(),
+            "kernel_created": base64.b64encode(kernel_created.tobytes()).decode(),
         })
     for w in ws:
         w.sock.close()
@@ -299,13 +308,15 @@ def writer(args):
                     rows.append([k, None, due, t_send, time.time(), f"error: {e}"])
                     continue
                 t_ack = time.time()
-                wid = None
+                wid = created = None
                 if status in (200, 201):
                     try:
-                        wid = json.loads(raw)["response"]["data"]["id"]
+                        data = json.loads(raw)["response"]["data"]
+                        wid = data["id"]
+                        created = datetime.datetime.fromisoformat(data["created_at"]).timestamp()
                     except (ValueError, KeyError, TypeError):
                         status = f"{status} without an id"
-                rows.append([k, wid, due, t_send, t_ack, status])
+                rows.append([k, wid, due, t_send, t_ack, status, created])
         finally:
             client.close()
 
