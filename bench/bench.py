@@ -214,6 +214,16 @@ def cpu_times(cpu):
     raise SystemExit(f"bench: no cpu{cpu} in /proc/stat")
 
 
+def softirq_ticks(cpu):
+    """irq and softirq ticks of `cpu` (/proc/stat): network work no process is charged."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:]]
+                return v[5] + v[6], sum(v[:8])
+    return 0, 0
+
+
 def busy_between(before, after):
     total = after[0] - before[0]
     idle = after[1] - before[1]
@@ -1582,6 +1592,10 @@ def watch_metrics(before, after):
     return {
         "events": events,
         "dropped": delta("rustle_watchers_dropped_total"),
+        # what the gateway sent the nodes besides one attempt per write
+        "hedges": delta("rustle_hedges_total"),
+        "retries": delta("rustle_retries_total"),
+        "backend_attempts": delta("rustle_backend_attempts_total"),
         "lag_count": count,
         "lag_mean_ms": delta("rustle_watch_feed_lag_seconds_sum") / count * 1e3 if count else None,
         "lag_buckets": histogram("rustle_watch_feed_lag_seconds"),
@@ -1771,6 +1785,7 @@ def watch_run(mode, upstreams, work, watchers, rate, seconds, procs, tag, node_p
         cpu_before = cpu_ns(sut.pid)
         ticks_before = user_sys_ticks(sut.pid)
         cpu1_before, cpu0_before = cpu_times(SUT_CPU), cpu_times(LOAD_CPU)
+        irq_before = softirq_ticks(LOAD_CPU), softirq_ticks(SUT_CPU)
         others_before = others_ns(SUT_CPU, [sut.pid])
         nodes_before = sum(cpu_ns(p) for p in node_pids)
         nodes_wait_before = sum(wait_ns(p) for p in node_pids)
@@ -1785,6 +1800,7 @@ def watch_run(mode, upstreams, work, watchers, rate, seconds, procs, tag, node_p
         rows = run_writer(sut, rate, seconds, os.path.join(work, f"{tag}-writes.json"), tag)
         writing = time.monotonic() - started
         children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        irq_after = softirq_ticks(LOAD_CPU), softirq_ticks(SUT_CPU)
         burn_ms = cpu_ns(burner.pid) / 1e6 if burner else 0.0
         nodes_ms = (sum(cpu_ns(p) for p in node_pids) - nodes_before) / 1e6
         nodes_wait_ms = (sum(wait_ns(p) for p in node_pids) - nodes_wait_before) / 1e6
@@ -1837,6 +1853,9 @@ def watch_run(mode, upstreams, work, watchers, rate, seconds, procs, tag, node_p
                         "watchers (whole run)": s["client_cpu_s"] / writing},
         "burn_share": burn,
         "background_watchers": background,
+        # irq + softirq time of each CPU while the writes ran (share of that CPU)
+        "irq_share": {cpu: (a[0] - b[0]) / max(1, a[1] - b[1]) for cpu, a, b in
+                      (("cpu0", irq_after[0], irq_before[0]), ("cpu1", irq_after[1], irq_before[1]))},
         # runnable but waiting for a CPU while the writes ran (schedstat), per write
         "nodes_wait_us_per_write": nodes_wait_ms * 1e3 / max(1, w["writes"]),
         "gateway_wait_us_per_write": gateway_wait_ms * 1e3 / max(1, w["writes"]),
@@ -1991,10 +2010,11 @@ def watch_scaling_table(data):
              "| send→node took it (created_at) p50 ms | p99 ms | node took it→kernel rx p50 ms "
              "| p99 ms | node took it→201 p50 ms | hub lag mean ms "
              "| write ack p50 ms | write ack p99 ms | gateway PUT mean ms (its metrics) "
-             "| CPU0: nodes | CPU0: watchers | CPU0: writer | nodes' run-queue wait µs/write "
+             "| CPU0: nodes | CPU0: watchers | CPU0: writer | CPU0: irq+softirq "
+             "| nodes' run-queue wait µs/write "
              "| CPU1 busy | gateway CPU-µs/write | gateway's run-queue wait µs/write "
-             "| missing / dup | gate |",
-             "|---" * 23 + "|"]
+             "| gateway attempts to nodes per write (hedges, retries) | missing / dup | gate |",
+             "|---" * 25 + "|"]
     for v in data["variants"]:
         rr = [r[v] for r in rounds if v in r]
         d = [x["delivery"] for x in rr]
@@ -2018,10 +2038,14 @@ def watch_scaling_table(data):
             f"| {median_range([x['nodes'] for x in sh])} "
             f"| {median_range([x['watchers (whole run)'] for x in sh])} "
             f"| {median_range([x['writer'] for x in sh])} "
+            f"| {median_range([x.get('irq_share', {}).get('cpu0') for x in rr])} "
             f"| {median_range([x.get('nodes_wait_us_per_write') for x in rr], 0)} "
             f"| {median_range([x['cpu1_busy'] for x in rr])} "
             f"| {median_range([x['gateway_cpu_us_per_write'] for x in rr], 0)} "
             f"| {median_range([x.get('gateway_wait_us_per_write') for x in rr], 0)} "
+            f"| {median_range([x['metrics'].get('backend_attempts', 0) / max(1, x['writer']['writes']) for x in rr])} "
+            f"({median_range([x['metrics'].get('hedges') for x in rr], 0)}, "
+            f"{median_range([x['metrics'].get('retries') for x in rr], 0)}) "
             f"| {sum(x['missing'] for x in d)} / {sum(x['duplicates'] for x in d)} "
             f"| {'pass' if all(x['gate'] for x in rr) else '**FAIL**'} |")
     lines.append("")
