@@ -2610,6 +2610,10 @@ def report(date):
             lines += load_table(data)
     if not_run:
         lines += ["Not run for this label: " + ", ".join(not_run) + ".", ""]
+    notes = os.path.join(d, "notes.md")  # what was learnt from the figures, by hand
+    if os.path.exists(notes):
+        with open(notes) as f:
+            lines += [f.read().rstrip(), ""]
     out = os.path.join(RESULTS, f"{date}.md")
     with open(out, "w") as f:
         f.write("\n".join(lines))
