@@ -1684,7 +1684,7 @@ class WatcherGroup:
                 p.wait()
 
 
-WRITER_CONNS = 64  # open loop: enough connections for 500/s at ~100 ms answers (Little's law)
+WRITER_CONNS = 128  # open loop: enough connections for 500/s at ~250 ms answers (Little's law)
 
 
 def run_writer(sut, rate, seconds, out, tag, conns=WRITER_CONNS):
