@@ -21,6 +21,11 @@ same backends, on this 2-core machine, with the protocol of ../shared/BENCHMARKI
     bench/bench.py mcp-fetch      mock mode: CPU-µs per MCP `ucxl_fetch` call (POST /mcp,
                                   JSON-RPC tools/call) against a REST GET of the same envelope
     bench/bench.py mcp-gates      callgrind instructions per request (c=1) for the same two
+    bench/bench.py watch-latency  GET /v1/watch (SSE): write-to-event latency with 100 watchers
+                                  at 500 PUTs/s, hybrid mode before three real nodes and mock
+                                  mode, each also with 1 watcher (the client-side check)
+    bench/bench.py watch-scaling  a diagnosis: watch-latency's hybrid runs with 1 to 100 watchers
+    bench/bench.py watch-idle     gateway RSS with 1,000 idle watch streams (mock and hybrid)
     bench/bench.py report         bench/results/<date>.md from the stages' results
     bench/bench.py all            every stage above, in order (each stage < 10 minutes)
 
@@ -34,10 +39,12 @@ Results of a stage go to bench/results/<date>/<stage>.json; `report` joins them.
 
 Binaries come from $CARGO_TARGET_DIR/release (default ./target/release). Tools needed (see
 `setup`): taskset, nginx, haproxy, wrk, h2load (nghttp2-client), valgrind (callgrind_control),
-perf, and oha (`cargo install oha --locked`).
+perf, and oha (`cargo install oha --locked`). The watch stages' watchers and writer are
+bench/watchload.py (Python standard library), started by the stages.
 """
 
 import argparse
+import array
 import datetime
 import glob
 import json
@@ -134,6 +141,20 @@ def cpu_ns(pid):
     return total
 
 
+def wait_ns(pid):
+    """Time the process tree's tasks spent runnable but waiting for a CPU (schedstat field
+    2, ns): what CPU contention cost it."""
+    total = 0
+    for p in tree(pid):
+        for path in glob.glob(f"/proc/{p}/task/*/schedstat"):
+            try:
+                with open(path) as f:
+                    total += int(f.read().split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    return total
+
+
 def others_ns(cpu, exclude):
     """On-CPU time (schedstat, ns) of each task allowed to run on `cpu`, apart from the
     process trees in `exclude`: by task id. (No /proc/schedstat here to say what ran on
@@ -191,6 +212,16 @@ def cpu_times(cpu):
                 idle = v[3] + v[4]
                 return sum(v[:8]), idle
     raise SystemExit(f"bench: no cpu{cpu} in /proc/stat")
+
+
+def softirq_ticks(cpu):
+    """irq and softirq ticks of `cpu` (/proc/stat): network work no process is charged."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:]]
+                return v[5] + v[6], sum(v[:8])
+    return 0, 0
 
 
 def busy_between(before, after):
@@ -381,9 +412,9 @@ class Node:
 
 
 class Nodes:
-    """Three real bzzz-node processes on CPU 0, seeded with DOCS envelopes."""
+    """Three real bzzz-node processes on CPU 0, seeded with `docs` (DOCS) envelopes."""
 
-    def __init__(self, work):
+    def __init__(self, work, docs=DOCS):
         root = os.path.join(work, "nodes")
         os.makedirs(root, exist_ok=True)
         self.nodes = []
@@ -395,8 +426,9 @@ class Nodes:
             node.start()
         for node in self.nodes:
             wait_until(node.healthy, 60, f"{node.name} to be healthy")
-        log(f"seeding {DOCS} envelopes")
-        for i in range(DOCS):
+        if docs:
+            log(f"seeding {docs} envelopes")
+        for i in range(docs):
             status, body = http(
                 "PUT",
                 f"{self.nodes[i % 3].url}/ucxi/v1/put?address="
@@ -1481,6 +1513,827 @@ def mcp_fetch_table(data):
     return lines
 
 
+# ---------------------------------------------------------------- watch (GET /v1/watch, SSE)
+
+
+WATCH_PATTERN = "ucxl://any:any@any:any/**"
+WATCHLOAD = os.path.join(ROOT, "bench", "watchload.py")
+WATCH_P99_MS = 50.0  # issue target: write-to-event p99 under 50 ms at 500 writes/s, 100 watchers
+IDLE_LIMIT_MIB = 64.0  # issue target: gateway RSS with 1,000 idle watchers under 64 MiB in all
+
+
+def watch_env(mode):
+    """The gateway's environment for a watch run: `mock` (no upstream, local store in
+    memory) or `hybrid` (the three real nodes); audit log off in both (as mcp-fetch)."""
+    env = {"RUSTLE_AUDIT_LOG": "off", "RUSTLE_BACKEND_MODE": mode}
+    if mode == "mock":
+        env["RUSTLE_LOCAL_STORE"] = "memory"
+    return env
+
+
+def watch_status(sut):
+    status, body = http("GET", sut.base + "/v1/status", timeout=5)
+    if status != 200:
+        raise SystemExit(f"bench: /v1/status answered {status}")
+    return json.loads(body)["response"]["data"]["watch"]
+
+
+def wait_feeds(sut, mode, within=60):
+    """In hybrid mode, until the hub streams the feed of every node."""
+    if mode != "hybrid":
+        return
+
+    def streaming():
+        feeds = watch_status(sut)["feeds"]
+        return sum(1 for f in feeds if f["state"] == "streaming" and f["endpoint"] != "local") >= 3
+    wait_until(streaming, within, "the gateway to stream the three nodes' feeds")
+
+
+def scrape(sut):
+    """/metrics as {(name, labels): value}."""
+    status, raw = http("GET", sut.base + "/metrics")
+    if status != 200:
+        raise SystemExit(f"bench: /metrics answered {status}")
+    out = {}
+    for line in raw.decode().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$", line)
+        if m:
+            out[(m.group(1), m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+def watch_metrics(before, after):
+    """The watch metrics' movement between two scrapes: events by kind, watchers dropped,
+    and the lag histogram (commit on a node, or the gateway's own write, to the hub's
+    hand-over to the watchers' queues) summed over endpoints."""
+    def delta(name, where=lambda labels: True):
+        return sum(v - before.get(k, 0.0) for k, v in after.items()
+                   if k[0] == name and where(k[1]))
+
+    events = {}
+    for (name, labels), _ in after.items():
+        if name == "rustle_watch_events_total":
+            kind = re.search(r'event="([^"]*)"', labels).group(1)
+            events[kind] = delta(name, lambda l, lb=labels: l == lb)
+    def histogram(name, where=lambda labels: True):
+        buckets = {}
+        for (metric, labels), value in after.items():
+            if metric == name + "_bucket" and where(labels):
+                le = re.search(r'le="([^"]*)"', labels).group(1)
+                buckets[le] = buckets.get(le, 0.0) + value - before.get((metric, labels), 0.0)
+        return [[le, buckets[le]] for le in
+                sorted(buckets, key=lambda le: float("inf") if le == "+Inf" else float(le))]
+
+    count = delta("rustle_watch_feed_lag_seconds_count")
+    put = lambda labels: 'route="/v1/envelopes"' in labels  # noqa: E731 (only PUTs there)
+    puts = delta("rustle_request_duration_seconds_count", put)
+    return {
+        "events": events,
+        "dropped": delta("rustle_watchers_dropped_total"),
+        # what the gateway sent the nodes besides one attempt per write
+        "hedges": delta("rustle_hedges_total"),
+        "retries": delta("rustle_retries_total"),
+        "backend_attempts": delta("rustle_backend_attempts_total"),
+        "lag_count": count,
+        "lag_mean_ms": delta("rustle_watch_feed_lag_seconds_sum") / count * 1e3 if count else None,
+        "lag_buckets": histogram("rustle_watch_feed_lag_seconds"),
+        # the gateway's own view of the PUTs: from the request read to the answer written
+        "put_count": puts,
+        "put_mean_ms": (delta("rustle_request_duration_seconds_sum", put) / puts * 1e3
+                        if puts else None),
+        "put_buckets": histogram("rustle_request_duration_seconds", put),
+    }
+
+
+def bucket_quantile(buckets, q):
+    """The upper bound (ms) of the histogram bucket holding quantile q."""
+    total = buckets[-1][1] if buckets else 0
+    for le, n in buckets:
+        if total and n >= q * total:
+            return None if le == "+Inf" else float(le) * 1e3
+    return None
+
+
+def pct(sorted_values, q):
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+class WatcherGroup:
+    """`count` SSE watchers spread over `procs` watchload.py processes on CPU 0."""
+
+    def __init__(self, sut, count, procs, work, tag, background=False):
+        """`background`: the watcher processes run under SCHED_IDLE (only when nothing else
+        on CPU 0 wants it) and read about one event per recv, so their kernel receive
+        timestamps still say when each event arrived."""
+        self.sut = sut
+        self.procs = []
+        self.files = []
+        per = [count // procs + (1 if i < count % procs else 0) for i in range(procs)]
+        for i, n in enumerate(p for p in per if p):
+            out = os.path.join(work, f"{tag}-watchers-{i}.json")
+            self.files.append(out)
+            self.procs.append(subprocess.Popen(
+                ["taskset", "-c", LOAD_CPU]
+                + (["chrt", "--idle", "0"] if background else [])
+                + [sys.executable, WATCHLOAD, "watchers",
+                   "--base", sut.base, "--pattern", WATCH_PATTERN, "--count", str(n),
+                   "--out", out] + (["--recv", "1024"] if background else []),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                start_new_session=True))
+        self.count = count
+
+    def wait_open(self, within=60):
+        for p in self.procs:
+            line = p.stdout.readline().strip()
+            if not line.startswith("open "):
+                self.kill()
+                raise SystemExit(f"bench: watchers did not open: {line!r}")
+        wait_until(lambda: watch_status(self.sut)["active"] >= self.count, within,
+                   f"/v1/status watch.active to reach {self.count}")
+        return watch_status(self.sut)["active"]
+
+    def pids(self):
+        return [p.pid for p in self.procs]
+
+    def stop(self, writes_file):
+        """Ends the watchers; their per-watcher results matched against `writes_file`."""
+        for p in self.procs:
+            p.stdin.write(f"stop {writes_file}\n")
+            p.stdin.flush()
+        results = []
+        for p, f in zip(self.procs, self.files):
+            line = p.stdout.readline().strip()
+            p.wait(timeout=120)
+            if line != "done":
+                raise SystemExit(f"bench: a watcher process ended with {line!r}")
+            with open(f) as fh:
+                results.append(json.load(fh))
+        return results
+
+    def kill(self):
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait()
+
+
+WRITER_CONNS = 128  # open loop: enough connections for 500/s at ~250 ms answers (Little's law)
+
+
+def run_writer(sut, rate, seconds, out, tag, conns=WRITER_CONNS):
+    """watchload.py writer on CPU 0; its rows [k, id, t_due, t_send, t_ack, status]."""
+    p = subprocess.run(
+        ["taskset", "-c", LOAD_CPU, sys.executable, WATCHLOAD, "writer", "--base", sut.base,
+         "--rate", str(rate), "--seconds", str(seconds), "--conns", str(conns),
+         "--tag", tag, "--out", out],
+        capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        raise SystemExit(f"bench: the writer failed: {p.stderr[-2000:]}")
+    with open(out) as f:
+        return json.load(f)
+
+
+def writer_summary(rows, rate):
+    ok = [r for r in rows if r[1] is not None and r[5] in (200, 201)]
+    sends = sorted(r[3] for r in rows)
+    span = sends[-1] - sends[0] if len(sends) > 1 else 0
+    late = sorted(r[3] - r[2] for r in rows)
+    ack = sorted(r[4] - r[3] for r in rows)
+    failed = {}
+    for r in rows:
+        if r not in ok:
+            failed[str(r[5])] = failed.get(str(r[5]), 0) + 1
+    # the answer's created_at: when the node (the gateway in mock mode) took the write
+    taken = sorted(r[6] - r[3] for r in ok if len(r) > 6 and r[6] is not None)
+    answered = sorted(r[4] - r[6] for r in ok if len(r) > 6 and r[6] is not None)
+    split = {}
+    if taken:
+        split = {"send_to_created_p50_ms": pct(taken, 0.5) * 1e3,
+                 "send_to_created_p99_ms": pct(taken, 0.99) * 1e3,
+                 "created_to_ack_p50_ms": pct(answered, 0.5) * 1e3,
+                 "created_to_ack_p99_ms": pct(answered, 0.99) * 1e3}
+    return {**split,
+        "writes": len(rows), "acknowledged": len(ok), "failed": failed,
+        "rate_target": rate, "rate_achieved": (len(rows) - 1) / span if span else None,
+        "late_p99_ms": pct(late, 0.99) * 1e3, "late_max_ms": late[-1] * 1e3,
+        "ack_p50_ms": pct(ack, 0.50) * 1e3, "ack_p99_ms": pct(ack, 0.99) * 1e3,
+        "ack_max_ms": ack[-1] * 1e3,
+    }
+
+
+def watcher_summary(results):
+    """Latencies over every (acknowledged write, watcher) pair, and the exactly-once count."""
+    import base64
+
+    lat = {"send": [], "ack": [], "kernel_send": [], "kernel_created": []}
+    w = {"watchers": 0, "received": 0, "missing": 0, "duplicates": 0, "foreign": 0,
+         "closed": 0, "not_200": 0, "errors": 0, "client_cpu_s": 0.0, "bytes": 0}
+    for res in results:
+        w["client_cpu_s"] += res["cpu_s"]
+        for x in res["watchers"]:
+            w["watchers"] += 1
+            for k in ("received", "missing", "duplicates", "foreign", "bytes"):
+                w[k] += x[k]
+            w["closed"] += 1 if x["closed"] else 0
+            w["not_200"] += 1 if x["status"] != 200 else 0
+            w["errors"] += x["events"].get("error", 0)
+            for k in lat:
+                a = array.array("d")
+                a.frombytes(base64.b64decode(x.get(k, "")))
+                lat[k].extend(v for v in a if v == v)  # not NaN (no created_at)
+    for k, values in lat.items():
+        values.sort()
+        w[k] = {"n": len(values), "p50_ms": (pct(values, 0.5) or 0) * 1e3,
+                "p99_ms": (pct(values, 0.99) or 0) * 1e3,
+                "p999_ms": (pct(values, 0.999) or 0) * 1e3,
+                "max_ms": (values[-1] if values else 0) * 1e3,
+                "min_ms": (values[0] if values else 0) * 1e3}
+    return w
+
+
+WATCH_MODES = ["hybrid", "mock"]
+
+
+def watch_run(mode, upstreams, work, watchers, rate, seconds, procs, tag, node_pids=(),
+              burn=None, background=False):
+    """One fresh gateway (CPU 1) in `mode`: one second of warm-up writes without watchers,
+    then `watchers` streams, then `seconds` of writes at `rate`, two seconds to drain.
+    `burn` (a share of a CPU): `procs` processes using that much of CPU 0 in all while the
+    writes run.
+    The CPU time of `node_pids`, of the writer and of the burner is recorded too."""
+    import resource
+
+    sut = Sut("gateway", upstreams if mode == "hybrid" else [], work)
+    sut.extra_env = watch_env(mode)
+    sut.start()
+    group = burner = None
+    try:
+        wait_feeds(sut, mode)
+        run_writer(sut, rate, 1, os.path.join(work, f"{tag}-warmup.json"), f"{tag}-warm")
+        time.sleep(1)
+        group = WatcherGroup(sut, watchers, min(procs, watchers), work, tag, background)
+        active = group.wait_open()
+        status = watch_status(sut)
+        metrics_before = scrape(sut)
+        cpu_before = cpu_ns(sut.pid)
+        ticks_before = user_sys_ticks(sut.pid)
+        cpu1_before, cpu0_before = cpu_times(SUT_CPU), cpu_times(LOAD_CPU)
+        irq_before = softirq_ticks(LOAD_CPU), softirq_ticks(SUT_CPU)
+        others_before = others_ns(SUT_CPU, [sut.pid])
+        nodes_before = sum(cpu_ns(p) for p in node_pids)
+        nodes_wait_before = sum(wait_ns(p) for p in node_pids)
+        gateway_wait_before = wait_ns(sut.pid)
+        if burn:
+            # as many processes as the watchers had (the same weight with the scheduler)
+            burner = subprocess.Popen(
+                ["taskset", "-c", LOAD_CPU, sys.executable, WATCHLOAD, "burn", "--share",
+                 f"{burn / procs:.3f}", "--procs", str(procs)], start_new_session=True)
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.monotonic()
+        rows = run_writer(sut, rate, seconds, os.path.join(work, f"{tag}-writes.json"), tag)
+        writing = time.monotonic() - started
+        children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        irq_after = softirq_ticks(LOAD_CPU), softirq_ticks(SUT_CPU)
+        burn_ms = cpu_ns(burner.pid) / 1e6 if burner else 0.0
+        nodes_ms = (sum(cpu_ns(p) for p in node_pids) - nodes_before) / 1e6
+        nodes_wait_ms = (sum(wait_ns(p) for p in node_pids) - nodes_wait_before) / 1e6
+        gateway_wait_ms = (wait_ns(sut.pid) - gateway_wait_before) / 1e6
+        if burner:
+            os.killpg(burner.pid, signal.SIGKILL)
+            burner.wait()
+            burner = None
+        time.sleep(2)
+        cpu_after = cpu_ns(sut.pid)
+        ticks_after = user_sys_ticks(sut.pid)
+        cpu1_after, cpu0_after = cpu_times(SUT_CPU), cpu_times(LOAD_CPU)
+        others_after = others_ns(SUT_CPU, [sut.pid])
+        metrics_after = scrape(sut)
+        rss = rss_kib(sut.pid) / 1024
+        results = group.stop(os.path.join(work, f"{tag}-writes.json"))
+        group = None
+    finally:
+        if burner:
+            os.killpg(burner.pid, signal.SIGKILL)
+            burner.wait()
+        if group:
+            group.kill()
+        sut.stop()
+    w = writer_summary(rows, rate)
+    s = watcher_summary(results)
+    m = watch_metrics(metrics_before, metrics_after)
+    writer_ms = ((children_after.ru_utime + children_after.ru_stime)
+                 - (children_before.ru_utime + children_before.ru_stime)) * 1e3
+    delivered = s["received"]
+    user, system = (a - b for a, b in zip(ticks_after, ticks_before))
+    run = {
+        "mode": mode, "watchers": watchers, "procs": min(procs, watchers), "active": active,
+        "feeds": [{k: f[k] for k in ("endpoint", "state", "lag_ms")} for f in status["feeds"]],
+        "writer": w, "delivery": s, "metrics": m,
+        "writing_s": writing,
+        "events_per_s": delivered / writing if writing else None,
+        "gateway_cpu_ms": (cpu_after - cpu_before) / 1e6,
+        "gateway_cpu_us_per_write": (cpu_after - cpu_before) / 1e3 / max(1, w["writes"]),
+        "gateway_cpu_us_per_event": (cpu_after - cpu_before) / 1e3 / max(1, delivered),
+        "gateway_user_share": user / (user + system) if user + system else None,
+        "cpu1_busy": busy_between(cpu1_before, cpu1_after),
+        "cpu0_busy": busy_between(cpu0_before, cpu0_after),
+        "cpu1_others_ms": sum(max(0, t - others_before.get(tid, 0))
+                              for tid, t in others_after.items()) / 1e6,
+        "rss_mib": rss,
+        # CPU 0 while the writes ran: shares of one CPU over the writing time
+        "cpu0_shares": {"nodes": nodes_ms / 1e3 / writing, "writer": writer_ms / 1e3 / writing,
+                        "burner": burn_ms / 1e3 / writing,
+                        "watchers (whole run)": s["client_cpu_s"] / writing},
+        "burn_share": burn,
+        "background_watchers": background,
+        # irq + softirq time of each CPU while the writes ran (share of that CPU)
+        "irq_share": {cpu: (a[0] - b[0]) / max(1, a[1] - b[1]) for cpu, a, b in
+                      (("cpu0", irq_after[0], irq_before[0]), ("cpu1", irq_after[1], irq_before[1]))},
+        # runnable but waiting for a CPU while the writes ran (schedstat), per write
+        "nodes_wait_us_per_write": nodes_wait_ms * 1e3 / max(1, w["writes"]),
+        "gateway_wait_us_per_write": gateway_wait_ms * 1e3 / max(1, w["writes"]),
+        # the gateway's EWMA of each node's answer time, at the end
+        "endpoint_latency_ewma_ms": {
+            re.search(r'endpoint="([^"]*)"', k[1]).group(1): v * 1e3
+            for k, v in metrics_after.items()
+            if k[0] == "rustle_endpoint_latency_ewma_seconds" and 'endpoint="' in k[1]},
+    }
+    problems = []
+    if w["failed"] or w["acknowledged"] != w["writes"]:
+        problems.append(f"writes not acknowledged: {w['failed']}")
+    if s["missing"] or s["duplicates"]:
+        problems.append(f"{s['missing']} (write, watcher) pairs missing, {s['duplicates']} duplicated")
+    if s["closed"] or s["not_200"] or s["errors"] or m["dropped"]:
+        problems.append(f"streams closed {s['closed']}, not 200 {s['not_200']}, error events "
+                        f"{s['errors']}, dropped {m['dropped']}")
+    if s["send"]["n"] != w["acknowledged"] * watchers:
+        problems.append(f"{s['send']['n']} latencies for {w['acknowledged']} writes x {watchers}")
+    run["problems"] = problems
+    run["gate"] = not problems
+    return run
+
+
+def watch_line(run):
+    s, w = run["delivery"], run["writer"]
+    return (f"{run['mode']} x{run['watchers']}: send->event p50 {s['send']['p50_ms']:.2f} "
+            f"p99 {s['send']['p99_ms']:.2f} max {s['send']['max_ms']:.1f} ms (kernel rx p99 "
+            f"{s['kernel_send']['p99_ms']:.2f}), {run['events_per_s']:.0f} events/s, writes "
+            f"{w['rate_achieved']:.0f}/s ack p99 {w['ack_p99_ms']:.1f} ms, gateway "
+            f"{run['gateway_cpu_us_per_event']:.1f} CPU-us/event, cpu1 "
+            f"{run['cpu1_busy'] * 100:.0f}%, cpu0 {run['cpu0_busy'] * 100:.0f}%, client "
+            f"{s['client_cpu_s']:.1f} CPU-s, run-queue wait per write: nodes "
+            f"{run.get('nodes_wait_us_per_write', 0):.0f} us, gateway "
+            f"{run.get('gateway_wait_us_per_write', 0):.0f} us; "
+            + ("OK" if run["gate"] else "FAILED: " + "; ".join(run["problems"])))
+
+
+def quiet_before_run(r, within=60):
+    waited = wait_quiet(within)
+    if waited is None or waited > 1.5:
+        log(f"round {r + 1}: " + (f"other tasks kept CPU 1 busy for {within} s; measuring "
+                                  "anyway" if waited is None else
+                                  f"waited {waited:.0f} s for other tasks to calm"))
+
+
+def watch_disturbed(run):
+    """Other tasks allowed on CPU 1 used more than QUIET_SHARE of it over the run."""
+    return run["cpu1_others_ms"] > QUIET_SHARE * (run["writing_s"] + 2) * 1e3
+
+
+def watch_latency_stage(args):
+    """Write-to-event latency of GET /v1/watch: a fresh gateway per run (CPU 1, one worker)
+    in hybrid mode in front of three fresh real bzzz-node processes (no seeding; a new
+    cluster per round), and in mock mode (local store in memory); `--watchers` (100) SSE
+    streams on the everything pattern spread over `--watch-procs` (4) processes, and a
+    writer PUTting new addresses open-loop at `--rate` (500/s) for `--watch-seconds` (20 s);
+    then the same with one watcher (the client-side check: the gateway's fan-out is then
+    negligible); last in each round, the control `hybrid-1-burn`: one watcher while a
+    process burns as much of CPU 0 as the round's 100 watchers used (do the nodes, which
+    share CPU 0 with the load generator, explain the difference?). Watchers, writer and
+    nodes on CPU 0. Gate: every write acknowledged 201,
+    and every acknowledged write delivered exactly once to every watcher (no stream closed,
+    no error event, no watcher dropped)."""
+    work = tempfile.mkdtemp(prefix="rustle-bench-watch-")
+    rate = args.rate or 500
+    seconds = args.watch_seconds
+    variants = [(m, n) for m in WATCH_MODES for n in (args.watchers, 1)]
+    rounds = []
+    try:
+        for r in range(args.rounds):
+            d = tempfile.mkdtemp(prefix=f"round-{r + 1}-", dir=work)
+            nodes = Nodes(d, docs=0)
+            pids = [n.proc.pid for n in nodes.nodes]
+            runs = {}
+            try:
+                k = r % len(variants)
+                for mode, n in variants[k:] + variants[:k]:
+                    label = f"{mode}-{n}"
+                    quiet_before_run(r)
+                    runs[label] = watch_run(mode, nodes.urls, d, n, rate, seconds,
+                                            args.watch_procs, f"r{r + 1}-{label}", pids)
+                    log(f"round {r + 1} {watch_line(runs[label])}")
+                # the control: one watcher, and CPU 0 as busy as the many watchers made it
+                many = runs[f"hybrid-{args.watchers}"]
+                share = min(0.9, many["delivery"]["client_cpu_s"] / many["writing_s"])
+                label = "hybrid-1-burn"
+                quiet_before_run(r)
+                runs[label] = watch_run("hybrid", nodes.urls, d, 1, rate, seconds,
+                                        args.watch_procs, f"r{r + 1}-{label}", pids, burn=share)
+                log(f"round {r + 1} {watch_line(runs[label])} (CPU 0 burner at {share:.2f})")
+            finally:
+                nodes.stop()
+                shutil.rmtree(d, ignore_errors=True)
+            rounds.append(runs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"stage": "watch-latency", "rate": rate, "seconds": seconds,
+            "watchers": args.watchers, "procs": args.watch_procs, "pattern": WATCH_PATTERN,
+            "variants": [f"{m}-{n}" for m, n in variants] + ["hybrid-1-burn"],
+            "rounds": rounds}
+
+
+SCALING_COUNTS = [1, 10, 25, 50, 100]
+SCALING_VARIANTS = [f"hybrid-{n}" for n in SCALING_COUNTS] + ["hybrid-100-background"]
+
+
+def watch_scaling_stage(args):
+    """A diagnosis of watch-latency's hybrid mode: the same runs with 1, 10, 25, 50 and 100
+    watchers (rotating order; three fresh nodes per round), to see what grows with the
+    number of watchers: the latency, the write answers, the nodes' and the watchers' CPU
+    on CPU 0, the gateway's CPU on CPU 1. And `hybrid-100-background`: 100 watchers under
+    SCHED_IDLE, so the nodes and the writer on CPU 0 go first (the watchers read late; their
+    kernel receive timestamps, about one event per recv, say when the gateway delivered)."""
+    work = tempfile.mkdtemp(prefix="rustle-bench-watch-scaling-")
+    rate = args.rate or 500
+    seconds = args.watch_seconds
+    rounds = []
+    try:
+        for r in range(args.rounds):
+            d = tempfile.mkdtemp(prefix=f"round-{r + 1}-", dir=work)
+            nodes = Nodes(d, docs=0)
+            pids = [n.proc.pid for n in nodes.nodes]
+            runs = {}
+            try:
+                k = r % len(SCALING_VARIANTS)
+                for v in SCALING_VARIANTS[k:] + SCALING_VARIANTS[:k]:
+                    n = int(v.split("-")[1])
+                    quiet_before_run(r)
+                    runs[v] = watch_run("hybrid", nodes.urls, d, n, rate, seconds,
+                                        args.watch_procs, f"r{r + 1}-{v}", pids,
+                                        background=v.endswith("-background"))
+                    log(f"round {r + 1} {watch_line(runs[v])}"
+                        + (" (watchers under SCHED_IDLE)" if v.endswith("-background") else ""))
+            finally:
+                nodes.stop()
+                shutil.rmtree(d, ignore_errors=True)
+            rounds.append(runs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"stage": "watch-scaling", "rate": rate, "seconds": seconds,
+            "procs": args.watch_procs, "pattern": WATCH_PATTERN,
+            "variants": SCALING_VARIANTS, "rounds": rounds}
+
+
+def watch_scaling_table(data):
+    rounds = data["rounds"]
+    lines = [f"### watch-scaling (watch-latency's hybrid mode with 1 to 100 watchers: PUTs "
+             f"open-loop at {data['rate']}/s for {data['seconds']} s; {len(rounds)} rounds; "
+             f"commit {data.get('commit', '?')})", "",
+             "| watchers | send→event p50 ms | p99 ms | kernel rx p50 ms | kernel rx p99 ms "
+             "| send→node took it (created_at) p50 ms | p99 ms | node took it→kernel rx p50 ms "
+             "| p99 ms | node took it→201 p50 ms | hub lag mean ms "
+             "| write ack p50 ms | write ack p99 ms | gateway PUT mean ms (its metrics) "
+             "| CPU0: nodes | CPU0: watchers | CPU0: writer | CPU0: irq+softirq "
+             "| nodes' run-queue wait µs/write "
+             "| CPU1 busy | gateway CPU-µs/write | gateway's run-queue wait µs/write "
+             "| gateway attempts to nodes per write (hedges, retries) | missing / dup | gate |",
+             "|---" * 25 + "|"]
+    for v in data["variants"]:
+        rr = [r[v] for r in rounds if v in r]
+        d = [x["delivery"] for x in rr]
+        sh = [x["cpu0_shares"] for x in rr]
+        label = v.split("-")[1] + (" (watchers under SCHED_IDLE)" if v.endswith("background")
+                                   else "")
+        lines.append(
+            f"| {label} | {median_range([x['send']['p50_ms'] for x in d])} "
+            f"| {median_range([x['send']['p99_ms'] for x in d])} "
+            f"| {median_range([x['kernel_send']['p50_ms'] for x in d])} "
+            f"| {median_range([x['kernel_send']['p99_ms'] for x in d])} "
+            f"| {median_range([x['writer'].get('send_to_created_p50_ms') for x in rr])} "
+            f"| {median_range([x['writer'].get('send_to_created_p99_ms') for x in rr])} "
+            f"| {median_range([x.get('kernel_created', {}).get('p50_ms') for x in d])} "
+            f"| {median_range([x.get('kernel_created', {}).get('p99_ms') for x in d])} "
+            f"| {median_range([x['writer'].get('created_to_ack_p50_ms') for x in rr])} "
+            f"| {median_range([x['metrics']['lag_mean_ms'] for x in rr])} "
+            f"| {median_range([x['writer']['ack_p50_ms'] for x in rr])} "
+            f"| {median_range([x['writer']['ack_p99_ms'] for x in rr])} "
+            f"| {median_range([x['metrics'].get('put_mean_ms') for x in rr])} "
+            f"| {median_range([x['nodes'] for x in sh])} "
+            f"| {median_range([x['watchers (whole run)'] for x in sh])} "
+            f"| {median_range([x['writer'] for x in sh])} "
+            f"| {median_range([x.get('irq_share', {}).get('cpu0') for x in rr])} "
+            f"| {median_range([x.get('nodes_wait_us_per_write') for x in rr], 0)} "
+            f"| {median_range([x['cpu1_busy'] for x in rr])} "
+            f"| {median_range([x['gateway_cpu_us_per_write'] for x in rr], 0)} "
+            f"| {median_range([x.get('gateway_wait_us_per_write') for x in rr], 0)} "
+            f"| {median_range([x['metrics'].get('backend_attempts', 0) / max(1, x['writer']['writes']) for x in rr])} "
+            f"({median_range([x['metrics'].get('hedges') for x in rr], 0)}, "
+            f"{median_range([x['metrics'].get('retries') for x in rr], 0)}) "
+            f"| {sum(x['missing'] for x in d)} / {sum(x['duplicates'] for x in d)} "
+            f"| {'pass' if all(x['gate'] for x in rr) else '**FAIL**'} |")
+    lines.append("")
+    return lines
+
+
+def watch_idle_run(mode, upstreams, work, count, procs, tag):
+    """A fresh gateway in `mode`: RSS after five writes, with `count` idle streams, after
+    five more writes delivered to every stream, and after the streams closed."""
+    sut = Sut("gateway", upstreams if mode == "hybrid" else [], work)
+    sut.extra_env = {**watch_env(mode), "RUSTLE_MAX_WATCHES": str(max(1024, count + 24))}
+    sut.start()
+    group = None
+    try:
+        wait_feeds(sut, mode)
+        run_writer(sut, 10, 0.5, os.path.join(work, f"{tag}-warmup.json"), f"{tag}-warm", conns=1)
+        time.sleep(2)
+        rss_before = rss_kib(sut.pid)
+        cpu_before = cpu_ns(sut.pid)
+        group = WatcherGroup(sut, count, procs, work, tag)
+        active = group.wait_open()
+        time.sleep(2)
+        cpu_open = cpu_ns(sut.pid)
+        rss_open = rss_kib(sut.pid)
+        time.sleep(5)
+        idle_cpu_ms = (cpu_ns(sut.pid) - cpu_open) / 1e6  # 5 s of 1,000 idle streams
+        rss_idle = rss_kib(sut.pid)
+        rows = run_writer(sut, 10, 0.5, os.path.join(work, f"{tag}-writes.json"), tag, conns=1)
+        time.sleep(2)
+        rss_written = rss_kib(sut.pid)
+        hwm = rss_kib(sut.pid, "VmHWM")
+        results = group.stop(os.path.join(work, f"{tag}-writes.json"))
+        group = None
+        wait_until(lambda: watch_status(sut)["active"] == 0, 30, "the streams to close")
+        time.sleep(1)
+        rss_closed = rss_kib(sut.pid)
+    finally:
+        if group:
+            group.kill()
+        sut.stop()
+    w = writer_summary(rows, 10)
+    s = watcher_summary(results)
+    run = {
+        "mode": mode, "watchers": count, "active": active, "writes": w["writes"],
+        "rss_before_mib": rss_before / 1024, "rss_open_mib": rss_open / 1024,
+        "rss_idle_mib": rss_idle / 1024, "rss_written_mib": rss_written / 1024,
+        "rss_closed_mib": rss_closed / 1024, "hwm_mib": hwm / 1024,
+        "bytes_per_watcher": (rss_idle - rss_before) * 1024 / count,
+        "open_cpu_us_per_watcher": (cpu_open - cpu_before) / 1e3 / count,
+        "idle_cpu_ms_per_s": idle_cpu_ms / 5,
+        "delivery": {k: s[k] for k in ("watchers", "received", "missing", "duplicates",
+                                        "foreign", "closed", "not_200", "errors")},
+        "send_p99_ms": s["send"]["p99_ms"], "send_max_ms": s["send"]["max_ms"],
+    }
+    problems = []
+    if active != count:
+        problems.append(f"watch.active {active}, not {count}")
+    if w["acknowledged"] != w["writes"]:
+        problems.append(f"writes not acknowledged: {w['failed']}")
+    if s["missing"] or s["duplicates"] or s["closed"] or s["not_200"] or s["errors"]:
+        problems.append(f"delivery: {run['delivery']}")
+    if s["send"]["n"] != w["acknowledged"] * count:
+        problems.append(f"{s['send']['n']} events for {w['acknowledged']} writes x {count}")
+    run["problems"] = problems
+    run["gate"] = not problems
+    return run
+
+
+def http_idle_run(work, count, tag):
+    """The baseline of watch-idle: a fresh gateway in mock mode with `count` kept-alive
+    HTTP/1.1 connections that each made one GET /health and stay idle (no watch)."""
+    sut = Sut("gateway", [], work)
+    sut.extra_env = watch_env("mock")
+    sut.start()
+    p = None
+    try:
+        run_writer(sut, 10, 0.5, os.path.join(work, f"{tag}-warmup.json"), f"{tag}-warm", conns=1)
+        time.sleep(2)
+        rss_before = rss_kib(sut.pid)
+        p = subprocess.Popen(
+            ["taskset", "-c", LOAD_CPU, sys.executable, WATCHLOAD, "conns", "--base", sut.base,
+             "--count", str(count)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        line = p.stdout.readline().strip()
+        if line != f"open {count}":
+            raise SystemExit(f"bench: idle connections did not open: {line!r}")
+        time.sleep(2)
+        rss_open = rss_kib(sut.pid)
+        p.stdin.write("stop\n")
+        p.stdin.flush()
+        done = p.stdout.readline().strip()
+        p.wait(timeout=60)
+        p = None
+    finally:
+        if p is not None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        sut.stop()
+    return {"mode": "mock", "connections": count, "rss_before_mib": rss_before / 1024,
+            "rss_open_mib": rss_open / 1024,
+            "bytes_per_connection": (rss_open - rss_before) * 1024 / count,
+            "gate": done == "done", "problems": [] if done == "done" else [done]}
+
+
+def watch_idle_stage(args):
+    """Gateway RSS (VmRSS of its process, CPU 1, one worker) with `--idle-watchers` (1000)
+    idle SSE streams on the everything pattern (RUSTLE_MAX_WATCHES raised to allow them),
+    in mock mode and in hybrid mode before three real nodes; fresh gateway per run. RSS
+    after five warm-up writes and 2 s; then the streams open (watch.active checked), 2 s
+    and 5 s more (idle CPU over them); five writes, each of which every stream must receive
+    exactly once (the gate); RSS again, and after the streams closed. The baseline: a fresh
+    gateway in mock mode with as many idle kept-alive HTTP connections (one GET /health
+    each), no watch: what a connection costs whatever it serves."""
+    work = tempfile.mkdtemp(prefix="rustle-bench-watch-idle-")
+    count = args.idle_watchers
+    rounds = []
+    nodes = None
+    try:
+        nodes = Nodes(work, docs=0)
+        for r in range(args.rounds):
+            runs = {}
+            for mode in (WATCH_MODES if r % 2 else WATCH_MODES[::-1]):
+                runs[mode] = watch_idle_run(mode, nodes.urls, work, count, args.watch_procs,
+                                            f"r{r + 1}-{mode}")
+                x = runs[mode]
+                log(f"round {r + 1} {mode}: RSS {x['rss_before_mib']:.1f} -> "
+                    f"{x['rss_idle_mib']:.1f} MiB with {count} streams "
+                    f"({x['bytes_per_watcher']:.0f} B/stream), {x['rss_written_mib']:.1f} after "
+                    f"writes, {x['rss_closed_mib']:.1f} closed; "
+                    + ("OK" if x["gate"] else "FAILED: " + "; ".join(x["problems"])))
+            x = runs["http"] = http_idle_run(work, count, f"r{r + 1}-http")
+            log(f"round {r + 1} baseline: RSS {x['rss_before_mib']:.1f} -> "
+                f"{x['rss_open_mib']:.1f} MiB with {count} idle kept-alive HTTP connections "
+                f"({x['bytes_per_connection']:.0f} B/connection)")
+            rounds.append(runs)
+    finally:
+        if nodes:
+            nodes.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return {"stage": "watch-idle", "watchers": count, "procs": args.watch_procs,
+            "pattern": WATCH_PATTERN, "rounds": rounds}
+
+
+def watch_label(variant):
+    if variant.endswith("-burn"):
+        return "hybrid, 1, CPU 0 burner (control)"
+    return variant.replace("-", ", ")
+
+
+def watch_latency_table(data):
+    rounds = data["rounds"]
+    lines = [f"### watch-latency (GET /v1/watch on `{data['pattern']}`: PUTs of new addresses "
+             f"open-loop at {data['rate']}/s for {data['seconds']} s; watchers spread over "
+             f"{data['procs']} processes; gateway alone on CPU 1, watchers, writer and nodes on "
+             f"CPU 0; {len(rounds)} rounds; commit {data.get('commit', '?')})", "",
+             "Latency per (write, watcher): the watcher's parse of the event minus the write's "
+             "send (headline), or its 201 (ack); \"kernel rx\" takes the kernel's receive "
+             "timestamp of the event's last segment instead of the parse (the client's own "
+             "delay removed).", "",
+             "| mode, watchers | send→event p50 ms | p99 ms | max ms | ack→event p99 ms "
+             "| kernel rx p99 ms | events/s delivered | writes/s achieved | writes sent late, "
+             "p99 ms | write ack p99 ms "
+             "| gateway CPU-µs/event | gateway CPU-µs/write | gateway CPU, user share "
+             "| CPU1 busy | CPU0 busy "
+             "| missing / dup (total) | gate |",
+             "|---" * 17 + "|"]
+    for v in data["variants"]:
+        rr = [r[v] for r in rounds if v in r]
+        d = [x["delivery"] for x in rr]
+        lines.append(
+            f"| {watch_label(v)} | {median_range([x['send']['p50_ms'] for x in d])} "
+            f"| {median_range([x['send']['p99_ms'] for x in d])} "
+            f"| {median_range([x['send']['max_ms'] for x in d], 1)} "
+            f"| {median_range([x['ack']['p99_ms'] for x in d])} "
+            f"| {median_range([x['kernel_send']['p99_ms'] for x in d])} "
+            f"| {median_range([x['events_per_s'] for x in rr], 0)} "
+            f"| {median_range([x['writer']['rate_achieved'] for x in rr], 0)} "
+            f"| {median_range([x['writer']['late_p99_ms'] for x in rr])} "
+            f"| {median_range([x['writer']['ack_p99_ms'] for x in rr])} "
+            f"| {median_range([x['gateway_cpu_us_per_event'] for x in rr])} "
+            f"| {median_range([x['gateway_cpu_us_per_write'] for x in rr], 0)} "
+            f"| {median_range([x['gateway_user_share'] for x in rr])} "
+            f"| {median_range([x['cpu1_busy'] for x in rr])} "
+            f"| {median_range([x['cpu0_busy'] for x in rr])} "
+            f"| {sum(x['missing'] for x in d)} / {sum(x['duplicates'] for x in d)} "
+            f"| {'pass' if all(x['gate'] for x in rr) else '**FAIL**'} |")
+    lines += ["", "Hub lag (`rustle_watch_feed_lag_seconds`: a node's commit, or the gateway's "
+              "own write in mock mode, to the hub handing the event to the watchers' queues; "
+              "bucket upper bounds):", "",
+              "| mode, watchers | lag mean ms | lag p50 ≤ ms | lag p99 ≤ ms | write ack p50 ms "
+              "| send→node took it (created_at) p50 ms | p99 ms | node took it→kernel rx p50 ms "
+              "| p99 ms | client CPU-s per run "
+              "(watcher processes) | client CPU-µs per event | bytes per event | other tasks "
+              "allowed on CPU1, CPU-ms per run |", "|---" * 13 + "|"]
+    for v in data["variants"]:
+        rr = [r[v] for r in rounds if v in r]
+        lines.append(
+            f"| {watch_label(v)} | {median_range([x['metrics']['lag_mean_ms'] for x in rr])} "
+            f"| {median_range([bucket_quantile(x['metrics']['lag_buckets'], 0.5) for x in rr], 1)} "
+            f"| {median_range([bucket_quantile(x['metrics']['lag_buckets'], 0.99) for x in rr], 1)} "
+            f"| {median_range([x['writer']['ack_p50_ms'] for x in rr])} "
+            f"| {median_range([x['writer'].get('send_to_created_p50_ms') for x in rr])} "
+            f"| {median_range([x['writer'].get('send_to_created_p99_ms') for x in rr])} "
+            f"| {median_range([x['delivery'].get('kernel_created', {}).get('p50_ms') for x in rr])} "
+            f"| {median_range([x['delivery'].get('kernel_created', {}).get('p99_ms') for x in rr])} "
+            f"| {median_range([x['delivery']['client_cpu_s'] for x in rr])} "
+            f"| {median_range([x['delivery']['client_cpu_s'] * 1e6 / max(1, x['delivery']['received']) for x in rr], 1)} "
+            f"| {median_range([x['delivery']['bytes'] / max(1, x['delivery']['received']) for x in rr], 0)} "
+            f"| {median_range([x['cpu1_others_ms'] for x in rr], 0)} |")
+    lines += ["", "CPU 0 (load generator and nodes) while the writes ran, in shares of one CPU "
+              "(`watchers` counts the watcher processes' whole run over the writing time):", "",
+              "| mode, watchers | nodes | writer | watchers | burner | CPU0 busy (all tasks) |",
+              "|---|---|---|---|---|---|"]
+    for v in data["variants"]:
+        rr = [r[v] for r in rounds if v in r and "cpu0_shares" in r[v]]
+        if not rr:
+            continue
+        sh = [x["cpu0_shares"] for x in rr]
+        lines.append(
+            f"| {watch_label(v)} | {median_range([x['nodes'] for x in sh])} "
+            f"| {median_range([x['writer'] for x in sh])} "
+            f"| {median_range([x['watchers (whole run)'] for x in sh])} "
+            f"| {median_range([x['burner'] for x in sh])} "
+            f"| {median_range([x['cpu0_busy'] for x in rr])} |")
+    lines += ["", "Disturbed runs (other tasks allowed on CPU 1, i.e. not pinned to CPU 0: other "
+              f"work on this machine, used more than {QUIET_SHARE * 100:.0f}% of it over the "
+              "run; an upper bound) and the send→event p99 over the undisturbed ones:", "",
+              "| mode, watchers | disturbed runs | p50 ms, undisturbed | p99 ms, undisturbed |",
+              "|---|---|---|---|"]
+    for v in data["variants"]:
+        rr = [r[v] for r in rounds if v in r]
+        quiet = [x for x in rr if not watch_disturbed(x)]
+        lines.append(f"| {watch_label(v)} | {len(rr) - len(quiet)} of {len(rr)} "
+                     f"| {median_range([x['delivery']['send']['p50_ms'] for x in quiet])} "
+                     f"| {median_range([x['delivery']['send']['p99_ms'] for x in quiet])} |")
+    lines.append("")
+    for v in data["variants"]:
+        if v not in (f"{m}-{data['watchers']}" for m in WATCH_MODES):
+            continue
+        p99 = [r[v]["delivery"]["send"]["p99_ms"] for r in rounds if v in r]
+        med = statistics.median(p99)
+        lines.append(f"Target (p99 under {WATCH_P99_MS:.0f} ms, {data['watchers']} watchers, "
+                     f"{data['rate']} writes/s), {v.split('-')[0]}: median p99 {med:.2f} ms, "
+                     f"{'met' if med < WATCH_P99_MS else '**missed**'}; above it in "
+                     f"{sum(1 for x in p99 if x >= WATCH_P99_MS)} of {len(p99)} rounds.")
+    lines.append("")
+    return lines
+
+
+def watch_idle_table(data):
+    rounds = data["rounds"]
+    lines = [f"### watch-idle ({data['watchers']} idle GET /v1/watch streams on "
+             f"`{data['pattern']}`, over {data['procs']} client processes; gateway alone on "
+             f"CPU 1; {len(rounds)} rounds; commit {data.get('commit', '?')})", "",
+             "| mode | RSS before MiB | with streams, idle MiB | bytes per stream "
+             "| after 5 writes to all MiB | after close MiB | VmHWM MiB "
+             "| CPU-µs to open a stream | idle CPU-ms/s | gate |",
+             "|---" * 10 + "|"]
+    for mode in WATCH_MODES:
+        rr = [r[mode] for r in rounds if mode in r]
+        lines.append(
+            f"| {mode} | {median_range([x['rss_before_mib'] for x in rr], 1)} "
+            f"| {median_range([x['rss_idle_mib'] for x in rr], 1)} "
+            f"| {median_range([x['bytes_per_watcher'] for x in rr], 0)} "
+            f"| {median_range([x['rss_written_mib'] for x in rr], 1)} "
+            f"| {median_range([x['rss_closed_mib'] for x in rr], 1)} "
+            f"| {median_range([x['hwm_mib'] for x in rr], 1)} "
+            f"| {median_range([x['open_cpu_us_per_watcher'] for x in rr], 0)} "
+            f"| {median_range([x['idle_cpu_ms_per_s'] for x in rr])} "
+            f"| {'pass' if all(x['gate'] for x in rr) else '**FAIL**'} |")
+    rr = [r["http"] for r in rounds if "http" in r]
+    if rr:
+        lines.append(
+            f"| baseline: mock, {data['watchers']} idle kept-alive HTTP connections (one GET "
+            f"/health each), no watch | {median_range([x['rss_before_mib'] for x in rr], 1)} "
+            f"| {median_range([x['rss_open_mib'] for x in rr], 1)} "
+            f"| {median_range([x['bytes_per_connection'] for x in rr], 0)} | - | - | - | - | - "
+            f"| {'pass' if all(x['gate'] for x in rr) else '**FAIL**'} |")
+    lines.append("")
+    for mode in WATCH_MODES:
+        worst = max(max(r[mode]["rss_idle_mib"], r[mode]["rss_written_mib"]) for r in rounds)
+        lines.append(f"Target (RSS under {IDLE_LIMIT_MIB:.0f} MiB with {data['watchers']} "
+                     f"streams), {mode}: highest {worst:.1f} MiB, "
+                     f"{'met' if worst < IDLE_LIMIT_MIB else '**missed**'}.")
+    lines.append("")
+    return lines
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -1725,7 +2578,7 @@ def report(date):
     flagged, not_run = [], []
     for stage in ["fixed-read", "fixed-write", "nodes-read", "nodes-write", "nodes-down", "gates",
                   "auth-read", "auth-gates", "auth-read-mock", "auth-gates-mock", "mock-write",
-                  "mcp-fetch", "mcp-gates"]:
+                  "mcp-fetch", "mcp-gates", "watch-latency", "watch-scaling", "watch-idle"]:
         path = os.path.join(d, f"{stage}.json")
         if not os.path.exists(path):
             not_run.append(stage)
@@ -1743,6 +2596,12 @@ def report(date):
             lines += mcp_fetch_table(data)
         elif stage == "mcp-gates":
             lines += mcp_gates_table(data)
+        elif stage == "watch-latency":
+            lines += watch_latency_table(data)
+        elif stage == "watch-idle":
+            lines += watch_idle_table(data)
+        elif stage == "watch-scaling":
+            lines += watch_scaling_table(data)
         elif stage.startswith("auth-read"):
             lines += auth_read_table(data)
         elif stage.startswith("auth-gates"):
@@ -1751,6 +2610,10 @@ def report(date):
             lines += load_table(data)
     if not_run:
         lines += ["Not run for this label: " + ", ".join(not_run) + ".", ""]
+    notes = os.path.join(d, "notes.md")  # what was learnt from the figures, by hand
+    if os.path.exists(notes):
+        with open(notes) as f:
+            lines += [f.read().rstrip(), ""]
     out = os.path.join(RESULTS, f"{date}.md")
     with open(out, "w") as f:
         f.write("\n".join(lines))
@@ -1799,8 +2662,8 @@ def main():
     p.add_argument("stage", choices=["setup", "build", "fixed-read", "fixed-write", "nodes-read",
                                      "nodes-write", "nodes-down", "gates", "auth-read",
                                      "auth-gates", "auth-read-mock", "auth-gates-mock",
-                                     "mock-write", "mcp-fetch", "mcp-gates", "report",
-                                     "all"])
+                                     "mock-write", "mcp-fetch", "mcp-gates", "watch-latency",
+                                     "watch-scaling", "watch-idle", "report", "all"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=int, default=5, help="length of each measured run")
     p.add_argument("--rate", type=int, default=0, help="fixed rate (default per stage)")
@@ -1810,6 +2673,14 @@ def main():
     p.add_argument("--gateway-bin", help="another gateway binary (e.g. a baseline build)")
     p.add_argument("--auth-saturate", action="store_true",
                    help="auth-read: also a saturation run (wrk) per variant")
+    p.add_argument("--watchers", type=int, default=100,
+                   help="watch-latency: concurrent watch streams")
+    p.add_argument("--watch-procs", type=int, default=4,
+                   help="watch stages: client processes the streams are spread over")
+    p.add_argument("--watch-seconds", type=int, default=20,
+                   help="watch-latency: length of each measured run of writes")
+    p.add_argument("--idle-watchers", type=int, default=1000,
+                   help="watch-idle: idle watch streams")
     args = p.parse_args()
     # SIGTERM, and SIGINT even when started in the background (where it is ignored), end
     # the harness through its `finally` blocks, which stop every server it started
@@ -1822,7 +2693,7 @@ def main():
     if args.stage == "all":
         stages = ["setup", "build", "fixed-read", "fixed-write", "nodes-read", "nodes-write",
                   "nodes-down", "gates", "auth-read", "auth-gates", "mock-write", "mcp-fetch",
-                  "mcp-gates", "report"]
+                  "mcp-gates", "watch-latency", "watch-idle", "report"]
     for stage in stages:
         started = time.monotonic()
         if stage == "setup":
@@ -1848,6 +2719,12 @@ def main():
                 data = mcp_fetch_stage(args)
             elif stage == "mcp-gates":
                 data = mcp_gates_stage(args)
+            elif stage == "watch-latency":
+                data = watch_latency_stage(args)
+            elif stage == "watch-idle":
+                data = watch_idle_stage(args)
+            elif stage == "watch-scaling":
+                data = watch_scaling_stage(args)
             else:
                 data = load_stage(stage, args)
             data["measured_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
