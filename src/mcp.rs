@@ -253,13 +253,18 @@ async fn handle(
             .into_response();
         }
     };
-    let call = match serde_json::from_slice::<ClientJsonRpcMessage>(&bytes) {
-        Ok(JsonRpcMessage::Request(JsonRpcRequest {
-            id,
-            request: ClientRequest::CallToolRequest(call),
-            ..
-        })) => Some((id, call.params)),
-        _ => None,
+    // A `tools/call` request read straight into its parts (the SDK's message enum tries
+    // its variants one by one); anything else is read as the SDK reads it.
+    let call = match serde_json::from_slice::<ToolCall>(&bytes) {
+        Ok(call) if call.method == "tools/call" => Some((call.id, call.params)),
+        _ => match serde_json::from_slice::<ClientJsonRpcMessage>(&bytes) {
+            Ok(JsonRpcMessage::Request(JsonRpcRequest {
+                id,
+                request: ClientRequest::CallToolRequest(call),
+                ..
+            })) => Some((id, call.params)),
+            _ => None,
+        },
     };
     let Some((id, params)) = call else {
         let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
@@ -284,6 +289,16 @@ async fn handle(
             .into_response(),
         Err(e) => ApiError::internal(e).into_response(),
     }
+}
+
+/// A JSON-RPC request whose params are a tool call's.
+#[derive(Deserialize)]
+struct ToolCall {
+    #[allow(dead_code)] // checked by its type: "2.0"
+    jsonrpc: rmcp::model::JsonRpcVersion2_0,
+    id: rmcp::model::RequestId,
+    method: String,
+    params: CallToolRequestParams,
 }
 
 /// Whether the SDK's transport would take `request` as a stateless JSON-RPC POST: the
@@ -433,8 +448,12 @@ impl Gateway {
             Ok(answer) => {
                 let outcome = answer["code"].as_str().unwrap_or("ok").to_owned();
                 let text = summary(&answer);
-                let mut result = CallToolResult::structured(answer);
+                // What `CallToolResult::structured` gives, without the JSON text it makes
+                // of the value only for it to be replaced by the summary.
+                let mut result = CallToolResult::default();
                 result.content = vec![Content::text(text)];
+                result.structured_content = Some(answer);
+                result.is_error = Some(false);
                 (outcome, result)
             }
             Err(failed) => {
@@ -520,7 +539,9 @@ fn is_tool(name: &str) -> bool {
 fn summary(answer: &Value) -> String {
     let code = answer["code"].as_str().unwrap_or_default();
     let message = answer["message"].as_str().unwrap_or_default();
-    format!("{code}: {message}\n{}", answer["data"])
+    // `to_string` writes the same compact JSON as `Display`, without the formatter.
+    let data = serde_json::to_string(&answer["data"]).unwrap_or_default();
+    format!("{code}: {message}\n{data}")
 }
 
 /// A domain error where MCP has no tool result to carry it (resources): a JSON-RPC error
