@@ -125,8 +125,20 @@ pub struct GetHeaders {
     /// cache drops a copy as soon as a feed reports a change at its address), else read a
     /// node; `X-Rustle-Cache: hit|miss` and `X-Rustle-Feed-Lag-Ms` say which, and how far
     /// behind the nodes the cache could be.
-    #[param(rename = "X-Rustle-Consistency", example = "cached")]
+    #[param(
+        rename = "X-Rustle-Consistency",
+        schema_with = consistency_schema,
+        example = "cached"
+    )]
     consistency: Option<String>,
+}
+
+/// `X-Rustle-Consistency`: `node` or `cached`.
+fn consistency_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(["node", "cached"]))
+        .build()
 }
 
 fn content_type(given: Option<String>) -> Result<String, ApiError> {
