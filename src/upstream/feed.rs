@@ -94,16 +94,12 @@ type Chunks = std::pin::Pin<Box<dyn futures_util::Stream<Item = std::io::Result<
 
 /// An open feed: its lines, in order.
 pub struct FeedStream {
-    /// The feed id the node names in `X-Bzzz-Feed-Id`.
-    pub feed: Option<String>,
     lines: FramedRead<StreamReader<Chunks, Bytes>, LinesCodec>,
 }
 
 impl std::fmt::Debug for FeedStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FeedStream")
-            .field("feed", &self.feed)
-            .finish_non_exhaustive()
+        f.debug_struct("FeedStream").finish_non_exhaustive()
     }
 }
 
@@ -288,11 +284,6 @@ impl FeedClient {
         if status != StatusCode::OK {
             return Err(FeedError::Bad(format!("watch answered {status}")));
         }
-        let feed = response
-            .headers()
-            .get("x-bzzz-feed-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
         let body = BodyStream::new(response.into_body()).filter_map(|frame| async move {
             match frame {
                 Ok(frame) => frame.into_data().ok().map(Ok),
@@ -303,7 +294,6 @@ impl FeedClient {
             Box<dyn futures_util::Stream<Item = std::io::Result<Bytes>> + Send>,
         > = Box::pin(body);
         Ok(FeedStream {
-            feed,
             lines: FramedRead::new(
                 StreamReader::new(body),
                 LinesCodec::new_with_max_length(MAX_LINE),

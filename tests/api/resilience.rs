@@ -29,6 +29,15 @@ pub fn cluster_config(endpoints: &[String], mode: BackendMode) -> Config {
     config
 }
 
+/// A gateway in hybrid mode over `endpoints`, with the defaults of [`cluster_config`].
+pub async fn hybrid_gateway(endpoints: &[String]) -> TestApp {
+    spawn_app_with(
+        cluster_config(endpoints, BackendMode::Hybrid),
+        Options::default(),
+    )
+    .await
+}
+
 async fn gateway(config: Config) -> TestApp {
     spawn_app_with(config, Options::default()).await
 }

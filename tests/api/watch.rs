@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::faults::{FaultNode, Mode};
 use super::helpers::{TestApp, enc, json, project, spawn_app, spawn_app_with, test_config};
 use super::nodes::{Cluster, wait_until};
-use super::resilience::cluster_config;
+use super::resilience::{cluster_config, hybrid_gateway};
 use super::sse::{NoEvent, Stream};
 
 const EVERYTHING: &str = "ucxl://any:any@any:any/**";
@@ -452,11 +452,7 @@ async fn every_acknowledged_write_reaches_a_watcher_exactly_once_in_order() {
     const EACH: usize = 15;
     let cluster = Cluster::start(3).await;
     let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url("")).collect();
-    let app = spawn_app_with(
-        cluster_config(&urls, BackendMode::Hybrid),
-        Options::default(),
-    )
-    .await;
+    let app = hybrid_gateway(&urls).await;
     let p = project();
     let mut stream = open(&app, &format!("ucxl://any:any@{p}:any/**"), "").await;
     let mut tasks = Vec::new();
@@ -535,16 +531,8 @@ async fn every_acknowledged_write_reaches_a_watcher_exactly_once_in_order() {
 async fn content_is_given_even_when_the_event_comes_before_the_replica_that_answers_reads() {
     let cluster = Cluster::start(3).await;
     let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url("")).collect();
-    let watcher = spawn_app_with(
-        cluster_config(&urls, BackendMode::Hybrid),
-        Options::default(),
-    )
-    .await;
-    let writer = spawn_app_with(
-        cluster_config(&urls, BackendMode::Hybrid),
-        Options::default(),
-    )
-    .await;
+    let watcher = hybrid_gateway(&urls).await;
+    let writer = hybrid_gateway(&urls).await;
     let p = project();
     let address = format!("ucxl://a:b@{p}:t/x");
     put(&writer, &address, json!("before")).await;

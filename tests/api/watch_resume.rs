@@ -11,14 +11,12 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use rustle_gateway::config::BackendMode;
-use rustle_gateway::startup::Options;
 use serde_json::{Value, json};
 
-use super::helpers::{enc, project, spawn_app_with};
+use super::helpers::{enc, project};
 use super::nodes::{Cluster, NodeProc, body, wait_until};
 use super::process::spawn_listening;
-use super::resilience::cluster_config;
+use super::resilience::hybrid_gateway;
 use super::sse::{Event, NoEvent, Stream};
 
 /// Longest wait for anything (an event, feeds caught up): only reached when broken.
@@ -344,11 +342,7 @@ async fn assert_gone(stream: &mut Stream) -> Value {
 async fn a_watcher_that_reconnects_gets_exactly_the_changes_it_missed() {
     let cluster = Cluster::start(3).await;
     let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url("")).collect();
-    let app = spawn_app_with(
-        cluster_config(&urls, BackendMode::Hybrid),
-        Options::default(),
-    )
-    .await;
+    let app = hybrid_gateway(&urls).await;
     let base = app.url("");
     let project = project();
     let client = reqwest::Client::new();
