@@ -236,6 +236,7 @@ fn is_media_type(text: &str) -> bool {
         (status = 400, description = "Invalid address (`INVALID_ADDRESS`), temporal segment (`TEMPORAL_INVALID`), body (`INVALID_PAYLOAD`, with line, column and field path), header or query (`BAD_REQUEST`); or a hash mismatch", body = ucxl::Failure),
         (status = 409, description = "The Idempotency-Key names a delete at this address", body = ucxl::Failure),
         (status = 413, description = "Body larger than RUSTLE_MAX_BODY_BYTES", body = ucxl::Failure),
+        (status = 408, description = "The body did not arrive within the request deadline (`X-Request-Timeout-Ms` or `RUSTLE_REQUEST_TIMEOUT_MS`)", body = ucxl::Failure),
         (status = 415, description = "Content-Type is not application/json", body = ucxl::Failure),
         (status = 507, description = "The local store is full of data it must keep", body = ucxl::Failure),
     )
