@@ -21,7 +21,7 @@ use crate::routes;
 #[openapi(
     info(
         title = "RUSTLE Gateway",
-        description = "One reliable, observable REST service for storing, fetching and searching versioned UCXL envelopes, in front of a cluster of BZZZ nodes.\n\nAddresses travel in the query string, URL-encoded: `ucxl://AGENT:ROLE@PROJECT:TASK[/TEMPORAL][/PATH]`. Every answer uses the UCXL format: `{\"response\": {code, message, data, request_id, timestamp}}` or `{\"error\": {code, message, details, source, path, request_id, timestamp}}`, and the HTTP status equals the code's middle number. Swagger UI is served at `/docs`.",
+        description = "One reliable, observable REST service for storing, fetching and searching versioned UCXL envelopes, in front of a cluster of BZZZ nodes.\n\nAddresses travel in the query string, URL-encoded: `ucxl://AGENT:ROLE@PROJECT:TASK[/TEMPORAL][/PATH]`. Every answer uses the UCXL format: `{\"response\": {code, message, data, request_id, timestamp}}` or `{\"error\": {code, message, details, source, path, request_id, timestamp}}`, and the HTTP status equals the code's middle number. Each answer's schema is named for clients (`EnvelopeResponse`, `SearchResponse`, ...; every error an `ErrorResponse`, whose `details` are an `ErrorDetails`). Swagger UI is served at `/docs`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     tags(
@@ -83,21 +83,29 @@ fn one_of(values: &[&str]) -> ObjectBuilder {
 /// What the layers and extractors in front of an operation's handler can answer; the
 /// handler's own answers are in its annotation, which wins where both name a status.
 #[derive(Debug, Clone, Copy)]
-struct Front {
+struct Front<'a> {
+    /// The operation's path.
+    path: &'a str,
     /// Behind `authenticate` (401, 429) and the grants (403); its handler reads `Ctx`,
     /// which refuses a malformed `X-Request-Timeout-Ms` or `Idempotency-Key` (400).
     guarded: bool,
-    /// Behind load shedding (503).
-    sheds: bool,
-    /// Served by a backend: the `X-Rustle-*` headers, 503 when none can serve, 504 when
-    /// the request deadline passes.
-    served: bool,
     /// Reads a JSON body (`ApiJson`): 400, 408, 413, 415.
     body: bool,
 }
 
-impl Front {
-    /// The statuses these answer, with what they mean (in the order they are checked).
+impl Front<'_> {
+    /// Behind load shedding (503).
+    fn sheds(self) -> bool {
+        crate::resilience::shed::sheds(self.path)
+    }
+
+    /// Served by a backend: the `X-Rustle-*` headers, 503 when none can serve, 504 when
+    /// the request deadline passes.
+    fn served(self) -> bool {
+        self.path.starts_with("/v1/envelopes") || self.path.starts_with("/v1/search")
+    }
+
+    /// The statuses these answer, with what they mean.
     fn answers(self) -> Vec<(&'static str, &'static str)> {
         let mut answers = Vec::new();
         if self.guarded {
@@ -124,13 +132,6 @@ impl Front {
                 ),
             ]);
         }
-        if self.sheds {
-            answers.push((
-                "503",
-                "Load shedding: `RUSTLE_MAX_IN_FLIGHT` requests are in flight \
-                 (`UCXL-503-SERVICE_UNAVAILABLE`; `Retry-After` says when to retry)",
-            ));
-        }
         if self.body {
             answers.extend([
                 (
@@ -154,21 +155,34 @@ impl Front {
                 ),
             ]);
         }
-        if self.served {
-            answers.extend([
-                (
-                    "503",
-                    "No backend can serve the request: no BZZZ node could answer and no \
-                     fallback holds the answer, or the local store cannot take a write now \
-                     (`UCXL-503-SERVICE_UNAVAILABLE`; `Retry-After` says when to retry)",
-                ),
-                (
-                    "504",
-                    "The request deadline (`X-Request-Timeout-Ms` or \
+        match (self.sheds(), self.served()) {
+            (true, true) => answers.push((
+                "503",
+                "Load shedding (`RUSTLE_MAX_IN_FLIGHT` requests are in flight, \
+                 `details.max_in_flight`), or no backend can serve the request: no BZZZ node \
+                 could answer (`details.endpoints`) and no fallback holds the answer \
+                 (`UCXL-503-SERVICE_UNAVAILABLE`; `Retry-After` says when to retry)",
+            )),
+            (true, false) => answers.push((
+                "503",
+                "Load shedding: `RUSTLE_MAX_IN_FLIGHT` requests are in flight \
+                 (`UCXL-503-SERVICE_UNAVAILABLE`; `Retry-After` says when to retry)",
+            )),
+            (false, true) => answers.push((
+                "503",
+                "No backend can serve the request: no BZZZ node could answer and no \
+                 fallback holds the answer (`UCXL-503-SERVICE_UNAVAILABLE`; `Retry-After` \
+                 says when to retry)",
+            )),
+            (false, false) => {}
+        }
+        if self.served() {
+            answers.extend([(
+                "504",
+                "The request deadline (`X-Request-Timeout-Ms` or \
                      `RUSTLE_REQUEST_TIMEOUT_MS`) passed before a backend answered \
                      (`UCXL-504-GATEWAY_TIMEOUT`)",
-                ),
-            ]);
+            )]);
         }
         answers.push((
             "500",
@@ -193,8 +207,8 @@ fn failure(description: &str) -> RefOr<Response> {
     RefOr::T(response)
 }
 
-/// The headers of an answer with `status` of an operation behind `front` (at `path`).
-fn headers_of(status: &str, front: Front, path: &str) -> Vec<(&'static str, RefOr<Header>)> {
+/// The headers of an answer with `status` of an operation behind `front`.
+fn headers_of(status: &str, front: Front<'_>) -> Vec<(&'static str, RefOr<Header>)> {
     let mut headers = vec![(
         "X-Request-Id",
         header(
@@ -226,7 +240,7 @@ fn headers_of(status: &str, front: Front, path: &str) -> Vec<(&'static str, RefO
         )),
         _ => {}
     }
-    if front.served {
+    if front.served() {
         // Errors found before a backend is asked (a bad address, load shedding) carry
         // none of these.
         headers.extend([
@@ -261,7 +275,7 @@ fn headers_of(status: &str, front: Front, path: &str) -> Vec<(&'static str, RefO
                 ),
             ));
         }
-        if path == "/v1/envelopes" {
+        if front.path == "/v1/envelopes" {
             headers.extend([
                 (
                     "X-Rustle-Cache",
@@ -276,8 +290,8 @@ fn headers_of(status: &str, front: Front, path: &str) -> Vec<(&'static str, RefO
                     header(
                         count(),
                         "With `X-Rustle-Consistency: cached`: how far behind the nodes the \
-                         cache could be, in milliseconds (the age of the oldest feed's last \
-                         word)",
+                         cache could be: how long ago the least recently heard node feed \
+                         last spoke, in milliseconds",
                     ),
                 ),
             ]);
@@ -309,7 +323,6 @@ fn describe_parameter(parameter: &mut Parameter) {
 /// every answer, and descriptions inside every parameter's schema.
 fn finish(mut doc: Document, guarded: &BTreeSet<String>) -> Document {
     for (path, item) in &mut doc.paths.paths {
-        let served = path.starts_with("/v1/envelopes") || path.starts_with("/v1/search");
         for operation in [
             &mut item.get,
             &mut item.put,
@@ -320,9 +333,8 @@ fn finish(mut doc: Document, guarded: &BTreeSet<String>) -> Document {
         .flatten()
         {
             let front = Front {
+                path,
                 guarded: guarded.contains(path),
-                sheds: crate::resilience::shed::sheds(path),
-                served,
                 body: operation.request_body.is_some(),
             };
             if front.guarded {
@@ -342,7 +354,7 @@ fn finish(mut doc: Document, guarded: &BTreeSet<String>) -> Document {
                 let RefOr::T(response) = response else {
                     continue;
                 };
-                for (name, header) in headers_of(status, front, path) {
+                for (name, header) in headers_of(status, front) {
                     response.headers.insert(name.into(), header);
                 }
             }
