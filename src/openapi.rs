@@ -127,8 +127,8 @@ impl Front<'_> {
                 ),
                 (
                     "400",
-                    "A malformed `X-Request-Timeout-Ms` or `Idempotency-Key` header, or \
-                     query string (`UCXL-400-BAD_REQUEST`)",
+                    "A malformed `X-Request-Timeout-Ms` or `Idempotency-Key` header \
+                     (`UCXL-400-BAD_REQUEST`)",
                 ),
             ]);
         }
@@ -240,9 +240,10 @@ fn headers_of(status: &str, front: Front<'_>) -> Vec<(&'static str, RefOr<Header
         )),
         _ => {}
     }
-    if front.served() {
-        // Errors found before a backend is asked (a bad address, load shedding) carry
-        // none of these.
+    // Refusals made before a backend is asked (credentials, grants, rate, the body) never
+    // carry these; other errors carry them when a backend was asked (not for a bad
+    // address or load shedding, say).
+    if front.served() && !matches!(status, "401" | "403" | "408" | "415" | "429") {
         headers.extend([
             (
                 "X-Rustle-Backend",
