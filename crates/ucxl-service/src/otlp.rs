@@ -6,7 +6,7 @@
 //! server, child of the caller's `traceparent` span) and each attempt the gateway makes to
 //! a node (kind client, child of its request; its id is the `traceparent` parent the node
 //! gets). They are built here from those ids and handed to the SDK's batch processor,
-//! rather than through `tracing-opentelemetry`, which would give every `tracing` span OTel
+//! rather than through `tracing-opentelemetry`, which would give every `tracing` span `OpenTelemetry`
 //! data of its own and ids of its own (different from the ones logged and forwarded unless
 //! read back from the span), at a cost per span even when nothing is exported.
 //!
@@ -291,6 +291,13 @@ impl Span {
     pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
         if let Some(r) = &mut self.0 {
             r.attributes.push(KeyValue::new(key, value));
+        }
+    }
+
+    /// Marks it done as it should be.
+    pub fn succeed(&mut self) {
+        if let Some(r) = &mut self.0 {
+            r.status = Status::Ok;
         }
     }
 

@@ -90,10 +90,13 @@ fn capture_json() -> (Captured, tracing::subscriber::DefaultGuard) {
     (out, tracing::subscriber::set_default(subscriber))
 }
 
+/// What the slow route tells the test: that it started, and that it was dropped.
+type SlowSignals = Arc<Mutex<Option<(oneshot::Sender<()>, oneshot::Sender<()>)>>>;
+
 /// The routes: `/hello` logs inside the request and says who asked and how it was served;
 /// `/slow` tells the test it started, then never answers, and tells the test when it is
 /// dropped.
-fn app(slow: Arc<Mutex<Option<(oneshot::Sender<()>, oneshot::Sender<()>)>>>) -> Router {
+fn app(slow: SlowSignals) -> Router {
     let routes = Router::new()
         .route(
             "/hello",
@@ -132,8 +135,6 @@ fn app(slow: Arc<Mutex<Option<(oneshot::Sender<()>, oneshot::Sender<()>)>>>) -> 
         );
     with_layers(routes, Source("test"), NAMES)
 }
-
-type SlowSignals = Arc<Mutex<Option<(oneshot::Sender<()>, oneshot::Sender<()>)>>>;
 
 async fn start(slow: SlowSignals) -> (SocketAddr, oneshot::Sender<()>) {
     recorder();
