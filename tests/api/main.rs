@@ -14,6 +14,7 @@ mod node_client;
 #[path = "../../crates/bzzz-node/tests/cluster/harness.rs"]
 #[allow(dead_code)] // the node tests use the rest
 mod nodes;
+mod observe;
 mod ops;
 mod process;
 #[path = "../../crates/ucxl-service/tests/support/raw_http.rs"]
