@@ -16,6 +16,7 @@ mod node_client;
 mod nodes;
 mod observe;
 mod ops;
+mod otlp;
 mod process;
 #[path = "../../crates/ucxl-service/tests/support/raw_http.rs"]
 #[allow(dead_code)] // the service's own tests use the rest
