@@ -55,13 +55,14 @@ pub struct Call {
 }
 
 impl Call {
-    /// A call of the gateway's own (no client request behind it): a new trace.
+    /// A call of the gateway's own (no client request behind it: a replay, a watch
+    /// stream's read): a new trace, not exported.
     #[must_use]
     pub fn new(request_id: impl Into<String>, deadline: Instant) -> Self {
         Self {
             request_id: request_id.into(),
             deadline,
-            trace: ucxl_service::TraceContext::root(),
+            trace: ucxl_service::TraceContext::unsampled(),
         }
     }
 

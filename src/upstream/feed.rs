@@ -184,12 +184,12 @@ impl FeedClient {
         if let Some(authorization) = &self.authorization {
             builder = builder.header(AUTHORIZATION, authorization.clone());
         }
-        // The gateway's own work: a new trace for each request, so the node's log lines of
-        // it have one.
+        // The gateway's own work: a new trace for each request (not exported), so the node's
+        // log lines of it have one.
         builder
             .header(
                 &ucxl_service::trace_context::TRACEPARENT,
-                ucxl_service::TraceContext::root().traceparent(),
+                ucxl_service::TraceContext::unsampled().traceparent(),
             )
             .header(ACCEPT, HeaderValue::from_static("application/x-ndjson"))
             .body(Empty::new())

@@ -247,15 +247,26 @@ impl TraceContext {
         }
     }
 
-    /// A new trace (work of the service's own: health checks, replays, feeds). Sampled
-    /// when spans are exported: the service records it.
+    /// A new trace of a request that came without one: sampled when spans are exported
+    /// (the service records it).
     #[must_use]
     pub fn root() -> Self {
+        Self {
+            sampled: crate::otlp::enabled(),
+            ..Self::unsampled()
+        }
+    }
+
+    /// A new trace that is not recorded: the service's own routine work (health checks,
+    /// change feeds, journal replays). Its ids still reach the callee's log lines; its
+    /// spans, and the callee's, are not exported.
+    #[must_use]
+    pub fn unsampled() -> Self {
         Self {
             trace_id: TraceId::random(),
             span_id: SpanId::random(),
             parent_id: None,
-            sampled: crate::otlp::enabled(),
+            sampled: false,
             tracestate: None,
         }
     }
