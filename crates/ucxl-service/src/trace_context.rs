@@ -305,7 +305,11 @@ pub fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
     let mut values = headers.get_all(&TRACESTATE).iter();
     let first = values.next()?;
     let second = values.next();
-    let mut members: Vec<&str> = Vec::new();
+    // On the stack: a valid list has at most 32 members, and most requests pass it on as
+    // it came.
+    let mut keys = [""; MAX_TRACESTATE_MEMBERS];
+    let mut found = [""; MAX_TRACESTATE_MEMBERS];
+    let mut n = 0;
     for value in std::iter::once(first).chain(second).chain(values) {
         for member in value.to_str().ok()?.split(',') {
             let member = member.trim_matches([' ', '\t']);
@@ -313,22 +317,21 @@ pub fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
                 continue;
             }
             let (key, _) = valid_member(member)?;
-            if members.len() == MAX_TRACESTATE_MEMBERS
-                || members
-                    .iter()
-                    .any(|m| m.split_once('=').is_some_and(|(k, _)| k == key))
-            {
+            if n == MAX_TRACESTATE_MEMBERS || keys[..n].contains(&key) {
                 return None;
             }
-            members.push(member);
+            keys[n] = key;
+            found[n] = member;
+            n += 1;
         }
     }
-    if members.is_empty() {
+    if n == 0 {
         return None;
     }
     if second.is_none() && first.len() <= MAX_TRACESTATE_LEN {
         return Some(first.clone());
     }
+    let mut members = found[..n].to_vec();
     let joined_len = |ms: &[&str]| ms.iter().map(|m| m.len()).sum::<usize>() + ms.len() - 1;
     if joined_len(&members) > MAX_TRACESTATE_LEN {
         members.retain(|m| m.len() <= LONG_MEMBER);
