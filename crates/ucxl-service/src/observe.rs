@@ -223,7 +223,7 @@ pub async fn frame(State(frame): State<Arc<Frame>>, mut req: Request, next: Next
     let elapsed = pending.started.elapsed();
     pending.answered = true;
     let status = response.status().as_u16();
-    let duration_ms = elapsed.as_secs_f64() * 1e3;
+    let duration_ms = millis(elapsed);
     if status >= 500 {
         span.in_scope(|| {
             tracing::warn!(method, route, status, latency_ms = duration_ms, "answered");
@@ -267,6 +267,11 @@ pub async fn frame(State(frame): State<Arc<Frame>>, mut req: Request, next: Next
     response
 }
 
+/// `d` in milliseconds, to the microsecond (a log line need not say `2.0393820000000003`).
+fn millis(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
 /// A request being answered. Dropped before it is (the client closed the connection or
 /// reset the stream, and the server dropped the request's future), it counts and logs the
 /// request as abandoned.
@@ -287,7 +292,7 @@ impl Drop for Pending<'_> {
             return;
         }
         self.frame.observer.abandoned(self.route);
-        let duration_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        let duration_ms = millis(self.started.elapsed());
         tracing::info!(
             target: "access",
             method = self.method,
@@ -329,6 +334,16 @@ impl Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_logged_to_the_microsecond() {
+        let d = std::time::Duration::from_nanos(2_039_382_417);
+        assert_eq!(millis(d).to_string(), "2039.382");
+        assert_eq!(
+            millis(std::time::Duration::from_micros(1_500)).to_string(),
+            "1.5"
+        );
+    }
 
     #[test]
     fn only_standard_methods_become_labels() {
