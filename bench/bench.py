@@ -502,7 +502,9 @@ class Sut:
                 # its own local store: the default ./data would keep what earlier runs
                 # wrote (the mock-mode stages' seeding PUTs pile up versions there)
                 "RUSTLE_DATA_DIR": os.path.join(d, "data"),
-                "RUST_LOG": os.environ.get("BENCH_RUST_LOG", "info"),
+                # nginx runs with `access_log off`: so does the gateway (its access log
+                # costs a few microseconds a request; BENCH_RUST_LOG=info measures it).
+                "RUST_LOG": os.environ.get("BENCH_RUST_LOG", "info,access=off"),
             }
             env.update(getattr(self, "extra_env", {}))
             argv = prefix + [GATEWAY_BIN[0]]

@@ -80,10 +80,16 @@ impl FromRequestParts<AppState> for Ctx {
             ucxl_service::headers::idempotency_key(&parts.headers).map_err(report)?;
         let Caller(caller) = Caller::from_request_parts(parts, state).await?;
         let audit = parts.extensions.get::<Slot>().cloned().unwrap_or_default();
+        let trace = parts
+            .extensions
+            .get::<ucxl_service::TraceContext>()
+            .cloned()
+            .unwrap_or_else(ucxl_service::TraceContext::root);
         Ok(Self {
             call: Call {
                 request_id,
                 deadline: deadline.at,
+                trace,
             },
             idempotency_key,
             caller,

@@ -4,11 +4,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-/// Request latency buckets, seconds: from loopback-fast to the default 5 s deadline.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+// Request latency buckets, seconds: the node's are the same, so they aggregate.
+use ucxl_service::observe::LATENCY_BUCKETS;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -60,12 +57,20 @@ fn describe() {
         "HTTP request latency by route template"
     );
     describe_counter!(
+        "rustle_requests_abandoned_total",
+        "HTTP requests whose client went away before the answer (not counted in rustle_requests_total), by route template"
+    );
+    describe_counter!(
         "rustle_mcp_calls_total",
         "MCP tool calls at /mcp, by tool and outcome (the UCXL code of the answer)"
     );
     describe_counter!(
         "rustle_backend_attempts_total",
         "Attempts sent to BZZZ endpoints, by endpoint and outcome"
+    );
+    describe_counter!(
+        "rustle_hedges_total",
+        "Hedged reads, by outcome (won, lost, no_endpoint, budget)"
     );
     describe_counter!(
         "rustle_retries_total",

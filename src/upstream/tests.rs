@@ -146,10 +146,7 @@ fn script(api: &[(&str, Behaviour)]) -> Shared {
 }
 
 fn call(within: Duration) -> Call {
-    Call {
-        request_id: "test".into(),
-        deadline: Instant::now() + within,
-    }
+    Call::new("test", Instant::now() + within)
 }
 
 fn get(prefer: Option<&str>) -> NodeRequest {

@@ -67,10 +67,10 @@ impl Content {
         else {
             return Err(NotYet);
         };
-        let call = Call {
-            request_id: self.request_id.clone(),
-            deadline: tokio::time::Instant::now() + self.timeout,
-        };
+        let call = Call::new(
+            self.request_id.clone(),
+            tokio::time::Instant::now() + self.timeout,
+        );
         let at = address.clone().with_temporal(Temporal::Version(*version));
         if let Ok(served) = self.backend.get(&call, &at).await
             && served.value.id == *id

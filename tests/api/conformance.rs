@@ -15,10 +15,7 @@ use ucxl::{Address, Code, EnvelopeId, NewVersion, Pattern, content_digest};
 use super::helpers::project;
 
 pub fn call() -> Call {
-    Call {
-        request_id: "conformance".into(),
-        deadline: Instant::now() + Duration::from_secs(5),
-    }
+    Call::new("conformance", Instant::now() + Duration::from_secs(5))
 }
 
 /// The UCXL code a client would get for a backend's error (backends over a cluster pass a

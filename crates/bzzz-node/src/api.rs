@@ -40,6 +40,7 @@ pub const SOURCE: ucxl_service::Source = ucxl_service::Source("bzzz-node");
 pub const METRICS: ucxl_service::MetricNames = ucxl_service::MetricNames {
     requests_total: "bzzz_requests_total",
     request_duration_seconds: "bzzz_request_duration_seconds",
+    requests_abandoned_total: "bzzz_requests_abandoned_total",
 };
 /// Largest discover page.
 const MAX_LIMIT: usize = 1000;
