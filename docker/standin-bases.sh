@@ -116,6 +116,8 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
 fi
 
 # 2. rust:1-bookworm: the root, the host's toolchain, the host's CA bundle.
+command -v rustup >/dev/null 2>&1 \
+  || { echo "standin: the host's Rust toolchain must come from rustup (as the official image's)" >&2; exit 1; }
 sysroot="$(rustc --print sysroot)"
 version="$(rustc -vV | sed -n 's/^release: //p')"
 host="$(rustc -vV | sed -n 's/^host: //p')"
@@ -183,8 +185,8 @@ RUN set -eu; test -L /lib && test -L /lib64 && test -L /bin && test -L /sbin; mk
     printf '%s\n' 'root:x:0:' 'nobody:x:65534:' 'tty:x:5:' 'staff:x:50:' 'nonroot:x:65532:' >/out/etc/group; \\
     echo 'hosts: files dns' >/out/etc/nsswitch.conf; \\
     for sh in bin/sh bin/bash bin/dash usr/bin/sh usr/bin/bash usr/bin/dash; do test ! -e "/out/\$sh"; done; \\
-    test -e /out/usr/lib/x86_64-linux-gnu/libc.so.6 && test -e /out/usr/lib/x86_64-linux-gnu/libgcc_s.so.1 \\
-      && test -e /out/usr/lib64/ld-linux-x86-64.so.2
+    ma="\$(dpkg-architecture -qDEB_HOST_MULTIARCH)"; \\
+    test -e "/out/usr/lib/\$ma/libc.so.6" && test -e "/out/usr/lib/\$ma/libgcc_s.so.1"
 FROM scratch
 COPY --from=root /out /
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
