@@ -731,7 +731,11 @@ def main():
     if args.self_test:
         return
     with tempfile.TemporaryDirectory(prefix="observability-") as workdir:
-        run(workdir)
+        try:
+            run(workdir)
+        finally:
+            # Before the directory goes: Prometheus and the nodes write into it.
+            cluster.stop_all()
 
 
 if __name__ == "__main__":
