@@ -198,6 +198,13 @@ DOCKERFILE
   build -t "$RUN_IMAGE" "$ctx"
   log "$RUN_IMAGE: $((SECONDS - t0)) s"
 fi
-# The distroless build's first stage and replaced stand-ins (only images with our label).
+# The distroless build's first stage and replaced stand-ins (only images with our label),
+# and the roots of an older package list.
 docker image prune -f --filter "label=$LABEL" --filter dangling=true >/dev/null || true
+for old in $(docker images --format '{{.Repository}}:{{.Tag}}' "rustle-standin/$suite"); do
+  [[ "$old" == "$base" ]] || docker image rm "$old" >/dev/null 2>&1 || true
+done
+for old in "$cache/$suite"-*.tar; do
+  [[ "$old" == "$tarball" || ! -e "$old" ]] || as_root rm -f "$old"
+done
 log "ready: $RUST_IMAGE ($(docker image inspect -f '{{.Size}}' "$RUST_IMAGE" | awk '{ printf "%.0f MB", $1 / 1e6 }')), $RUN_IMAGE ($(docker image inspect -f '{{.Size}}' "$RUN_IMAGE" | awk '{ printf "%.1f MB", $1 / 1e6 }'))"

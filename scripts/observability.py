@@ -210,7 +210,9 @@ def metric_names(expr):
 # ---------------------------------------------------------------------------------------
 # Grafana dashboards: panels, queries, variables.
 
-VARIABLE_REF = re.compile(r"\$\{(\w+)(?::[^}]*)?\}|\[\[(\w+)(?::[^\]]*)?\]\]|\$(\w+)")
+# $name, ${name}, ${name:format}, [[name]]; not $1 (label_replace's capture groups).
+VARIABLE_REF = re.compile(
+    r"\$\{([A-Za-z_]\w*)(?::[^}]*)?\}|\[\[([A-Za-z_]\w*)(?::[^\]]*)?\]\]|\$([A-Za-z_]\w*)")
 
 
 def panels(dashboard):
@@ -681,9 +683,11 @@ def self_test():
         failures.append("variable_promql(label_values(selector, label))")
     if variable_promql("label_values(job)") != ('group by (job) ({job!=""})', "job"):
         failures.append("variable_promql(label_values(label))")
-    text, unknown = substitute("rate(x{i=~\"$i\", r=~\"${r}\"}[$__rate_interval]) $nope",
-                               {"i": "a", "r": "b", "__rate_interval": "1m"})
-    if text != 'rate(x{i=~"a", r=~"b"}[1m]) $nope' or unknown != ["nope"]:
+    text, unknown = substitute(
+        'label_replace(rate(x{i=~"$i", r=~"${r:regex}"}[$__rate_interval]), "d", "$1", "s", "(.*)") $nope',
+        {"i": "a", "r": "b", "__rate_interval": "1m"})
+    if text != 'label_replace(rate(x{i=~"a", r=~"b"}[1m]), "d", "$1", "s", "(.*)") $nope' \
+            or unknown != ["nope"]:
         failures.append(f"substitute: {text!r} {unknown}")
     if abs(parse_time("2026-11-30T16:00:01.123456789Z") - 1796054401.123456789) > 1e-6:
         failures.append("parse_time")
