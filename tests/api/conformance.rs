@@ -84,9 +84,12 @@ pub async fn versions_are_numbered_and_temporal_segments_navigate(b: Arc<dyn Bac
         let b = Arc::clone(&b);
         let a = format!("{base}/{t}/doc");
         async move {
-            b.get(&call(), &addr(&a))
-                .await
-                .map(|s| (s.value.version, s.value.content.to_value().expect("a value")))
+            b.get(&call(), &addr(&a)).await.map(|s| {
+                (
+                    s.value.version,
+                    s.value.content.to_value().expect("a value"),
+                )
+            })
         }
     };
     assert_eq!(pick("*^").await, Ok((3, json!(3))));
@@ -477,7 +480,11 @@ pub async fn literal_any_addresses_are_exact_keys(b: Arc<dyn Backend>) {
     let got = |a: &str| {
         let b = Arc::clone(&b);
         let a = addr(a);
-        async move { b.get(&call(), &a).await.map(|s| s.value.content.to_value().expect("a value")) }
+        async move {
+            b.get(&call(), &a)
+                .await
+                .map(|s| s.value.content.to_value().expect("a value"))
+        }
     };
     assert_eq!(got(&shared).await, Ok(json!("for anyone, again")));
     assert_eq!(got(&claude).await, Ok(json!("for claude")));

@@ -744,7 +744,9 @@ pub fn encode(record: &Record) -> Result<Box<RawValue>, serde_json::Error> {
 pub fn verify_digests<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Result<(), StoreError> {
     for entry in entries {
         if let Entry::Version(v) = entry {
-            let (hash, size) = v.content.digest()
+            let (hash, size) = v
+                .content
+                .digest()
                 .map_err(|e| StoreError::Undecodable(format!("version {:?}: {e}", v.id)))?;
             if hash != v.hash || size != v.size {
                 return Err(StoreError::Undecodable(format!(

@@ -288,8 +288,7 @@ mod tests {
             Held(Holder),
         }
         let Tagged::Held(held) =
-            serde_json::from_str(r#"{"kind": "Held", "content": {"a": [1, "x"]}}"#)
-                .expect("JSON");
+            serde_json::from_str(r#"{"kind": "Held", "content": {"a": [1, "x"]}}"#).expect("JSON");
         assert_eq!(held.content, json!({"a": [1, "x"]}));
     }
 

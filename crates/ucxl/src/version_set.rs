@@ -11,8 +11,7 @@ use serde_json::{Map, Value};
 use crate::address::Temporal;
 use crate::content::Content;
 use crate::envelope::{
-    ContentHash, EnvelopeId, PrincipalName, Version, VersionSummary,
-    normalise_time, rfc3339,
+    ContentHash, EnvelopeId, PrincipalName, Version, VersionSummary, normalise_time, rfc3339,
 };
 
 /// A delete: versions before it are no longer visible; a later put starts a new history.

@@ -342,7 +342,11 @@ impl Watcher {
     }
 
     /// Sends `entry` when it matches, and passes its number either way.
-    async fn send_entry(&mut self, entry: &FeedEntry, content: Option<&ucxl::Content>) -> Result<(), End> {
+    async fn send_entry(
+        &mut self,
+        entry: &FeedEntry,
+        content: Option<&ucxl::Content>,
+    ) -> Result<(), End> {
         if self.pattern.matches(entry.change.address()) {
             let (content, content_omitted) = match (&entry.change, self.content) {
                 (crate::feed::FeedChange::Put { size, .. }, true) if *size > self.content_limit => {
