@@ -168,3 +168,21 @@ fn describe_watch() {
 
 /// How often histogram buckets are folded (the exporter needs periodic upkeep).
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Counts a read that asked for the cache: answered from it (`hit`) or sent to a node.
+/// The two counters are registered once; a cached read costs an increment, not a label
+/// lookup.
+pub fn cache_read(hit: bool) {
+    static READS: OnceLock<[metrics::Counter; 2]> = OnceLock::new();
+    let [hits, misses] = READS.get_or_init(|| {
+        metrics::describe_counter!(
+            "rustle_cache_reads_total",
+            "Reads asking X-Rustle-Consistency: cached, by result (hit: from the cache; miss: from a node)"
+        );
+        [
+            metrics::counter!("rustle_cache_reads_total", "result" => "hit"),
+            metrics::counter!("rustle_cache_reads_total", "result" => "miss"),
+        ]
+    });
+    if hit { hits } else { misses }.increment(1);
+}

@@ -210,7 +210,7 @@ pub async fn store(
             .idempotency_key
             .clone()
             .unwrap_or_else(EnvelopeId::generate),
-        content: Arc::new(body.content),
+        content: body.content.into(),
         content_type: content_type(body.content_type)?,
         metadata: body.metadata.unwrap_or_default(),
         created_at: None,

@@ -157,7 +157,12 @@ fn get(prefer: Option<&str>) -> NodeRequest {
         body: None,
         prefer: prefer.map(str::to_owned),
         list: false,
-        about: Subject::Address(ucxl::Address::parse(ADDRESS).expect("address")),
+        about: Subject::Address(
+            ucxl::Address::parse(ADDRESS)
+                .expect("address")
+                .canonical()
+                .to_owned(),
+        ),
         hedge: true,
     }
 }

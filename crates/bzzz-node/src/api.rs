@@ -412,7 +412,7 @@ async fn put_envelope(
             .id
             .or_else(|| ctx.idempotency_key.clone())
             .unwrap_or_else(EnvelopeId::generate),
-        content: Arc::new(body.content),
+        content: body.content.into(),
         content_type,
         metadata: body.metadata.unwrap_or_default(),
         created_at: body.created_at,
