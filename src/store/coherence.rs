@@ -4,10 +4,16 @@
 //! reported while the read was on its way (else the read may have raced the change and
 //! would put back what the change replaced).
 //!
-//! Invalidations are numbered; a fill says the number it started at. A bounded map keeps
-//! the number of each address's last invalidation; when it is full it is cleared and a
-//! floor raised, so a fill older than the floor is refused (a few spurious misses, never
-//! a stale copy).
+//! Invalidations are numbered; a fill says the number it started at. A bounded map keeps,
+//! for each address, the number and change of its last invalidation and the number of the
+//! last one about another change; when it is full it is cleared and a floor raised, so a
+//! fill older than the floor is refused (a few spurious misses, never a stale copy).
+//!
+//! A fill raced only by reports of its own change (a write's answer arriving after the
+//! nodes' feeds reported that write, as each replica does) is kept: nothing else changed
+//! at the address meanwhile, so the copy is the newest. Refusing it would forget, say, a
+//! delete the gateway itself made, and a fallback read would then not know the address is
+//! gone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,8 +37,19 @@ struct Numbers {
     generation: u64,
     /// Fills that started before this are refused.
     floor: u64,
-    /// Canonical address → the number of its last invalidation.
-    last: HashMap<String, u64>,
+    /// Canonical address → its last invalidations.
+    last: HashMap<String, Reported>,
+}
+
+/// What was last reported at one address.
+#[derive(Debug)]
+struct Reported {
+    /// The number of the last invalidation.
+    generation: u64,
+    /// The change it reported.
+    id: EnvelopeId,
+    /// The number of the last invalidation that reported another change (0: none).
+    other: u64,
 }
 
 impl Coherence {
@@ -48,19 +65,42 @@ impl LocalStore {
         self.coherence().lock().generation
     }
 
-    /// A node reported a change (`id`) at `address`: the cached copy goes, unless its newest
-    /// entry is that change. Data the store holds as the only copy is left alone.
+    /// A node reported a change (`id`) at `address`: the cached copy goes, unless it holds
+    /// that change already. Data the store holds as the only copy is left alone.
     pub fn invalidate(&self, address: &Address, id: &EnvelopeId) {
         let mut numbers = self.coherence().lock();
+        if self.holds_cached(address, id) {
+            // Already part of the copy (its own write's answer, or a report that came late,
+            // after a newer change the copy has): nothing new, nothing to drop, and no fill
+            // can have raced it into an older state (a fill never makes a copy older).
+            return;
+        }
         numbers.generation += 1;
         let generation = numbers.generation;
         if numbers.last.len() >= REMEMBERED && !numbers.last.contains_key(address.canonical()) {
             numbers.last.clear();
             numbers.floor = generation;
         }
-        numbers
-            .last
-            .insert(address.canonical().to_owned(), generation);
+        match numbers.last.get_mut(address.canonical()) {
+            Some(reported) if reported.id == *id => reported.generation = generation,
+            Some(reported) => {
+                reported.other = reported.generation;
+                reported.generation = generation;
+                reported.id = id.clone();
+            }
+            None => {
+                // Anything before this is unknown here: the floor speaks for it.
+                let other = numbers.floor;
+                numbers.last.insert(
+                    address.canonical().to_owned(),
+                    Reported {
+                        generation,
+                        id: id.clone(),
+                        other,
+                    },
+                );
+            }
+        }
         // Under the numbering's lock: a fill checks and inserts under it too.
         self.drop_cached_unless(address, id);
     }
@@ -75,7 +115,7 @@ impl LocalStore {
         version: &Arc<Version>,
     ) {
         let numbers = self.coherence().lock();
-        if Self::raced(&numbers, generation, address) {
+        if Self::raced(&numbers, generation, address, &version.id) {
             return;
         }
         self.observe(address, number, version);
@@ -90,18 +130,19 @@ impl LocalStore {
         tombstone: ucxl::Tombstone,
     ) {
         let numbers = self.coherence().lock();
-        if Self::raced(&numbers, generation, address) {
+        if Self::raced(&numbers, generation, address, &tombstone.id) {
             return;
         }
         self.observe_delete(address, tombstone);
     }
 
-    fn raced(numbers: &Numbers, generation: u64, address: &Address) -> bool {
+    /// Whether a fill of change `id` that started at `generation` may have raced another
+    /// change at `address` (reports of `id` itself do not count).
+    fn raced(numbers: &Numbers, generation: u64, address: &Address, id: &EnvelopeId) -> bool {
         generation < numbers.floor
-            || numbers
-                .last
-                .get(address.canonical())
-                .is_some_and(|last| *last > generation)
+            || numbers.last.get(address.canonical()).is_some_and(|last| {
+                last.generation > generation && (last.id != *id || last.other > generation)
+            })
     }
 }
 
@@ -148,11 +189,37 @@ mod tests {
         let after = store.generation();
         store.observe_since(after, &at, 2, &version("v2", 2));
         assert!(matches!(store.lookup(&at), Lookup::Found(2, _)));
+        // A fill raced only by reports of its own change is kept: each replica reports it.
+        let started = store.generation();
+        store.invalidate(&at, &EnvelopeId::parse("v4").expect("id"));
+        store.invalidate(&at, &EnvelopeId::parse("v4").expect("id"));
+        store.observe_since(started, &at, 4, &version("v4", 4));
+        assert!(matches!(store.lookup(&at), Lookup::Found(4, _)));
+        // ... but not when another change was reported too, before or after it.
+        for (first, second) in [("v5", "v6"), ("v6", "v5")] {
+            let started = store.generation();
+            store.invalidate(&at, &EnvelopeId::parse(first).expect("id"));
+            store.invalidate(&at, &EnvelopeId::parse(second).expect("id"));
+            store.observe_since(started, &at, 5, &version("v5", 5));
+            assert!(
+                !matches!(store.lookup(&at), Lookup::Found(5, _)),
+                "{first} then {second}"
+            );
+        }
         // Other addresses' changes do not refuse a fill.
         let other = Address::parse("ucxl://a:r@p:t/y").expect("address");
         let started = store.generation();
         store.invalidate(&other, &EnvelopeId::parse("w1").expect("id"));
         store.observe_since(started, &at, 3, &version("v3", 3));
         assert!(matches!(store.lookup(&at), Lookup::Found(3, _)));
+        // A report of a change the copy already holds (late, or its own write's) drops
+        // nothing and refuses no fill.
+        let started = store.generation();
+        store.observe_since(started, &at, 5, &version("v7", 7));
+        assert!(matches!(store.lookup(&at), Lookup::Found(5, _)));
+        let started = store.generation();
+        store.invalidate(&at, &EnvelopeId::parse("v7").expect("id"));
+        store.observe_since(started, &at, 5, &version("v7", 7));
+        assert!(matches!(store.lookup(&at), Lookup::Found(5, _)));
     }
 }

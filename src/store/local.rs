@@ -407,6 +407,14 @@ impl LocalStore {
     }
 
     /// Drops the cached (not owned) record of `address` unless its newest entry is `id`.
+    /// Whether the cached copy at `address` (not data held as the only copy) has entry `id`.
+    pub(super) fn holds_cached(&self, address: &Address, id: &EnvelopeId) -> bool {
+        self.read()
+            .records
+            .get(address.canonical())
+            .is_some_and(|r| !r.owned && r.set.contains(id))
+    }
+
     pub(super) fn drop_cached_unless(&self, address: &Address, id: &EnvelopeId) {
         let mut inner = self.write();
         let key = address.canonical();
@@ -591,10 +599,38 @@ impl LocalStore {
     pub fn observe_delete(&self, address: &Address, tombstone: ucxl::Tombstone) {
         let mut inner = self.write();
         let key = address.canonical();
-        if inner.records.get(key).is_some_and(|r| r.owned) {
+        let Some(newest) = inner.records.get(key).map(|r| {
+            if r.owned {
+                None
+            } else {
+                Some(r.set.entries().last().map(ucxl::Entry::created_at))
+            }
+        }) else {
+            return self.observe_delete_afresh(inner, address, tombstone);
+        };
+        let Some(newest) = newest else {
             return;
+        };
+        if newest.is_some_and(|t| tombstone.created_at <= t) {
+            return self.observe_delete_afresh(inner, address, tombstone);
         }
-        inner.remove_cached(key);
+        // The delete follows everything the copy holds: it joins them, so a late report of
+        // a change the copy holds is still recognised as known (`holds_cached`).
+        if let Ok(((), evicted)) = inner.update(address, Retention::Cached, Some(1), |set| {
+            set.insert(ucxl::Entry::Tombstone(tombstone));
+        }) {
+            drop(inner);
+            self.count_evictions(evicted);
+        }
+    }
+
+    fn observe_delete_afresh(
+        &self,
+        mut inner: RwLockWriteGuard<'_, Inner>,
+        address: &Address,
+        tombstone: ucxl::Tombstone,
+    ) {
+        inner.remove_cached(address.canonical());
         if let Ok(((), evicted)) = inner.update(address, Retention::Cached, Some(1), |set| {
             set.insert(ucxl::Entry::Tombstone(tombstone));
         }) {
@@ -1136,7 +1172,9 @@ mod tests {
         );
         assert_eq!(store.lookup(&addr(a)), Lookup::Missing);
         assert_eq!(store.full_history(&addr(a)), Some(Vec::new()));
-        assert_eq!(store.status().entries, 1);
+        // the delete joins what the copy held (it follows all of it), so a late feed
+        // report of v10 is recognised as known
+        assert_eq!(store.status().entries, 2);
     }
 
     #[test]
