@@ -123,9 +123,7 @@ fn prepare<B>(mut request: axum::http::Request<B>, peer: SocketAddr) -> axum::ht
             .authority()
             .and_then(|a| axum::http::HeaderValue::from_str(a.as_str()).ok())
     {
-        request
-            .headers_mut()
-            .insert(axum::http::header::HOST, host);
+        request.headers_mut().insert(axum::http::header::HOST, host);
     }
     request
 }
@@ -288,8 +286,7 @@ impl Connections {
                 prepare(request, peer)
             }
         });
-        let connection =
-            watcher.watch(builder.serve_connection(io, TowerToHyperService::new(app)));
+        let connection = watcher.watch(builder.serve_connection(io, TowerToHyperService::new(app)));
         tokio::pin!(connection);
         tokio::select! {
             served = &mut connection => return served,
