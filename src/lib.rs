@@ -8,8 +8,10 @@
 pub mod audit;
 pub mod auth;
 pub mod backend;
+pub mod compression;
 pub mod config;
 pub mod control;
+pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod mcp;

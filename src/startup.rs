@@ -149,10 +149,11 @@ pub fn build_state(config: Config, options: Options) -> Result<AppState, Startup
 
 /// The whole HTTP application: API routes, Swagger UI, fallbacks and layers.
 ///
-/// Layers of the data and admin routes, outermost first: load shedding (a global guard,
-/// before any work), the audit record (it sees every answer below it), authentication
-/// and the caller's rate; then each route checks its operation on its address before
-/// reading a body.
+/// Outermost, CORS ([`crate::cors`]) and compression ([`crate::compression`]), then the
+/// request frame of every route ([`with_layers`]). Layers of the data and admin routes,
+/// outermost first: load shedding (a global guard, before any work), the audit record (it
+/// sees every answer below it), authentication and the caller's rate; then each route
+/// checks its operation on its address before reading a body.
 pub fn router(state: AppState) -> Router {
     let (api, doc) = openapi::parts(|guarded| {
         guarded
@@ -198,7 +199,11 @@ pub fn router(state: AppState) -> Router {
             crate::auth::metadata::MCP_METADATA_PATH,
             axum::routing::get(crate::auth::metadata::protected_resource),
         );
-    with_layers(api.merge(docs).merge(metadata)).with_state(state)
+    let config = state.config.load_full();
+    let app = with_layers(api.merge(docs).merge(metadata)).with_state(state);
+    // Outside the frame, so they see the answers it completes (UCXL error bodies).
+    let app = crate::compression::around(app, config.http.compression_min_bytes);
+    crate::cors::around(app, &config)
 }
 
 /// The service name in error bodies.
@@ -293,6 +298,13 @@ impl Application {
         let config = self.state.config.load();
         if config.auth == crate::config::AuthMode::None && !self.addr.ip().is_loopback() {
             tracing::warn!(addr = %self.addr, "RUSTLE_AUTH=none on an address beyond loopback: anyone who can reach it may read, overwrite and delete every envelope");
+        }
+        if config.auth == crate::config::AuthMode::None
+            && config.http.cors_allowed_origins == crate::config::CorsOrigins::Any
+        {
+            tracing::warn!(
+                "RUSTLE_CORS_ALLOWED_ORIGINS=* with RUSTLE_AUTH=none: any web page opened in a browser that reaches this gateway may read, overwrite and delete every envelope"
+            );
         }
         drop(config);
         if let Some(fallback) = self.state.fallback.get() {

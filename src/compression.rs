@@ -1,0 +1,157 @@
+//! Answer compression: gzip, br or zstd, the one the client's `Accept-Encoding` prefers,
+//! for answers of at least `RUSTLE_COMPRESSION_MIN_BYTES` (tower-http's
+//! `CompressionLayer`; `Vary: Accept-Encoding` on every answer that could be compressed).
+//!
+//! Never for event streams (`GET /v1/watch`, the MCP transport's SSE answers): a compressor
+//! holds bytes back until it has enough to work on, which would delay events and keep-alive
+//! comments. Never for answers already encoded (`Content-Encoding`), partial ones
+//! (`Content-Range`), images or gRPC (tower-http leaves those alone).
+//!
+//! The layer wraps the application outside the request frame: the frame writes the UCXL
+//! body of an error answer in place of what a handler left, so it must run before the body
+//! is compressed. The frame's latency histogram ends at the answer's head; compressing
+//! happens while the body is sent.
+//!
+//! A request without `Accept-Encoding` pays for a header lookup, the size and type checks
+//! and one more boxing of the answer body: no compressor is built.
+//!
+//! Request bodies are not decompressed: envelopes are small (`RUSTLE_MAX_BODY_BYTES`), no
+//! common client compresses what it sends unasked, and a `Content-Encoding` body is read as
+//! it is (JSON parsing refuses it with a 400).
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderValue, header};
+use tower::ServiceBuilder;
+use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+use tower_http::compression::{CompressionLayer, CompressionLevel};
+
+/// One level for all three encoders. Their defaults differ widely in cost: brotli's is its
+/// best (11), some hundred times slower than level 4, which compresses JSON about as well
+/// as gzip's default at a fraction of its time; gzip 4 and zstd 4 are next to their
+/// defaults (6 and 3) in ratio and cost.
+const LEVEL: CompressionLevel = CompressionLevel::Precise(4);
+
+/// `app` compressing answers of at least `min_bytes` (none when 0).
+pub fn around(app: Router, min_bytes: u64) -> Router {
+    if min_bytes == 0 {
+        return app;
+    }
+    let worth_it = SizeAbove::new(min_bytes)
+        .and(NotForContentType::SSE)
+        .and(NotForContentType::IMAGES)
+        .and(NotForContentType::GRPC);
+    app.layer(
+        ServiceBuilder::new().map_request(allow_identity).layer(
+            CompressionLayer::new()
+                .gzip(true)
+                .br(true)
+                .zstd(true)
+                .no_deflate()
+                .quality(LEVEL)
+                .compress_when(worth_it),
+        ),
+    )
+}
+
+/// Drops the items of `Accept-Encoding` that refuse an unencoded answer (`identity;q=0`,
+/// `*;q=0`). tower-http answers a client that refuses it, and accepts none of the
+/// encodings it may use, with 406, but only after the handler ran: a write done, then
+/// refused, with the body of its success. Answering unencoded instead is what RFC 9110
+/// §12.5.3 expects when no acceptable coding is available. Dropping a `*;q=0` changes no
+/// other choice: without a wildcard only the encodings listed count.
+fn allow_identity(mut request: Request) -> Request {
+    let values = request.headers().get_all(header::ACCEPT_ENCODING);
+    if !values.iter().any(|v| items(v).any(refuses_identity)) {
+        return request;
+    }
+    let kept = values
+        .iter()
+        .flat_map(items)
+        .filter(|item| !refuses_identity(item))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let kept = HeaderValue::from_str(&kept)
+        .ok()
+        .filter(|_| !kept.is_empty());
+    let headers = request.headers_mut();
+    headers.remove(header::ACCEPT_ENCODING);
+    if let Some(kept) = kept {
+        headers.insert(header::ACCEPT_ENCODING, kept);
+    }
+    request
+}
+
+/// The items of one `Accept-Encoding` value (none when it is not text).
+fn items(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+}
+
+/// Whether an `Accept-Encoding` item is `identity` or `*` with a q-value of 0.
+fn refuses_identity(item: &str) -> bool {
+    let mut parts = item.split(';');
+    let coding = parts.next().unwrap_or_default().trim();
+    if !(coding == "*" || coding.eq_ignore_ascii_case("identity")) {
+        return false;
+    }
+    parts.any(|param| {
+        let param = param.trim();
+        param
+            .strip_prefix("q=")
+            .or_else(|| param.strip_prefix("Q="))
+            .map(str::trim)
+            .is_some_and(|q| q.starts_with('0') && q.bytes().all(|b| b == b'0' || b == b'.'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept_encoding(values: &[&str]) -> Vec<String> {
+        let mut request = Request::new(axum::body::Body::empty());
+        for v in values {
+            request.headers_mut().append(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        allow_identity(request)
+            .headers()
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .map(|v| v.to_str().expect("text").to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn refusals_of_identity_are_dropped_and_nothing_else() {
+        for (sent, kept) in [
+            (vec!["gzip, br"], vec!["gzip, br"]),
+            (
+                vec!["gzip;q=0.5, identity;q=0.1"],
+                vec!["gzip;q=0.5, identity;q=0.1"],
+            ),
+            (vec!["deflate, identity;q=0"], vec!["deflate"]),
+            (vec!["gzip;q=0, *;q=0"], vec!["gzip;q=0"]),
+            (vec!["br, IDENTITY ; Q=0.000"], vec!["br"]),
+            (vec!["*;q=0"], vec![]),
+            (vec!["identity;q=0", "zstd"], vec!["zstd"]),
+            (vec!["*;q=0.01"], vec!["*;q=0.01"]),
+            // Not a q-value (four decimals): tower-http ignores the item.
+            (vec!["identity;q=0.0001"], vec!["identity;q=0.0001"]),
+        ] {
+            assert_eq!(accept_encoding(&sent), kept, "{sent:?}");
+        }
+    }
+
+    #[test]
+    fn a_request_without_accept_encoding_is_left_alone() {
+        assert!(accept_encoding(&[]).is_empty());
+    }
+}
