@@ -27,9 +27,9 @@ use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 
 /// One level for all three encoders. Their defaults differ widely in cost: brotli's is its
-/// best (11), some hundred times slower than level 4, which compresses JSON about as well
-/// as gzip's default at a fraction of its time; gzip 4 and zstd 4 are next to their
-/// defaults (6 and 3) in ratio and cost.
+/// best (11), which took 277 ms for the 87 KB OpenAPI document here, where level 4 took
+/// 2 ms and came out smaller than gzip's default (11.8 KB against 12.3 KB). gzip 4 is 5%
+/// larger than gzip 6 in 60% of its time; zstd 4 is next to its default, 3.
 const LEVEL: CompressionLevel = CompressionLevel::Precise(4);
 
 /// `app` compressing answers of at least `min_bytes` (none when 0).

@@ -397,6 +397,80 @@ async fn without_configuration_there_are_no_cors_headers_and_options_is_not_a_40
     assert_error(status, &body, "UCXL-405-METHOD_NOT_ALLOWED");
 }
 
+#[test]
+fn an_origin_that_is_not_one_stops_the_start_with_a_clear_message() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rustle-gateway"))
+        .env_clear()
+        .env("RUSTLE_LISTEN_ADDR", "127.0.0.1:0")
+        .env(
+            "RUSTLE_CORS_ALLOWED_ORIGINS",
+            "https://app.example.com/ui, http://localhost:3000",
+        )
+        .env("RUSTLE_COMPRESSION_MIN_BYTES", "some")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(r#"RUSTLE_CORS_ALLOWED_ORIGINS: "https://app.example.com/ui" is not an origin: only scheme://host[:port], without a path"#),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(r#"RUSTLE_COMPRESSION_MIN_BYTES: "some""#),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+}
+
+#[tokio::test]
+async fn a_reload_reports_cors_and_compression_as_needing_a_restart_and_keeps_them() {
+    const TOKEN: &str = "a-reload-token";
+    let app = app_with(|c| c.admin_token = Some(super::admin::secret(TOKEN))).await;
+    {
+        let mut env = app.env.lock().expect("env");
+        // As the test configuration has them, so that only these two change.
+        env.insert("RUSTLE_ADMIN_TOKEN".into(), TOKEN.into());
+        env.insert("RUSTLE_LISTEN_ADDR".into(), "127.0.0.1:0".into());
+        env.insert("RUSTLE_AUDIT_LOG".into(), "off".into());
+        env.insert("RUSTLE_CORS_ALLOWED_ORIGINS".into(), ORIGIN.into());
+        env.insert("RUSTLE_COMPRESSION_MIN_BYTES".into(), "0".into());
+    }
+    let (status, body) = app.reload(TOKEN).await;
+    assert_eq!(status, 200, "{body}");
+    let restart: BTreeSet<&str> = body["response"]["data"]["restart_required"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        restart,
+        BTreeSet::from(["compression_min_bytes", "cors_allowed_origins"]),
+        "{body}"
+    );
+    // What runs is what started: no CORS headers, compression on.
+    let answer = app
+        .request(Method::GET, "/openapi.json")
+        .header("origin", ORIGIN)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(cors_headers(&answer), Vec::<String>::new());
+    assert_eq!(header(&answer, "content-encoding").as_deref(), Some("gzip"));
+    // An invalid origin is refused by the reload as at start.
+    app.env.lock().expect("env").insert(
+        "RUSTLE_CORS_ALLOWED_ORIGINS".into(),
+        "https://*.example.com".into(),
+    );
+    let (status, body) = app.reload(TOKEN).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string().contains("RUSTLE_CORS_ALLOWED_ORIGINS"),
+        "{body}"
+    );
+}
+
 // ---- compression ----
 
 /// `bytes` decoded from `encoding`.
