@@ -1,22 +1,23 @@
 //! Calls from web pages on other origins (CORS, the Fetch standard): which origins may call
 //! the API, with which request headers, and which answer headers their scripts may read.
 //!
-//! Off unless `RUSTLE_CORS_ALLOWED_ORIGINS` names origins (or `*`). Then no answer carries
+//! Off unless `RUSTLE_CORS_ALLOWED_ORIGINS` names origins (or `*`). Off, no answer carries
 //! an `Access-Control-*` header, so browsers refuse cross-origin calls; a preflight
 //! (`OPTIONS`) still gets `204` with `Allow`, never a 405
 //! (`ucxl_service::errors::method_not_allowed`).
 //!
-//! On, tower-http's `CorsLayer` wraps the whole application, outside the request frame: it
-//! answers every `OPTIONS` request itself, before authentication (a preflight carries no
-//! credentials) and before load shedding, and adds its headers to every other answer, the
-//! UCXL error bodies the frame writes included, so a page can read why a call failed.
-//! Preflights are therefore not in the request metrics or logs.
+//! On, tower-http's `CorsLayer` takes every request with an `Origin` header, outside the
+//! request frame ([`crate::edge`]): it answers a preflight (`OPTIONS`) itself, before
+//! authentication (a preflight carries no credentials) and load shedding, and adds its
+//! headers to every other answer, the UCXL error bodies the frame writes included, so a page
+//! can read why a call failed. Preflights are therefore not in the request metrics or logs.
+//! Requests without `Origin` (no browser sent them) go straight to the router; with a list
+//! of origins their answers get `Vary: Origin`.
 //!
 //! There is no credentials mode (`Access-Control-Allow-Credentials`): callers send a bearer
 //! token in `Authorization`, which a page sets itself; the API uses no cookies a browser
 //! would add on its own.
 
-use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -96,12 +97,4 @@ pub fn layer(config: &Config) -> Option<CorsLayer> {
             .expose_headers(exposed_headers())
             .max_age(config.http.cors_max_age),
     )
-}
-
-/// `app` with the CORS layer of `config`, if any.
-pub fn around(app: Router, config: &Config) -> Router {
-    match layer(config) {
-        Some(cors) => app.layer(cors),
-        None => app,
-    }
 }

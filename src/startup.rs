@@ -149,11 +149,10 @@ pub fn build_state(config: Config, options: Options) -> Result<AppState, Startup
 
 /// The whole HTTP application: API routes, Swagger UI, fallbacks and layers.
 ///
-/// Outermost, CORS ([`crate::cors`]) and compression ([`crate::compression`]), then the
-/// request frame of every route ([`with_layers`]). Layers of the data and admin routes,
-/// outermost first: load shedding (a global guard, before any work), the audit record (it
-/// sees every answer below it), authentication and the caller's rate; then each route
-/// checks its operation on its address before reading a body.
+/// Served inside [`crate::edge::Edge`] (CORS and compression). Layers of the data and
+/// admin routes, outermost first: load shedding (a global guard, before any work), the
+/// audit record (it sees every answer below it), authentication and the caller's rate;
+/// then each route checks its operation on its address before reading a body.
 pub fn router(state: AppState) -> Router {
     let (api, doc) = openapi::parts(|guarded| {
         guarded
@@ -199,11 +198,7 @@ pub fn router(state: AppState) -> Router {
             crate::auth::metadata::MCP_METADATA_PATH,
             axum::routing::get(crate::auth::metadata::protected_resource),
         );
-    let config = state.config.load_full();
-    let app = with_layers(api.merge(docs).merge(metadata)).with_state(state);
-    // Outside the frame, so they see the answers it completes (UCXL error bodies).
-    let app = crate::compression::around(app, config.http.compression_min_bytes);
-    crate::cors::around(app, &config)
+    with_layers(api.merge(docs).merge(metadata)).with_state(state)
 }
 
 /// The service name in error bodies.
@@ -327,7 +322,7 @@ impl Application {
             Some(tls) => ucxl_service::serve::Listener::tls(self.listener, tls),
             None => ucxl_service::serve::Listener::plain(self.listener),
         };
-        let app = router(self.state);
+        let app = crate::edge::Edge::new(router(self.state.clone()), &self.state.config.load());
         let serve = ucxl_service::serve::serve(
             listener,
             app,

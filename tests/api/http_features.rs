@@ -327,6 +327,19 @@ async fn an_origin_not_allowed_gets_no_allow_origin() {
         .expect("answered");
     assert_eq!(answer.status(), 200);
     assert_eq!(header(&answer, "access-control-allow-origin"), None);
+    // Without `Origin` (no browser sent it): no CORS headers, but the answer varies by it,
+    // and an OPTIONS request is the router's.
+    let answer = app.get_path("/health").await;
+    assert_eq!(cors_headers(&answer), Vec::<String>::new());
+    assert!(items(&answer, "vary").contains("origin"));
+    let options = app
+        .request(Method::OPTIONS, "/v1/envelopes")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(options.status(), 204);
+    assert!(items(&options, "allow").contains("put"));
+    assert_eq!(cors_headers(&options), Vec::<String>::new());
 }
 
 #[tokio::test]

@@ -12,9 +12,9 @@
 //! (`X-Request-Timeout-Ms`).
 //!
 //! A plain connection speaks HTTP/2 when it opens with the HTTP/2 connection preface
-//! ("prior knowledge", h2c: RFC 9113 §3.3), HTTP/1.1 otherwise; the first bytes decide
-//! (the first one for any HTTP/1.1 method but `PRI`, `POST`, `PUT` and `PATCH`, the second
-//! for those). The `Upgrade: h2c` dance of RFC 7540 is not offered (RFC 9113 deprecated it).
+//! ("prior knowledge", h2c: RFC 9113 §3.3), HTTP/1.1 otherwise; the first bytes decide (an
+//! HTTP/1.1 request differs from the preface within its first two). The `Upgrade: h2c`
+//! dance of RFC 7540 is not offered (RFC 9113 deprecated it).
 //! HTTP/2 has no header read timeout in hyper: a connection whose first request has not
 //! arrived within the header read timeout is closed; after that, an idle HTTP/2 connection
 //! stays open until the client or shutdown ends it. HTTP/2 requests carry their authority
@@ -22,8 +22,8 @@
 //! as RFC 9113 §8.3.1 asks of an intermediary, so handlers read one header either way.
 //!
 //! Shutdown is graceful as before: stop accepting, let requests in flight finish, resolve
-//! when every connection is done. Idle connections, and new ones that have sent nothing,
-//! close at once; an HTTP/1.1 connection in the middle of sending a head keeps it up to the
+//! when every connection is done. Idle connections, and new ones that have sent nothing
+//! (or too little to tell the protocol), close at once; an HTTP/1.1 connection in the middle of sending a head keeps it up to the
 //! header read timeout (the gateway's drain grace bounds that wait); HTTP/2 connections get
 //! a GOAWAY and finish their streams.
 //!
@@ -35,6 +35,7 @@
 //! the same limits as on plain connections. Shutdown drops handshakes still under way, as
 //! it closes plain connections that have sent nothing.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -42,7 +43,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::Router;
+use axum::http::Request;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -114,7 +116,7 @@ pub struct PeerAddr(pub SocketAddr);
 /// header, one made from its `:authority` (RFC 9113 §8.3.1), so that everything reading
 /// `Host` (the MCP transport's DNS-rebinding check, the OAuth metadata) works the same over
 /// either protocol.
-fn prepare<B>(mut request: axum::http::Request<B>, peer: SocketAddr) -> axum::http::Request<B> {
+fn prepare<B>(mut request: Request<B>, peer: SocketAddr) -> Request<B> {
     request.extensions_mut().insert(PeerAddr(peer));
     if request.version() == axum::http::Version::HTTP_2
         && !request.headers().contains_key(axum::http::header::HOST)
@@ -134,12 +136,15 @@ fn prepare<B>(mut request: axum::http::Request<B>, peer: SocketAddr) -> axum::ht
 /// # Errors
 /// Never at present: accept errors are logged and the loop goes on. The `Result` keeps the
 /// signature of `axum::serve`.
-pub async fn serve(
+pub async fn serve<S>(
     listener: Listener,
-    app: Router,
+    app: S,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    S: App,
+{
     let Listener { tcp: listener, tls } = listener;
     let connections = Arc::new(Connections::new(tls.as_ref(), limits));
     let graceful = GracefulShutdown::new();
@@ -175,6 +180,33 @@ pub async fn serve(
     handshakes.cancel();
     graceful.shutdown().await;
     Ok(())
+}
+
+/// What [`serve`] serves: an [`axum::Router`], or a service around one.
+pub trait App:
+    tower::Service<
+        Request<Incoming>,
+        Response = axum::response::Response,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: tower::Service<
+            Request<Incoming>,
+            Response = axum::response::Response,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
 }
 
 /// What every connection of one [`serve`] shares.
@@ -216,7 +248,7 @@ impl Connections {
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
-        app: Router,
+        app: impl App,
         watcher: Watcher,
         shutdown: CancellationToken,
     ) {
@@ -271,7 +303,7 @@ impl Connections {
         &self,
         builder: &auto::Builder<TokioExecutor>,
         io: I,
-        app: Router,
+        app: impl App,
         peer: SocketAddr,
         watcher: Watcher,
     ) -> Result<(), BoxError>
