@@ -284,6 +284,36 @@ async fn cross_origin_answers_and_errors_carry_the_cors_headers() {
 }
 
 #[tokio::test]
+async fn a_cross_origin_answer_is_compressed_too() {
+    let app = cors_app().await;
+    let plain = app
+        .get_path("/openapi.json")
+        .await
+        .bytes()
+        .await
+        .expect("body");
+    let response = app
+        .request(Method::GET, "/openapi.json")
+        .header("origin", ORIGIN)
+        .header("accept-encoding", "br")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(
+        header(&response, "access-control-allow-origin").as_deref(),
+        Some(ORIGIN)
+    );
+    assert_eq!(header(&response, "content-encoding").as_deref(), Some("br"));
+    let vary = items(&response, "vary");
+    assert!(
+        vary.contains("origin") && vary.contains("accept-encoding"),
+        "{vary:?}"
+    );
+    let wire = response.bytes().await.expect("body");
+    assert_eq!(decode("br", &wire), plain);
+}
+
+#[tokio::test]
 async fn a_refused_call_carries_the_cors_headers_and_exposes_its_challenge() {
     let (app, _dir) = super::mcp::policy_app(
         "[roles.reader]\ngrants = [{ ops = [\"read\"], pattern = \"ucxl://any:any@any:any/**\" }]\n",
