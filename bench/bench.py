@@ -7,6 +7,8 @@ same backends, on this 2-core machine, with the protocol of ../shared/BENCHMARKI
     bench/bench.py fixed-read     trivial fixed-answer backends: GET an envelope
     bench/bench.py fixed-write    trivial fixed-answer backends: PUT an envelope
     bench/bench.py nodes-read     three real bzzz-node processes: GET
+    bench/bench.py cached-read    the same GETs asking X-Rustle-Consistency: cached (the
+                                  gateway answers from its feed-coherent cache)
     bench/bench.py nodes-write    three real bzzz-node processes: PUT
     bench/bench.py nodes-down     real nodes, one SIGKILLed during the run: GET then PUT
     bench/bench.py gates          callgrind instructions and syscalls per gateway read (c=1)
@@ -502,7 +504,9 @@ class Sut:
                 # its own local store: the default ./data would keep what earlier runs
                 # wrote (the mock-mode stages' seeding PUTs pile up versions there)
                 "RUSTLE_DATA_DIR": os.path.join(d, "data"),
-                "RUST_LOG": os.environ.get("BENCH_RUST_LOG", "info"),
+                # nginx runs with `access_log off`: so does the gateway (its access log
+                # costs a few microseconds a request; BENCH_RUST_LOG=info measures it).
+                "RUST_LOG": os.environ.get("BENCH_RUST_LOG", "info,access=off"),
             }
             env.update(getattr(self, "extra_env", {}))
             argv = prefix + [GATEWAY_BIN[0]]
@@ -1063,6 +1067,78 @@ def gates_stage(args):
         backends.stop()
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+# ---------------------------------------------------------------- cached reads
+
+CACHED = {"X-Rustle-Consistency": "cached"}
+
+
+def cache_reads(sut):
+    """(hits, misses) of the gateway's rustle_cache_reads_total so far."""
+    m = scrape(sut)
+    return (m.get(("rustle_cache_reads_total", '{result="hit"}'), 0.0),
+            m.get(("rustle_cache_reads_total", '{result="miss"}'), 0.0))
+
+
+def warm_cache(sut):
+    """Reads every seeded address once asking for the cache (a miss reads a node and keeps
+    the copy), then until a read of each is a hit: the measured run starts warm."""
+    from netutil import Client
+    client = Client(sut.base)
+    paths = [sut.read_path(doc_address(i)) for i in range(DOCS)]
+    for path in paths:
+        status, _, _ = client.request("GET", path, headers=CACHED)
+        if status != 200:
+            raise SystemExit(f"bench: warming the cache: {path} answered {status}")
+
+    def all_hits():
+        before = cache_reads(sut)
+        for path in paths:
+            client.request("GET", path, headers=CACHED)
+        return cache_reads(sut)[1] == before[1]
+    wait_until(all_hits, 60, "every seeded address to be a cache hit")
+
+
+def cached_read_stage(args):
+    """nodes-read asking `X-Rustle-Consistency: cached`: the gateway (hybrid mode before the
+    three real nodes, cache warmed with the 1,000 seeded addresses) answers from its cache
+    while every node's feed is current; nginx and HAProxy proxy the same reads to the nodes
+    (they ignore the header), and `direct` reads node 1. Same rounds, rate, tables and
+    ratios as nodes-read. Gate, besides 2xx and no socket errors: every gateway read of the
+    measured and saturation runs a cache hit (rustle_cache_reads_total)."""
+    work = tempfile.mkdtemp(prefix="rustle-bench-cached-")
+    rate = args.rate or 5000
+    nodes = Nodes(work)
+    rounds = []
+    try:
+        for r in range(args.rounds):
+            runs = {}
+            for kind in interleaved(r):
+                sut = Sut(kind, nodes.urls, work)
+                sut.start()
+                try:
+                    if kind == "gateway":
+                        warm_cache(sut)
+                        before = cache_reads(sut)
+                    runs[kind] = measure(sut, "read", "nodes", rate, args.seconds,
+                                         headers=CACHED)
+                    if kind == "gateway":
+                        after = cache_reads(sut)
+                        runs[kind]["cache"] = {"hits": after[0] - before[0],
+                                               "misses": after[1] - before[1]}
+                finally:
+                    sut.stop()
+                runs[kind]["gate"] = gate_ok(runs[kind]) and (
+                    kind != "gateway" or runs[kind]["cache"]["misses"] == 0)
+                extra = (f"; cache hits {runs[kind]['cache']['hits']:.0f}, misses "
+                         f"{runs[kind]['cache']['misses']:.0f}" if kind == "gateway" else "")
+                log(f"round {r + 1} {kind}: {summary_line(runs[kind])}{extra}")
+            rounds.append(runs)
+    finally:
+        nodes.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return {"stage": "cached-read", "rate": rate, "seconds": args.seconds, "rounds": rounds}
 
 
 # ---------------------------------------------------------------- authorization cost
@@ -2576,7 +2652,8 @@ def report(date):
     host = subprocess.run(["uname", "-r"], capture_output=True, text=True).stdout.strip()
     lines += [f"Kernel {host}; {version_line()}", ""]
     flagged, not_run = [], []
-    for stage in ["fixed-read", "fixed-write", "nodes-read", "nodes-write", "nodes-down", "gates",
+    for stage in ["fixed-read", "fixed-write", "nodes-read", "cached-read", "nodes-write",
+                  "nodes-down", "gates",
                   "auth-read", "auth-gates", "auth-read-mock", "auth-gates-mock", "mock-write",
                   "mcp-fetch", "mcp-gates", "watch-latency", "watch-scaling", "watch-idle"]:
         path = os.path.join(d, f"{stage}.json")
@@ -2660,6 +2737,7 @@ def build():
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("stage", choices=["setup", "build", "fixed-read", "fixed-write", "nodes-read",
+                                     "cached-read",
                                      "nodes-write", "nodes-down", "gates", "auth-read",
                                      "auth-gates", "auth-read-mock", "auth-gates-mock",
                                      "mock-write", "mcp-fetch", "mcp-gates", "watch-latency",
@@ -2691,7 +2769,8 @@ def main():
     os.environ["PATH"] = os.path.expanduser("~/.cargo/bin") + ":" + os.environ["PATH"]
     stages = [args.stage]
     if args.stage == "all":
-        stages = ["setup", "build", "fixed-read", "fixed-write", "nodes-read", "nodes-write",
+        stages = ["setup", "build", "fixed-read", "fixed-write", "nodes-read", "cached-read",
+                  "nodes-write",
                   "nodes-down", "gates", "auth-read", "auth-gates", "mock-write", "mcp-fetch",
                   "mcp-gates", "watch-latency", "watch-idle", "report"]
     for stage in stages:
@@ -2725,6 +2804,8 @@ def main():
                 data = watch_idle_stage(args)
             elif stage == "watch-scaling":
                 data = watch_scaling_stage(args)
+            elif stage == "cached-read":
+                data = cached_read_stage(args)
             else:
                 data = load_stage(stage, args)
             data["measured_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat()

@@ -80,10 +80,16 @@ impl FromRequestParts<AppState> for Ctx {
             ucxl_service::headers::idempotency_key(&parts.headers).map_err(report)?;
         let Caller(caller) = Caller::from_request_parts(parts, state).await?;
         let audit = parts.extensions.get::<Slot>().cloned().unwrap_or_default();
+        let trace = parts
+            .extensions
+            .get::<ucxl_service::TraceContext>()
+            .cloned()
+            .unwrap_or_else(ucxl_service::TraceContext::root);
         Ok(Self {
             call: Call {
                 request_id,
                 deadline: deadline.at,
+                trace,
             },
             idempotency_key,
             caller,
@@ -171,6 +177,7 @@ fn address_parameter(pattern: &str, description: &str) -> utoipa::openapi::path:
         .pattern(Some(pattern))
         .min_length(Some(1))
         .max_length(Some(ucxl::address::MAX_ADDRESS_BYTES))
+        .description(Some(description))
         .build();
     ParameterBuilder::new()
         .name("address")
@@ -217,6 +224,86 @@ impl utoipa::IntoParams for WriteAddressQuery {
             "A UCXL address, URL-encoded: `ucxl://AGENT:ROLE@PROJECT:TASK[/PATH]`. Writes and \
              deletes address the latest version: no temporal segment (or `*^`).",
         )]
+    }
+}
+
+/// An optional request header, described in the parameter and in its schema (where
+/// generators read it).
+///
+/// The headers are documented by hand, not with `IntoParams`' `schema_with`: that drops the
+/// field's description and example.
+pub(crate) fn header_parameter(
+    name: &str,
+    description: &str,
+    schema: utoipa::openapi::ObjectBuilder,
+    example: serde_json::Value,
+) -> utoipa::openapi::path::Parameter {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Header)
+        .required(utoipa::openapi::Required::False)
+        .description(Some(description))
+        .schema(Some(schema.description(Some(description))))
+        .example(Some(example))
+        .build()
+}
+
+/// `X-Request-Timeout-Ms`, which `Ctx` reads: any positive integer (one above the
+/// configured deadline lowers nothing, however large).
+fn timeout_parameter() -> utoipa::openapi::path::Parameter {
+    header_parameter(
+        "X-Request-Timeout-Ms",
+        "Lowers the request deadline (milliseconds): any positive integer; above \
+         `RUSTLE_REQUEST_TIMEOUT_MS` (the deadline when it is absent) it lowers nothing. \
+         Everything the request waits for is answered by then: a body still arriving \
+         with 408, a backend that has not answered with 504.",
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::Integer)
+            .minimum(Some(1)),
+        serde_json::json!(2000),
+    )
+}
+
+/// `Idempotency-Key`, which `Ctx` reads: 1..=128 printable ASCII characters, none at
+/// either end a space.
+fn idempotency_key_parameter() -> utoipa::openapi::path::Parameter {
+    header_parameter(
+        "Idempotency-Key",
+        "The id of the version or tombstone written: a retry with the same key is a no-op \
+         that answers what the first request did (a store: 200 with the envelope stored \
+         first). 1..=128 printable ASCII characters, no space at either end; a UUIDv7 is \
+         chosen when absent.",
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(128))
+            .pattern(Some(r"^[!-~](?:[ -~]{0,126}[!-~])?$")),
+        serde_json::json!("7f1c2a52-client-retry-key"),
+    )
+}
+
+/// The headers of the read routes, for the documentation (`Ctx` reads them).
+#[derive(Debug)]
+pub struct ReadHeaders;
+
+impl utoipa::IntoParams for ReadHeaders {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        vec![timeout_parameter()]
+    }
+}
+
+/// The headers of the write routes, for the documentation (`Ctx` reads them).
+#[derive(Debug)]
+pub struct WriteHeaders;
+
+impl utoipa::IntoParams for WriteHeaders {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        vec![idempotency_key_parameter(), timeout_parameter()]
     }
 }
 

@@ -97,6 +97,10 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(p) => return config_error(&p.0),
     };
+    let otlp = match ucxl_service::otlp::Settings::from_env(&environment(), "rustle-gateway") {
+        Ok(o) => o,
+        Err(p) => return config_error(&p),
+    };
     if let Some(Command::Healthcheck) = cli.command {
         return if ucxl_service::lifecycle::probe(
             config.listen_addr,
@@ -121,6 +125,13 @@ fn main() -> ExitCode {
         };
     }
     let log_reload = telemetry::init(config.log_format, &config.log_filter);
+    let exporter = match otlp.as_ref().map(ucxl_service::otlp::install).transpose() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -131,7 +142,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(cli, config, log_reload))
+    let exit = runtime.block_on(serve(cli, config, log_reload));
+    // The spans of the last requests go out before the process ends.
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
+    exit
 }
 
 async fn serve(

@@ -712,9 +712,9 @@ impl ServerHandler for Gateway {
         })?;
         let envelope = fetched.into_data();
         // Text content as itself; anything else as its JSON.
-        let text = match envelope.content.as_ref() {
-            Value::String(s) if !envelope.content_type.contains("json") => s.clone(),
-            other => other.to_string(),
+        let text = match envelope.content.value().as_deref() {
+            Ok(Value::String(s)) if !envelope.content_type.contains("json") => s.clone(),
+            _ => envelope.content.to_string(),
         };
         Ok(ReadResourceResult::new(vec![
             ResourceContents::text(text, request.uri).with_mime_type(envelope.content_type),

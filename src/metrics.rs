@@ -4,11 +4,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-/// Request latency buckets, seconds: from loopback-fast to the default 5 s deadline.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+// Request latency buckets, seconds: the node's are the same, so they aggregate.
+use ucxl_service::observe::LATENCY_BUCKETS;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -60,12 +57,20 @@ fn describe() {
         "HTTP request latency by route template"
     );
     describe_counter!(
+        "rustle_requests_abandoned_total",
+        "HTTP requests whose client went away before the answer (not counted in rustle_requests_total), by route template"
+    );
+    describe_counter!(
         "rustle_mcp_calls_total",
         "MCP tool calls at /mcp, by tool and outcome (the UCXL code of the answer)"
     );
     describe_counter!(
         "rustle_backend_attempts_total",
         "Attempts sent to BZZZ endpoints, by endpoint and outcome"
+    );
+    describe_counter!(
+        "rustle_hedges_total",
+        "Hedged reads, by outcome (won, lost, no_endpoint, budget)"
     );
     describe_counter!(
         "rustle_retries_total",
@@ -163,3 +168,21 @@ fn describe_watch() {
 
 /// How often histogram buckets are folded (the exporter needs periodic upkeep).
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Counts a read that asked for the cache: answered from it (`hit`) or sent to a node.
+/// The two counters are registered once; a cached read costs an increment, not a label
+/// lookup.
+pub fn cache_read(hit: bool) {
+    static READS: OnceLock<[metrics::Counter; 2]> = OnceLock::new();
+    let [hits, misses] = READS.get_or_init(|| {
+        metrics::describe_counter!(
+            "rustle_cache_reads_total",
+            "Reads asking X-Rustle-Consistency: cached, by result (hit: from the cache; miss: from a node)"
+        );
+        [
+            metrics::counter!("rustle_cache_reads_total", "result" => "hit"),
+            metrics::counter!("rustle_cache_reads_total", "result" => "miss"),
+        ]
+    });
+    if hit { hits } else { misses }.increment(1);
+}

@@ -58,9 +58,18 @@ pub trait ServedBy {
     fn via(self, via: Via) -> Self;
 }
 
+/// How `via` served, for the access log.
+fn served(via: &Via) -> ucxl_service::observe::Served {
+    ucxl_service::observe::Served {
+        backend: via.backend.as_str(),
+        attempts: via.attempts,
+    }
+}
+
 impl<T> ServedBy for Reply<T> {
     fn via(self, via: Via) -> Self {
-        headers(via).fold(self, |reply, (name, value)| reply.header(name, value))
+        let reply = self.served(served(&via));
+        headers(via).fold(reply, |reply, (name, value)| reply.header(name, value))
     }
 }
 
@@ -114,6 +123,7 @@ impl IntoResponse for Failed {
     fn into_response(self) -> Response {
         let mut response = self.error.into_response();
         if let Some(via) = self.via.map(|v| *v) {
+            response.extensions_mut().insert(served(&via));
             response.headers_mut().extend(headers(via));
         }
         response

@@ -208,6 +208,7 @@ pub const SOURCE: ucxl_service::Source = ucxl_service::Source("rustle-gateway");
 pub const METRICS: ucxl_service::MetricNames = ucxl_service::MetricNames {
     requests_total: "rustle_requests_total",
     request_duration_seconds: "rustle_request_duration_seconds",
+    requests_abandoned_total: "rustle_requests_abandoned_total",
 };
 
 /// Adds the fallbacks and the layer stack every route gets (see `ucxl_service`).

@@ -230,6 +230,13 @@ fn fixed_name(name: &str) -> PrincipalName {
     PrincipalName::parse(name).unwrap_or_else(|_| unreachable!("{name} is a valid name"))
 }
 
+/// Its name, as the access log shows it.
+impl AsRef<str> for Principal {
+    fn as_ref(&self) -> &str {
+        self.name.as_str()
+    }
+}
+
 impl Principal {
     /// A principal of `kind` holding `grants` (expanded for its identity).
     #[must_use]

@@ -50,12 +50,18 @@ pub async fn authenticate(
         .extensions()
         .get::<ucxl_service::serve::PeerAddr>()
         .map(|p| p.0.ip());
+    // For the access log.
+    let who = ucxl_service::observe::Principal(Arc::clone(&principal) as _);
     if let Err(retry_after) = state.auth.admit(&principal, peer) {
         metrics::counter!("rustle_rate_limited_total").increment(1);
-        return ApiError::TooManyRequests { retry_after }.into_response();
+        let mut response = ApiError::TooManyRequests { retry_after }.into_response();
+        response.extensions_mut().insert(who);
+        return response;
     }
     request.extensions_mut().insert(Caller(principal));
-    next.run(request).await
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(who);
+    response
 }
 
 fn caller(parts: &Parts) -> Result<Arc<Principal>, ApiError> {

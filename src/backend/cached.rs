@@ -49,19 +49,25 @@ pub fn lag(state: &AppState) -> Option<Duration> {
     {
         return None;
     }
-    let endpoints: Vec<String> = state
-        .cluster
-        .endpoints()
-        .iter()
-        .map(|e| e.url().to_owned())
-        .collect();
-    state.watch.behind(&endpoints)
+    let endpoints = state.cluster.endpoints();
+    state.watch.behind(endpoints.iter().map(|e| e.url()))
 }
 
 /// The cache's answer for `address`, when it is current and holds what the address selects
 /// (`None`: read a node). `lag` is what [`lag`] said.
 #[must_use]
 pub fn read(
+    state: &AppState,
+    address: &Address,
+    lag: Option<Duration>,
+    max_lag: Duration,
+) -> Option<Outcome<Envelope>> {
+    let answer = answer(state, address, lag, max_lag);
+    crate::metrics::cache_read(answer.is_some());
+    answer
+}
+
+fn answer(
     state: &AppState,
     address: &Address,
     lag: Option<Duration>,

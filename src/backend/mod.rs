@@ -49,9 +49,23 @@ pub struct Call {
     pub request_id: String,
     /// When the request must be answered by.
     pub deadline: Instant,
+    /// The request's trace context: each attempt at a node is a child span of it, and the
+    /// node gets the attempt's `traceparent`.
+    pub trace: ucxl_service::TraceContext,
 }
 
 impl Call {
+    /// A call of the gateway's own (no client request behind it: a replay, a watch
+    /// stream's read): a new trace, not exported.
+    #[must_use]
+    pub fn new(request_id: impl Into<String>, deadline: Instant) -> Self {
+        Self {
+            request_id: request_id.into(),
+            deadline,
+            trace: ucxl_service::TraceContext::unsampled(),
+        }
+    }
+
     /// Time left before the deadline.
     #[must_use]
     pub fn remaining(&self) -> Duration {
@@ -67,6 +81,7 @@ impl Call {
         Self {
             request_id: self.request_id.clone(),
             deadline: self.deadline - keep,
+            trace: self.trace.clone(),
         }
     }
 }

@@ -31,10 +31,16 @@ fn query_pair(name: &str, value: &str) -> String {
 }
 
 fn address_path(route: &str, address: &Address) -> String {
-    format!(
-        "/ucxi/v1/{route}?{}",
-        query_pair("address", &address.to_string())
-    )
+    // One allocation: this runs on every proxied request.
+    let latest = address.temporal() == ucxl::Temporal::Latest;
+    let owned = (!latest).then(|| address.to_string());
+    let text = owned.as_deref().unwrap_or(address.canonical());
+    let mut path = String::with_capacity(22 + route.len() + text.len() * 2);
+    path.push_str("/ucxi/v1/");
+    path.push_str(route);
+    path.push_str("?address=");
+    path.extend(url::form_urlencoded::byte_serialize(text.as_bytes()));
+    path
 }
 
 /// The body of a node put: the whole version when replaying (so the node keeps its id,
@@ -128,7 +134,7 @@ impl RealBackend {
             body: None,
             prefer: self.affinity(address),
             list: false,
-            about: Subject::Address(address.without_temporal()),
+            about: Subject::Address(address.canonical().to_owned()),
             // Reads are hedged. Writes are not, although idempotent by id: a hedge could
             // find the write its slower twin already replicated and answer "existed"
             // (200) for a write this very request created.

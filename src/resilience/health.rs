@@ -77,6 +77,7 @@ async fn check(
         endpoint: endpoint.endpoint_url().clone(),
         request: Arc::clone(request),
         request_id: HEALTH_CHECK_ID.into(),
+        trace: ucxl_service::TraceContext::unsampled(),
         timeout,
         max_answer_bytes: HEALTH_ANSWER_BYTES,
     };

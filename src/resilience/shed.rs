@@ -24,11 +24,18 @@ impl Drop for Slot {
     }
 }
 
+/// Whether requests to `path` count against the limit: envelopes, search and MCP.
+/// Operations routes (health, metrics, status, admin) stay answerable under overload, and
+/// watch streams have their own limit (`RUSTLE_MAX_WATCHES`). The `OpenAPI` document asks
+/// this too.
+#[must_use]
+pub fn sheds(path: &str) -> bool {
+    path.starts_with("/v1/envelopes") || path.starts_with("/v1/search") || path == "/mcp"
+}
+
 /// The middleware.
 pub async fn shed_load(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    // Operations routes (health, metrics, status, admin) stay answerable under overload.
-    let path = request.uri().path();
-    if !(path.starts_with("/v1/envelopes") || path.starts_with("/v1/search") || path == "/mcp") {
+    if !sheds(request.uri().path()) {
         return next.run(request).await;
     }
     let limit = state.config.load().max_in_flight;

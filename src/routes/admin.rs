@@ -15,6 +15,7 @@ use crate::config::BackendMode;
 use crate::control::{self, ControlError, ReloadReport};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, Ctx};
+use crate::openapi::schemas::{ErrorResponse, ModeChangeResponse, ReloadResponse};
 use crate::state::AppState;
 use ucxl_service::Reply;
 
@@ -49,12 +50,10 @@ pub struct ModeChange {
     tag = "admin",
     request_body(content = ModeRequest, content_type = "application/json", example = json!({"mode": "mock"})),
     responses(
-        (status = 200, description = "The mode in force", body = inline(ucxl::Success<ModeChange>)),
-        (status = 400, description = "Not a mode", body = ucxl::Failure),
-        (status = 403, description = "Admin API disabled (no RUSTLE_ADMIN_TOKEN and no principal granted admin), or the caller lacks the admin grant", body = ucxl::Failure),
-        (status = 409, description = "That mode is not available", body = ucxl::Failure),
-        (status = 413, description = "Body too large", body = ucxl::Failure),
-        (status = 415, description = "Content-Type is not application/json", body = ucxl::Failure),
+        (status = 200, description = "The mode in force (`UCXL-200-OK`)", body = ModeChangeResponse),
+        (status = 400, description = "Not a mode (`UCXL-400-INVALID_PAYLOAD`, with the field path), or a malformed header (`BAD_REQUEST`)", body = ErrorResponse),
+        (status = 403, description = "Admin API disabled (no `RUSTLE_ADMIN_TOKEN` and no principal granted `admin`), or the caller lacks the `admin` grant (`UCXL-403-FORBIDDEN`)", body = ErrorResponse),
+        (status = 409, description = "That mode is not available: no BZZZ endpoints configured, or the local store cannot be opened (`UCXL-409-CONFLICT`, `details.mode`)", body = ErrorResponse),
     )
 )]
 async fn set_mode(
@@ -87,9 +86,9 @@ async fn set_mode(
     path = "/v1/admin/reload",
     tag = "admin",
     responses(
-        (status = 200, description = "What changed", body = inline(ucxl::Success<ReloadReport>)),
-        (status = 400, description = "The new configuration is invalid: nothing was applied", body = ucxl::Failure),
-        (status = 403, description = "Admin API disabled (no RUSTLE_ADMIN_TOKEN and no principal granted admin), or the caller lacks the admin grant", body = ucxl::Failure),
+        (status = 200, description = "What changed (`UCXL-200-OK`)", body = ReloadResponse),
+        (status = 400, description = "The new configuration is invalid: nothing was applied (`UCXL-400-BAD_REQUEST`, one line per problem in `details.problems`); or a malformed header", body = ErrorResponse),
+        (status = 403, description = "Admin API disabled (no `RUSTLE_ADMIN_TOKEN` and no principal granted `admin`), or the caller lacks the `admin` grant (`UCXL-403-FORBIDDEN`)", body = ErrorResponse),
     )
 )]
 async fn reload(

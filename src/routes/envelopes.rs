@@ -6,7 +6,7 @@ use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use ucxl::{Code, Envelope, EnvelopeId, History, NewVersion};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -14,7 +14,8 @@ use crate::auth::http::{Permitted, ToDelete, ToRead, ToWrite};
 use crate::backend::cached::{self, Consistency};
 use crate::backend::{BackendKind, CacheRead, Deleted, Via};
 use crate::error::ApiError;
-use crate::extract::{AddressQuery, ApiJson, Ctx, WriteAddressQuery};
+use crate::extract::{AddressQuery, ApiJson, Ctx, ReadHeaders, WriteAddressQuery, WriteHeaders};
+use crate::openapi::schemas::{DeleteResponse, EnvelopeResponse, ErrorResponse, HistoryResponse};
 use ucxl_service::Reply;
 
 use crate::reply::{Failed, ServedBy};
@@ -45,100 +46,41 @@ pub struct PutEnvelope {
     /// Media type of `content` (default `application/json`): `type/subtype` with optional
     /// `; name=value` parameters (RFC 9110 §8.3.1).
     #[schema(
+        default = json!(ucxl::DEFAULT_CONTENT_TYPE),
         max_length = 255,
         pattern = r#"^[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]*;[ \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]+=(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+|"(?:[\t !#-\[\]-~]|\\[\t -~])*"))*$"#,
         example = "application/json"
     )]
     pub content_type: Option<String>,
-    /// Free-form metadata object.
-    #[schema(value_type = Option<Object>)]
+    /// Free-form metadata object (default `{}`).
+    #[schema(value_type = Option<Object>, default = json!({}))]
     pub metadata: Option<Map<String, Value>>,
 }
 
-/// `X-Request-Timeout-Ms`: any positive integer (one above the configured deadline lowers
-/// nothing, however large).
-pub(crate) fn timeout_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::Type::Integer)
-        .minimum(Some(1))
-        .build()
-}
+/// Headers of `GET /v1/envelopes`, for the documentation (the handler and `Ctx` read them).
+#[derive(Debug)]
+pub struct GetHeaders;
 
-/// `Idempotency-Key`: 1..=128 printable ASCII characters, none at either end a space.
-fn idempotency_key_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::Type::String)
-        .pattern(Some(r"^[!-~](?:[ -~]{0,126}[!-~])?$"))
-        .build()
-}
-
-/// Headers of the write routes.
-#[derive(Debug, IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)] // documentation only: `Ctx` reads these headers
-pub struct WriteHeaders {
-    /// The envelope id: retries with the same key are no-ops that return the first result
-    /// (1..=128 printable ASCII characters). A `UUIDv7` is chosen when absent.
-    #[param(
-        rename = "Idempotency-Key",
-        schema_with = idempotency_key_schema,
-        example = "7f1c2a52-client-retry-key"
-    )]
-    idempotency_key: Option<String>,
-    /// Lowers the request deadline (milliseconds).
-    #[param(
-        rename = "X-Request-Timeout-Ms",
-        schema_with = timeout_schema,
-        example = 2000
-    )]
-    request_timeout_ms: Option<u64>,
-}
-
-/// Headers of the read routes.
-#[derive(Debug, IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)] // documentation only: `Ctx` reads these headers
-pub struct ReadHeaders {
-    /// Lowers the request deadline (milliseconds).
-    #[param(
-        rename = "X-Request-Timeout-Ms",
-        schema_with = timeout_schema,
-        example = 2000
-    )]
-    request_timeout_ms: Option<u64>,
-}
-
-/// Headers of `GET /v1/envelopes`.
-#[derive(Debug, IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)] // documentation only: the handler and `Ctx` read these headers
-pub struct GetHeaders {
-    /// Lowers the request deadline (milliseconds).
-    #[param(
-        rename = "X-Request-Timeout-Ms",
-        schema_with = timeout_schema,
-        example = 2000
-    )]
-    request_timeout_ms: Option<u64>,
-    /// `node` (the default): read a node. `cached`: answer from the gateway's cache while
-    /// every node's change feed has been heard from within `RUSTLE_CACHE_MAX_LAG_MS` (the
-    /// cache drops a copy as soon as a feed reports a change at its address), else read a
-    /// node; `X-Rustle-Cache: hit|miss` and `X-Rustle-Feed-Lag-Ms` say which, and how far
-    /// behind the nodes the cache could be.
-    #[param(
-        rename = "X-Rustle-Consistency",
-        schema_with = consistency_schema,
-        example = "cached"
-    )]
-    consistency: Option<String>,
-}
-
-/// `X-Rustle-Consistency`: `node` or `cached`.
-fn consistency_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::Type::String)
-        .enum_values(Some(["node", "cached"]))
-        .build()
+impl utoipa::IntoParams for GetHeaders {
+    fn into_params(
+        parameter_in: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        let mut params = ReadHeaders::into_params(parameter_in);
+        params.push(crate::extract::header_parameter(
+            "X-Rustle-Consistency",
+            "`node` (the default): read a node. `cached`: answer from the gateway's cache \
+             while every node's change feed has been heard from within \
+             `RUSTLE_CACHE_MAX_LAG_MS` (the cache drops a copy as soon as a feed reports a \
+             change at its address), else read a node; `X-Rustle-Cache: hit|miss` and \
+             `X-Rustle-Feed-Lag-Ms` say which, and how far behind the nodes the cache could be.",
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::Type::String)
+                .enum_values(Some(["node", "cached"]))
+                .default(Some(json!("node"))),
+            json!("cached"),
+        ));
+        params
+    }
 }
 
 fn content_type(given: Option<String>) -> Result<String, ApiError> {
@@ -230,15 +172,15 @@ fn is_media_type(text: &str) -> bool {
     params(WriteAddressQuery, WriteHeaders),
     request_body(content = PutEnvelope, content_type = "application/json"),
     responses(
-        (status = 201, description = "Stored as a new version (`UCXL-201-CREATED`)", body = inline(ucxl::Success<Envelope>)),
-        (status = 200, description = "An envelope with this id already existed at the address: nothing changed (`UCXL-200-OK`)", body = inline(ucxl::Success<Envelope>)),
-        (status = 202, description = "The cluster is unreachable: the write is journaled durably and will be replayed (`UCXL-202-ACCEPTED`, hybrid mode)", body = inline(ucxl::Success<Envelope>)),
-        (status = 400, description = "Invalid address (`INVALID_ADDRESS`), temporal segment (`TEMPORAL_INVALID`), body (`INVALID_PAYLOAD`, with line, column and field path), header or query (`BAD_REQUEST`); or a hash mismatch", body = ucxl::Failure),
-        (status = 409, description = "The Idempotency-Key names a delete at this address", body = ucxl::Failure),
-        (status = 413, description = "Body larger than RUSTLE_MAX_BODY_BYTES", body = ucxl::Failure),
-        (status = 408, description = "The body did not arrive within the request deadline (`X-Request-Timeout-Ms` or `RUSTLE_REQUEST_TIMEOUT_MS`)", body = ucxl::Failure),
-        (status = 415, description = "Content-Type is not application/json", body = ucxl::Failure),
-        (status = 507, description = "The local store is full of data it must keep", body = ucxl::Failure),
+        (status = 201, description = "Stored as a new version (`UCXL-201-CREATED`)", body = EnvelopeResponse),
+        (status = 200, description = "An envelope with this id (`Idempotency-Key`) already existed at the address: nothing changed; the data is the envelope stored first (`UCXL-200-OK`)", body = EnvelopeResponse),
+        (status = 202, description = "The cluster is unreachable: the write is journaled durably and will be replayed (`UCXL-202-ACCEPTED`, hybrid mode)", body = EnvelopeResponse),
+        (status = 400, description = "Invalid address (`INVALID_ADDRESS`), temporal segment other than the latest (`TEMPORAL_INVALID`), body (`INVALID_PAYLOAD`, with line, column and field path; also a `content_type` that is not a media type), header or query (`BAD_REQUEST`); or a node's refusal of the version, passed on", body = ErrorResponse),
+        (status = 409, description = "The `Idempotency-Key` names a delete, or a version freed by one, at this address (`UCXL-409-CONFLICT`, `details.header`)", body = ErrorResponse),
+        (status = 413, description = "The body is larger than `RUSTLE_MAX_BODY_BYTES`, or than a node takes (`UCXL-413-PAYLOAD_TOO_LARGE`, `details.limit_bytes`)", body = ErrorResponse),
+        (status = 502, description = "A BZZZ node answered with something that is not a valid UCXI answer (`UCXL-502-BAD_GATEWAY`, `details.endpoints`)", body = ErrorResponse),
+        (status = 503, description = "Load shedding; no BZZZ node could take the write and the journal cannot either; the local store cannot take it now; or the audit log cannot take records (`UCXL-503-SERVICE_UNAVAILABLE`; `Retry-After` says when to retry)", body = ErrorResponse),
+        (status = 507, description = "The local store is full of versions it must keep (`details.max_entries`), or its disk refused the write (`details.storage`) (`UCXL-507-INSUFFICIENT_STORAGE`)", body = ErrorResponse),
     )
 )]
 async fn put_envelope(
@@ -268,7 +210,7 @@ pub async fn store(
             .idempotency_key
             .clone()
             .unwrap_or_else(EnvelopeId::generate),
-        content: Arc::new(body.content),
+        content: body.content.into(),
         content_type: content_type(body.content_type)?,
         metadata: body.metadata.unwrap_or_default(),
         created_at: None,
@@ -310,9 +252,10 @@ pub async fn store(
     tag = "envelopes",
     params(AddressQuery, GetHeaders),
     responses(
-        (status = 200, description = "The selected version (`UCXL-200-OK`); with `X-Rustle-Consistency: cached`, `X-Rustle-Cache: hit|miss` says where from", body = inline(ucxl::Success<Envelope>)),
-        (status = 400, description = "Invalid address or temporal segment", body = ucxl::Failure),
-        (status = 404, description = "Nothing stored, deleted, or no such version", body = ucxl::Failure),
+        (status = 200, description = "The selected version (`UCXL-200-OK`); with `X-Rustle-Consistency: cached`, `X-Rustle-Cache: hit|miss` says where from", body = EnvelopeResponse),
+        (status = 400, description = "Invalid address (`INVALID_ADDRESS`) or temporal segment (`TEMPORAL_INVALID`), naming the component (`details.field`); a malformed header (`BAD_REQUEST`)", body = ErrorResponse),
+        (status = 404, description = "Nothing stored, deleted, or no such version (`UCXL-404-NOT_FOUND`)", body = ErrorResponse),
+        (status = 502, description = "A BZZZ node answered with something that is not a valid UCXI answer (`UCXL-502-BAD_GATEWAY`, `details.endpoints`)", body = ErrorResponse),
     )
 )]
 async fn get_envelope(
@@ -402,11 +345,14 @@ pub async fn fetch(
     tag = "envelopes",
     params(WriteAddressQuery, WriteHeaders),
     responses(
-        (status = 200, description = "Deleted (`UCXL-200-OK`)", body = inline(ucxl::Success<Deleted>)),
-        (status = 202, description = "The cluster is unreachable: the delete is journaled durably (hybrid mode)", body = inline(ucxl::Success<Deleted>)),
-        (status = 400, description = "Invalid address, temporal segment or header", body = ucxl::Failure),
-        (status = 404, description = "Nothing to delete", body = ucxl::Failure),
-        (status = 409, description = "The Idempotency-Key names a version at this address", body = ucxl::Failure),
+        (status = 200, description = "Deleted (`UCXL-200-OK`); a retry with the same `Idempotency-Key` answers the same", body = DeleteResponse),
+        (status = 202, description = "The cluster is unreachable: the delete is journaled durably and will be replayed (`UCXL-202-ACCEPTED`, hybrid mode)", body = DeleteResponse),
+        (status = 400, description = "Invalid address (`INVALID_ADDRESS`), temporal segment other than the latest (`TEMPORAL_INVALID`), or header (`BAD_REQUEST`)", body = ErrorResponse),
+        (status = 404, description = "Nothing to delete (`UCXL-404-NOT_FOUND`)", body = ErrorResponse),
+        (status = 409, description = "The `Idempotency-Key` names a version at this address (`UCXL-409-CONFLICT`, `details.header`)", body = ErrorResponse),
+        (status = 502, description = "A BZZZ node answered with something that is not a valid UCXI answer (`UCXL-502-BAD_GATEWAY`, `details.endpoints`)", body = ErrorResponse),
+        (status = 503, description = "Load shedding; no BZZZ node could take the delete and the journal cannot either; the local store cannot take it now; or the audit log cannot take records (`UCXL-503-SERVICE_UNAVAILABLE`; `Retry-After` says when to retry)", body = ErrorResponse),
+        (status = 507, description = "The local store is full of versions it must keep, or its disk refused the tombstone (`UCXL-507-INSUFFICIENT_STORAGE`)", body = ErrorResponse),
     )
 )]
 async fn delete_envelope(
@@ -458,9 +404,10 @@ pub async fn remove(
     tag = "envelopes",
     params(AddressQuery, ReadHeaders),
     responses(
-        (status = 200, description = "The current history (`UCXL-200-OK`)", body = inline(ucxl::Success<History>)),
-        (status = 400, description = "Invalid address", body = ucxl::Failure),
-        (status = 404, description = "Nothing stored, or deleted", body = ucxl::Failure),
+        (status = 200, description = "The current history (`UCXL-200-OK`)", body = HistoryResponse),
+        (status = 400, description = "Invalid address (`INVALID_ADDRESS`, naming the component in `details.field`) or header (`BAD_REQUEST`)", body = ErrorResponse),
+        (status = 404, description = "Nothing stored, or deleted (`UCXL-404-NOT_FOUND`)", body = ErrorResponse),
+        (status = 502, description = "A BZZZ node answered with something that is not a valid UCXI answer (`UCXL-502-BAD_GATEWAY`, `details.endpoints`)", body = ErrorResponse),
     )
 )]
 async fn history(

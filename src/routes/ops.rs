@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 use crate::backend::BackendStatus;
 use crate::config::BackendMode;
 use crate::error::ApiError;
+use crate::openapi::schemas::{ErrorResponse, ProbeResponse, StatusResponse};
 use crate::state::AppState;
 use ucxl_service::Reply;
 use ucxl_service::Rid;
@@ -62,7 +63,7 @@ pub struct Status {
     get,
     path = "/health",
     tag = "operations",
-    responses((status = 200, description = "Alive", body = inline(ucxl::Success<Probe>)))
+    responses((status = 200, description = "Alive (`UCXL-200-OK`, `status: ok`)", body = ProbeResponse))
 )]
 async fn health(State(state): State<AppState>, Rid(rid): Rid) -> Reply<Probe> {
     let mode = state.active.load().mode;
@@ -75,8 +76,8 @@ async fn health(State(state): State<AppState>, Rid(rid): Rid) -> Reply<Probe> {
     path = "/ready",
     tag = "operations",
     responses(
-        (status = 200, description = "Ready to serve", body = inline(ucxl::Success<Probe>)),
-        (status = 503, description = "No backend can serve", body = ucxl::Failure),
+        (status = 200, description = "Ready to serve (`UCXL-200-OK`, `status: ready`)", body = ProbeResponse),
+        (status = 503, description = "No backend can serve (`UCXL-503-SERVICE_UNAVAILABLE`, `details.mode`; `Retry-After` says when to ask again)", body = ErrorResponse),
     )
 )]
 async fn ready(State(state): State<AppState>, Rid(rid): Rid) -> Result<Reply<Probe>, ApiError> {
@@ -106,7 +107,7 @@ async fn ready(State(state): State<AppState>, Rid(rid): Rid) -> Result<Reply<Pro
     get,
     path = "/v1/status",
     tag = "operations",
-    responses((status = 200, description = "The gateway's state", body = inline(ucxl::Success<Status>)))
+    responses((status = 200, description = "The gateway's state (`UCXL-200-OK`)", body = StatusResponse))
 )]
 async fn status(State(state): State<AppState>, Rid(rid): Rid) -> Reply<Status> {
     let active = state.active.load();

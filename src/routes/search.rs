@@ -20,8 +20,9 @@ use crate::error::ApiError;
 use crate::extract::{ApiQuery, Ctx};
 use ucxl_service::Reply;
 
+use crate::extract::ReadHeaders;
+use crate::openapi::schemas::{ErrorResponse, SearchResponse};
 use crate::reply::{Failed, ServedBy};
-use crate::routes::envelopes::ReadHeaders;
 use crate::state::AppState;
 
 /// Page size when `limit` is absent.
@@ -45,9 +46,15 @@ pub struct SearchParams {
     #[param(example = "ucxl://any:any@bzzz:any/decisions/**")]
     pub pattern: String,
     /// Page size, 1..=1000 (default 50).
-    #[param(minimum = 1, maximum = 1000, example = 50)]
+    #[param(
+        minimum = 1,
+        maximum = 1000,
+        default = json!(DEFAULT_LIMIT),
+        example = 50
+    )]
     pub limit: Option<usize>,
-    /// `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (opaque): the page after it. Absent: the first
+    /// page.
     pub cursor: Option<String>,
     /// Only envelopes of this media type (compared by `type/subtype`).
     #[param(example = "application/json")]
@@ -92,8 +99,9 @@ impl SearchParams {
     tag = "search",
     params(SearchParams, ReadHeaders),
     responses(
-        (status = 200, description = "One page of matches (`UCXL-200-OK`)", body = inline(ucxl::Success<SearchPage>)),
-        (status = 400, description = "Invalid pattern, limit or cursor", body = ucxl::Failure),
+        (status = 200, description = "One page of matches (`UCXL-200-OK`); `next_cursor` asks for the next", body = SearchResponse),
+        (status = 400, description = "Invalid pattern (`INVALID_ADDRESS`, naming the component), `limit` or `cursor` (`BAD_REQUEST`, `details.field`), an unknown query parameter or a malformed header (`BAD_REQUEST`); or a query every node refused, passed on", body = ErrorResponse),
+        (status = 403, description = "The caller has no `search` grant (`UCXL-403-FORBIDDEN`, `details.operation`)", body = ErrorResponse),
     )
 )]
 async fn search(

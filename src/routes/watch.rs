@@ -20,6 +20,7 @@ use crate::backend::{Backend, SearchQuery};
 use crate::config::BackendMode;
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, Ctx};
+use crate::openapi::schemas::ErrorResponse;
 use crate::reply::Failed;
 use crate::state::AppState;
 use crate::watch::hub::Subscription;
@@ -50,31 +51,42 @@ pub struct WatchParams {
     pub cursor: Option<String>,
     /// First one `put` per matching address (its latest version, as search lists them),
     /// then `synced`, then live changes. Ignored when resuming.
+    #[param(default = false)]
     pub initial: Option<bool>,
     /// Include each version's content (up to `RUSTLE_MAX_ANSWER_BYTES`; larger content is
     /// replaced by `"content_omitted": true`).
+    #[param(default = false)]
     pub content: Option<bool>,
 }
 
-/// The `Last-Event-ID` header.
-#[derive(Debug, IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)] // documentation only: the handler reads the header
-pub struct WatchHeaders {
-    /// The `id` of the last event received (sent by `EventSource` when it reconnects).
-    #[param(rename = "Last-Event-ID")]
-    pub last_event_id: Option<String>,
+/// The `Last-Event-ID` header, for the documentation (the handler reads it).
+#[derive(Debug)]
+pub struct WatchHeaders;
+
+impl IntoParams for WatchHeaders {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        vec![crate::extract::header_parameter(
+            "Last-Event-ID",
+            "The `id` of the last event received (`EventSource` sends it when it \
+             reconnects): the stream resumes right after it. Wins over `cursor`; empty means \
+             none.",
+            utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::Type::String),
+            json!("w1.6d96a3fc311f21742c8741b4b181f72c-2"),
+        )]
+    }
 }
 
 /// The data of a `put` or `delete` event (`op` says which), with `content` or
-/// `content_omitted` when `content=true` was asked.
-#[derive(Debug, Serialize, ToSchema)]
+/// `content_omitted` when `content=true` was asked. (Its schema, `PutEvent` or
+/// `DeleteEvent`, is in `openapi::schemas`.)
+#[derive(Debug, Serialize)]
 pub struct ChangeEvent {
     /// The change.
     #[serde(flatten)]
     pub change: Change,
     /// The version's content (`put`, with `content=true`).
-    #[schema(value_type = Option<Object>)]
     pub content: Option<serde_json::Value>,
     /// True when content was asked for and is larger than the limit or no longer readable.
     pub content_omitted: Option<bool>,
@@ -107,10 +119,13 @@ pub struct SyncedEvent {
     tag = "watch",
     params(WatchParams, WatchHeaders),
     responses(
-        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
-        (status = 400, description = "Invalid pattern or cursor", body = ucxl::Failure),
-        (status = 403, description = "No `watch` grant", body = ucxl::Failure),
-        (status = 503, description = "`RUSTLE_MAX_WATCHES` streams are open (`Retry-After`)", body = ucxl::Failure),
+        (status = 200, description = "The event stream (`put`, `delete`, `synced`, `error` events; see `ChangeEvent` and `SyncedEvent`)", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Invalid pattern (`INVALID_ADDRESS`, naming the component), cursor or `Last-Event-ID` (`BAD_REQUEST`, `details.field`), an unknown query parameter or a malformed header", body = ErrorResponse),
+        (status = 403, description = "The caller has no `watch` grant (`UCXL-403-FORBIDDEN`, `details.operation`)", body = ErrorResponse),
+        (status = 404, description = "`initial=true`: an address listed was deleted before its version could be read (`UCXL-404-NOT_FOUND`); watch again", body = ErrorResponse),
+        (status = 502, description = "`initial=true`: a BZZZ node answered the listing with something that is not a valid UCXI answer (`UCXL-502-BAD_GATEWAY`)", body = ErrorResponse),
+        (status = 503, description = "`RUSTLE_MAX_WATCHES` streams are open (`details.max_watches`), the cursor is ahead of what this gateway has read of the nodes' feeds (`details.reason: cursor_ahead`), or, with `initial=true`, no backend can list (`UCXL-503-SERVICE_UNAVAILABLE`; `Retry-After` says when to retry)", body = ErrorResponse),
+        (status = 504, description = "`initial=true`: the request deadline passed while listing (`UCXL-504-GATEWAY_TIMEOUT`)", body = ErrorResponse),
     )
 )]
 async fn watch(

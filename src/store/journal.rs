@@ -485,7 +485,7 @@ mod tests {
             op: Op::Put {
                 version: Version {
                     id: EnvelopeId::parse(&format!("id-{n}")).expect("id"),
-                    content: StdArc::new(content),
+                    content: content.into(),
                     content_type: "application/json".into(),
                     metadata: serde_json::Map::new(),
                     created_at: Utc::now(),

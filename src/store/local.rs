@@ -78,7 +78,7 @@ impl FreedIds {
                 ucxl::Entry::Version(v) => Freed::Version(
                     number,
                     Arc::new(Version {
-                        content: Arc::new(serde_json::Value::Null),
+                        content: serde_json::Value::Null.into(),
                         ..(*v).clone()
                     }),
                 ),
@@ -99,11 +99,11 @@ impl FreedIds {
     /// write retried), else a conflict; a freed delete's id is a tombstone's.
     fn put(&self, new: &NewVersion) -> Option<Result<PutOutcome, StoreError>> {
         Some(match self.by_id.get(&new.id)? {
-            Freed::Version(number, ghost) => match ucxl::content_digest(&new.content) {
+            Freed::Version(number, ghost) => match new.content.digest() {
                 Ok((hash, _)) if hash == ghost.hash => Ok(PutOutcome::Existing {
                     version: *number,
                     stored: Arc::new(Version {
-                        content: Arc::clone(&new.content),
+                        content: new.content.clone(),
                         ..(**ghost).clone()
                     }),
                 }),
@@ -1241,7 +1241,7 @@ mod tests {
         assert!(store.get(&a).is_none(), "the address stays deleted");
         // The same id with other content cannot be answered with what was stored.
         let mut other = new("k");
-        other.content = Arc::new(serde_json::json!("something else"));
+        other.content = serde_json::json!("something else").into();
         assert_eq!(
             store.put(&a, other, Retention::Owned, now).err(),
             Some(StoreError::Write(ucxl::WriteError::IdOfFreedVersion(id(

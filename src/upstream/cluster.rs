@@ -172,6 +172,32 @@ pub struct Cluster {
     recovered: Notify,
     /// Woken when endpoints or the health interval change.
     reconfigured: Notify,
+    hedges: Hedges,
+}
+
+/// `rustle_hedges_total` by outcome, registered once.
+#[derive(Debug)]
+struct Hedges {
+    /// The hedge answered first.
+    won: metrics::Counter,
+    /// The first attempt answered first.
+    lost: metrics::Counter,
+    /// No other endpoint was available.
+    no_endpoint: metrics::Counter,
+    /// The retry budget was spent.
+    budget: metrics::Counter,
+}
+
+impl Hedges {
+    fn new() -> Self {
+        let outcome = |o: &'static str| metrics::counter!("rustle_hedges_total", "outcome" => o);
+        Self {
+            won: outcome("won"),
+            lost: outcome("lost"),
+            no_endpoint: outcome("no_endpoint"),
+            budget: outcome("budget"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Cluster {
@@ -223,6 +249,7 @@ impl Cluster {
             jitters,
             recovered: Notify::new(),
             reconfigured: Notify::new(),
+            hedges: Hedges::new(),
         })
     }
 
@@ -434,7 +461,7 @@ impl Cluster {
         }
     }
 
-    /// One attempt on `endpoint` (admitted by `permit`), recorded on it.
+    /// One attempt on `endpoint` (admitted by `permit`) as span `trace`, recorded on it.
     async fn attempt<T: DeserializeOwned + About>(
         &self,
         endpoint: &Endpoint,
@@ -442,6 +469,7 @@ impl Cluster {
         call: &Call,
         request: &Arc<NodeRequest>,
         timeout: Duration,
+        trace: ucxl_service::TraceContext,
     ) -> Result<Answer<T>, AttemptError> {
         endpoint.start();
         let started = Instant::now();
@@ -458,6 +486,7 @@ impl Cluster {
             endpoint: endpoint.endpoint_url().clone(),
             request: Arc::clone(request),
             request_id: call.request_id.clone(),
+            trace,
             timeout,
             max_answer_bytes: request.answer_limit(policy.max_answer_bytes),
         };
@@ -567,8 +596,8 @@ impl Cluster {
             let e = match result {
                 Ok(answer) => {
                     if hedged {
-                        let outcome = if was_hedge { "won" } else { "lost" };
-                        metrics::counter!("rustle_hedges_total", "outcome" => outcome).increment(1);
+                        let h = &self.hedges;
+                        if was_hedge { &h.won } else { &h.lost }.increment(1);
                     }
                     return Ok(Executed {
                         answer,
@@ -626,12 +655,7 @@ impl Cluster {
                 return Err(stop.into());
             }
         };
-        metrics::counter!(
-            "rustle_retries_total",
-            "endpoint" => endpoint.url().to_owned(),
-            "reason" => outcome_label(e)
-        )
-        .increment(1);
+        endpoint.retried(e);
         if now + wait >= call.deadline {
             tokio::time::sleep_until(call.deadline).await;
             return Err(FailureKind::Deadline);
@@ -640,7 +664,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// An attempt in its span, yielding its endpoint and whether it was the hedge.
+    /// An attempt in its span (a child of the request's: its id is the node's
+    /// `traceparent` parent), yielding its endpoint and whether it was the hedge.
     async fn traced_attempt<T: DeserializeOwned + About>(
         &self,
         launch: Launch,
@@ -654,17 +679,37 @@ impl Cluster {
             hedge,
             timeout,
         } = launch;
+        let trace = call.trace.child();
         let span = tracing::debug_span!(
             "attempt",
             endpoint = endpoint.url(),
             attempt = number,
-            hedge
+            hedge,
+            trace_id = %trace.trace_id,
+            span_id = %trace.span_id
         );
+        let mut exported =
+            ucxl_service::otlp::Span::start(ucxl_service::otlp::Kind::Client, "attempt", &trace);
+        if exported.is_recording() {
+            exported.set("endpoint", endpoint.url().to_owned());
+            exported.set("attempt", i64::from(number));
+            exported.set("hedge", hedge);
+            exported.set("http.request.method", request.method.to_string());
+            // Until it ends: a hedge race's loser, or an attempt of an abandoned request.
+            exported.fail("cancelled");
+        }
         let result = tracing::Instrument::instrument(
-            self.attempt::<T>(&endpoint, permit, call, request, timeout),
+            self.attempt::<T>(&endpoint, permit, call, request, timeout, trace),
             span,
         )
         .await;
+        if exported.is_recording() {
+            match &result {
+                Ok(_) => exported.succeed(),
+                Err(e) => exported.fail(e.to_string()),
+            }
+            exported.set("outcome", result.as_ref().err().map_or("ok", outcome_label));
+        }
         (endpoint, hedge, result)
     }
 
@@ -677,18 +722,18 @@ impl Cluster {
             .iter()
             .any(|e| !tried.iter().any(|t| t == e.url()) && e.available(now));
         if !fresh {
-            metrics::counter!("rustle_hedges_total", "outcome" => "no_endpoint").increment(1);
+            self.hedges.no_endpoint.increment(1);
             return None;
         }
         if !self.lock_budget().try_retry(now) {
-            metrics::counter!("rustle_hedges_total", "outcome" => "budget").increment(1);
+            self.hedges.budget.increment(1);
             return None;
         }
         let target = self
             .choose(tried, None, now)
             .filter(|(e, _)| !tried.iter().any(|t| t == e.url()));
         if target.is_none() {
-            metrics::counter!("rustle_hedges_total", "outcome" => "no_endpoint").increment(1);
+            self.hedges.no_endpoint.increment(1);
         }
         target
     }
@@ -718,12 +763,16 @@ impl Cluster {
         }
         let timeout = policy.attempt_timeout.min(call.remaining());
         let branches = admitted.into_iter().map(|(index, permit)| {
-            let endpoint = Arc::clone(&endpoints[index]);
+            let launch = Launch {
+                endpoint: Arc::clone(&endpoints[index]),
+                permit,
+                number: 1,
+                hedge: false,
+                timeout,
+            };
             let request = Arc::clone(&request);
             async move {
-                let result = self
-                    .attempt::<T>(&endpoint, permit, call, &request, timeout)
-                    .await;
+                let (endpoint, _, result) = self.traced_attempt::<T>(launch, call, &request).await;
                 (endpoint.url().to_owned(), result)
             }
         });

@@ -50,6 +50,7 @@ pub struct Endpoint {
     url: EndpointUrl,
     state: Mutex<EndpointState>,
     gauges: Gauges,
+    counters: Counters,
 }
 
 /// The endpoint's gauges, registered once: a handle update is an atomic store, where a
@@ -95,6 +96,51 @@ impl Gauges {
     }
 }
 
+/// The labels of `rustle_backend_attempts_total` (`ok` first, then the errors of
+/// [`outcome_label`]); `rustle_retries_total`'s reasons are the errors.
+const OUTCOMES: [&str; 7] = [
+    "ok",
+    "connect_error",
+    "timeout",
+    "too_many_requests",
+    "unavailable",
+    "bad_answer",
+    "credentials_refused",
+];
+
+/// The endpoint's counters, registered once, when the endpoint is made (a reload that adds
+/// an endpoint makes its counters, one that keeps it keeps them): an attempt increments an
+/// atomic, where `counter!` with labels built the key and looked it up every time. Every
+/// outcome's series exists from then on, at 0, so `increase()` sees its first one.
+#[derive(Debug)]
+struct Counters {
+    /// `rustle_backend_attempts_total`, by outcome ([`OUTCOMES`]).
+    attempts: [metrics::Counter; OUTCOMES.len()],
+    /// `rustle_retries_total`, by reason ([`OUTCOMES`] without `ok`).
+    retries: [metrics::Counter; OUTCOMES.len() - 1],
+}
+
+impl Counters {
+    fn new(url: &str) -> Self {
+        Self {
+            attempts: std::array::from_fn(|i| {
+                metrics::counter!(
+                    "rustle_backend_attempts_total",
+                    "endpoint" => url.to_owned(),
+                    "outcome" => OUTCOMES[i]
+                )
+            }),
+            retries: std::array::from_fn(|i| {
+                metrics::counter!(
+                    "rustle_retries_total",
+                    "endpoint" => url.to_owned(),
+                    "reason" => OUTCOMES[i + 1]
+                )
+            }),
+        }
+    }
+}
+
 /// What a health check result changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthChange {
@@ -107,13 +153,18 @@ pub struct HealthChange {
 /// The label of `rustle_backend_attempts_total` and `rustle_retries_total` for an error.
 #[must_use]
 pub fn outcome_label(e: &AttemptError) -> &'static str {
+    OUTCOMES[outcome_index(e)]
+}
+
+/// Where `e`'s label is in [`OUTCOMES`] (never 0, `ok`).
+fn outcome_index(e: &AttemptError) -> usize {
     match e {
-        AttemptError::Connect(_) => "connect_error",
-        AttemptError::Timeout(_) => "timeout",
-        AttemptError::Unavailable { status: 429, .. } => "too_many_requests",
-        AttemptError::Unavailable { .. } => "unavailable",
-        AttemptError::BadAnswer(_) | AttemptError::WrongAddress(_) => "bad_answer",
-        AttemptError::Credentials(_) => "credentials_refused",
+        AttemptError::Connect(_) => 1,
+        AttemptError::Timeout(_) => 2,
+        AttemptError::Unavailable { status: 429, .. } => 3,
+        AttemptError::Unavailable { .. } => 4,
+        AttemptError::BadAnswer(_) | AttemptError::WrongAddress(_) => 5,
+        AttemptError::Credentials(_) => 6,
     }
 }
 
@@ -123,6 +174,7 @@ impl Endpoint {
     pub fn new(url: EndpointUrl, breaker_config: BreakerConfig, jitter: breaker::Jitter) -> Self {
         let endpoint = Self {
             gauges: Gauges::new(url.as_str()),
+            counters: Counters::new(url.as_str()),
             url,
             state: Mutex::new(EndpointState {
                 breaker: Breaker::new(breaker_config, jitter),
@@ -215,6 +267,11 @@ impl Endpoint {
         self.publish(&state);
     }
 
+    /// Counts a retry after this endpoint failed with `e`.
+    pub(crate) fn retried(&self, e: &AttemptError) {
+        self.counters.retries[outcome_index(e) - 1].increment(1);
+    }
+
     /// When an answer of this endpoint is late: a request still waiting then is hedged.
     #[must_use]
     pub fn late_after(&self) -> Duration {
@@ -233,13 +290,7 @@ impl Endpoint {
         attempt_timeout: Duration,
     ) -> bool {
         let now = Instant::now();
-        let label = outcome.err().map_or("ok", outcome_label);
-        metrics::counter!(
-            "rustle_backend_attempts_total",
-            "endpoint" => self.url().to_owned(),
-            "outcome" => label
-        )
-        .increment(1);
+        self.counters.attempts[outcome.err().map_or(0, outcome_index)].increment(1);
         let sample = if outcome.is_err() {
             rtt.max(attempt_timeout)
         } else {

@@ -184,7 +184,13 @@ impl FeedClient {
         if let Some(authorization) = &self.authorization {
             builder = builder.header(AUTHORIZATION, authorization.clone());
         }
+        // The gateway's own work: a new trace for each request (not exported), so the node's
+        // log lines of it have one.
         builder
+            .header(
+                &ucxl_service::trace_context::TRACEPARENT,
+                ucxl_service::TraceContext::unsampled().traceparent(),
+            )
             .header(ACCEPT, HeaderValue::from_static("application/x-ndjson"))
             .body(Empty::new())
             .map_err(|e| FeedError::Connect(e.to_string()))

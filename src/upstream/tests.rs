@@ -146,10 +146,7 @@ fn script(api: &[(&str, Behaviour)]) -> Shared {
 }
 
 fn call(within: Duration) -> Call {
-    Call {
-        request_id: "test".into(),
-        deadline: Instant::now() + within,
-    }
+    Call::new("test", Instant::now() + within)
 }
 
 fn get(prefer: Option<&str>) -> NodeRequest {
@@ -160,7 +157,12 @@ fn get(prefer: Option<&str>) -> NodeRequest {
         body: None,
         prefer: prefer.map(str::to_owned),
         list: false,
-        about: Subject::Address(ucxl::Address::parse(ADDRESS).expect("address")),
+        about: Subject::Address(
+            ucxl::Address::parse(ADDRESS)
+                .expect("address")
+                .canonical()
+                .to_owned(),
+        ),
         hedge: true,
     }
 }

@@ -166,6 +166,9 @@ pub struct Exchange {
     pub request: Arc<NodeRequest>,
     /// The request id, forwarded as `X-Request-Id`.
     pub request_id: String,
+    /// The exchange's own span (a child of its request's): the node gets it as the
+    /// `traceparent` parent, and the request's `tracestate` unchanged.
+    pub trace: ucxl_service::TraceContext,
     /// Time allowed for this exchange; also forwarded as `X-Request-Timeout-Ms`.
     pub timeout: Duration,
     /// Largest answer body read; a larger one is refused.
@@ -271,7 +274,14 @@ impl HttpTransport {
             .header(
                 ucxl_service::headers::REQUEST_TIMEOUT,
                 exchange.timeout.as_millis().max(1).to_string(),
+            )
+            .header(
+                &ucxl_service::trace_context::TRACEPARENT,
+                exchange.trace.traceparent(),
             );
+        if let Some(tracestate) = &exchange.trace.tracestate {
+            builder = builder.header(&ucxl_service::trace_context::TRACESTATE, tracestate.clone());
+        }
         if let Some(authorization) = &self.authorization {
             builder = builder.header(AUTHORIZATION, authorization.clone());
         }

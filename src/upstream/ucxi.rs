@@ -118,8 +118,10 @@ pub struct NodeRequest {
 pub enum Subject {
     /// Nothing in particular (search, health).
     Any,
-    /// This address: an answer that names one must name it.
-    Address(Address),
+    /// This canonical address (no temporal segment): an answer that names an address must
+    /// name this one. (The text, not a parsed [`Address`]: comparing is all it is for, and
+    /// a request need not copy every part of its address for it.)
+    Address(String),
     /// One result per item sent (a batch), in order, each about its item's address.
     Items(Vec<Address>),
 }
@@ -171,7 +173,7 @@ pub fn check_about<T: About>(
     let Answer::Ok { data, .. } = &answer else {
         return Ok(answer);
     };
-    let wrong = |asked: &Address, answered: &Address| {
+    let wrong = |asked: &str, answered: &Address| {
         tracing::warn!(asked = %asked, answered = %answered, "a node answered for another address");
         AttemptError::WrongAddress(ucxl::error::excerpt(answered.canonical()))
     };
@@ -179,7 +181,7 @@ pub fn check_about<T: About>(
         Subject::Any => {}
         Subject::Address(asked) => {
             if let Some(answered) = data.about()
-                && answered.canonical() != asked.canonical()
+                && answered.canonical() != asked
             {
                 return Err(wrong(asked, answered));
             }
@@ -202,7 +204,7 @@ pub fn check_about<T: About>(
                 .zip(answered)
                 .find(|(asked, answered)| asked.canonical() != answered.canonical())
             {
-                return Err(wrong(asked, answered));
+                return Err(wrong(asked.canonical(), answered));
             }
         }
     }

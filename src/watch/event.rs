@@ -72,7 +72,7 @@ struct WithContent<'a> {
     #[serde(flatten)]
     change: &'a Change,
     #[serde(skip_serializing_if = "Option::is_none")]
-    content: Option<&'a serde_json::Value>,
+    content: Option<&'a ucxl::Content>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     content_omitted: bool,
 }
@@ -80,7 +80,7 @@ struct WithContent<'a> {
 /// The JSON of `change`; with `content` = `Some(None)` when content was asked for and cannot
 /// be given (too large, or gone).
 #[must_use]
-pub fn data_of(change: &Change, content: Option<Option<&serde_json::Value>>) -> Arc<str> {
+pub fn data_of(change: &Change, content: Option<Option<&ucxl::Content>>) -> Arc<str> {
     let with = WithContent {
         change,
         content: content.flatten(),

@@ -747,20 +747,23 @@ impl Hub {
     /// the feed of each of `endpoints`, when every one of them is streaming; `None` when one
     /// is not (then nothing says the cache is current).
     #[must_use]
-    pub fn behind(&self, endpoints: &[String]) -> Option<Duration> {
+    pub fn behind<'a>(&self, endpoints: impl IntoIterator<Item = &'a str>) -> Option<Duration> {
         let core = self.lock();
         let now = tokio::time::Instant::now();
-        let mut worst = Duration::ZERO;
+        let mut worst = None;
         for endpoint in endpoints {
             let heard = core.feeds.iter().find_map(|s| {
-                (s.endpoint.as_deref() == Some(endpoint.as_str())
-                    && s.state == FeedState::Streaming)
+                (s.endpoint.as_deref() == Some(endpoint) && s.state == FeedState::Streaming)
                     .then_some(s.heard)
                     .flatten()
             })?;
-            worst = worst.max(now.saturating_duration_since(heard));
+            worst = Some(
+                worst
+                    .unwrap_or(Duration::ZERO)
+                    .max(now.saturating_duration_since(heard)),
+            );
         }
-        (!endpoints.is_empty()).then_some(worst)
+        worst
     }
 
     /// What `/v1/status` shows.

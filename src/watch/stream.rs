@@ -46,7 +46,7 @@ fn content_retries() -> backon::ExponentialBuilder {
 impl Content {
     /// The content of the version `change` names, if it can be read (retried a little
     /// while the cluster has not caught up with the change).
-    async fn of(&self, change: &Change) -> Option<Value> {
+    async fn of(&self, change: &Change) -> Option<ucxl::Content> {
         use backon::Retryable as _;
         let Change::Put { size, .. } = change else {
             return None;
@@ -57,7 +57,7 @@ impl Content {
         (|| self.once(change)).retry(content_retries()).await.ok()
     }
 
-    async fn once(&self, change: &Change) -> Result<Value, NotYet> {
+    async fn once(&self, change: &Change) -> Result<ucxl::Content, NotYet> {
         let Change::Put {
             address,
             id,
@@ -67,15 +67,15 @@ impl Content {
         else {
             return Err(NotYet);
         };
-        let call = Call {
-            request_id: self.request_id.clone(),
-            deadline: tokio::time::Instant::now() + self.timeout,
-        };
+        let call = Call::new(
+            self.request_id.clone(),
+            tokio::time::Instant::now() + self.timeout,
+        );
         let at = address.clone().with_temporal(Temporal::Version(*version));
         if let Ok(served) = self.backend.get(&call, &at).await
             && served.value.id == *id
         {
-            return Ok((*served.value.content).clone());
+            return Ok(served.value.content);
         }
         // Its number moved (a version merged later with an earlier time): find it by id.
         let history = self
@@ -99,7 +99,7 @@ impl Content {
             .await
             .map_err(|_| NotYet)?;
         if served.value.id == *id {
-            Ok((*served.value.content).clone())
+            Ok(served.value.content)
         } else {
             Err(NotYet)
         }

@@ -128,6 +128,23 @@ async fn cached_reads_follow_writes_made_elsewhere_and_never_go_back() {
         assert_eq!(got.as_deref(), Some(id.as_str()), "after write {n}");
     }
     assert!(hits > 0, "the cache answered some reads");
+    // Counted: at least the hits seen here (the recorder is shared by this process's
+    // gateways, so other tests' reads may add to it).
+    let metrics = reader
+        .client
+        .get(format!("http://{}/metrics", reader.addr))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let counted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rustle_cache_reads_total{result=\"hit\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("rustle_cache_reads_total{result=\"hit\"}");
+    assert!(counted >= f64::from(hits), "{counted} < {hits}");
     // A delete made elsewhere: the cached copy goes, and the read answers 404.
     let (status, _) = json(writer.delete(&address).await).await;
     assert_eq!(status, 200);

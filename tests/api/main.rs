@@ -15,7 +15,10 @@ mod node_client;
 #[path = "../../crates/bzzz-node/tests/cluster/harness.rs"]
 #[allow(dead_code)] // the node tests use the rest
 mod nodes;
+mod observe;
+mod openapi;
 mod ops;
+mod otlp;
 mod process;
 #[path = "../../crates/ucxl-service/tests/support/raw_http.rs"]
 #[allow(dead_code)] // the service's own tests use the rest

@@ -41,6 +41,7 @@ async fn attempt(endpoint: &EndpointUrl, timeout: Duration) -> Result<Answer<Dat
             hedge: false,
         }),
         request_id: "test".into(),
+        trace: ucxl_service::TraceContext::root(),
         timeout,
         max_answer_bytes: 4 << 20,
     };

@@ -134,7 +134,7 @@ fn serves_then_stops_on_sigterm() {
 }
 
 /// A gateway process that is killed when the test ends, passed or not.
-struct Reaped(std::process::Child);
+pub(super) struct Reaped(pub(super) std::process::Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
@@ -144,13 +144,13 @@ impl Drop for Reaped {
 }
 
 /// [`spawn_listening`], killed when dropped.
-fn spawn_reaped(env: &[(&str, &str)]) -> (Reaped, String) {
+pub(super) fn spawn_reaped(env: &[(&str, &str)]) -> (Reaped, String) {
     let (child, addr) = spawn_listening(env);
     (Reaped(child), addr)
 }
 
 /// Sends SIGTERM and waits for the exit.
-fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+pub(super) fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
     let pid = child.id().to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])

@@ -601,10 +601,10 @@ async fn an_abandoned_attempt_gives_its_slot_back() {
     let slow = FaultNode::start(Mode::Hang, None).await;
     let config = cluster_config(std::slice::from_ref(&slow.url), BackendMode::Real);
     let cluster = Cluster::new(&config, Jitters::default()).expect("client");
-    let call = Call {
-        request_id: "abandoned".into(),
-        deadline: tokio::time::Instant::now() + Duration::from_secs(5),
-    };
+    let call = Call::new(
+        "abandoned",
+        tokio::time::Instant::now() + Duration::from_secs(5),
+    );
     let request = NodeRequest {
         method: reqwest::Method::GET,
         path: "/ucxi/v1/get?address=x".into(),

@@ -40,6 +40,7 @@ pub const SOURCE: ucxl_service::Source = ucxl_service::Source("bzzz-node");
 pub const METRICS: ucxl_service::MetricNames = ucxl_service::MetricNames {
     requests_total: "bzzz_requests_total",
     request_duration_seconds: "bzzz_request_duration_seconds",
+    requests_abandoned_total: "bzzz_requests_abandoned_total",
 };
 /// Largest discover page.
 const MAX_LIMIT: usize = 1000;
@@ -411,7 +412,7 @@ async fn put_envelope(
             .id
             .or_else(|| ctx.idempotency_key.clone())
             .unwrap_or_else(EnvelopeId::generate),
-        content: Arc::new(body.content),
+        content: body.content.into(),
         content_type,
         metadata: body.metadata.unwrap_or_default(),
         created_at: body.created_at,

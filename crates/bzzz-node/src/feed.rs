@@ -15,7 +15,6 @@ use redb::{
 };
 use redb_commit::CommitError;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio::sync::broadcast;
 pub use ucxl::Change as FeedChange;
 use ucxl::envelope::rfc3339;
@@ -95,7 +94,7 @@ pub struct Committed {
     /// The entry.
     pub entry: FeedEntry,
     /// A put's content.
-    pub content: Option<Arc<Value>>,
+    pub content: Option<ucxl::Content>,
 }
 
 /// Where the feed stands.
@@ -236,7 +235,7 @@ impl Numbering {
     /// numbered unless all of them encode.
     pub(crate) fn stage(
         &mut self,
-        changes: Vec<(FeedChange, Option<Arc<Value>>)>,
+        changes: Vec<(FeedChange, Option<ucxl::Content>)>,
     ) -> Result<(), serde_json::Error> {
         let next = self.committed + self.staged.len() as u64 + 1;
         let mut numbered = Vec::with_capacity(changes.len());

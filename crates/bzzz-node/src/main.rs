@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         .is_some_and(|a| a == "--help" || a == "-h")
     {
         println!(
-            "bzzz-node [healthcheck]: configured by BZZZ_HTTP_ADDR, BZZZ_P2P_ADDR, BZZZ_BOOTSTRAP_PEERS, BZZZ_DATA_DIR, BZZZ_REPLICATION_FACTOR, BZZZ_NODE_NAME, BZZZ_MAX_BODY_BYTES, BZZZ_MAX_RECORD_BYTES, BZZZ_REQUEST_TIMEOUT_MS, BZZZ_LOG_FORMAT, BZZZ_API_TOKEN (bearer token for every route but /health and /metrics), BZZZ_SWARM_KEY or BZZZ_SWARM_KEY_FILE (pre-shared key of a private libp2p network; 64 hex characters or a swarm.key file), BZZZ_TLS_CERT and BZZZ_TLS_KEY (serve HTTPS; SIGHUP re-reads them), BZZZ_TLS_CLIENT_CA (require client certificates it signed), RUST_LOG (see the README)"
+            "bzzz-node [healthcheck]: configured by BZZZ_HTTP_ADDR, BZZZ_P2P_ADDR, BZZZ_BOOTSTRAP_PEERS, BZZZ_DATA_DIR, BZZZ_REPLICATION_FACTOR, BZZZ_NODE_NAME, BZZZ_MAX_BODY_BYTES, BZZZ_MAX_RECORD_BYTES, BZZZ_REQUEST_TIMEOUT_MS, BZZZ_LOG_FORMAT, BZZZ_API_TOKEN (bearer token for every route but /health and /metrics), BZZZ_SWARM_KEY or BZZZ_SWARM_KEY_FILE (pre-shared key of a private libp2p network; 64 hex characters or a swarm.key file), BZZZ_TLS_CERT and BZZZ_TLS_KEY (serve HTTPS; SIGHUP re-reads them), BZZZ_TLS_CLIENT_CA (require client certificates it signed), RUST_LOG (see the README), OTEL_EXPORTER_OTLP_ENDPOINT (export spans over OTLP/HTTP; see the README)"
         );
         return ExitCode::SUCCESS;
     }
@@ -45,6 +45,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
+    let otlp = match ucxl_service::otlp::Settings::from_env(&env, "bzzz-node") {
+        Ok(o) => o,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("configuration error: {p}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let installed = if config.log_json {
         tracing_subscriber::fmt()
@@ -57,6 +66,13 @@ fn main() -> ExitCode {
     if let Err(e) = installed {
         eprintln!("cannot install logging: {e}");
     }
+    let exporter = match otlp.as_ref().map(ucxl_service::otlp::install).transpose() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -67,7 +83,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let exit = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         let node = match Node::start(&config, shutdown.clone()).await {
             Ok(node) => node,
@@ -85,5 +101,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // The spans of the last requests go out before the process ends.
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
+    exit
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use libp2p::Multiaddr;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -48,7 +48,15 @@ fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Histograms with the gateway's buckets (a summary's quantiles cannot be
+            // aggregated across nodes).
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_duration_seconds".into()),
+                    ucxl_service::observe::LATENCY_BUCKETS,
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new())
+                .build_recorder();
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
@@ -75,6 +83,10 @@ fn metrics_handle() -> PrometheusHandle {
                 "bzzz_request_duration_seconds",
                 metrics::Unit::Seconds,
                 "HTTP request latency by route template"
+            );
+            metrics::describe_counter!(
+                "bzzz_requests_abandoned_total",
+                "HTTP requests whose client went away before the answer (not counted in bzzz_requests_total), by route template"
             );
             handle
         })

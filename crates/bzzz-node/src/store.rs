@@ -25,13 +25,12 @@ use redb::{
 };
 use redb_commit::{Batch, CommitError, GroupCommit, Opener, Settings};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use ucxl::{
     Address, DeleteOutcome, Entry, EnvelopeId, NewVersion, PutOutcome, SearchItem, SearchQuery,
-    VersionSet, WriteError, content_digest,
+    VersionSet, WriteError,
 };
 
 use crate::feed::{self, Feed, FeedChange, Numbering};
@@ -256,10 +255,10 @@ impl NodeStore {
 
     /// The content of the version `id` at `address`, if this node holds it.
     #[must_use]
-    pub fn content_of(&self, address: &Address, id: &EnvelopeId) -> Option<Arc<Value>> {
+    pub fn content_of(&self, address: &Address, id: &EnvelopeId) -> Option<ucxl::Content> {
         let record = self.get(address)?;
         record.set.entries().iter().find_map(|e| match e {
-            Entry::Version(v) if &v.id == id => Some(Arc::clone(&v.content)),
+            Entry::Version(v) if &v.id == id => Some(v.content.clone()),
             _ => None,
         })
     }
@@ -453,7 +452,7 @@ fn merged_changes(
     address: &Address,
     set: &VersionSet,
     added: &HashSet<EnvelopeId>,
-) -> Vec<(FeedChange, Option<Arc<Value>>)> {
+) -> Vec<(FeedChange, Option<ucxl::Content>)> {
     let mut changes = Vec::with_capacity(added.len());
     let mut number: u32 = 0;
     for entry in set.entries() {
@@ -473,7 +472,7 @@ fn merged_changes(
                 number = number.saturating_add(1);
                 if added.contains(&v.id) {
                     let change = FeedChange::put(address, number, v);
-                    changes.push((change, Some(Arc::clone(&v.content))));
+                    changes.push((change, Some(v.content.clone())));
                 }
             }
         }
@@ -613,7 +612,7 @@ impl Changes {
                     let added = match &outcome {
                         PutOutcome::Created { version, stored } => vec![(
                             FeedChange::put(&applied.address, *version, stored),
-                            Some(Arc::clone(&stored.content)),
+                            Some(stored.content.clone()),
                         )],
                         PutOutcome::Existing { .. } => Vec::new(),
                     };
@@ -664,7 +663,7 @@ impl Changes {
         &mut self,
         applied: Applied,
         set: VersionSet,
-        added: Vec<(FeedChange, Option<Arc<Value>>)>,
+        added: Vec<(FeedChange, Option<ucxl::Content>)>,
         answer: Answer<T>,
         outcome: T,
     ) -> Option<Settle> {
@@ -745,7 +744,9 @@ pub fn encode(record: &Record) -> Result<Box<RawValue>, serde_json::Error> {
 pub fn verify_digests<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Result<(), StoreError> {
     for entry in entries {
         if let Entry::Version(v) = entry {
-            let (hash, size) = content_digest(&v.content)
+            let (hash, size) = v
+                .content
+                .digest()
                 .map_err(|e| StoreError::Undecodable(format!("version {:?}: {e}", v.id)))?;
             if hash != v.hash || size != v.size {
                 return Err(StoreError::Undecodable(format!(
@@ -1124,8 +1125,8 @@ mod tests {
         let seqs: Vec<u64> = batch.iter().map(|c| c.entry.seq).collect();
         assert_eq!(seqs, [1, 2, 3, 4]);
         assert_eq!(
-            batch[0].content.as_deref(),
-            Some(&json!(1)),
+            batch[0].content.as_ref().and_then(|c| c.to_value().ok()),
+            Some(json!(1)),
             "live entries carry content"
         );
         assert!(

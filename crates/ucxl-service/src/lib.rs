@@ -11,16 +11,20 @@ pub mod errors;
 pub mod headers;
 pub mod lifecycle;
 pub mod observe;
+pub mod otlp;
+pub mod process;
 pub mod reply;
 pub mod request_id;
 pub mod serve;
 pub mod tls;
+pub mod trace_context;
 
 pub use body::{BodyError, is_json, parse_json, query, read_json};
 pub use errors::{ErrorReport, Source};
 pub use observe::{Frame, MetricNames, Observer};
 pub use reply::Reply;
 pub use request_id::{RequestId, Rid, X_REQUEST_ID};
+pub use trace_context::TraceContext;
 
 use axum::Router;
 use axum::middleware::from_fn_with_state;

@@ -30,10 +30,12 @@ pub async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// `/metrics`: the Prometheus text exposition format.
+/// `/metrics`: the Prometheus text exposition format, with the process metrics read now.
 pub fn prometheus_text(handle: &PrometheusHandle) -> Response {
     handle.run_upkeep();
-    let mut response = (StatusCode::OK, handle.render()).into_response();
+    let mut text = handle.render();
+    crate::process::append(&mut text);
+    let mut response = (StatusCode::OK, text).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

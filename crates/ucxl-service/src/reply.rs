@@ -6,6 +6,7 @@ use serde::Serialize;
 use ucxl::{Code, Success};
 
 use crate::errors::ErrorReport;
+use crate::observe::Served;
 
 /// A success answer: `{"response": {code, message, data, request_id, timestamp}}`.
 #[derive(Debug)]
@@ -15,6 +16,7 @@ pub struct Reply<T> {
     data: T,
     request_id: String,
     headers: Vec<(HeaderName, HeaderValue)>,
+    served: Option<Served>,
 }
 
 impl<T> Reply<T> {
@@ -26,6 +28,7 @@ impl<T> Reply<T> {
             data,
             request_id: request_id.to_owned(),
             headers: Vec::new(),
+            served: None,
         }
     }
 
@@ -45,6 +48,13 @@ impl<T> Reply<T> {
     #[must_use]
     pub fn into_data(self) -> T {
         self.data
+    }
+
+    /// Says how the answer was served (for the access log).
+    #[must_use]
+    pub fn served(mut self, served: Served) -> Self {
+        self.served = Some(served);
+        self
     }
 
     /// Adds a response header.
@@ -72,6 +82,9 @@ impl<T: Serialize> IntoResponse for Reply<T> {
         );
         for (name, value) in self.headers {
             headers.insert(name, value);
+        }
+        if let Some(served) = self.served {
+            response.extensions_mut().insert(served);
         }
         response
     }

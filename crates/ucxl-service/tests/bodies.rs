@@ -52,6 +52,7 @@ fn app() -> Router {
         MetricNames {
             requests_total: "test_requests_total",
             request_duration_seconds: "test_request_duration_seconds",
+            requests_abandoned_total: "test_requests_abandoned_total",
         },
     )
 }

@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::io;
-use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -11,6 +10,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::address::Address;
+use crate::content::Content;
 
 /// Longest accepted envelope id, in bytes.
 pub const MAX_ID_BYTES: usize = 128;
@@ -205,6 +205,12 @@ impl io::Write for HashingWriter {
 #[error("the content has no canonical JSON form: {0}")]
 pub struct DigestError(String);
 
+impl DigestError {
+    pub(crate) fn new(why: String) -> Self {
+        Self(why)
+    }
+}
+
 /// The JCS (RFC 8785) hash and byte length of `content`.
 ///
 /// # Errors
@@ -297,8 +303,8 @@ pub mod rfc3339 {
 pub struct Version {
     /// Unique within the address's history.
     pub id: EnvelopeId,
-    /// Any JSON value (shared, so reads do not copy it).
-    pub content: Arc<Value>,
+    /// Any JSON value (shared, so reads do not copy it; kept as text when read as text).
+    pub content: Content,
     /// Media type of `content` (default `application/json`).
     pub content_type: String,
     /// Free-form metadata.
@@ -339,7 +345,7 @@ pub struct Envelope {
     pub version: u32,
     /// The stored JSON value (any JSON).
     #[cfg_attr(feature = "openapi", schema(value_type = Value))]
-    pub content: Arc<Value>,
+    pub content: Content,
     /// Media type of `content`.
     pub content_type: String,
     /// Free-form metadata.
@@ -367,7 +373,7 @@ impl Envelope {
     pub fn to_version(&self) -> Version {
         Version {
             id: self.id.clone(),
-            content: Arc::clone(&self.content),
+            content: self.content.clone(),
             content_type: self.content_type.clone(),
             metadata: self.metadata.clone(),
             created_at: self.created_at,
@@ -384,7 +390,7 @@ impl Envelope {
             id: stored.id.clone(),
             address: address.without_temporal(),
             version,
-            content: Arc::clone(&stored.content),
+            content: stored.content.clone(),
             content_type: stored.content_type.clone(),
             metadata: stored.metadata.clone(),
             created_at: stored.created_at,

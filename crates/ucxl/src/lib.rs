@@ -7,6 +7,7 @@
 pub mod address;
 pub mod batch;
 pub mod change;
+pub mod content;
 pub mod envelope;
 pub mod error;
 pub mod pattern;
@@ -16,6 +17,7 @@ pub mod version_set;
 
 pub use address::{Address, Temporal};
 pub use change::Change;
+pub use content::{Content, ContentError};
 pub use envelope::{
     ContentHash, DEFAULT_CONTENT_TYPE, DigestError, Envelope, EnvelopeId, History, PrincipalName,
     SearchItem, Version, VersionSummary, content_digest,

@@ -96,7 +96,6 @@ impl SearchQuery {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use chrono::Utc;
@@ -114,7 +113,7 @@ mod tests {
                 set.put(
                     NewVersion {
                         id: EnvelopeId::generate(),
-                        content: Arc::new(json!(n)),
+                        content: json!(n).into(),
                         content_type: if n.contains("markdown") {
                             "text/markdown".into()
                         } else {

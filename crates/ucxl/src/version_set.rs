@@ -9,9 +9,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use crate::address::Temporal;
+use crate::content::Content;
 use crate::envelope::{
-    ContentHash, EnvelopeId, PrincipalName, Version, VersionSummary, content_digest,
-    normalise_time, rfc3339,
+    ContentHash, EnvelopeId, PrincipalName, Version, VersionSummary, normalise_time, rfc3339,
 };
 
 /// A delete: versions before it are no longer visible; a later put starts a new history.
@@ -64,7 +64,7 @@ pub struct NewVersion {
     /// The id to store it under (an existing id makes the write a no-op).
     pub id: EnvelopeId,
     /// The content.
-    pub content: Arc<Value>,
+    pub content: Content,
     /// Its media type.
     pub content_type: String,
     /// Free-form metadata.
@@ -85,7 +85,7 @@ impl NewVersion {
     pub fn json(id: EnvelopeId, content: Value) -> Self {
         Self {
             id,
-            content: Arc::new(content),
+            content: Content::from(content),
             content_type: crate::envelope::DEFAULT_CONTENT_TYPE.to_owned(),
             metadata: Map::new(),
             created_at: None,
@@ -102,7 +102,7 @@ impl From<&Version> for NewVersion {
     fn from(v: &Version) -> Self {
         Self {
             id: v.id.clone(),
-            content: Arc::clone(&v.content),
+            content: v.content.clone(),
             content_type: v.content_type.clone(),
             metadata: v.metadata.clone(),
             created_at: Some(v.created_at),
@@ -413,7 +413,7 @@ impl VersionSet {
                 Entry::Tombstone(t) => Err(WriteError::IdIsTombstone(t.id.clone())),
             };
         }
-        let (computed, size) = content_digest(&new.content)?;
+        let (computed, size) = new.content.digest()?;
         if let Some(provided) = new.hash
             && provided != computed
         {
@@ -532,7 +532,7 @@ mod tests {
         match again {
             PutOutcome::Existing { version, stored } => {
                 assert_eq!(version, 1);
-                assert_eq!(*stored.content, json!("a"));
+                assert_eq!(stored.content, json!("a"));
             }
             other @ PutOutcome::Created { .. } => panic!("expected Existing, got {other:?}"),
         }
@@ -614,7 +614,7 @@ mod tests {
     #[test]
     fn hash_and_size_are_verified() {
         let mut set = VersionSet::default();
-        let (hash, size) = content_digest(&json!({"k": 1})).expect("canonical");
+        let (hash, size) = crate::content_digest(&json!({"k": 1})).expect("canonical");
         let mut good = new("a", json!({"k": 1}));
         good.hash = Some(hash.clone());
         good.size = Some(size);

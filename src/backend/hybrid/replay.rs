@@ -129,10 +129,7 @@ impl Fallback {
             .request_timeout
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        Call {
-            request_id,
-            deadline: Instant::now() + timeout,
-        }
+        Call::new(request_id, Instant::now() + timeout)
     }
 
     /// Replays the oldest `limit` entries in batches, a few at once, and removes what the

@@ -45,7 +45,13 @@ fn seen(store: &LocalStore, address: &str) -> (Vec<(u32, String, serde_json::Val
         .expect("a path");
     let versions = (1..=history.len())
         .filter_map(|n| store.get(&addr(&format!("ucxl://{authority}/*~{n}/{path}"))))
-        .map(|(n, v)| (n, v.id.as_str().to_owned(), (*v.content).clone()))
+        .map(|(n, v)| {
+            (
+                n,
+                v.id.as_str().to_owned(),
+                v.content.to_value().expect("a value"),
+            )
+        })
         .collect();
     (versions, history.len())
 }

@@ -20,7 +20,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -195,7 +195,7 @@ struct Line<'a> {
     #[serde(flatten)]
     entry: &'a FeedEntry,
     #[serde(skip_serializing_if = "Option::is_none")]
-    content: Option<&'a Value>,
+    content: Option<&'a ucxl::Content>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     content_omitted: bool,
 }
@@ -292,7 +292,7 @@ impl Watcher {
                     continue;
                 }
             }
-            let content = committed.content.as_deref();
+            let content = committed.content.as_ref();
             self.send_entry(&committed.entry, content).await?;
         }
         Ok(())
@@ -317,7 +317,7 @@ impl Watcher {
                 } else {
                     None
                 };
-                self.send_entry(entry, content.as_deref()).await?;
+                self.send_entry(entry, content.as_ref()).await?;
             }
             // Numbers whose entries do not decode are passed too.
             self.cursor = self.cursor.max(page.through);
@@ -342,7 +342,11 @@ impl Watcher {
     }
 
     /// Sends `entry` when it matches, and passes its number either way.
-    async fn send_entry(&mut self, entry: &FeedEntry, content: Option<&Value>) -> Result<(), End> {
+    async fn send_entry(
+        &mut self,
+        entry: &FeedEntry,
+        content: Option<&ucxl::Content>,
+    ) -> Result<(), End> {
         if self.pattern.matches(entry.change.address()) {
             let (content, content_omitted) = match (&entry.change, self.content) {
                 (crate::feed::FeedChange::Put { size, .. }, true) if *size > self.content_limit => {
@@ -393,7 +397,7 @@ impl Watcher {
 mod tests {
     use chrono::Utc;
     use redb_commit::testing::FillableStorage;
-    use serde_json::json;
+    use serde_json::{Value, json};
     use ucxl::{Address, EnvelopeId, NewVersion};
 
     use super::*;

@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -87,6 +87,8 @@ pub struct NodeProc {
     pub peer_id: String,
     /// The fields of the node's "ready" log line.
     pub ready: Value,
+    /// Every JSON line the node logged so far.
+    logs: Arc<Mutex<Vec<Value>>>,
     dir: PathBuf,
     bootstrap: Vec<String>,
     extra: Vec<(String, String)>,
@@ -149,6 +151,8 @@ impl NodeProc {
         // The reader keeps draining the pipe afterwards, so the node never blocks on it.
         let (tx, rx) = mpsc::channel();
         let tag = name.to_owned();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let logged = Arc::clone(&logs);
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stdout).lines() {
@@ -164,6 +168,7 @@ impl NodeProc {
                 {
                     let _ = tx.send(entry["fields"].clone());
                 }
+                logged.lock().expect("log lock").push(entry);
             }
         });
         let ready = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
@@ -177,12 +182,35 @@ impl NodeProc {
             p2p: field("p2p"),
             peer_id: field("peer_id"),
             ready,
+            logs,
             dir: dir.to_path_buf(),
             bootstrap: bootstrap.to_vec(),
             extra: extra.to_vec(),
             child: Some(child),
             tmp_dir: None,
         }
+    }
+
+    /// The JSON lines the node logged so far (the reader may be a line or two behind the
+    /// answers the node sent).
+    pub fn logs(&self) -> Vec<Value> {
+        self.logs.lock().expect("log lock").clone()
+    }
+
+    /// The node's access lines (`fields`) of requests with `request_id`, waiting up to 10 s
+    /// for at least one.
+    pub async fn access_lines(&self, request_id: &str) -> Vec<Value> {
+        let of = |logs: Vec<Value>| -> Vec<Value> {
+            logs.into_iter()
+                .filter(|l| l["target"] == "access" && l["fields"]["request_id"] == request_id)
+                .map(|l| l["fields"].clone())
+                .collect()
+        };
+        wait_until(Duration::from_secs(10), || async {
+            !of(self.logs()).is_empty()
+        })
+        .await;
+        of(self.logs())
     }
 
     /// The ports this node bound.

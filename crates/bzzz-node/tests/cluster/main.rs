@@ -7,6 +7,7 @@ mod batch;
 mod bodies;
 mod closed;
 mod harness;
+mod observe;
 #[path = "../../../ucxl-service/tests/support/raw_http.rs"]
 #[allow(dead_code)] // the service's own tests use the rest
 mod raw_http;

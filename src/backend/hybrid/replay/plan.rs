@@ -203,7 +203,6 @@ pub fn settle<'a>(batch: &'a Batch, results: &'a [ItemResult]) -> Settled<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use chrono::Utc;
     use serde_json::json;
@@ -224,7 +223,7 @@ mod tests {
             op: Op::Put {
                 version: Version {
                     id: EnvelopeId::parse(&format!("{path}-{n}")).expect("an id"),
-                    content: Arc::new(content),
+                    content: content.into(),
                     content_type: "application/json".into(),
                     metadata: serde_json::Map::new(),
                     created_at: ucxl::envelope::normalise_time(Utc::now()),
