@@ -146,15 +146,15 @@ impl Serialize for Content {
     }
 }
 
-/// The name under which serde_json hands a value's JSON text to a deserializer that asks
+/// The name under which `serde_json` hands a value's JSON text to a deserializer that asks
 /// for it (what `RawValue` asks with). Any other deserializer (one that buffered the value,
 /// as internally tagged enums do, or another format) sees an ordinary newtype struct and
 /// gets the value parsed, so content is read right either way; a test checks that
-/// serde_json still hands out the text.
+/// `serde_json` still hands out the text.
 const JSON_TEXT: &str = "$serde_json::private::RawValue";
 
 impl<'de> Deserialize<'de> for Content {
-    /// Keeps the JSON text when the deserializer has it (serde_json reading text or a
+    /// Keeps the JSON text when the deserializer has it (`serde_json` reading text or a
     /// `Value`): checked to be JSON, not parsed into a tree.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_newtype_struct(JSON_TEXT, ContentVisitor)
@@ -170,7 +170,7 @@ impl<'de> Visitor<'de> for ContentVisitor {
         f.write_str("any JSON value")
     }
 
-    /// serde_json's answer to [`JSON_TEXT`]: one entry whose value is the text.
+    /// `serde_json`'s answer to [`JSON_TEXT`]: one entry whose value is the text.
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Content, A::Error> {
         if map.next_key::<IgnoredAny>()?.is_none() {
             return Err(de::Error::invalid_length(0, &self));
@@ -185,7 +185,7 @@ impl<'de> Visitor<'de> for ContentVisitor {
     }
 }
 
-/// The JSON text serde_json hands out, as a `RawValue` (checked again: `RawValue` has no
+/// The JSON text `serde_json` hands out, as a `RawValue` (checked again: `RawValue` has no
 /// unchecked constructor; a scan is cheap next to building a tree).
 struct JsonText;
 
