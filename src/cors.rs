@@ -50,9 +50,9 @@ pub fn allowed_headers() -> Vec<HeaderName> {
         HeaderName::from_static("x-rustle-consistency"),
         // GET /v1/watch (routes::watch): a page's own resuming client sends it.
         HeaderName::from_static("last-event-id"),
-        // W3C trace context, joined by the request's trace.
-        HeaderName::from_static("traceparent"),
-        HeaderName::from_static("tracestate"),
+        // W3C trace context: the request joins the page's trace.
+        ucxl_service::trace_context::TRACEPARENT.clone(),
+        ucxl_service::trace_context::TRACESTATE.clone(),
         // /mcp (the Streamable HTTP transport).
         HeaderName::from_static("mcp-protocol-version"),
         HeaderName::from_static("mcp-session-id"),
