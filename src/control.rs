@@ -21,6 +21,10 @@ const RESTART_REQUIRED: &[&str] = &[
     "local_store",
     "client_header_timeout",
     "watch_history",
+    // Layers of the HTTP stack, built once at start.
+    "cors_allowed_origins",
+    "cors_max_age",
+    "compression_min_bytes",
     // The certificate files are re-read on reload; other files need a restart.
     "tls_cert",
     "tls_key",
@@ -213,14 +217,7 @@ pub async fn reload(state: &AppState) -> Result<ReloadReport, ControlError> {
             report.applied.push(key);
         }
     }
-    // What needs a restart keeps its running value, so the config reflects what is in force.
-    new.listen_addr = old.listen_addr;
-    new.log_format = old.log_format;
-    new.journal_dir.clone_from(&old.journal_dir);
-    new.data_dir.clone_from(&old.data_dir);
-    new.local_store = old.local_store;
-    new.client_header_timeout = old.client_header_timeout;
-    new.watch_history = old.watch_history;
+    keep_restart_required(&mut new, &old);
     state.store.set_max_entries(new.cache_max_entries);
     if let Some(fallback) = state.fallback.get() {
         fallback.set_request_timeout(new.request_timeout);
@@ -229,6 +226,19 @@ pub async fn reload(state: &AppState) -> Result<ReloadReport, ControlError> {
     state.config.store(Arc::new(new));
     tracing::info!(applied = ?report.applied, restart_required = ?report.restart_required, "configuration reloaded");
     Ok(report)
+}
+
+/// What needs a restart ([`RESTART_REQUIRED`]) keeps its running value, so the config
+/// reflects what is in force.
+fn keep_restart_required(new: &mut Config, old: &Config) {
+    new.listen_addr = old.listen_addr;
+    new.log_format = old.log_format;
+    new.journal_dir.clone_from(&old.journal_dir);
+    new.data_dir.clone_from(&old.data_dir);
+    new.local_store = old.local_store;
+    new.client_header_timeout = old.client_header_timeout;
+    new.watch_history = old.watch_history;
+    new.http.clone_from(&old.http);
 }
 
 /// Reloads on every SIGHUP until `stop` is cancelled (as `POST /v1/admin/reload` does).

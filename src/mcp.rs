@@ -205,10 +205,12 @@ pub fn service(state: AppState) -> StreamableHttpService<Gateway, NeverSessionMa
 }
 
 /// The `/mcp` route: `tools/call` requests answered directly ([`handle`]), every other
-/// message by the SDK's Streamable HTTP service.
+/// message by the SDK's Streamable HTTP service. `POST` only: a stateless transport has no
+/// `GET` stream and no session to `DELETE` (the SDK would answer both 405 with `Allow:
+/// POST`, as the router now does), and `OPTIONS` gets the router's 204 like every route.
 pub fn route(state: AppState) -> axum::routing::MethodRouter<AppState> {
     let sdk = Arc::new(service(state));
-    axum::routing::any(
+    axum::routing::post(
         move |axum::extract::State(state): axum::extract::State<AppState>,
               request: axum::extract::Request| {
             let sdk = Arc::clone(&sdk);

@@ -149,10 +149,10 @@ pub fn build_state(config: Config, options: Options) -> Result<AppState, Startup
 
 /// The whole HTTP application: API routes, Swagger UI, fallbacks and layers.
 ///
-/// Layers of the data and admin routes, outermost first: load shedding (a global guard,
-/// before any work), the audit record (it sees every answer below it), authentication
-/// and the caller's rate; then each route checks its operation on its address before
-/// reading a body.
+/// Served inside [`crate::edge::Edge`] (CORS and compression). Layers of the data and
+/// admin routes, outermost first: load shedding (a global guard, before any work), the
+/// audit record (it sees every answer below it), authentication and the caller's rate;
+/// then each route checks its operation on its address before reading a body.
 pub fn router(state: AppState) -> Router {
     let (api, doc) = openapi::parts(|guarded| {
         guarded
@@ -295,6 +295,13 @@ impl Application {
         if config.auth == crate::config::AuthMode::None && !self.addr.ip().is_loopback() {
             tracing::warn!(addr = %self.addr, "RUSTLE_AUTH=none on an address beyond loopback: anyone who can reach it may read, overwrite and delete every envelope");
         }
+        if config.auth == crate::config::AuthMode::None
+            && config.http.cors_allowed_origins == crate::config::CorsOrigins::Any
+        {
+            tracing::warn!(
+                "RUSTLE_CORS_ALLOWED_ORIGINS=* with RUSTLE_AUTH=none: any web page opened in a browser that reaches this gateway may read, overwrite and delete every envelope"
+            );
+        }
         drop(config);
         if let Some(fallback) = self.state.fallback.get() {
             fallback.start(&background);
@@ -316,7 +323,7 @@ impl Application {
             Some(tls) => ucxl_service::serve::Listener::tls(self.listener, tls),
             None => ucxl_service::serve::Listener::plain(self.listener),
         };
-        let app = router(self.state);
+        let app = crate::edge::Edge::new(router(self.state.clone()), &self.state.config.load());
         let serve = ucxl_service::serve::serve(
             listener,
             app,

@@ -191,6 +191,56 @@ impl FromStr for EndpointUrl {
     }
 }
 
+/// The browser origins allowed to call the API across origins (CORS).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CorsOrigins {
+    /// None: no CORS headers, so browsers refuse cross-origin calls (the default).
+    #[default]
+    None,
+    /// Every origin (`*`).
+    Any,
+    /// These origins, as browsers send them in `Origin` (see [`parse_origin`]).
+    List(Vec<String>),
+}
+
+impl Serialize for CorsOrigins {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::None => serializer.collect_seq(std::iter::empty::<&str>()),
+            Self::Any => serializer.serialize_str("*"),
+            Self::List(origins) => serializer.collect_seq(origins),
+        }
+    }
+}
+
+/// An origin as browsers send it in `Origin` and compare it in CORS: `scheme://host[:port]`
+/// with the host in lowercase ASCII (an international name in its punycode form) and the
+/// scheme's default port left out. A trailing `/` is accepted and dropped.
+///
+/// # Errors
+/// Anything but an http(s) origin: a path, query, fragment or credentials, a wildcard.
+pub fn parse_origin(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let url = url::Url::parse(text).map_err(|_| {
+        "is not an origin: scheme://host[:port], such as https://app.example.com".to_owned()
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err("is not an http(s) origin (scheme://host[:port])".into());
+    }
+    if url.host_str().is_some_and(|h| h.contains('*')) {
+        return Err("has a wildcard: list each origin, or give * alone for every origin".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials".into());
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(
+            "is not an origin: only scheme://host[:port], without a path, query or fragment".into(),
+        );
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
 /// A secret whose `Debug` and `Serialize` never show it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -253,6 +303,18 @@ pub struct BreakerConfig {
     pub half_open_probes: u32,
 }
 
+/// What the HTTP layers around the routes do (built once, at start).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpLayers {
+    /// Browser origins allowed to call the API (CORS).
+    pub cors_allowed_origins: CorsOrigins,
+    /// How long a browser may reuse a preflight answer.
+    #[serde(with = "secs")]
+    pub cors_max_age: Duration,
+    /// Answers at least this large are compressed when the client accepts it; 0 = never.
+    pub compression_min_bytes: u64,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Config {
@@ -296,6 +358,9 @@ pub struct Config {
     /// Time a client has to send a whole request head (slowloris and idle connections).
     #[serde(with = "millis")]
     pub client_header_timeout: Duration,
+    /// CORS and compression.
+    #[serde(flatten)]
+    pub http: HttpLayers,
     /// Requests in flight before shedding.
     pub max_in_flight: usize,
     /// Concurrent watch streams.
@@ -339,6 +404,14 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Tracing filter directives.
     pub log_filter: String,
+}
+
+mod secs {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
 }
 
 mod millis {
@@ -671,6 +744,78 @@ mod tests {
                 s.key
             );
         }
+    }
+
+    #[test]
+    fn cors_origins_are_exact_origins_or_a_lone_star() {
+        let origins = |value: &str| {
+            Sources {
+                env: env(&[("RUSTLE_CORS_ALLOWED_ORIGINS", value)]),
+                ..Sources::default()
+            }
+            .resolve()
+            .map(|c| c.http.cors_allowed_origins)
+        };
+        assert_eq!(
+            Config::default().http.cors_allowed_origins,
+            CorsOrigins::None
+        );
+        assert_eq!(origins(" , "), Ok(CorsOrigins::None));
+        assert_eq!(origins(" * "), Ok(CorsOrigins::Any));
+        assert_eq!(
+            origins("https://App.Example.com:443/, http://localhost:3000,http://[::1]:8080"),
+            Ok(CorsOrigins::List(vec![
+                "https://app.example.com".into(),
+                "http://localhost:3000".into(),
+                "http://[::1]:8080".into(),
+            ]))
+        );
+        for (bad, why) in [
+            ("https://app.example.com/ui", "without a path"),
+            ("https://app.example.com?x=1", "without a path, query"),
+            ("ftp://files.example.com", "not an http(s) origin"),
+            ("app.example.com", "is not an origin"),
+            ("https://*.example.com", "has a wildcard"),
+            ("null", "is not an origin"),
+            ("https://user:pw@app.example.com", "credentials"),
+            ("*, https://app.example.com", "give it alone"),
+            ("http://a.example, http://A.example:80", "listed twice"),
+        ] {
+            let p = origins(bad).expect_err(bad).0;
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert!(
+                p[0].starts_with("RUSTLE_CORS_ALLOWED_ORIGINS: ") && p[0].contains(why),
+                "{bad}: {p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn http_feature_defaults_and_limits() {
+        let c = Config::default();
+        assert_eq!(c.http.cors_max_age, Duration::from_secs(600));
+        assert_eq!(c.http.compression_min_bytes, 1024);
+        let c = Sources {
+            env: env(&[
+                ("RUSTLE_COMPRESSION_MIN_BYTES", "0"),
+                ("RUSTLE_CORS_MAX_AGE_SECS", "0"),
+            ]),
+            ..Sources::default()
+        }
+        .resolve()
+        .expect("valid");
+        assert_eq!(
+            (c.http.compression_min_bytes, c.http.cors_max_age),
+            (0, Duration::ZERO)
+        );
+        let p = problems(&Sources {
+            env: env(&[
+                ("RUSTLE_COMPRESSION_MIN_BYTES", "-1"),
+                ("RUSTLE_CORS_MAX_AGE_SECS", "86401"),
+            ]),
+            ..Sources::default()
+        });
+        assert_eq!(p.len(), 2, "{p:?}");
     }
 
     #[test]

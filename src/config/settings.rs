@@ -51,6 +51,9 @@ settings! {
     max_body_bytes, "RUSTLE_MAX_BODY_BYTES", Some("1048576"), "largest request body (bytes)";
     max_answer_bytes, "RUSTLE_MAX_ANSWER_BYTES", Some("4194304"), "largest node answer about one envelope (bytes); history and search answers may be 8 times larger";
     client_header_timeout_ms, "RUSTLE_CLIENT_HEADER_TIMEOUT_MS", Some("60000"), "time a client has to send a whole request head, on a new or an idle kept-alive connection; slower clients are disconnected (ms)";
+    cors_allowed_origins, "RUSTLE_CORS_ALLOWED_ORIGINS", Some(""), "comma-separated browser origins (scheme://host[:port]) whose pages may call the API, or * for any; empty = none: no CORS headers, so browsers refuse cross-origin calls";
+    cors_max_age_secs, "RUSTLE_CORS_MAX_AGE_SECS", Some("600"), "how long a browser may reuse a preflight answer (s)";
+    compression_min_bytes, "RUSTLE_COMPRESSION_MIN_BYTES", Some("1024"), "answers at least this large are compressed with gzip, br or zstd when Accept-Encoding asks for one (never event streams); 0 = no compression (bytes)";
     max_in_flight, "RUSTLE_MAX_IN_FLIGHT", Some("1024"), "requests in flight before load shedding";
     max_watches, "RUSTLE_MAX_WATCHES", Some("1024"), "concurrent GET /v1/watch streams; beyond, 503 with Retry-After";
     watch_buffer, "RUSTLE_WATCH_BUFFER", Some("1024"), "events queued for one watcher; a watcher that lets its queue fill is sent an error event and dropped";

@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::settings::{SETTINGS, Setting};
 use super::{
     ANSWER_OVERHEAD_BYTES, AuditSink, AuthMode, BackendMode, BreakerConfig, Cli, Config,
-    EndpointUrl, LocalStorage, LogFormat, RetryConfig, Secret,
+    CorsOrigins, EndpointUrl, HttpLayers, LocalStorage, LogFormat, RetryConfig, Secret,
 };
 
 /// Where a value came from, for messages that point at the right place.
@@ -192,6 +192,7 @@ impl Sources {
             max_body_bytes: p.number("max_body_bytes", 1, 1 << 34),
             max_answer_bytes: p.number("max_answer_bytes", 1024, 1 << 34),
             client_header_timeout: p.millis("client_header_timeout_ms", 1, 3_600_000),
+            http: p.http_layers(),
             max_in_flight: p.number("max_in_flight", 1, 1 << 24),
             max_watches: p.number("max_watches", 0, 1 << 20),
             watch_buffer: p.number("watch_buffer", 1, 1 << 20),
@@ -522,6 +523,54 @@ impl Parse {
             }
         }
         urls
+    }
+
+    fn http_layers(&mut self) -> HttpLayers {
+        HttpLayers {
+            cors_allowed_origins: self.cors_origins(),
+            cors_max_age: Duration::from_secs(self.number("cors_max_age_secs", 0, 86_400)),
+            compression_min_bytes: self.number("compression_min_bytes", 0, 1 << 30),
+        }
+    }
+
+    /// `*` alone, or a list of origins (empty: none).
+    fn cors_origins(&mut self) -> CorsOrigins {
+        const KEY: &str = "cors_allowed_origins";
+        let Some((origin, value)) = self.values.get(KEY).cloned() else {
+            return CorsOrigins::None;
+        };
+        let items: Vec<&str> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if items == ["*"] {
+            return CorsOrigins::Any;
+        }
+        let mut origins = Vec::new();
+        for item in items {
+            if item == "*" {
+                self.problem(
+                    KEY,
+                    &origin,
+                    item,
+                    "allows every origin: give it alone, or list origins without it",
+                );
+                continue;
+            }
+            match super::parse_origin(item) {
+                Ok(o) if origins.contains(&o) => {
+                    self.problem(KEY, &origin, item, "is listed twice");
+                }
+                Ok(o) => origins.push(o),
+                Err(e) => self.problem(KEY, &origin, item, &e),
+            }
+        }
+        if origins.is_empty() {
+            CorsOrigins::None
+        } else {
+            CorsOrigins::List(origins)
+        }
     }
 
     fn log_filter(&mut self) -> String {

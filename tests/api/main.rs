@@ -9,6 +9,7 @@ mod envelopes;
 mod errors;
 mod faults;
 mod helpers;
+mod http_features;
 mod mcp;
 mod node_client;
 #[path = "../../crates/bzzz-node/tests/cluster/harness.rs"]

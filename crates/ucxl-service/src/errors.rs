@@ -118,11 +118,22 @@ pub async fn not_found(req: Request) -> ErrorReport {
     )
 }
 
-/// 405 for known routes with another method (axum keeps the `Allow` header).
-pub async fn method_not_allowed(req: Request) -> ErrorReport {
+/// 405 for known routes with another method; axum adds the `Allow` header listing the
+/// route's methods.
+///
+/// `OPTIONS` (RFC 9110 §9.3.7) is answered instead, 204 with that `Allow` header: a route
+/// supports it without declaring it. A browser's CORS preflight is an `OPTIONS` request;
+/// where a CORS layer is installed it answers preflights itself, and without one this
+/// answer carries no `Access-Control-*` header, so the browser refuses the cross-origin
+/// call (rather than seeing a 405).
+pub async fn method_not_allowed(req: Request) -> Response {
+    if req.method() == axum::http::Method::OPTIONS {
+        return StatusCode::NO_CONTENT.into_response();
+    }
     ErrorReport::new(
         Code::MethodNotAllowed,
         format!("{} is not allowed on {}", req.method(), req.uri().path()),
         json!({"method": req.method().as_str()}),
     )
+    .into_response()
 }
