@@ -9,6 +9,9 @@ same backends, on this 2-core machine, with the protocol of ../shared/BENCHMARKI
     bench/bench.py nodes-read     three real bzzz-node processes: GET
     bench/bench.py cached-read    the same GETs asking X-Rustle-Consistency: cached (the
                                   gateway answers from its feed-coherent cache)
+    bench/bench.py node-paths     one node alone on CPU 1: its GET and PUT (CPU-µs, p99, GET
+                                  saturation, callgrind instructions) against nginx
+                                  answering the node's own answer texts
     bench/bench.py nodes-write    three real bzzz-node processes: PUT
     bench/bench.py nodes-down     real nodes, one SIGKILLed during the run: GET then PUT
     bench/bench.py gates          callgrind instructions and syscalls per gateway read (c=1)
@@ -388,11 +391,11 @@ class Node:
     def p2p(self):
         return f"/ip4/127.0.0.1/tcp/{self.p2p_port}"
 
-    def start(self):
+    def start(self, cpu=LOAD_CPU, env=None, under=None):
         self.proc = Proc(
             self.name,
-            [os.path.join(BIN, "bzzz-node")],
-            LOAD_CPU,
+            list(under or []) + [os.path.join(BIN, "bzzz-node")],
+            cpu,
             env={
                 "BZZZ_HTTP_ADDR": f"127.0.0.1:{self.http_port}",
                 "BZZZ_P2P_ADDR": self.p2p,
@@ -400,6 +403,7 @@ class Node:
                 "BZZZ_DATA_DIR": self.dir,
                 "BZZZ_NODE_NAME": self.name,
                 "RUST_LOG": "warn",
+                **(env or {}),
             },
             logfile=os.path.join(os.path.dirname(self.dir), f"{self.name}.log"),
         )
@@ -988,12 +992,53 @@ def h2load(url, n, headers=None, data=None):
         raise SystemExit(f"bench: h2load failed: {out.stdout[-1500:]} {out.stderr[-500:]}")
 
 
+def put_requests(base, paths, body):
+    """PUTs `body` (JSON text) to each of `paths` in turn on one kept-alive connection
+    (c=1); every answer must be 2xx. h2load sends only GET and POST."""
+    from netutil import Client
+    client = Client(base, timeout=120)
+    value = json.loads(body)
+    try:
+        for path in paths:
+            status, _, raw = client.request("PUT", path, value)
+            if not 200 <= status < 300:
+                raise SystemExit(f"bench: PUT {path} answered {status}: {raw[:300]!r}")
+    finally:
+        client.close()
+
+
+def callgrind_batch(pid, out_file, drive, n):
+    """Instructions per request of the process `pid`, started under callgrind writing to
+    `out_file`: `drive(2000)` warms up, the counters are zeroed, `drive(n)` is measured and
+    dumped. The dump after zeroing is the measured batch; the final one at exit is not."""
+    drive(2000)
+    ctl = ["callgrind_control"]
+    subprocess.run(ctl + ["-z", str(pid)], check=True, capture_output=True)
+    drive(n)
+    subprocess.run(ctl + ["-d", str(pid)], check=True, capture_output=True)
+
+
+def callgrind_per_request(out_file, n, what):
+    totals = []
+    for path in glob.glob(out_file + "*"):
+        with open(path) as f:
+            for line in f:
+                if line.startswith("totals:") or line.startswith("summary:"):
+                    totals.append((path, int(line.split()[1])))
+                    break
+    measured = [t for p, t in totals if p != out_file]
+    if not measured:
+        raise SystemExit(f"bench: no callgrind dump for {what}: {totals}")
+    return min(measured) / n
+
+
 def callgrind_instructions(kind, upstreams, work, n, env=None, headers=None, tag=None,
-                           check=None, path=None, data=None):
+                           check=None, path=None, data=None, write=False):
     """User-space instructions per read at c=1 (2000 warm-up requests, then n measured).
     `env` is added to the SUT's, `headers` sent with every request, `check(sut)` runs
     before the warm-up; `path` and `data` (a file POSTed) replace the read of FIXED_ADDRESS;
-    the dump is kept in `work` as callgrind.<tag>.out.<n>."""
+    `write` PUTs the workload's body to FIXED_ADDRESS instead; the dump is kept in `work` as
+    callgrind.<tag>.out.<n>."""
     sut = Sut(kind, upstreams, work)
     # no periodic work during the measured batch: health checks every hour
     sut.extra_env = {"RUSTLE_HEALTH_INTERVAL_MS": "3600000", **(env or {})}
@@ -1002,26 +1047,21 @@ def callgrind_instructions(kind, upstreams, work, n, env=None, headers=None, tag
     try:
         if check:
             check(sut)
-        url = sut.base + (path or sut.read_path(FIXED_ADDRESS))
-        h2load(url, 2000, headers, data)
-        ctl = ["callgrind_control"]
-        subprocess.run(ctl + ["-z", str(sut.pid)], check=True, capture_output=True)
-        h2load(url, n, headers, data)
-        subprocess.run(ctl + ["-d", str(sut.pid)], check=True, capture_output=True)
+        if write:
+            target = sut.write_path(FIXED_ADDRESS)
+            body = body_text()
+
+            def drive(count):
+                put_requests(sut.base, [target] * count, body)
+        else:
+            url = sut.base + (path or sut.read_path(FIXED_ADDRESS))
+
+            def drive(count):
+                h2load(url, count, headers, data)
+        callgrind_batch(sut.pid, out_file, drive, n)
     finally:
         sut.stop()
-    totals = []
-    for path in glob.glob(out_file + "*"):
-        with open(path) as f:
-            for line in f:
-                if line.startswith("totals:") or line.startswith("summary:"):
-                    totals.append((path, int(line.split()[1])))
-                    break
-    # the dump after zeroing is the measured batch; the final dump at exit is not
-    measured = [t for p, t in totals if p != out_file]
-    if not measured:
-        raise SystemExit(f"bench: no callgrind dump for {kind}: {totals}")
-    return min(measured) / n
+    return callgrind_per_request(out_file, n, kind)
 
 
 def syscalls_per_request(kind, upstreams, work, n, env=None, headers=None, tag=None,
@@ -1056,17 +1096,235 @@ def gates_stage(args):
     work = tempfile.mkdtemp(prefix="rustle-bench-fixed-gates-")
     backends = FixedBackends(work)
     n = args.gate_requests
-    out = {"stage": "gates", "requests": n, "instructions": {}, "syscalls": {}}
+    writes = max(1, n // 2)
+    out = {"stage": "gates", "requests": n, "instructions": {}, "syscalls": {},
+           "write_requests": writes, "write_instructions": {}}
     try:
         for kind in PROXIES:
             out["instructions"][kind] = callgrind_instructions(kind, backends.urls, work, n)
             out["syscalls"][kind] = syscalls_per_request(kind, backends.urls, work, n)
-            log(f"{kind}: {out['instructions'][kind]:.0f} instructions/req, "
-                f"{out['syscalls'][kind]:.2f} syscalls/req")
+            out["write_instructions"][kind] = callgrind_instructions(
+                kind, backends.urls, work, writes, tag=f"{kind}-put", write=True)
+            log(f"{kind}: {out['instructions'][kind]:.0f} instructions/read, "
+                f"{out['syscalls'][kind]:.2f} syscalls/read, "
+                f"{out['write_instructions'][kind]:.0f} instructions/write")
     finally:
         backends.stop()
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+# ---------------------------------------------------------------- a node's own paths
+
+
+def seed_docs(base, docs=DOCS):
+    from netutil import Client
+    client = Client(base, timeout=120)
+    try:
+        for i in range(docs):
+            status, _, raw = client.request(
+                "PUT", "/ucxi/v1/put?address=" + urllib.parse.quote(doc_address(i), safe=""),
+                {"content": CONTENT})
+            if status not in (200, 201):
+                raise SystemExit(f"bench: seeding failed: {status} {raw[:200]!r}")
+    finally:
+        client.close()
+
+
+class PathSut:
+    """node-paths' systems under test on CPU 1: `node`, one bzzz-node alone (replication
+    factor 1, no peers: its own HTTP, store and feed paths, nothing sent to peers), seeded
+    with DOCS envelopes; `nginx`, one nginx process answering its GET and PUT with the
+    node's own answer texts (same sizes): what serving a fixed answer costs."""
+
+    def __init__(self, kind, work, answers=None):
+        self.kind = kind
+        self.work = work
+        self.answers = answers
+        self.node = None
+        self.proc = None
+        self.port = None
+
+    @property
+    def base(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def read_path(self, address):
+        return "/ucxi/v1/get?address=" + urllib.parse.quote(address, safe="")
+
+    def write_path(self, address):
+        return "/ucxi/v1/put?address=" + urllib.parse.quote(address, safe="")
+
+    def start(self, under=None):
+        d = tempfile.mkdtemp(prefix=f"{self.kind}-", dir=self.work)
+        if self.kind == "node":
+            self.node = Node("bzzz-solo", d, [])
+            self.port = self.node.http_port
+            self.node.start(cpu=SUT_CPU, env={"BZZZ_REPLICATION_FACTOR": "1"}, under=under)
+            self.proc = self.node.proc
+            wait_until(self.node.healthy, 120 if under else 60, "the node to be healthy")
+            seed_docs(self.base)
+            return
+        get, put = self.answers
+        for text in (get, put):
+            assert "'" not in text and "$" not in text
+        self.port = free_port()
+        conf = os.path.join(d, "nginx.conf")
+        master = "master_process off;" if under else ""
+        with open(conf, "w") as f:
+            f.write(f"""worker_processes 1;
+{master}
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{self.port};
+    default_type application/json;
+    location = /ucxi/v1/get {{ return 200 '{get}'; }}
+    location = /ucxi/v1/put {{ client_body_buffer_size 64k; return 201 '{put}'; }}
+  }}
+}}
+""")
+        self.proc = Proc("nginx-fixed", list(under or []) + ["nginx", "-p", d, "-c", conf],
+                         SUT_CPU, logfile=os.path.join(d, "log"))
+        wait_until(lambda: http("GET", self.base + self.read_path(doc_address(0)),
+                                timeout=2)[0] == 200, 120 if under else 20,
+                   "the fixed nginx to serve")
+
+    @property
+    def pid(self):
+        return None if self.proc is None else self.proc.pid
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop(signal.SIGQUIT if self.kind == "nginx" else signal.SIGTERM)
+            self.proc = None
+
+
+def node_answers(work):
+    """The node's answer texts to a GET of a seeded address and to a PUT (for nginx)."""
+    sut = PathSut("node", work)
+    sut.start()
+    try:
+        _, get = http("GET", sut.base + sut.read_path(doc_address(500)))
+        _, put = http("PUT", sut.base + sut.write_path(doc_address(500)), {"content": CONTENT})
+    finally:
+        sut.stop()
+    return get.decode(), put.decode()
+
+
+PATH_KINDS = ["node", "nginx"]
+
+
+def node_paths_stage(args):
+    """A node's own GET and PUT (issue 19, item 4): CPU-µs per request at a fixed rate, p99
+    and GET saturation of one node alone on CPU 1, against nginx answering the node's own
+    answer texts (the cost of serving a fixed answer of the same size); then callgrind
+    instructions per GET and per PUT at c=1 for both."""
+    work = tempfile.mkdtemp(prefix="rustle-bench-node-paths-")
+    read_rate = args.rate or 5000
+    write_rate = 1000
+    answers = node_answers(work)
+    rounds = []
+    out = {"stage": "node-paths", "read_rate": read_rate, "write_rate": write_rate,
+           "seconds": args.seconds, "answer_bytes": [len(a.encode()) for a in answers]}
+    try:
+        for r in range(args.rounds):
+            runs = {}
+            for kind in (PATH_KINDS if r % 2 == 0 else PATH_KINDS[::-1]):
+                sut = PathSut(kind, work, answers)
+                sut.start()
+                try:
+                    runs[kind] = {
+                        "read": measure(sut, "read", "nodes", read_rate, args.seconds),
+                        "write": measure(sut, "write", "nodes", write_rate, args.seconds,
+                                         saturate=False),
+                    }
+                finally:
+                    sut.stop()
+                runs[kind]["gate"] = gate_ok(runs[kind]["read"]) and gate_ok(runs[kind]["write"])
+                log(f"round {r + 1} {kind}: GET {summary_line(runs[kind]['read'])}; "
+                    f"PUT {summary_line(runs[kind]['write'])}")
+            rounds.append(runs)
+        out["rounds"] = rounds
+        n = args.gate_requests // 2
+        out["requests"] = n
+        out["instructions"] = {}
+        for kind in PATH_KINDS:
+            for op in ("get", "put"):
+                out_file = os.path.join(work, f"callgrind.{kind}-{op}.out")
+                sut = PathSut(kind, work, answers)
+                sut.start(under=["valgrind", "--tool=callgrind",
+                                 f"--callgrind-out-file={out_file}"])
+                try:
+                    if op == "get":
+                        url = sut.base + sut.read_path(doc_address(7))
+
+                        def drive(count, url=url):
+                            h2load(url, count)
+                    else:
+                        tag = random.randrange(1 << 30)
+                        counter = iter(range(1 << 30))
+
+                        def drive(count, sut=sut, tag=tag, counter=counter):
+                            paths = [sut.write_path(
+                                f"ucxl://bench:writer@rustle:bench/gate/{tag}-{next(counter)}.json")
+                                for _ in range(count)]
+                            put_requests(sut.base, paths, body_text())
+                    callgrind_batch(sut.pid, out_file, drive, n)
+                finally:
+                    sut.stop()
+                out["instructions"][f"{kind}-{op}"] = callgrind_per_request(out_file, n, kind)
+                log(f"{kind} {op}: {out['instructions'][f'{kind}-{op}']:.0f} instructions/req")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def node_paths_table(data):
+    rounds = data["rounds"]
+    lines = [f"### node-paths (one node alone on CPU 1, replication factor 1, against nginx "
+             f"answering the node's own answers of {data['answer_bytes'][0]} and "
+             f"{data['answer_bytes'][1]} bytes; GET at {data['read_rate']} req/s over the "
+             f"{DOCS} seeded addresses, PUT at {data['write_rate']} req/s to new addresses, "
+             f"{data['seconds']} s runs, {len(rounds)} rounds; commit "
+             f"{data.get('commit', '?')})", "",
+             "| SUT | GET CPU-µs/req | GET p50 ms | GET p99 ms | GET saturation req/s "
+             "| PUT CPU-µs/req | PUT p50 ms | PUT p99 ms | RSS MiB | gate |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for k in PATH_KINDS:
+        rr = [r[k] for r in rounds]
+        lines.append(
+            f"| {k} | {median_range([x['read']['fixed']['cpu_us'] for x in rr])} "
+            f"| {median_range([x['read']['fixed']['p50_ms'] for x in rr], 3)} "
+            f"| {median_range([x['read']['fixed']['p99_ms'] for x in rr], 3)} "
+            f"| {median_range([x['read']['saturation']['rps'] for x in rr], 0)} "
+            f"| {median_range([x['write']['fixed']['cpu_us'] for x in rr])} "
+            f"| {median_range([x['write']['fixed']['p50_ms'] for x in rr], 3)} "
+            f"| {median_range([x['write']['fixed']['p99_ms'] for x in rr], 3)} "
+            f"| {median_range([x['write'].get('rss_mib') for x in rr], 1)} "
+            f"| {'pass' if all(x['gate'] for x in rr) else '**FAIL**'} |")
+    lines += ["", "| ratio node/nginx (median [min-max] of per-round ratios) | value |",
+              "|---|---|"]
+    for name, f in (("GET CPU-µs/req", lambda x: x["read"]["fixed"]["cpu_us"]),
+                    ("GET saturation req/s", lambda x: x["read"]["saturation"]["rps"]),
+                    ("PUT CPU-µs/req", lambda x: x["write"]["fixed"]["cpu_us"])):
+        ratios = [f(r["node"]) / f(r["nginx"]) if f(r["node"]) and f(r["nginx"]) else None
+                  for r in rounds]
+        lines.append(f"| {name} | {median_range(ratios)} |")
+    ins = data.get("instructions") or {}
+    if ins:
+        lines += ["", f"Callgrind at c=1 ({data['requests']} measured after 2000 warm-up):", "",
+                  "| request | node | nginx (fixed answer) | node/nginx |", "|---|---|---|---|"]
+        for op in ("get", "put"):
+            a, b = ins[f"node-{op}"], ins[f"nginx-{op}"]
+            lines.append(f"| {op.upper()} | {a:,.0f} | {b:,.0f} | {a / b:.2f}× |")
+    lines.append("")
+    return lines
 
 
 # ---------------------------------------------------------------- cached reads
@@ -2637,6 +2895,14 @@ def gates_table(data, date):
                 cmp.append("-")
         lines.append(f"| {k} | {ins:,.0f} | {sys_:.2f} | {cmp[0]} | {cmp[1]} |")
     lines.append("")
+    if data.get("write_instructions"):
+        w = data["write_instructions"]
+        lines += [f"PUT of the workload's body through each proxy at c=1, fixed backends "
+                  f"({data['write_requests']} measured after 2000 warm-up):", "",
+                  "| SUT | instructions/write (callgrind) | vs nginx |", "|---|---|---|"]
+        for k in PROXIES:
+            lines.append(f"| {k} | {w[k]:,.0f} | {w[k] / w['nginx']:.2f}× |")
+        lines.append("")
     if flagged:
         lines.append("Regressions flagged: " + "; ".join(flagged))
         lines.append("")
@@ -2652,8 +2918,8 @@ def report(date):
     host = subprocess.run(["uname", "-r"], capture_output=True, text=True).stdout.strip()
     lines += [f"Kernel {host}; {version_line()}", ""]
     flagged, not_run = [], []
-    for stage in ["fixed-read", "fixed-write", "nodes-read", "cached-read", "nodes-write",
-                  "nodes-down", "gates",
+    for stage in ["fixed-read", "fixed-write", "nodes-read", "cached-read", "node-paths",
+                  "nodes-write", "nodes-down", "gates",
                   "auth-read", "auth-gates", "auth-read-mock", "auth-gates-mock", "mock-write",
                   "mcp-fetch", "mcp-gates", "watch-latency", "watch-scaling", "watch-idle"]:
         path = os.path.join(d, f"{stage}.json")
@@ -2667,6 +2933,8 @@ def report(date):
             lines += more
         elif stage == "nodes-down":
             lines += down_table(data)
+        elif stage == "node-paths":
+            lines += node_paths_table(data)
         elif stage == "mock-write":
             lines += mock_write_table(data)
         elif stage == "mcp-fetch":
@@ -2737,7 +3005,7 @@ def build():
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("stage", choices=["setup", "build", "fixed-read", "fixed-write", "nodes-read",
-                                     "cached-read",
+                                     "cached-read", "node-paths",
                                      "nodes-write", "nodes-down", "gates", "auth-read",
                                      "auth-gates", "auth-read-mock", "auth-gates-mock",
                                      "mock-write", "mcp-fetch", "mcp-gates", "watch-latency",
@@ -2770,7 +3038,7 @@ def main():
     stages = [args.stage]
     if args.stage == "all":
         stages = ["setup", "build", "fixed-read", "fixed-write", "nodes-read", "cached-read",
-                  "nodes-write",
+                  "node-paths", "nodes-write",
                   "nodes-down", "gates", "auth-read", "auth-gates", "mock-write", "mcp-fetch",
                   "mcp-gates", "watch-latency", "watch-idle", "report"]
     for stage in stages:
@@ -2806,6 +3074,8 @@ def main():
                 data = watch_scaling_stage(args)
             elif stage == "cached-read":
                 data = cached_read_stage(args)
+            elif stage == "node-paths":
+                data = node_paths_stage(args)
             else:
                 data = load_stage(stage, args)
             data["measured_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat()

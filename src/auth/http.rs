@@ -127,15 +127,18 @@ impl<O: Operation> FromRequestParts<AppState> for Permitted<O> {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let ApiQuery(query) = ApiQuery::<AddressQuery>::from_request_parts(parts, state).await?;
+        let raw = match ucxl_service::body::sole_param(&parts.uri, "address") {
+            Some(raw) => raw.into_owned(),
+            // Anything but the one parameter: the generic parser answers or refuses it.
+            None => {
+                ApiQuery::<AddressQuery>::from_request_parts(parts, state)
+                    .await?
+                    .0
+                    .address
+            }
+        };
         let caller = caller(parts)?;
-        let address = permit(
-            state,
-            &caller,
-            parts.extensions.get::<Slot>(),
-            O::OP,
-            &query.address,
-        )?;
+        let address = permit(state, &caller, parts.extensions.get::<Slot>(), O::OP, &raw)?;
         Ok(Self {
             address,
             _op: PhantomData,

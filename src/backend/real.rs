@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use axum::body::Bytes;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use ucxl::batch::{ItemOutcome, ItemResult, Results};
 use ucxl::{Address, Envelope, EnvelopeId, History, NewVersion, SearchItem};
 
@@ -44,28 +43,40 @@ fn address_path(route: &str, address: &Address) -> String {
 }
 
 /// The body of a node put: the whole version when replaying (so the node keeps its id,
-/// time and hash), else what the client sent plus the id.
+/// time and hash), else what the client sent plus the id. Written straight from the
+/// version's fields: no intermediate `Value` tree, content copied as it is held.
 #[must_use]
 pub fn put_body(new: &NewVersion) -> Bytes {
-    let mut body = json!({
-        "id": new.id,
-        "content": new.content,
-        "content_type": new.content_type,
-        "metadata": new.metadata,
-    });
-    if let Some(at) = new.created_at {
-        body["created_at"] = json!(ucxl::envelope::rfc3339::format(at));
+    #[derive(Serialize)]
+    struct NodePut<'a> {
+        id: &'a ucxl::EnvelopeId,
+        content: &'a ucxl::Content,
+        content_type: &'a str,
+        metadata: &'a serde_json::Map<String, serde_json::Value>,
+        #[serde(
+            with = "ucxl::envelope::rfc3339::option",
+            skip_serializing_if = "Option::is_none"
+        )]
+        created_at: Option<chrono::DateTime<chrono::Utc>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        hash: Option<&'a ucxl::ContentHash>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        written_by: Option<&'a ucxl::PrincipalName>,
     }
-    if let Some(hash) = &new.hash {
-        body["hash"] = json!(hash);
-    }
-    if let Some(size) = new.size {
-        body["size"] = json!(size);
-    }
-    if let Some(by) = &new.written_by {
-        body["written_by"] = json!(by);
-    }
-    Bytes::from(body.to_string())
+    let body = NodePut {
+        id: &new.id,
+        content: &new.content,
+        content_type: &new.content_type,
+        metadata: &new.metadata,
+        created_at: new.created_at,
+        hash: new.hash.as_ref(),
+        size: new.size,
+        written_by: new.written_by.as_ref(),
+    };
+    // Serialising borrowed ids, strings, a map and JSON content cannot fail.
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
 /// A node's discover page.
@@ -469,6 +480,46 @@ impl Backend for RealBackend {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use serde_json::json;
+
+    #[test]
+    fn a_node_put_carries_the_version_and_its_content_as_held() {
+        let mut new = NewVersion::json(EnvelopeId::generate(), json!({"k": [1, "x"]}));
+        let body: serde_json::Value = serde_json::from_slice(&put_body(&new)).expect("json");
+        assert_eq!(
+            body,
+            json!({"id": new.id, "content": {"k": [1, "x"]},
+                   "content_type": "application/json", "metadata": {}})
+        );
+        // A replayed version keeps its time, hash, size and writer; text content is copied
+        // verbatim.
+        let text: ucxl::Content =
+            serde_json::from_str(r#"{"b":1.50,"a":"\u00e9"}"#).expect("content");
+        let at = chrono::Utc
+            .timestamp_opt(1_800_000_000, 123_456_000)
+            .single()
+            .expect("time");
+        let (hash, size) = text.digest().expect("digest");
+        new.content = text;
+        new.created_at = Some(at);
+        new.hash = Some(hash.clone());
+        new.size = Some(size);
+        new.metadata.insert("m".into(), json!(true));
+        let raw = String::from_utf8(put_body(&new).to_vec()).expect("utf-8");
+        assert!(
+            raw.contains(r#""content":{"b":1.50,"a":"\u00e9"}"#),
+            "{raw}"
+        );
+        let body: serde_json::Value = serde_json::from_str(&raw).expect("json");
+        assert_eq!(
+            body["created_at"],
+            json!(ucxl::envelope::rfc3339::format(at))
+        );
+        assert_eq!(body["hash"], json!(hash));
+        assert_eq!(body["size"], json!(size));
+        assert_eq!(body["metadata"], json!({"m": true}));
+        assert!(body.get("written_by").is_none());
+    }
 
     fn item(address: &str, version: u32, secs: i64) -> SearchItem {
         let t = chrono::Utc

@@ -259,8 +259,11 @@ impl<S: Send + Sync> FromRequestParts<S> for AddressParam {
     type Rejection = NodeError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let q: AddressQuery = query(parts)?;
-        let address = Address::parse(&q.address)?;
+        let address = match ucxl_service::body::sole_param(&parts.uri, "address") {
+            Some(raw) => Address::parse(&raw)?,
+            // Anything but the one parameter: the generic parser answers or refuses it.
+            None => Address::parse(&query::<AddressQuery>(parts)?.address)?,
+        };
         Ok(Self(address))
     }
 }
@@ -271,7 +274,9 @@ impl<S: Send + Sync> FromRequestParts<S> for AddressParam {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PutBody {
-    content: Value,
+    /// Kept as the JSON text it arrived in: hashed from a tree once, stored, replicated
+    /// and served as text.
+    content: ucxl::Content,
     id: Option<EnvelopeId>,
     #[serde(default, with = "ucxl::envelope::rfc3339::option")]
     created_at: Option<DateTime<Utc>>,
@@ -412,7 +417,7 @@ async fn put_envelope(
             .id
             .or_else(|| ctx.idempotency_key.clone())
             .unwrap_or_else(EnvelopeId::generate),
-        content: body.content.into(),
+        content: body.content,
         content_type,
         metadata: body.metadata.unwrap_or_default(),
         created_at: body.created_at,

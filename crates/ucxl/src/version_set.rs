@@ -25,13 +25,72 @@ pub struct Tombstone {
 }
 
 /// One member of a version set.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Entry {
     /// A stored version.
     Version(Arc<Version>),
     /// A delete.
     Tombstone(Tombstone),
+}
+
+impl<'de> Deserialize<'de> for Entry {
+    /// What serde derives for the internally tagged form (`kind` beside the fields, other
+    /// members ignored), read in one pass. The derived reader buffers every entry into a
+    /// generic tree before it knows the kind, so content read from a stored record or a
+    /// peer's copy became a `Value` tree, written out again on every read of it; read in
+    /// one pass, content keeps its JSON text ([`Content`]).
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+
+        #[derive(Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Kind {
+            Version,
+            Tombstone,
+        }
+        /// `Some` for any value, `null` included (`null` is content).
+        fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Content>, D::Error> {
+            Content::deserialize(d).map(Some)
+        }
+        #[derive(Deserialize)]
+        struct Flat {
+            kind: Kind,
+            id: EnvelopeId,
+            #[serde(with = "rfc3339")]
+            created_at: DateTime<Utc>,
+            #[serde(default, deserialize_with = "present")]
+            content: Option<Content>,
+            content_type: Option<String>,
+            metadata: Option<Map<String, Value>>,
+            hash: Option<ContentHash>,
+            size: Option<u64>,
+            written_by: Option<PrincipalName>,
+        }
+        let flat = Flat::deserialize(deserializer)?;
+        Ok(match flat.kind {
+            Kind::Tombstone => Self::Tombstone(Tombstone {
+                id: flat.id,
+                created_at: flat.created_at,
+            }),
+            Kind::Version => Self::Version(Arc::new(Version {
+                id: flat.id,
+                content: flat
+                    .content
+                    .ok_or_else(|| D::Error::missing_field("content"))?,
+                content_type: flat
+                    .content_type
+                    .ok_or_else(|| D::Error::missing_field("content_type"))?,
+                metadata: flat
+                    .metadata
+                    .ok_or_else(|| D::Error::missing_field("metadata"))?,
+                created_at: flat.created_at,
+                hash: flat.hash.ok_or_else(|| D::Error::missing_field("hash"))?,
+                size: flat.size.ok_or_else(|| D::Error::missing_field("size"))?,
+                written_by: flat.written_by,
+            })),
+        })
+    }
 }
 
 impl Entry {
@@ -479,6 +538,51 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
     use serde_json::json;
+
+    #[test]
+    fn entries_read_in_one_pass_keep_content_text_and_the_derived_form() {
+        let (hash, size) = crate::content_digest(&json!({"b": 1.5})).expect("digest");
+        let text = format!(
+            r#"{{"entries":[
+              {{"kind":"version","id":"v1","content":{{"b":1.50}},"content_type":"application/json",
+                "metadata":{{"m":1}},"created_at":"2027-01-15T08:00:00.000001Z","hash":{hash},
+                "size":{size},"extra":"ignored"}},
+              {{"id":"v0","kind":"version","content":null,"content_type":"text/plain",
+                "metadata":{{}},"created_at":"2027-01-15T07:00:00Z","hash":{hash},"size":4,
+                "written_by":"key:ops"}},
+              {{"created_at":"2027-01-15T09:00:00Z","kind":"tombstone","id":"t1","size":3}}]}}"#,
+            hash = json!(hash)
+        );
+        let set: VersionSet = serde_json::from_str(&text).expect("a version set");
+        let [
+            Entry::Version(first),
+            Entry::Version(second),
+            Entry::Tombstone(t),
+        ] = set.entries()
+        else {
+            panic!("{set:?}");
+        };
+        assert_eq!(first.id.as_str(), "v0");
+        assert_eq!(first.content, json!(null));
+        assert_eq!(
+            first.written_by.as_ref().map(PrincipalName::as_str),
+            Some("key:ops")
+        );
+        assert_eq!(second.content.json_text(), Some(r#"{"b":1.50}"#));
+        assert_eq!(second.metadata, *json!({"m": 1}).as_object().expect("map"));
+        assert_eq!(t.id.as_str(), "t1");
+        // Written back as the derived form writes it, and read again the same.
+        let again: VersionSet =
+            serde_json::from_str(&serde_json::to_string(&set).expect("written")).expect("read");
+        assert_eq!(again, set);
+        for bad in [
+            r#"{"entries":[{"kind":"version","id":"x","created_at":"2027-01-15T08:00:00Z"}]}"#,
+            r#"{"entries":[{"kind":"other","id":"x","created_at":"2027-01-15T08:00:00Z"}]}"#,
+            r#"{"entries":[{"id":"x","created_at":"2027-01-15T08:00:00Z"}]}"#,
+        ] {
+            assert!(serde_json::from_str::<VersionSet>(bad).is_err(), "{bad}");
+        }
+    }
 
     fn t(secs: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_800_000_000 + secs, 0)

@@ -62,3 +62,48 @@ async fn a_client_that_writes_a_too_large_body_before_reading_gets_the_413() {
         );
     }
 }
+
+/// The content of a put is kept as the JSON text it arrived in: the node's answer, a read
+/// of the version and a read after a restart carry it byte for byte (member order, number
+/// spelling, escapes), and the hash is still the JCS hash of its value.
+#[tokio::test]
+async fn content_is_stored_and_served_as_the_text_it_arrived_in() {
+    let mut node = node().await;
+    let client = reqwest::Client::new();
+    let a = address("verbatim");
+    let text = r#"{"z":1.50,"a":["\u00e9",1e2],"m":{"y":null,"b":true}}"#;
+    let body = format!(r#"{{"content":{text},"content_type":"application/json"}}"#);
+    let answer = client
+        .put(node.url(&put_path("verbatim")))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("put")
+        .text()
+        .await
+        .expect("answer");
+    assert!(answer.contains(&format!(r#""content":{text}"#)), "{answer}");
+    let expected = ucxl::content_digest(&serde_json::from_str(text).expect("json"))
+        .expect("digest")
+        .0;
+    assert!(answer.contains(expected.as_str()), "{answer}");
+    let get = format!("/ucxi/v1/get?address={}", enc(&a));
+    for when in ["before a restart", "after a restart"] {
+        let read = client
+            .get(node.url(&get))
+            .send()
+            .await
+            .expect("get")
+            .text()
+            .await
+            .expect("answer");
+        assert!(
+            read.contains(&format!(r#""content":{text}"#)),
+            "{when}: {read}"
+        );
+        if when.starts_with("before") {
+            node.restart().await;
+        }
+    }
+}
