@@ -49,6 +49,7 @@ where
             .json()
             .with_current_span(true)
             .with_span_list(false)
+            .fmt_fields(ucxl_service::log_fields::JsonSpanFields)
             .with_writer(writer)
             .boxed(),
         LogFormat::Pretty => fmt::layer().pretty().with_writer(writer).boxed(),

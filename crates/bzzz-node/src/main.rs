@@ -58,6 +58,7 @@ fn main() -> ExitCode {
     let installed = if config.log_json {
         tracing_subscriber::fmt()
             .json()
+            .fmt_fields(ucxl_service::log_fields::JsonSpanFields)
             .with_env_filter(filter)
             .try_init()
     } else {

@@ -10,6 +10,7 @@ pub mod body;
 pub mod errors;
 pub mod headers;
 pub mod lifecycle;
+pub mod log_fields;
 pub mod observe;
 pub mod otlp;
 pub mod process;
