@@ -1246,7 +1246,9 @@ def node_paths_stage(args):
                     }
                 finally:
                     sut.stop()
-                runs[kind]["gate"] = gate_ok(runs[kind]["read"]) and gate_ok(runs[kind]["write"])
+                for op in ("read", "write"):
+                    runs[kind][op]["gate"] = gate_ok(runs[kind][op])
+                runs[kind]["gate"] = runs[kind]["read"]["gate"] and runs[kind]["write"]["gate"]
                 log(f"round {r + 1} {kind}: GET {summary_line(runs[kind]['read'])}; "
                     f"PUT {summary_line(runs[kind]['write'])}")
             rounds.append(runs)
