@@ -13,6 +13,8 @@ same backends, on this 2-core machine, with the protocol of ../shared/BENCHMARKI
                                   saturation, callgrind instructions) against nginx
                                   answering the node's own answer texts
     bench/bench.py nodes-write    three real bzzz-node processes: PUT
+    bench/bench.py cache-rss      gateway RSS (hybrid, defaults) after 100,000 PUTs to distinct
+                                  addresses fill its cache; bytes per cached entry
     bench/bench.py nodes-down     real nodes, one SIGKILLed during the run: GET then PUT
     bench/bench.py gates          callgrind instructions and syscalls per gateway read (c=1)
     bench/bench.py mock-write     the embedded default's writes: local store on disk vs in memory
@@ -1399,6 +1401,87 @@ def cached_read_stage(args):
         nodes.stop()
         shutil.rmtree(work, ignore_errors=True)
     return {"stage": "cached-read", "rate": rate, "seconds": args.seconds, "rounds": rounds}
+
+
+def local_store_status(sut):
+    status, body = http("GET", sut.base + "/v1/status", timeout=5)
+    if status != 200:
+        raise SystemExit(f"bench: /v1/status answered {status}")
+    return json.loads(body)["response"]["data"]["local_store"]
+
+
+def cache_rss_stage(args):
+    """Gateway RSS as its cache fills: hybrid mode before three fresh real nodes, defaults
+    for everything (`RUSTLE_CACHE_MAX_ENTRIES`=100,000, `RUSTLE_WATCH_HISTORY`=20,000), then
+    `--cache-entries` (100,000) PUTs of the harness's content to distinct addresses through
+    it (oha, 16 connections, no rate limit; every write is remembered in the cache). RSS
+    fresh, after the fill, its peak, and the cache's counters from `/v1/status`; bytes per
+    cached entry is (after - fresh) / entries, so it also carries what grows with the
+    writes beside the cache (the watch history's last changes, writer affinity). Gate:
+    every PUT 2xx, no socket error, and the cache holds at least 99% of the writes."""
+    rounds = []
+    entries = args.cache_entries
+    for r in range(args.rounds):
+        work = tempfile.mkdtemp(prefix="rustle-bench-cache-rss-")
+        nodes = Nodes(work, docs=0)
+        sut = Sut("gateway", nodes.urls, work)
+        try:
+            sut.start()
+            fresh = rss_kib(sut.pid)
+            tag = f"{random.randrange(1 << 30):x}"
+            template = f"ucxl://bench:filler@rustle:bench/fill/{tag}-[0-9a-z]{{16}}.json"
+            url = re.escape(sut.base + sut.write_path("X").removesuffix("X")).replace("\\.", ".")
+            argv = ["taskset", "-c", LOAD_CPU, "oha", "--no-tui", "--output-format", "json",
+                    "-n", str(entries), "-c", "16", "-m", "PUT", "-T", "application/json",
+                    "-d", body_text(), "--rand-regex-url", url + template]
+            started = time.monotonic()
+            out = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                raise SystemExit(f"bench: oha failed: {out.stderr[-2000:]}")
+            fill = parse_oha(json.loads(out.stdout))
+            seconds = time.monotonic() - started
+            store = local_store_status(sut)
+            after = rss_kib(sut.pid)
+            peak = rss_kib(sut.pid, "VmHWM")
+        finally:
+            sut.stop()
+            nodes.stop()
+            shutil.rmtree(work, ignore_errors=True)
+        run = {
+            "writes": entries, "ok": fill["ok"], "non2xx": fill["non2xx"],
+            "errors": fill["errors"], "seconds": seconds,
+            "fresh_mib": fresh / 1024, "filled_mib": after / 1024, "peak_mib": peak / 1024,
+            "cached_entries": store["entries"], "owned_entries": store["owned_entries"],
+            "max_entries": store["max_entries"], "evictions": store["evictions"],
+            "bytes_per_entry": (after - fresh) * 1024 / max(store["entries"], 1),
+        }
+        run["gate"] = (fill["ok"] == entries and not fill["errors"]
+                       and store["entries"] >= entries * 0.99)
+        log(f"round {r + 1}: {fill['ok']} of {entries} PUTs 2xx in {seconds:.0f} s; RSS "
+            f"{run['fresh_mib']:.1f} -> {run['filled_mib']:.1f} MiB (peak "
+            f"{run['peak_mib']:.1f}) with {store['entries']} cached entries: "
+            f"{run['bytes_per_entry']:.0f} B each; gate {'ok' if run['gate'] else 'FAILED'}")
+        rounds.append(run)
+    return {"stage": "cache-rss", "writes": entries, "rounds": rounds}
+
+
+def cache_rss_table(data):
+    rr = data["rounds"]
+    return [
+        "## cache-rss: gateway RSS with a full cache", "",
+        f"Hybrid gateway (defaults) before three fresh nodes; {data['writes']:,} PUTs to "
+        "distinct addresses through it; RSS of the gateway process.", "",
+        "| RSS fresh MiB | RSS filled MiB | peak MiB | cached entries | bytes per entry "
+        "| fill s | gate |",
+        "|---|---|---|---|---|---|---|",
+        f"| {median_range([x['fresh_mib'] for x in rr], 1)} "
+        f"| {median_range([x['filled_mib'] for x in rr], 1)} "
+        f"| {median_range([x['peak_mib'] for x in rr], 1)} "
+        f"| {median_range([x['cached_entries'] for x in rr], 0)} "
+        f"| {median_range([x['bytes_per_entry'] for x in rr], 0)} "
+        f"| {median_range([x['seconds'] for x in rr], 0)} "
+        f"| {'ok' if all(x['gate'] for x in rr) else 'FAILED'} |", "",
+    ]
 
 
 # ---------------------------------------------------------------- authorization cost
@@ -2921,7 +3004,7 @@ def report(date):
     lines += [f"Kernel {host}; {version_line()}", ""]
     flagged, not_run = [], []
     for stage in ["fixed-read", "fixed-write", "nodes-read", "cached-read", "node-paths",
-                  "nodes-write", "nodes-down", "gates",
+                  "nodes-write", "cache-rss", "nodes-down", "gates",
                   "auth-read", "auth-gates", "auth-read-mock", "auth-gates-mock", "mock-write",
                   "mcp-fetch", "mcp-gates", "watch-latency", "watch-scaling", "watch-idle"]:
         path = os.path.join(d, f"{stage}.json")
@@ -2937,6 +3020,8 @@ def report(date):
             lines += down_table(data)
         elif stage == "node-paths":
             lines += node_paths_table(data)
+        elif stage == "cache-rss":
+            lines += cache_rss_table(data)
         elif stage == "mock-write":
             lines += mock_write_table(data)
         elif stage == "mcp-fetch":
@@ -3008,7 +3093,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("stage", choices=["setup", "build", "fixed-read", "fixed-write", "nodes-read",
                                      "cached-read", "node-paths",
-                                     "nodes-write", "nodes-down", "gates", "auth-read",
+                                     "nodes-write", "cache-rss", "nodes-down", "gates", "auth-read",
                                      "auth-gates", "auth-read-mock", "auth-gates-mock",
                                      "mock-write", "mcp-fetch", "mcp-gates", "watch-latency",
                                      "watch-scaling", "watch-idle", "report", "all"])
@@ -3016,6 +3101,8 @@ def main():
     p.add_argument("--seconds", type=int, default=5, help="length of each measured run")
     p.add_argument("--rate", type=int, default=0, help="fixed rate (default per stage)")
     p.add_argument("--gate-requests", type=int, default=10000)
+    p.add_argument("--cache-entries", type=int, default=100000,
+                   help="cache-rss: PUTs to distinct addresses that fill the cache")
     p.add_argument("--date", default=datetime.date.today().isoformat(),
                    help="results label: bench/results/<date>/ and <date>.md")
     p.add_argument("--gateway-bin", help="another gateway binary (e.g. a baseline build)")
@@ -3040,7 +3127,7 @@ def main():
     stages = [args.stage]
     if args.stage == "all":
         stages = ["setup", "build", "fixed-read", "fixed-write", "nodes-read", "cached-read",
-                  "node-paths", "nodes-write",
+                  "node-paths", "nodes-write", "cache-rss",
                   "nodes-down", "gates", "auth-read", "auth-gates", "mock-write", "mcp-fetch",
                   "mcp-gates", "watch-latency", "watch-idle", "report"]
     for stage in stages:
@@ -3078,6 +3165,8 @@ def main():
                 data = cached_read_stage(args)
             elif stage == "node-paths":
                 data = node_paths_stage(args)
+            elif stage == "cache-rss":
+                data = cache_rss_stage(args)
             else:
                 data = load_stage(stage, args)
             data["measured_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat()

@@ -63,14 +63,50 @@ enum Freed {
     Tombstone(ucxl::Tombstone),
 }
 
-/// Freed ids of one record, oldest first.
+/// Freed ids of one record, oldest first. Only owned records that saw a delete have any,
+/// so the table is boxed on first use: a cached record carries one null pointer.
 #[derive(Debug, Default)]
-struct FreedIds {
+struct FreedIds(Option<Box<FreedTable>>);
+
+#[derive(Debug, Default)]
+struct FreedTable {
     by_id: std::collections::HashMap<EnvelopeId, Freed>,
     order: std::collections::VecDeque<EnvelopeId>,
 }
 
 impl FreedIds {
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|t| t.by_id.is_empty())
+    }
+
+    fn get(&self, id: &EnvelopeId) -> Option<&Freed> {
+        self.0.as_ref()?.by_id.get(id)
+    }
+
+    /// The freed entries, oldest first.
+    fn rows(&self) -> Vec<FreedRow> {
+        self.0.as_ref().map_or_else(Vec::new, |t| {
+            t.order
+                .iter()
+                .filter_map(|id| t.by_id.get(id))
+                .map(Freed::row)
+                .collect()
+        })
+    }
+
+    /// Adds `freed` under `id` (kept where it is in the order when already held).
+    fn insert(&mut self, id: EnvelopeId, freed: Freed) {
+        let table = self.0.get_or_insert_with(Box::default);
+        if table.by_id.insert(id.clone(), freed).is_none() {
+            table.order.push_back(id);
+        }
+        while table.order.len() > FREED_MAX {
+            if let Some(old) = table.order.pop_front() {
+                table.by_id.remove(&old);
+            }
+        }
+    }
+
     fn remember(&mut self, dropped: Vec<(u32, ucxl::Entry)>) {
         for (number, entry) in dropped {
             let id = entry.id().clone();
@@ -84,21 +120,14 @@ impl FreedIds {
                 ),
                 ucxl::Entry::Tombstone(t) => Freed::Tombstone(t),
             };
-            if self.by_id.insert(id.clone(), freed).is_none() {
-                self.order.push_back(id);
-            }
-            while self.order.len() > FREED_MAX {
-                if let Some(old) = self.order.pop_front() {
-                    self.by_id.remove(&old);
-                }
-            }
+            self.insert(id, freed);
         }
     }
 
     /// A put of a freed id: the version as it was when the content is the same (the same
     /// write retried), else a conflict; a freed delete's id is a tombstone's.
     fn put(&self, new: &NewVersion) -> Option<Result<PutOutcome, StoreError>> {
-        Some(match self.by_id.get(&new.id)? {
+        Some(match self.get(&new.id)? {
             Freed::Version(number, ghost) => match new.content.digest() {
                 Ok((hash, _)) if hash == ghost.hash => Ok(PutOutcome::Existing {
                     version: *number,
@@ -115,7 +144,7 @@ impl FreedIds {
 
     /// A delete with a freed id: a no-op when it named a delete, a conflict when a version.
     fn delete(&self, id: &EnvelopeId) -> Option<Result<DeleteOutcome, StoreError>> {
-        Some(match self.by_id.get(id)? {
+        Some(match self.get(id)? {
             Freed::Tombstone(t) => Ok(DeleteOutcome::AlreadyDeleted(t.clone())),
             Freed::Version(..) => Err(ucxl::WriteError::IdIsVersion(id.clone()).into()),
         })
@@ -196,9 +225,10 @@ pub enum Lookup {
 
 #[derive(Debug, Default)]
 struct Inner {
-    records: BTreeMap<String, Record>,
+    /// Keyed by canonical address: the text each record's address shares.
+    records: BTreeMap<Arc<str>, Record>,
     /// tick → canonical address, for cached records.
-    lru: BTreeMap<u64, String>,
+    lru: BTreeMap<u64, Arc<str>>,
     tick: u64,
     entries: usize,
     owned_entries: usize,
@@ -229,7 +259,7 @@ impl Inner {
         if let Some(record) = self.records.get_mut(key) {
             if !record.owned {
                 self.lru.remove(&record.touched);
-                self.lru.insert(tick, key.to_owned());
+                self.lru.insert(tick, record.address.canonical_shared());
             }
             record.touched = tick;
         }
@@ -257,14 +287,12 @@ impl Inner {
         let mut freed = FreedIds::default();
         for row in image.freed {
             let (id, f) = Freed::from_row(row);
-            if freed.by_id.insert(id.clone(), f).is_none() {
-                freed.order.push_back(id);
-            }
+            freed.insert(id, f);
         }
-        if set.is_empty() && freed.by_id.is_empty() {
+        if set.is_empty() && freed.is_empty() {
             return;
         }
-        let key = image.address.canonical().to_owned();
+        let key = image.address.canonical_shared();
         self.entries += set.len();
         self.owned_entries += set.len();
         self.tick += 1;
@@ -301,7 +329,7 @@ impl Inner {
             let Some((tick, key)) = self.lru.pop_first() else {
                 break;
             };
-            if key == keep {
+            if &*key == keep {
                 skipped.push((tick, key));
                 continue;
             }
@@ -337,7 +365,7 @@ impl Inner {
         }
         let record = self
             .records
-            .entry(key.to_owned())
+            .entry(address.canonical_shared())
             .or_insert_with(|| Record {
                 address: address.without_temporal(),
                 set: VersionSet::default(),
@@ -375,7 +403,7 @@ impl Inner {
             self.owned_entries = self.owned_entries + after - before;
         }
         self.entries = self.entries + after - before;
-        if after == 0 && record.freed.by_id.is_empty() {
+        if after == 0 && record.freed.is_empty() {
             self.records.remove(key);
         } else {
             self.touch(key);
@@ -668,7 +696,7 @@ impl LocalStore {
             return;
         }
         let owned = record.owned;
-        let empty = record.set.is_empty() && record.freed.by_id.is_empty();
+        let empty = record.set.is_empty() && record.freed.is_empty();
         inner.entries -= 1;
         if owned {
             inner.owned_entries -= 1;
@@ -831,13 +859,7 @@ impl LocalStore {
         record.owned.then(|| RecordImage {
             address: record.address.clone(),
             entries: record.set.entries().to_vec(),
-            freed: record
-                .freed
-                .order
-                .iter()
-                .filter_map(|id| record.freed.by_id.get(id))
-                .map(Freed::row)
-                .collect(),
+            freed: record.freed.rows(),
         })
     }
 
@@ -857,7 +879,7 @@ impl LocalStore {
     pub fn install_owned(&self, images: Vec<RecordImage>) {
         let mut inner = self.write();
         for image in images {
-            let key = image.address.canonical().to_owned();
+            let key = image.address.canonical_shared();
             inner.forget(&key);
             inner.install(image);
         }
@@ -933,6 +955,40 @@ mod tests {
         assert_eq!(store.status().entries, 2);
         assert_eq!(store.status().owned_entries, 2);
         assert!(store.get(&addr("ucxl://a:b@c:d/1")).is_some());
+    }
+
+    #[test]
+    fn a_cached_record_holds_its_address_text_once_and_no_freed_table() {
+        let store = LocalStore::new(10);
+        let a = addr("ucxl://a:b@c:d/*~1/x/y.json");
+        let content: ucxl::Content = json!({"x": 1}).into();
+        let (hash, size) = content.digest().expect("hashable");
+        let version = ucxl::Version {
+            id: EnvelopeId::parse("v1").expect("valid id"),
+            content,
+            content_type: ucxl::DEFAULT_CONTENT_TYPE.to_owned(),
+            metadata: serde_json::Map::new(),
+            created_at: Utc::now(),
+            hash,
+            size,
+            written_by: None,
+        };
+        assert!(store.observe(&a, 1, &Arc::new(version)));
+        assert!(store.get(&a.without_temporal()).is_some());
+        let inner = store.read();
+        let (key, record) = inner.records.iter().next().expect("one record");
+        let (_, lru) = inner.lru.iter().next().expect("in the LRU index");
+        let text = record.address.canonical_shared();
+        // the index key, the LRU entry and the record's address: one allocation
+        assert!(Arc::ptr_eq(key, &text) && Arc::ptr_eq(lru, &text));
+        assert_eq!(&**key, "ucxl://a:b@c:d/x/y.json");
+        assert_eq!(record.address.temporal(), ucxl::Temporal::Latest);
+        // only a delete of owned data creates a freed table
+        assert!(record.freed.0.is_none());
+        assert_eq!(
+            std::mem::size_of::<FreedIds>(),
+            std::mem::size_of::<usize>()
+        );
     }
 
     #[test]

@@ -366,7 +366,7 @@ pub async fn search_matches_sorts_pages_and_filters(b: Arc<dyn Backend>) {
     let paths = |items: &[ucxl::SearchItem]| {
         items
             .iter()
-            .map(|i| i.address.segments().join("/"))
+            .map(|i| i.address.path().to_owned())
             .collect::<Vec<_>>()
     };
 
@@ -393,7 +393,7 @@ pub async fn search_matches_sorts_pages_and_filters(b: Arc<dyn Backend>) {
     let a = all
         .items
         .iter()
-        .find(|i| i.address.segments().join("/") == "d/a.json")
+        .find(|i| i.address.path() == "d/a.json")
         .expect("a.json");
     assert_eq!(a.version, 2, "search returns the latest version");
 

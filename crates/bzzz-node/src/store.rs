@@ -991,7 +991,7 @@ mod tests {
                     FeedChange::Put { version, .. } => ("put", *version),
                     FeedChange::Delete { .. } => ("delete", 0),
                 };
-                let path = e.change.address().segments().join("/");
+                let path = e.change.address().path().to_owned();
                 (e.seq, op, path, e.change.id().as_str().to_owned(), version)
             })
             .collect()

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -119,15 +120,28 @@ impl fmt::Display for Temporal {
 }
 
 /// A valid UCXL address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// Held as its canonical text and where each component ends in it: one shared allocation,
+/// so a clone is a reference count and a cached record, its envelope and the index keys
+/// that name it share one copy. Components can hold none of `:@/`, so the offsets are
+/// all it takes to hand them out again.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Address {
-    agent: String,
-    role: String,
-    project: String,
-    task: String,
+    /// `ucxl://agent:role@project:task[/segment...]`, without the temporal segment.
+    canonical: Arc<str>,
+    /// Byte offsets in `canonical` where the agent, role, project and task end (an address
+    /// is at most 1024 bytes).
+    ends: [u16; 4],
     temporal: Temporal,
-    path: Vec<String>,
-    canonical: String,
+}
+
+impl fmt::Debug for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Address")
+            .field("canonical", &&*self.canonical)
+            .field("temporal", &self.temporal)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The four named components and the raw path part of an address or pattern, split but
@@ -268,76 +282,96 @@ impl Address {
             _ => Temporal::Latest,
         };
         let path = segments
-            .map(|s| check_segment(s).map(|()| s.to_owned()))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|s| check_segment(s).map(|()| s))
+            .collect::<Result<Vec<&str>, _>>()?;
         Ok(Self::from_valid_parts(
-            parts.agent,
-            parts.role,
-            parts.project,
-            parts.task,
+            [parts.agent, parts.role, parts.project, parts.task],
             temporal,
-            path,
+            &path,
         ))
     }
 
-    fn from_valid_parts(
-        agent: &str,
-        role: &str,
-        project: &str,
-        task: &str,
-        temporal: Temporal,
-        path: Vec<String>,
-    ) -> Self {
-        let mut canonical = format!("ucxl://{agent}:{role}@{project}:{task}");
-        for segment in &path {
+    fn from_valid_parts(components: [&str; 4], temporal: Temporal, path: &[&str]) -> Self {
+        const SCHEME: &str = "ucxl://";
+        let length = SCHEME.len()
+            + components.iter().map(|c| c.len() + 1).sum::<usize>()
+            + path.iter().map(|s| s.len() + 1).sum::<usize>();
+        let mut canonical = String::with_capacity(length);
+        canonical.push_str(SCHEME);
+        let mut ends = [0u16; 4];
+        for (i, (component, separator)) in components.iter().zip(["", ":", "@", ":"]).enumerate() {
+            canonical.push_str(separator);
+            canonical.push_str(component);
+            // `split` refused anything over MAX_ADDRESS_BYTES (1024), so this fits.
+            ends[i] = u16::try_from(canonical.len()).unwrap_or(u16::MAX);
+        }
+        for segment in path {
             canonical.push('/');
             canonical.push_str(segment);
         }
         Self {
-            agent: agent.to_owned(),
-            role: role.to_owned(),
-            project: project.to_owned(),
-            task: task.to_owned(),
+            canonical: Arc::from(canonical),
+            ends,
             temporal,
-            path,
-            canonical,
         }
+    }
+
+    fn component(&self, i: usize) -> &str {
+        let start = match i {
+            0 => "ucxl://".len(),
+            _ => usize::from(self.ends[i - 1]) + 1,
+        };
+        self.canonical
+            .get(start..usize::from(self.ends[i]))
+            .unwrap_or_default()
     }
 
     /// The agent component.
     #[must_use]
     pub fn agent(&self) -> &str {
-        &self.agent
+        self.component(0)
     }
     /// The role component.
     #[must_use]
     pub fn role(&self) -> &str {
-        &self.role
+        self.component(1)
     }
     /// The project component.
     #[must_use]
     pub fn project(&self) -> &str {
-        &self.project
+        self.component(2)
     }
     /// The task component.
     #[must_use]
     pub fn task(&self) -> &str {
-        &self.task
+        self.component(3)
     }
     /// The temporal selector (`Latest` when the address had none).
     #[must_use]
     pub fn temporal(&self) -> Temporal {
         self.temporal
     }
+    /// The normalised path: its segments joined by `/` (empty when there are none).
+    #[must_use]
+    pub fn path(&self) -> &str {
+        self.canonical
+            .get(usize::from(self.ends[3]) + 1..)
+            .unwrap_or_default()
+    }
     /// The normalised path segments.
     #[must_use]
-    pub fn segments(&self) -> &[String] {
-        &self.path
+    pub fn segments(&self) -> impl DoubleEndedIterator<Item = &str> + Clone + '_ {
+        self.path().split('/').filter(|s| !s.is_empty())
     }
     /// The storage key: the address without its temporal segment.
     #[must_use]
     pub fn canonical(&self) -> &str {
         &self.canonical
+    }
+    /// The storage key as a shared string: a copy that costs a reference count.
+    #[must_use]
+    pub fn canonical_shared(&self) -> Arc<str> {
+        Arc::clone(&self.canonical)
     }
     /// The same address without a temporal selector (the canonical address).
     #[must_use]
@@ -376,13 +410,14 @@ impl fmt::Display for Address {
         if self.temporal == Temporal::Latest {
             return f.write_str(&self.canonical);
         }
-        write!(
-            f,
-            "ucxl://{}:{}@{}:{}/{}",
-            self.agent, self.role, self.project, self.task, self.temporal
-        )?;
-        for segment in &self.path {
-            write!(f, "/{segment}")?;
+        let authority = self
+            .canonical
+            .get(..usize::from(self.ends[3]))
+            .unwrap_or_default();
+        write!(f, "{authority}/{}", self.temporal)?;
+        let path = self.path();
+        if !path.is_empty() {
+            write!(f, "/{path}")?;
         }
         Ok(())
     }
@@ -449,7 +484,8 @@ mod tests {
         assert_eq!(a.project(), "bzzz");
         assert_eq!(a.task(), "v2-migration");
         assert_eq!(a.temporal(), Temporal::Version(3));
-        assert_eq!(a.segments(), ["decisions", "protocol.json"]);
+        assert!(a.segments().eq(["decisions", "protocol.json"]));
+        assert_eq!(a.path(), "decisions/protocol.json");
         assert_eq!(
             a.canonical(),
             "ucxl://claude:architect@bzzz:v2-migration/decisions/protocol.json"
@@ -464,10 +500,51 @@ mod tests {
     fn absent_temporal_means_latest_and_empty_path_is_allowed() {
         let a = parse("ucxl://a:b@c:d");
         assert_eq!(a.temporal(), Temporal::Latest);
-        assert!(a.segments().is_empty());
+        assert_eq!(a.segments().next(), None);
+        assert_eq!(a.path(), "");
         assert_eq!(a.canonical(), "ucxl://a:b@c:d");
         assert_eq!(parse("ucxl://a:b@c:d/*^"), a);
         assert_eq!(parse("ucxl://a:b@c:d/"), a);
+    }
+
+    #[test]
+    fn components_and_path_come_from_the_one_canonical_text() {
+        let a = parse("ucxl://any:r-1@p_2:t/^^4/a//b.c/-d/");
+        assert_eq!(
+            [a.agent(), a.role(), a.project(), a.task()],
+            ["any", "r-1", "p_2", "t"]
+        );
+        assert_eq!(a.temporal(), Temporal::Forward(4));
+        assert_eq!(a.path(), "a/b.c/-d");
+        assert!(a.segments().eq(["a", "b.c", "-d"]));
+        assert_eq!(a.canonical(), "ucxl://any:r-1@p_2:t/a/b.c/-d");
+        assert_eq!(a.to_string(), "ucxl://any:r-1@p_2:t/^^4/a/b.c/-d");
+        assert_eq!(parse(&a.to_string()), a);
+        // the temporal segment is part of equality, the text is shared by clones
+        let latest = a.without_temporal();
+        assert_ne!(latest, a);
+        assert_eq!(latest, parse("ucxl://any:r-1@p_2:t/a/b.c/-d"));
+        assert!(Arc::ptr_eq(
+            &latest.canonical_shared(),
+            &a.canonical_shared()
+        ));
+        let hash = |x: &Address| {
+            use std::hash::{BuildHasher, RandomState};
+            let state = RandomState::new();
+            (state.hash_one(x), state.hash_one(x.clone()))
+        };
+        let (h1, h2) = hash(&latest);
+        assert_eq!(h1, h2);
+        // the longest components and path still fit the offsets
+        let long = "x".repeat(64);
+        let mut text = format!("ucxl://{long}:{long}@{long}:{long}");
+        while text.len() + 9 <= MAX_ADDRESS_BYTES {
+            text.push_str("/segment1");
+        }
+        let b = parse(&text);
+        assert_eq!(b.task(), long);
+        assert_eq!(b.canonical(), text);
+        assert_eq!(b.path().len(), text.len() - (7 + 4 * 64 + 3) - 1);
     }
 
     #[test]

@@ -165,12 +165,12 @@ impl Pattern {
             .iter()
             .zip(values)
             .all(|(want, have)| want.as_deref().is_none_or(|w| w == have))
-            && self.path_matches(address.segments())
+            && self.path_matches(&address.segments().collect::<Vec<_>>())
     }
 
     /// Segment-level matching with `**`: `reach[j]` says whether the globs seen so far can
     /// consume exactly the first `j` segments.
-    fn path_matches(&self, segments: &[String]) -> bool {
+    fn path_matches(&self, segments: &[&str]) -> bool {
         let mut reach = vec![false; segments.len() + 1];
         reach[0] = true;
         for glob in &self.path {

@@ -49,9 +49,9 @@ impl SearchQuery {
     ///
     /// # Errors
     /// [`SearchTimeout`].
-    pub fn scan<R>(
+    pub fn scan<K: std::borrow::Borrow<str> + Ord, R>(
         &self,
-        records: &BTreeMap<String, R>,
+        records: &BTreeMap<K, R>,
         view: impl Fn(&R) -> (&Address, &VersionSet),
         deadline: Instant,
     ) -> Result<(Vec<SearchItem>, bool), SearchTimeout> {
@@ -67,7 +67,7 @@ impl SearchQuery {
             .range::<str, _>((start, Bound::Unbounded))
             .enumerate()
         {
-            if !key.starts_with(&prefix) {
+            if !key.borrow().starts_with(&prefix) {
                 break;
             }
             if scanned % CHECK_EVERY == CHECK_EVERY - 1 && Instant::now() >= deadline {

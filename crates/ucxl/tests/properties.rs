@@ -92,7 +92,7 @@ proptest! {
             .iter()
             .zip(components(&b))
             .all(|(want, have)| want == ucxl::address::ANY || *want == have);
-        prop_assert_eq!(pattern.matches(&b), agree && a.segments() == b.segments());
+        prop_assert_eq!(pattern.matches(&b), agree && a.segments().eq(b.segments()));
         let concrete = [a.agent(), a.role(), a.project(), a.task()].iter().all(|c| *c != ucxl::address::ANY);
         if concrete {
             prop_assert_eq!(pattern.matches(&b), a.canonical() == b.canonical());
@@ -109,7 +109,7 @@ proptest! {
         let comps = [a.agent(), a.role(), a.project(), a.task()];
         let comps: Vec<&str> = comps.iter().zip(&wild).map(|(c, w)| if *w { "any" } else { c }).collect();
         let mut p = format!("ucxl://{}:{}@{}:{}", comps[0], comps[1], comps[2], comps[3]);
-        for (i, seg) in a.segments().iter().enumerate() {
+        for (i, seg) in a.segments().enumerate() {
             p.push('/');
             match glob.get(i).copied().unwrap_or(0) {
                 1 => p.push('*'),

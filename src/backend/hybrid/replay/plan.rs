@@ -254,7 +254,7 @@ mod tests {
             .map(|b| {
                 b.entries
                     .iter()
-                    .map(|(seq, e)| (*seq, e.address.segments().join("/")))
+                    .map(|(seq, e)| (*seq, e.address.path().to_owned()))
                     .collect()
             })
             .collect()
@@ -360,7 +360,7 @@ mod tests {
         let removed: Vec<(u64, String)> = settled
             .remove
             .iter()
-            .map(|(seq, a)| (*seq, a.segments().join("/")))
+            .map(|(seq, a)| (*seq, a.path().to_owned()))
             .collect();
         assert_eq!(removed, [(1, "x".into()), (2, "y".into()), (5, "z".into())]);
         assert_eq!(settled.kept, 2);
