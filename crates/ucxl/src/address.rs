@@ -24,6 +24,8 @@ pub(crate) const EXPECT_COMPONENT: &str = "[A-Za-z0-9_-]{1,64} or any";
 pub(crate) const EXPECT_SEGMENT: &str = "/-separated segments of [A-Za-z0-9_.-], not . or ..";
 pub(crate) const EXPECT_TEMPORAL: &str =
     "*^, *~, *~N, ~~N or ^^N with N a decimal integer 0..=4294967295";
+/// How every canonical address starts.
+const SCHEME: &str = "ucxl://";
 pub(crate) const EXPECT_ADDRESS: &str = "ucxl://AGENT:ROLE@PROJECT:TASK[/TEMPORAL][/PATH]";
 
 /// Which version of an address's history a read selects.
@@ -281,44 +283,51 @@ impl Address {
             }
             _ => Temporal::Latest,
         };
-        let path = segments
-            .map(|s| check_segment(s).map(|()| s))
-            .collect::<Result<Vec<&str>, _>>()?;
-        Ok(Self::from_valid_parts(
-            [parts.agent, parts.role, parts.project, parts.task],
-            temporal,
-            &path,
-        ))
-    }
-
-    fn from_valid_parts(components: [&str; 4], temporal: Temporal, path: &[&str]) -> Self {
-        const SCHEME: &str = "ucxl://";
-        let length = SCHEME.len()
-            + components.iter().map(|c| c.len() + 1).sum::<usize>()
-            + path.iter().map(|s| s.len() + 1).sum::<usize>();
-        let mut canonical = String::with_capacity(length);
-        canonical.push_str(SCHEME);
+        let mut length = SCHEME.len()
+            + [parts.agent, parts.role, parts.project, parts.task]
+                .iter()
+                .map(|c| c.len() + 1)
+                .sum::<usize>()
+            - 1;
+        for segment in segments.clone() {
+            check_segment(segment)?;
+            length += segment.len() + 1;
+        }
+        let components = [parts.agent, parts.role, parts.project, parts.task];
         let mut ends = [0u16; 4];
-        for (i, (component, separator)) in components.iter().zip(["", ":", "@", ":"]).enumerate() {
-            canonical.push_str(separator);
-            canonical.push_str(component);
+        let mut end = SCHEME.len();
+        for (i, component) in components.iter().enumerate() {
+            end += usize::from(i > 0) + component.len();
             // `split` refused anything over MAX_ADDRESS_BYTES (1024), so this fits.
-            ends[i] = u16::try_from(canonical.len()).unwrap_or(u16::MAX);
+            ends[i] = u16::try_from(end).unwrap_or(u16::MAX);
         }
-        for segment in path {
-            canonical.push('/');
-            canonical.push_str(segment);
-        }
-        Self {
-            canonical: Arc::from(canonical),
+        // Of the same length with a lowercase scheme, the input has no temporal segment,
+        // no empty segment and no trailing `/`: it is its canonical text.
+        let canonical: Arc<str> = if input.len() == length && input.starts_with(SCHEME) {
+            Arc::from(input)
+        } else {
+            let mut canonical = String::with_capacity(length);
+            canonical.push_str(SCHEME);
+            for (component, separator) in components.iter().zip(["", ":", "@", ":"]) {
+                canonical.push_str(separator);
+                canonical.push_str(component);
+            }
+            for segment in segments {
+                canonical.push('/');
+                canonical.push_str(segment);
+            }
+            Arc::from(canonical)
+        };
+        Ok(Self {
+            canonical,
             ends,
             temporal,
-        }
+        })
     }
 
     fn component(&self, i: usize) -> &str {
         let start = match i {
-            0 => "ucxl://".len(),
+            0 => SCHEME.len(),
             _ => usize::from(self.ends[i - 1]) + 1,
         };
         self.canonical
