@@ -261,26 +261,42 @@ pub async fn store(
 async fn get_envelope(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: axum::http::HeaderMap,
+    // after the caller's permission and the address, as the header was checked before
     Permitted { address, .. }: Permitted<ToRead>,
+    Asked(consistency): Asked,
 ) -> Result<Reply<Envelope>, Failed> {
-    let consistency = match headers.get("x-rustle-consistency") {
-        None => Consistency::Node,
-        Some(value) => value
+    if consistency == Consistency::Cached {
+        return fetch_cached(&state, &ctx, &address).await;
+    }
+    fetch(&state, &ctx, &address).await
+}
+
+/// The consistency a read asks for (`X-Rustle-Consistency`), read where it stands: the
+/// header map is not copied for one header.
+struct Asked(Consistency);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Asked {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get("x-rustle-consistency") else {
+            return Ok(Self(Consistency::Node));
+        };
+        value
             .to_str()
             .ok()
             .and_then(Consistency::parse)
+            .map(Self)
             .ok_or_else(|| {
                 ApiError::bad_request(
                     "X-Rustle-Consistency must be node or cached",
                     json!({"field": "X-Rustle-Consistency", "expected": ["node", "cached"]}),
                 )
-            })?,
-    };
-    if consistency == Consistency::Cached {
-        return fetch_cached(&state, &ctx, &address).await;
+            })
     }
-    fetch(&state, &ctx, &address).await
 }
 
 /// A read that asked for the cache: from it while it is current, else from a node (the

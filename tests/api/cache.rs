@@ -188,6 +188,19 @@ async fn without_current_feeds_a_cached_read_reads_a_node_and_says_so() {
         .await
         .expect("answer");
     assert_eq!(bad.status(), 400);
+    let bad: Value = bad.json().await.expect("json");
+    assert_eq!(bad["error"]["details"]["field"], "X-Rustle-Consistency");
+    // The address is checked first: a bad address with a bad value is the address's error.
+    let both = app
+        .client
+        .get(app.envelope_url("ucxl://bad"))
+        .header("x-rustle-consistency", "eventual")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(both.status(), 400);
+    let both: Value = both.json().await.expect("json");
+    assert_eq!(both["error"]["code"], "UCXL-400-INVALID_ADDRESS");
     // An endpoint whose feed cannot be read (nothing listens there) keeps every cached read
     // on the nodes: nothing says the cache is current.
     let mut config = cluster_config(
