@@ -94,8 +94,12 @@ pub struct RealBackend {
     cluster: Arc<Cluster>,
     cache: Arc<LocalStore>,
     /// Canonical address → the endpoint that took its last write, and when.
-    affinity: Arc<Mutex<HashMap<String, (String, tokio::time::Instant)>>>,
+    affinity: Arc<Mutex<Affinity>>,
 }
+
+/// Canonical address (its shared text: no copy per entry) → the endpoint that took its
+/// last write, and when.
+type Affinity = HashMap<Arc<str>, (String, tokio::time::Instant)>;
 
 /// Addresses whose last writer is remembered; past this the memory starts afresh.
 const AFFINITY_MAX: usize = 65_536;
@@ -145,7 +149,7 @@ impl RealBackend {
             body: None,
             prefer: self.affinity(address),
             list: false,
-            about: Subject::Address(address.canonical().to_owned()),
+            about: Subject::Address(address.canonical_shared()),
             // Reads are hedged. Writes are not, although idempotent by id: a hedge could
             // find the write its slower twin already replicated and answer "existed"
             // (200) for a write this very request created.
@@ -174,7 +178,7 @@ impl RealBackend {
             map.clear();
         }
         map.insert(
-            address.canonical().to_owned(),
+            address.canonical_shared(),
             (endpoint.clone(), tokio::time::Instant::now()),
         );
     }

@@ -38,7 +38,7 @@ struct Numbers {
     /// Fills that started before this are refused.
     floor: u64,
     /// Canonical address → its last invalidations.
-    last: HashMap<String, Reported>,
+    last: HashMap<std::sync::Arc<str>, Reported>,
 }
 
 /// What was last reported at one address.
@@ -92,7 +92,7 @@ impl LocalStore {
                 // Anything before this is unknown here: the floor speaks for it.
                 let other = numbers.floor;
                 numbers.last.insert(
-                    address.canonical().to_owned(),
+                    address.canonical_shared(),
                     Reported {
                         generation,
                         id: id.clone(),

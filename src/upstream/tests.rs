@@ -160,8 +160,7 @@ fn get(prefer: Option<&str>) -> NodeRequest {
         about: Subject::Address(
             ucxl::Address::parse(ADDRESS)
                 .expect("address")
-                .canonical()
-                .to_owned(),
+                .canonical_shared(),
         ),
         hedge: true,
     }

@@ -119,9 +119,9 @@ pub enum Subject {
     /// Nothing in particular (search, health).
     Any,
     /// This canonical address (no temporal segment): an answer that names an address must
-    /// name this one. (The text, not a parsed [`Address`]: comparing is all it is for, and
-    /// a request need not copy every part of its address for it.)
-    Address(String),
+    /// name this one. (The text, shared with the request's [`Address`]: comparing is all
+    /// it is for.)
+    Address(std::sync::Arc<str>),
     /// One result per item sent (a batch), in order, each about its item's address.
     Items(Vec<Address>),
 }
@@ -181,7 +181,7 @@ pub fn check_about<T: About>(
         Subject::Any => {}
         Subject::Address(asked) => {
             if let Some(answered) = data.about()
-                && answered.canonical() != asked
+                && answered.canonical() != &**asked
             {
                 return Err(wrong(asked, answered));
             }
