@@ -76,6 +76,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release")
 RESULTS = os.path.join(ROOT, "bench", "results")
 GATEWAY_BIN = [os.path.join(BIN, "rustle-gateway")]  # --gateway-bin replaces it
+GATEWAY_ENV = {}  # --gateway-env NAME=VALUE: settings every gateway SUT starts with
 SUTS = ["direct", "gateway", "nginx", "haproxy"]
 PROXIES = ["gateway", "nginx", "haproxy"]
 LOAD_CPU = "0"
@@ -514,6 +515,7 @@ class Sut:
                 # costs a few microseconds a request; BENCH_RUST_LOG=info measures it).
                 "RUST_LOG": os.environ.get("BENCH_RUST_LOG", "info,access=off"),
             }
+            env.update(GATEWAY_ENV)
             env.update(getattr(self, "extra_env", {}))
             argv = prefix + [GATEWAY_BIN[0]]
         elif self.kind == "nginx":
@@ -1462,15 +1464,21 @@ def cache_rss_stage(args):
             f"{run['peak_mib']:.1f}) with {store['entries']} cached entries: "
             f"{run['bytes_per_entry']:.0f} B each; gate {'ok' if run['gate'] else 'FAILED'}")
         rounds.append(run)
-    return {"stage": "cache-rss", "writes": entries, "rounds": rounds}
+    return {"stage": "cache-rss", "writes": entries, "gateway_env": dict(GATEWAY_ENV),
+            "rounds": rounds}
+
+
+def settings(data):
+    given = data.get("gateway_env") or {}
+    return ", ".join(f"`{k}={v}`" for k, v in sorted(given.items())) or "defaults"
 
 
 def cache_rss_table(data):
     rr = data["rounds"]
     return [
         "## cache-rss: gateway RSS with a full cache", "",
-        f"Hybrid gateway (defaults) before three fresh nodes; {data['writes']:,} PUTs to "
-        "distinct addresses through it; RSS of the gateway process.", "",
+        f"Hybrid gateway ({settings(data)}) before three fresh nodes; {data['writes']:,} PUTs "
+        "to distinct addresses through it; RSS of the gateway process.", "",
         "| RSS fresh MiB | RSS filled MiB | peak MiB | cached entries | bytes per entry "
         "| fill s | gate |",
         "|---|---|---|---|---|---|---|",
@@ -3106,6 +3114,9 @@ def main():
     p.add_argument("--date", default=datetime.date.today().isoformat(),
                    help="results label: bench/results/<date>/ and <date>.md")
     p.add_argument("--gateway-bin", help="another gateway binary (e.g. a baseline build)")
+    p.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting for every gateway started (repeatable), e.g. "
+                        "RUSTLE_WATCH_HISTORY=1 to see what the watch history holds")
     p.add_argument("--auth-saturate", action="store_true",
                    help="auth-read: also a saturation run (wrk) per variant")
     p.add_argument("--watchers", type=int, default=100,
@@ -3123,6 +3134,11 @@ def main():
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.gateway_bin:
         GATEWAY_BIN[0] = os.path.abspath(args.gateway_bin)
+    for setting in args.gateway_env:
+        name, sep, value = setting.partition("=")
+        if not sep:
+            raise SystemExit(f"bench: --gateway-env wants NAME=VALUE, got {setting!r}")
+        GATEWAY_ENV[name] = value
     os.environ["PATH"] = os.path.expanduser("~/.cargo/bin") + ":" + os.environ["PATH"]
     stages = [args.stage]
     if args.stage == "all":
