@@ -1,7 +1,7 @@
 //! One change as watchers receive it: the change, its JSON (made once, shared by every
 //! watcher) and the cursor of the hub just after it.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -16,12 +16,14 @@ pub struct Event {
     pub key: Key,
     /// The change.
     pub change: Change,
-    /// The JSON of the change (the `data:` of a watcher without content).
-    pub data: Arc<str>,
+    /// The JSON of the change (the `data:` of a watcher without content), made when a
+    /// watcher first needs it: the history holds thousands of changes no watcher may ask
+    /// for (those read while catching up, those made while nobody watched).
+    data: OnceLock<Arc<str>>,
     /// The hub's cursor just after this change: every change before it, and it.
     pub cursor: Arc<Cursor>,
-    /// Its text (the `id:`).
-    pub cursor_text: Arc<str>,
+    /// Its text (the `id:`), made when first sent, as `data`.
+    cursor_text: OnceLock<Arc<str>>,
     /// When the node that first reported it committed it, when it said.
     pub committed_at: Option<DateTime<Utc>>,
     /// The endpoint (or `local`) that first reported it, for the lag metric.
@@ -41,18 +43,35 @@ impl Event {
         source: Arc<str>,
         origin: (Arc<str>, u64),
     ) -> Self {
-        let data = data_of(&change, None);
-        let cursor_text = Arc::from(cursor.render());
         Self {
             key,
             change,
-            data,
+            data: OnceLock::new(),
             cursor: Arc::new(cursor),
-            cursor_text,
+            cursor_text: OnceLock::new(),
             committed_at,
             source,
             origin,
         }
+    }
+
+    /// The JSON of the change, shared by every watcher that sends it without content.
+    pub fn data(&self) -> Arc<str> {
+        Arc::clone(self.data.get_or_init(|| data_of(&self.change, None)))
+    }
+
+    /// The text of the hub's cursor just after this change (the `id:`).
+    pub fn cursor_text(&self) -> Arc<str> {
+        Arc::clone(
+            self.cursor_text
+                .get_or_init(|| Arc::from(self.cursor.render())),
+        )
+    }
+
+    /// Whether its JSON or cursor text was made.
+    #[cfg(test)]
+    pub(super) fn rendered(&self) -> bool {
+        self.data.get().is_some() || self.cursor_text.get().is_some()
     }
 
     /// `put` or `delete`.

@@ -216,17 +216,17 @@ impl Stream {
         let id = match &self.base {
             Some(base) if base.within(&event.cursor) => {
                 self.base = None;
-                Arc::clone(&event.cursor_text)
+                event.cursor_text()
             }
             Some(base) => Arc::from(event.cursor.merged(base).render()),
-            None => Arc::clone(&event.cursor_text),
+            None => event.cursor_text(),
         };
         let data = match (&self.content, &event.change) {
             (Some(content), Change::Put { .. }) => {
                 let value = content.of(&event.change).await;
                 data_of(&event.change, Some(value.as_ref()))
             }
-            _ => Arc::clone(&event.data),
+            _ => event.data(),
         };
         let name = event.name();
         metrics::counter!("rustle_watch_events_total", "event" => name).increment(1);

@@ -279,3 +279,27 @@ fn local_writes_are_delivered_at_once_and_not_again_when_replayed() {
     hub.local_change(put("x", "fallback1"));
     assert!(drain(&mut sub).is_empty());
 }
+
+#[test]
+fn an_events_json_and_cursor_text_are_made_when_first_sent_and_then_shared() {
+    let change = put("x", "v1");
+    let mut cursor = Cursor::default();
+    cursor.feeds.insert(Arc::from(A), 7);
+    let event = Event::new(
+        Key::of(change.address(), change.id()),
+        change.clone(),
+        cursor.clone(),
+        None,
+        Arc::from("local"),
+        (Arc::from(A), 7),
+    );
+    assert!(!event.rendered(), "nothing made before a watcher asks");
+    let data = event.data();
+    assert!(Arc::ptr_eq(&data, &event.data()), "made once");
+    let json: serde_json::Value = serde_json::from_str(&data).expect("json");
+    assert_eq!(json["id"], "v1");
+    assert_eq!(json["address"], "ucxl://a:r@p:t/x");
+    let text = event.cursor_text();
+    assert!(Arc::ptr_eq(&text, &event.cursor_text()), "made once");
+    assert_eq!(&*text, cursor.render());
+}
