@@ -630,12 +630,15 @@ backend nodes
 # ---------------------------------------------------------------- load generators
 
 
-def oha(url, rate, seconds, method="GET", body=None, regex=False, conns=32, headers=None):
-    """Open loop at a fixed rate (latency-corrected), on CPU 0. Returns the figures."""
+def oha(url, rate, seconds, method="GET", body=None, regex=False, conns=32, headers=None,
+        count=None):
+    """Open loop at a fixed rate (latency-corrected), on CPU 0. Returns the figures. With
+    `count`: that many requests as fast as they go (no rate, no duration)."""
+    load = (["-n", str(count)] if count else
+            ["-z", f"{seconds}s", "-q", str(rate), "--latency-correction"])
     argv = [
         "taskset", "-c", LOAD_CPU, "oha", "--no-tui", "--output-format", "json",
-        "-z", f"{seconds}s", "-c", str(conns), "-q", str(rate), "--latency-correction",
-        "-m", method,
+        "-c", str(conns), *load, "-m", method,
     ]
     for name, value in (headers or {}).items():
         argv += ["-H", f"{name}: {value}"]
@@ -1433,14 +1436,9 @@ def cache_rss_stage(args):
             tag = f"{random.randrange(1 << 30):x}"
             template = f"ucxl://bench:filler@rustle:bench/fill/{tag}-[0-9a-z]{{16}}.json"
             url = re.escape(sut.base + sut.write_path("X").removesuffix("X")).replace("\\.", ".")
-            argv = ["taskset", "-c", LOAD_CPU, "oha", "--no-tui", "--output-format", "json",
-                    "-n", str(entries), "-c", "16", "-m", "PUT", "-T", "application/json",
-                    "-d", body_text(), "--rand-regex-url", url + template]
             started = time.monotonic()
-            out = subprocess.run(argv, capture_output=True, text=True, check=False)
-            if out.returncode != 0:
-                raise SystemExit(f"bench: oha failed: {out.stderr[-2000:]}")
-            fill = parse_oha(json.loads(out.stdout))
+            fill = oha(url + template, None, None, method="PUT", body=body_text(), regex=True,
+                       conns=16, count=entries)
             seconds = time.monotonic() - started
             store = local_store_status(sut)
             after = rss_kib(sut.pid)

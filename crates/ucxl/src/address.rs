@@ -283,17 +283,13 @@ impl Address {
             }
             _ => Temporal::Latest,
         };
-        let mut length = SCHEME.len()
-            + [parts.agent, parts.role, parts.project, parts.task]
-                .iter()
-                .map(|c| c.len() + 1)
-                .sum::<usize>()
-            - 1;
+        let components = [parts.agent, parts.role, parts.project, parts.task];
+        // `ucxl://` + the components with their three separators + `/segment` each.
+        let mut length = SCHEME.len() + components.iter().map(|c| c.len() + 1).sum::<usize>() - 1;
         for segment in segments.clone() {
             check_segment(segment)?;
             length += segment.len() + 1;
         }
-        let components = [parts.agent, parts.role, parts.project, parts.task];
         let mut ends = [0u16; 4];
         let mut end = SCHEME.len();
         for (i, component) in components.iter().enumerate() {

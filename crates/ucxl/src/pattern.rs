@@ -165,13 +165,14 @@ impl Pattern {
             .iter()
             .zip(values)
             .all(|(want, have)| want.as_deref().is_none_or(|w| w == have))
-            && self.path_matches(&address.segments().collect::<Vec<_>>())
+            && self.path_matches(address)
     }
 
     /// Segment-level matching with `**`: `reach[j]` says whether the globs seen so far can
     /// consume exactly the first `j` segments.
-    fn path_matches(&self, segments: &[&str]) -> bool {
-        let mut reach = vec![false; segments.len() + 1];
+    fn path_matches(&self, address: &Address) -> bool {
+        let count = address.segments().count();
+        let mut reach = vec![false; count + 1];
         reach[0] = true;
         for glob in &self.path {
             match glob {
@@ -183,15 +184,17 @@ impl Pattern {
                     }
                 }
                 Glob::Segment(g) => {
-                    for j in (1..reach.len()).rev() {
-                        reach[j] = reach[j - 1]
-                            && segment_matches(g.as_bytes(), segments[j - 1].as_bytes());
+                    // From the last segment back, so that `reach[j - 1]` is still the
+                    // previous glob's (segment j is `segments().rev()`'s counterpart).
+                    for (j, segment) in (1..=count).rev().zip(address.segments().rev()) {
+                        reach[j] =
+                            reach[j - 1] && segment_matches(g.as_bytes(), segment.as_bytes());
                     }
                     reach[0] = false;
                 }
             }
         }
-        reach[segments.len()]
+        reach[count]
     }
 
     /// The longest prefix every matching canonical address starts with: the scheme and the
